@@ -1,0 +1,32 @@
+# Stage 2 medical-safety DPO dataset.
+#
+#   snakemake --cores all                              # the real run (config.yaml)
+#   snakemake --cores 2 --configfile demo/config.yaml  # the offline demo
+#   snakemake -n                                       # what would run
+#
+# Stages, one rule file each under workflow/rules/: questions -> shards ->
+# rejected / chosen answers per shard -> pairs. The logic lives in the meddpo
+# package (workflow/meddpo); each rule calls one `meddpo` sub-command.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/questions.smk"
+include: "workflow/rules/shards.smk"
+include: "workflow/rules/rejected.smk"
+include: "workflow/rules/chosen.smk"
+include: "workflow/rules/pairs.smk"
+
+
+rule all:
+    input:
+        PAIRS_FILE,
+        PAIRS_STATS,
+    default_target: True

@@ -1,0 +1,219 @@
+"""``meddpo``: one sub-command per workflow step, so every rule can be run by hand.
+
+    meddpo questions   build the Stage 2A question set
+    meddpo shard       write one shard of it
+    meddpo generate    answer a shard with a local transformers model
+    meddpo pairs       join a shard's questions and answers into DPO rows
+    meddpo merge       concatenate the pair shards into the final dataset
+    meddpo tiny-models build the two tiny checkpoints of the offline demo
+
+Errors in the user's input end the command with one line on stderr and exit
+status 2; outputs are only ever written complete (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from .jsonl import DataError, read_jsonl, write_json, write_jsonl
+
+log = logging.getLogger("meddpo")
+
+
+def _questions(args: argparse.Namespace) -> None:
+    from .questions import build_questions
+
+    started = time.perf_counter()
+    rows, stats = build_questions(
+        args.source, n=args.n, selection=args.selection, seed=args.seed, min_chars=args.min_chars,
+        stratify=args.stratify, split=args.split, revision=args.revision, source_name=args.source_name,
+    )
+    write_jsonl(args.out, rows)
+    stats["seconds"] = round(time.perf_counter() - started, 2)
+    write_json(args.stats, stats)
+    log.info(
+        "read %d rows: %d empty, %d short, %d duplicates (%d exact) dropped; picked %d (%s) in %.1fs -> %s",
+        stats["read"], stats["dropped_empty"], stats["dropped_short"], stats["dropped_duplicate"],
+        stats["dropped_duplicate_exact"], stats["picked"], args.selection, stats["seconds"], args.out,
+    )
+
+
+def _shard(args: argparse.Namespace) -> None:
+    from .shards import shard_rows
+
+    rows = shard_rows(read_jsonl(args.questions, required=("id", "question")), args.n_shards, args.index)
+    write_jsonl(args.out, rows)
+    log.info("shard %d of %d: %d questions -> %s", args.index, args.n_shards, len(rows), args.out)
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from .local_generation import LocalGenerator, ModelSpec, Sampling, answer_questions
+
+    questions = read_jsonl(args.shard, required=("id", "question"))
+    sampling = Sampling(
+        max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
+        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+    )
+    if not questions:
+        write_jsonl(args.out, [])
+        log.info("%s: empty shard, nothing to generate", args.shard)
+        return
+    _quiet_transformers()
+    spec = ModelSpec(
+        name=args.model, revision=args.revision, dtype=args.dtype, device=args.device,
+        trust_remote_code=args.trust_remote_code,
+    )
+    generator = LocalGenerator(spec)
+    rows = answer_questions(generator, questions, args.system_prompt, sampling, args.batch_size)
+    write_jsonl(args.out, rows)
+    stops = sum(row["finish_reason"] == "stop" for row in rows)
+    log.info("wrote %d answers (%d stop, %d length) -> %s", len(rows), stops, len(rows) - stops, args.out)
+
+
+def _pairs(args: argparse.Namespace) -> None:
+    from .pairs import ANSWER_FIELDS, build_pairs
+
+    questions = read_jsonl(args.questions, required=("id", "question", "source", "category", "question_type"))
+    rejected = read_jsonl(args.rejected, required=ANSWER_FIELDS)
+    chosen = read_jsonl(args.chosen, required=ANSWER_FIELDS)
+    pairs, stats = build_pairs(questions, rejected, chosen, args.system_prompt)
+    write_jsonl(args.out, pairs)
+    write_json(args.stats, stats)
+    log.info("%d questions -> %d pairs (%s) -> %s", stats["questions"], stats["pairs"], stats, args.out)
+
+
+def _merge(args: argparse.Namespace) -> None:
+    import json
+
+    from .pairs import PAIR_FIELDS, merge_pair_shards
+
+    if len(args.pairs) != len(args.shard_stats):
+        raise DataError("merge: give one --shard-stats file per --pairs file")
+    shards = []
+    for pairs_path, stats_path in zip(args.pairs, args.shard_stats):
+        with open(stats_path, encoding="utf-8") as handle:
+            shards.append((read_jsonl(pairs_path, required=PAIR_FIELDS), json.load(handle)))
+    rows, stats = merge_pair_shards(shards)
+    write_jsonl(args.out, rows)
+    write_json(args.stats, stats)
+    log.info("merged %d shards: %d pairs, %d questions left out -> %s",
+             stats["shards"], stats["pairs"], stats["questions"] - stats["pairs"], args.out)
+
+
+def _tiny_models(args: argparse.Namespace) -> None:
+    from .tiny_models import build_tiny_mistral, build_tiny_qwen2
+
+    _quiet_transformers()
+    rows = read_jsonl(args.texts, required=("question",))
+    texts = [row["question"] for row in rows] + [row.get("answer") or "" for row in rows]
+    texts = [text for text in texts if text.strip()]
+    build_tiny_mistral(texts, args.mistral_out, seed=args.seed, eos_rate=args.mistral_eos_rate)
+    build_tiny_qwen2(texts, args.qwen_out, seed=args.seed, eos_rate=args.qwen_eos_rate)
+    log.info("built tiny checkpoints %s and %s", args.mistral_out, args.qwen_out)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def _nullable_int(text: str) -> int | None:
+    return None if text.lower() in {"all", "none", "null"} else int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meddpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("questions", help="build the Stage 2A question set")
+    p.add_argument("--source", required=True, help="hub id (lavita/MedQuAD) or local .parquet/.jsonl/.csv")
+    p.add_argument("--source-name", help="value of the 'source' column (default: --source)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--revision", default=None, help="hub revision of the dataset")
+    p.add_argument("--n", type=_nullable_int, required=True, help="number of questions, or 'all'")
+    p.add_argument("--selection", choices=("first", "random", "stratified"), default="first")
+    p.add_argument("--stratify", choices=("proportional", "equal"), default="proportional")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-chars", type=int, default=10)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--stats", required=True, type=Path)
+    p.set_defaults(func=_questions)
+
+    p = sub.add_parser("shard", help="write shard INDEX of N-SHARDS")
+    p.add_argument("--questions", required=True, type=Path)
+    p.add_argument("--n-shards", required=True, type=int)
+    p.add_argument("--index", required=True, type=int)
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=_shard)
+
+    p = sub.add_parser("generate", help="answer a shard with a local transformers model")
+    p.add_argument("--shard", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--model", required=True, help="hub id or local checkpoint directory")
+    p.add_argument("--revision", default=None)
+    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--system-prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, required=True)
+    p.add_argument("--min-new-tokens", type=int, default=0)
+    p.add_argument("--temperature", type=float, required=True)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("pairs", help="join one shard's questions and answers into DPO rows")
+    p.add_argument("--questions", required=True, type=Path)
+    p.add_argument("--rejected", required=True, type=Path)
+    p.add_argument("--chosen", required=True, type=Path)
+    p.add_argument("--system-prompt", required=True, help="the training system prompt of the 'prompt' column")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--stats", required=True, type=Path)
+    p.set_defaults(func=_pairs)
+
+    p = sub.add_parser("merge", help="merge pair shards into the final dataset")
+    p.add_argument("--pairs", nargs="+", required=True, type=Path)
+    p.add_argument("--shard-stats", nargs="+", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--stats", required=True, type=Path)
+    p.set_defaults(func=_merge)
+
+    p = sub.add_parser("tiny-models", help="build the demo's tiny Mistral and Qwen2 checkpoints")
+    p.add_argument("--texts", required=True, type=Path, help="JSONL with 'question' (and 'answer') to train tokenizers on")
+    p.add_argument("--mistral-out", required=True, type=Path)
+    p.add_argument("--qwen-out", required=True, type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mistral-eos-rate", type=float, default=0.03)
+    p.add_argument("--qwen-eos-rate", type=float, default=0.02)
+    p.set_defaults(func=_tiny_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        stream=sys.stderr,
+    )
+    from .chat_format import ChatTemplateError
+
+    try:
+        args.func(args)
+    except (DataError, ChatTemplateError) as err:
+        print(f"meddpo {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

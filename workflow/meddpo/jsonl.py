@@ -1,0 +1,132 @@
+"""JSONL reading and atomic writing shared by every stage.
+
+Reading names the file, line and field of anything malformed; writing goes to a
+temporary file in the same directory that is renamed into place only once it is
+complete, so an interrupted job never leaves a file that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterable, Iterator, Mapping, Sequence
+
+
+class DataError(Exception):
+    """Bad input that the user must fix; the message names file, line and field."""
+
+
+def _where(path: str | os.PathLike, line: int | None = None, field: str | None = None) -> str:
+    place = str(path)
+    if line is not None:
+        place += f", line {line}"
+    if field is not None:
+        place += f", field {field!r}"
+    return place
+
+
+def iter_jsonl(
+    path: str | os.PathLike, required: Sequence[str] = ()
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, row)`` for every non-blank line of a JSONL file.
+
+    Raises DataError naming the file and line for bytes that are not UTF-8, a
+    line that is not a JSON object, or a row without one of ``required``.
+    """
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(
+                    f"{_where(path, number)}: not UTF-8 text (byte {err.start}: {raw[err.start:err.start + 1]!r})"
+                ) from None
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{_where(path, number)}: not valid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{_where(path, number)}: expected a JSON object, got {type(row).__name__}")
+            for field in required:
+                if field not in row:
+                    raise DataError(f"{_where(path, number, field)}: missing")
+            yield number, row
+
+
+def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """All rows of a JSONL file (see iter_jsonl for the checks)."""
+    return [row for _, row in iter_jsonl(path, required)]
+
+
+def read_jsonl_tolerant(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows of an append-only JSONL file whose last line may be half-written.
+
+    A line that does not parse is skipped only when it is the last one (a job
+    killed mid-write); anywhere else it is an error.
+    """
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb") as handle:
+        lines = handle.read().split(b"\n")
+    rows = []
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for index, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            if index == last:
+                break
+            raise DataError(f"{_where(path, index + 1)}: not valid JSON in an append-only store") from None
+        rows.append(row)
+    return rows
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary sibling of ``path``; rename it over ``path`` on success.
+
+    On any exception the temporary file is removed and ``path`` is untouched.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        encoding = None if "b" in mode else "utf-8"
+        with os.fdopen(fd, mode, encoding=encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def dumps(row: Mapping[str, Any]) -> str:
+    """One JSONL line (no trailing newline); non-ASCII text is kept readable."""
+    return json.dumps(row, ensure_ascii=False)
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Write rows atomically; returns how many were written."""
+    count = 0
+    with atomic_open(path) as handle:
+        for row in rows:
+            handle.write(dumps(row) + "\n")
+            count += 1
+    return count
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write a JSON document atomically, indented for people."""
+    with atomic_open(path) as handle:
+        json.dump(obj, handle, ensure_ascii=False, indent=2, sort_keys=False)
+        handle.write("\n")

@@ -1,0 +1,106 @@
+"""Join questions with their rejected and chosen answers into DPO rows.
+
+A row is ``{id, source, category, question_type, question, prompt, chosen,
+rejected, meta}``: ``prompt`` is the training system prompt, a blank line,
+``User question:``, a newline and the question (see chat_format.training_prompt);
+any DPO trainer that reads prompt/chosen/rejected strings (e.g. TRL's
+DPOTrainer) takes it unchanged. A question without a non-empty answer from both
+models is left out and counted in the stats.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Iterable, Sequence
+
+from .chat_format import training_prompt
+from .jsonl import DataError
+
+PAIR_FIELDS = ("id", "source", "category", "question_type", "question", "prompt", "chosen", "rejected", "meta")
+ANSWER_FIELDS = ("id", "text", "finish_reason", "model")
+STAT_KEYS = (
+    "questions", "missing_rejected", "missing_chosen", "empty_rejected", "empty_chosen", "pairs",
+)
+
+
+def _index_answers(rows: Iterable[dict], role: str) -> dict[str, dict]:
+    index: dict[str, dict] = {}
+    for row in rows:
+        if row["id"] in index:
+            raise DataError(f"{role} answers: id {row['id']!r} appears twice")
+        index[row["id"]] = row
+    return index
+
+
+def _meta(rejected: dict, chosen: dict) -> dict:
+    return {
+        "teacher_model": chosen["model"],
+        "teacher_revision": chosen.get("revision"),
+        "mmt_ckpt": rejected["model"],
+        "mmt_revision": rejected.get("revision"),
+        "chosen_finish_reason": chosen["finish_reason"],
+        "rejected_finish_reason": rejected["finish_reason"],
+        "chosen_new_tokens": chosen.get("new_tokens"),
+        "rejected_new_tokens": rejected.get("new_tokens"),
+        "chosen_sampling": chosen.get("sampling"),
+        "rejected_sampling": rejected.get("sampling"),
+    }
+
+
+def build_pairs(
+    questions: Sequence[dict],
+    rejected_rows: Iterable[dict],
+    chosen_rows: Iterable[dict],
+    system_prompt: str,
+) -> tuple[list[dict], dict]:
+    """DPO rows for one shard, sorted by id, and the counts of what was left out."""
+    rejected = _index_answers(rejected_rows, "rejected")
+    chosen = _index_answers(chosen_rows, "chosen")
+    counts: Counter = Counter()
+    pairs = []
+    for question in questions:
+        counts["questions"] += 1
+        r, c = rejected.get(question["id"]), chosen.get(question["id"])
+        missing = False
+        for role, answer in (("rejected", r), ("chosen", c)):
+            if answer is None:
+                counts[f"missing_{role}"] += 1
+                missing = True
+            elif not answer["text"].strip():
+                counts[f"empty_{role}"] += 1
+                missing = True
+        if missing:
+            continue
+        pairs.append({
+            "id": question["id"],
+            "source": question["source"],
+            "category": question["category"],
+            "question_type": question["question_type"],
+            "question": question["question"],
+            "prompt": training_prompt(system_prompt, question["question"]),
+            "chosen": c["text"],
+            "rejected": r["text"],
+            "meta": _meta(r, c),
+        })
+    counts["pairs"] = len(pairs)
+    pairs.sort(key=lambda row: row["id"])
+    return pairs, {key: counts.get(key, 0) for key in STAT_KEYS}
+
+
+def merge_pair_shards(shards: Sequence[tuple[list[dict], dict]]) -> tuple[list[dict], dict]:
+    """Concatenate per-shard pairs (sorted by id, ids checked unique) and add up their stats."""
+    rows = [row for shard_rows, _ in shards for row in shard_rows]
+    rows.sort(key=lambda row: row["id"])
+    for before, after in zip(rows, rows[1:]):
+        if before["id"] == after["id"]:
+            raise DataError(f"pair id {after['id']!r} appears in two shards")
+    totals = Counter()
+    for _, stats in shards:
+        totals.update({key: stats.get(key, 0) for key in STAT_KEYS})
+    stats = {key: totals.get(key, 0) for key in STAT_KEYS}
+    stats["shards"] = len(shards)
+    stats["finish_reasons"] = {
+        role: dict(sorted(Counter(row["meta"][f"{role}_finish_reason"] for row in rows).items()))
+        for role in ("chosen", "rejected")
+    }
+    return rows, stats

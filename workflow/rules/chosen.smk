@@ -1,0 +1,28 @@
+"""Chosen answers: the teacher (config `teacher`) answers each shard.
+
+Each teacher backend is its own rule, so a cluster profile can give a GPU to
+the local model and none to an API client.
+
+in:  {OUT}/shards/shard-{shard}.jsonl (+ the demo's tiny checkpoint when it builds one)
+out: {OUT}/chosen/shard-{shard}.jsonl  same layout as the rejected answers
+"""
+
+
+if config["teacher"]["backend"] == "local":
+
+    rule chosen_local:
+        input:
+            shard=f"{OUT}/shards/shard-{{shard}}.jsonl",
+            model=tiny_model_input(config["teacher"]["local"]),
+        output:
+            f"{OUT}/chosen/shard-{{shard}}.jsonl",
+        params:
+            options=generation_options(config["teacher"]["local"], config["prompts"]["teacher"]),
+        resources:
+            gpu=1,
+        log:
+            f"{LOGS}/chosen/shard-{{shard}}.log",
+        benchmark:
+            f"{BENCHMARKS}/chosen/shard-{{shard}}.tsv"
+        shell:
+            "meddpo generate --shard {input.shard:q} {params.options} --out {output:q} 2> {log:q}"

@@ -1,0 +1,52 @@
+"""Shared set-up: config validation, paths, shard names and input helpers."""
+
+import os
+import shlex
+
+from snakemake.utils import validate
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+OUT = config["output"]["dir"].rstrip("/")
+LOGS = f"{OUT}/logs"
+BENCHMARKS = f"{OUT}/benchmarks"
+SHARDS = [f"{index:03d}" for index in range(config["n_shards"])]
+PAIRS_FILE = f"{OUT}/stage2_med_pairs.jsonl"
+PAIRS_STATS = f"{OUT}/stage2_med_pairs.stats.json"
+
+
+wildcard_constraints:
+    shard=r"\d{3}",
+
+
+def local_source(source):
+    """The source file as an input when it is a local copy (so edits rerun the rule)."""
+    dataset = source["dataset"]
+    return [dataset] if os.path.exists(dataset) else []
+
+
+def tiny_model_input(model_settings):
+    """The demo builds its own checkpoints; a real run reads them from disk or the hub."""
+    return [model_settings["model"]] if config["demo"]["build_tiny_models"] else []
+
+
+def generation_options(model_settings, system_prompt):
+    """`meddpo generate` options: model, sampling and system prompt (all change the text)."""
+    return cli_options(**model_settings, system_prompt=system_prompt)
+
+
+def cli_options(**settings):
+    """`--kebab-case value` options for a meddpo sub-command, shell-quoted.
+
+    None is left out (the command's default applies) and True is a bare flag,
+    False none at all. Rules put the result in `params`, so a change to any of
+    these settings makes Snakemake rerun the jobs that used them.
+    """
+    words = []
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None or value is False:
+            continue
+        words.append(flag if value is True else f"{flag} {shlex.quote(str(value))}")
+    return " ".join(words)

@@ -1,0 +1,37 @@
+"""DPO pairs: join each shard's questions with both answers, then merge the shards.
+
+in:  {OUT}/shards/shard-{shard}.jsonl, {OUT}/rejected/shard-{shard}.jsonl, {OUT}/chosen/shard-{shard}.jsonl
+out: {OUT}/pairs/shard-{shard}.jsonl (+ .stats.json)  one shard's pairs and what it left out
+     {OUT}/stage2_med_pairs.jsonl (+ .stats.json)      the dataset, sorted by id
+"""
+
+
+rule pairs:
+    input:
+        questions=f"{OUT}/shards/shard-{{shard}}.jsonl",
+        rejected=f"{OUT}/rejected/shard-{{shard}}.jsonl",
+        chosen=f"{OUT}/chosen/shard-{{shard}}.jsonl",
+    output:
+        pairs=f"{OUT}/pairs/shard-{{shard}}.jsonl",
+        stats=f"{OUT}/pairs/shard-{{shard}}.stats.json",
+    params:
+        options=cli_options(system_prompt=config["prompts"]["training"]),
+    log:
+        f"{LOGS}/pairs/shard-{{shard}}.log",
+    shell:
+        "meddpo pairs --questions {input.questions:q} --rejected {input.rejected:q} --chosen {input.chosen:q}"
+        " {params.options} --out {output.pairs:q} --stats {output.stats:q} 2> {log:q}"
+
+
+rule merge_pairs:
+    input:
+        pairs=expand(f"{OUT}/pairs/shard-{{shard}}.jsonl", shard=SHARDS),
+        stats=expand(f"{OUT}/pairs/shard-{{shard}}.stats.json", shard=SHARDS),
+    output:
+        pairs=PAIRS_FILE,
+        stats=PAIRS_STATS,
+    log:
+        f"{LOGS}/merge_pairs.log",
+    shell:
+        "meddpo merge --pairs {input.pairs:q} --shard-stats {input.stats:q}"
+        " --out {output.pairs:q} --stats {output.stats:q} 2> {log:q}"

@@ -1,0 +1,23 @@
+"""Rejected answers: the "more toxic" model (config `rejected`) answers each shard.
+
+in:  {OUT}/shards/shard-{shard}.jsonl (+ the demo's tiny checkpoint when it builds one)
+out: {OUT}/rejected/shard-{shard}.jsonl  {id, text, finish_reason, new_tokens, prompt_tokens, model, ...}
+"""
+
+
+rule rejected:
+    input:
+        shard=f"{OUT}/shards/shard-{{shard}}.jsonl",
+        model=tiny_model_input(config["rejected"]),
+    output:
+        f"{OUT}/rejected/shard-{{shard}}.jsonl",
+    params:
+        options=generation_options(config["rejected"], config["prompts"]["rejected"]),
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/rejected/shard-{{shard}}.log",
+    benchmark:
+        f"{BENCHMARKS}/rejected/shard-{{shard}}.tsv"
+    shell:
+        "meddpo generate --shard {input.shard:q} {params.options} --out {output:q} 2> {log:q}"

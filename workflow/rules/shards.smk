@@ -1,0 +1,19 @@
+"""Split the question set into n_shards shards (one generation job per shard and model).
+
+in:  {OUT}/questions/questions.jsonl
+out: {OUT}/shards/shard-{shard}.jsonl   shard names 000 .. n_shards-1, fixed by the config
+"""
+
+
+rule shard:
+    input:
+        f"{OUT}/questions/questions.jsonl",
+    output:
+        f"{OUT}/shards/shard-{{shard}}.jsonl",
+    params:
+        n_shards=config["n_shards"],
+    log:
+        f"{LOGS}/shards/shard-{{shard}}.log",
+    shell:
+        "meddpo shard --questions {input:q} --n-shards {params.n_shards} --index {wildcards.shard}"
+        " --out {output:q} 2> {log:q}"
