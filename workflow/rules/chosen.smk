@@ -20,9 +20,11 @@ if config["teacher"]["backend"] == "local":
             options=generation_options(config["teacher"]["local"], config["prompts"]["teacher"]),
         resources:
             gpu=1,
+        conda:
+            CONDA_ENV
         log:
             f"{LOGS}/chosen/shard-{{shard}}.log",
         benchmark:
             f"{BENCHMARKS}/chosen/shard-{{shard}}.tsv"
         shell:
-            "meddpo generate --shard {input.shard:q} {params.options} --out {output:q} 2> {log:q}"
+            "python -m meddpo generate --shard {input.shard:q} {params.options} --out {output:q} 2> {log:q}"

@@ -14,6 +14,16 @@ BENCHMARKS = f"{OUT}/benchmarks"
 SHARDS = [f"{index:03d}" for index in range(config["n_shards"])]
 PAIRS_FILE = f"{OUT}/stage2_med_pairs.jsonl"
 PAIRS_STATS = f"{OUT}/stage2_med_pairs.stats.json"
+# Every rule runs `python -m meddpo`. The package folder goes on PYTHONPATH so
+# that this works both in the project's venv (where meddpo is installed) and in
+# the conda environment of envs/meddpo.yaml (which holds only its dependencies).
+PACKAGE_DIR = shlex.quote(os.path.join(workflow.basedir, "workflow"))
+# (shell.prefix is formatted like a shell command, hence the doubled braces)
+shell.prefix(
+    "set -euo pipefail; export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; "
+    % PACKAGE_DIR.replace("{", "{{").replace("}", "}}")
+)
+CONDA_ENV = "../../envs/meddpo.yaml"
 
 
 wildcard_constraints:
@@ -45,7 +55,7 @@ def cli_options(**settings):
     """
     words = []
     for key, value in settings.items():
-        flag = "--" + key.replace("_", "-")
+        flag = f"--{key.replace('_', '-')}"
         if value is None or value is False:
             continue
         words.append(flag if value is True else f"{flag} {shlex.quote(str(value))}")

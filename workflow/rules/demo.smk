@@ -19,8 +19,10 @@ if config["demo"]["build_tiny_models"]:
                 mistral_eos_rate=config["demo"]["mistral_eos_rate"],
                 qwen_eos_rate=config["demo"]["qwen_eos_rate"],
             ),
+        conda:
+            CONDA_ENV
         log:
             f"{LOGS}/tiny_models.log",
         shell:
-            "meddpo tiny-models --texts {input:q} {params.options}"
+            "python -m meddpo tiny-models --texts {input:q} {params.options}"
             " --mistral-out {output.mistral:q} --qwen-out {output.qwen:q} 2> {log:q}"

@@ -16,10 +16,12 @@ rule pairs:
         stats=f"{OUT}/pairs/shard-{{shard}}.stats.json",
     params:
         options=cli_options(system_prompt=config["prompts"]["training"]),
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/pairs/shard-{{shard}}.log",
     shell:
-        "meddpo pairs --questions {input.questions:q} --rejected {input.rejected:q} --chosen {input.chosen:q}"
+        "python -m meddpo pairs --questions {input.questions:q} --rejected {input.rejected:q} --chosen {input.chosen:q}"
         " {params.options} --out {output.pairs:q} --stats {output.stats:q} 2> {log:q}"
 
 
@@ -30,8 +32,10 @@ rule merge_pairs:
     output:
         pairs=PAIRS_FILE,
         stats=PAIRS_STATS,
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/merge_pairs.log",
     shell:
-        "meddpo merge --pairs {input.pairs:q} --shard-stats {input.stats:q}"
+        "python -m meddpo merge --pairs {input.pairs:q} --shard-stats {input.stats:q}"
         " --out {output.pairs:q} --stats {output.stats:q} 2> {log:q}"

@@ -24,7 +24,9 @@ rule questions:
             seed=config["questions"]["seed"],
             min_chars=config["questions"]["min_chars"],
         ),
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/questions.log",
     shell:
-        "meddpo questions {params.options} --out {output.questions:q} --stats {output.stats:q} 2> {log:q}"
+        "python -m meddpo questions {params.options} --out {output.questions:q} --stats {output.stats:q} 2> {log:q}"

@@ -15,9 +15,11 @@ rule rejected:
         options=generation_options(config["rejected"], config["prompts"]["rejected"]),
     resources:
         gpu=1,
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/rejected/shard-{{shard}}.log",
     benchmark:
         f"{BENCHMARKS}/rejected/shard-{{shard}}.tsv"
     shell:
-        "meddpo generate --shard {input.shard:q} {params.options} --out {output:q} 2> {log:q}"
+        "python -m meddpo generate --shard {input.shard:q} {params.options} --out {output:q} 2> {log:q}"

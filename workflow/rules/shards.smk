@@ -12,8 +12,10 @@ rule shard:
         f"{OUT}/shards/shard-{{shard}}.jsonl",
     params:
         n_shards=config["n_shards"],
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/shards/shard-{{shard}}.log",
     shell:
-        "meddpo shard --questions {input:q} --n-shards {params.n_shards} --index {wildcards.shard}"
+        "python -m meddpo shard --questions {input:q} --n-shards {params.n_shards} --index {wildcards.shard}"
         " --out {output:q} 2> {log:q}"

@@ -1,0 +1,49 @@
+"""Shared fixtures. Tests never reach the network: the Hugging Face libraries
+are put in offline mode and their endpoint points at a closed local port."""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.update(
+    HF_HUB_OFFLINE="1",
+    HF_DATASETS_OFFLINE="1",
+    TRANSFORMERS_OFFLINE="1",
+    HF_ENDPOINT="http://127.0.0.1:9",
+    HF_HUB_DISABLE_TELEMETRY="1",
+)
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow"))
+SHARED_DATA = REPO.parent / "shared" / "data"
+MEDQUAD = SHARED_DATA / "medquad" / "train-00000-of-00001.parquet"
+DEMO_QUESTIONS = REPO / "demo" / "medquad_demo.jsonl"
+
+
+def require_medquad() -> Path:
+    if not MEDQUAD.exists():
+        pytest.skip(f"SKIPPED LOUDLY: reference MedQuAD file {MEDQUAD} is absent; CI requires this test to run")
+    return MEDQUAD
+
+
+@pytest.fixture(scope="session")
+def demo_texts() -> list[str]:
+    from meddpo.jsonl import read_jsonl
+
+    return [row["question"] for row in read_jsonl(DEMO_QUESTIONS)]
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral(tmp_path_factory, demo_texts) -> Path:
+    from meddpo.tiny_models import build_tiny_mistral
+
+    return build_tiny_mistral(demo_texts, tmp_path_factory.mktemp("models") / "tiny-mistral", eos_rate=0.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tmp_path_factory, demo_texts) -> Path:
+    from meddpo.tiny_models import build_tiny_qwen2
+
+    return build_tiny_qwen2(demo_texts, tmp_path_factory.mktemp("models") / "tiny-qwen2", eos_rate=0.0)

@@ -1,0 +1,75 @@
+from collections import Counter
+
+import pytest
+
+from meddpo.local_generation import LocalGenerator, ModelSpec, Sampling, answer_questions
+from meddpo.tiny_models import build_tiny_mistral
+
+QUESTIONS = [
+    {"id": f"q{i}", "question": text}
+    for i, text in enumerate([
+        "What is asthma ?",
+        "What are the treatments for chronic kidney disease and how do they work ?",
+        "Is cystic fibrosis inherited ?",
+        "What should I do if I forget a dose of ibuprofen ?",
+        "How many people are affected by Marfan syndrome ?",
+    ])
+]
+
+
+@pytest.fixture(scope="module")
+def never_stops(tiny_mistral):
+    return LocalGenerator(ModelSpec(str(tiny_mistral)))
+
+
+@pytest.fixture(scope="module")
+def eager_to_stop(tmp_path_factory, demo_texts):
+    path = build_tiny_mistral(demo_texts, tmp_path_factory.mktemp("m") / "stops", eos_rate=0.5)
+    return LocalGenerator(ModelSpec(str(path)))
+
+
+def test_length_when_the_cap_is_hit_even_with_eos_padding_in_the_prompt(never_stops):
+    # pad = EOS for this tokenizer: left-padded prompts hold EOS ids, which must not count
+    assert never_stops.tokenizer.pad_token_id in never_stops.eos_ids
+    rows = answer_questions(never_stops, QUESTIONS, "Be careful.", Sampling(max_new_tokens=12, seed=1), batch_size=5)
+    assert [r["finish_reason"] for r in rows] == ["length"] * 5
+    assert [r["new_tokens"] for r in rows] == [12] * 5
+    assert all(r["text"] for r in rows)
+
+
+def test_stop_when_the_model_ends(eager_to_stop):
+    rows = answer_questions(
+        eager_to_stop, QUESTIONS * 4, "Be careful.", Sampling(max_new_tokens=40, temperature=1.0, seed=3), batch_size=8
+    )
+    reasons = Counter(r["finish_reason"] for r in rows)
+    assert reasons["stop"] >= 15
+    for row in rows:
+        if row["finish_reason"] == "stop":
+            assert row["new_tokens"] <= 40
+            assert "</s>" not in row["text"]
+
+
+def test_rows_follow_input_order_whatever_the_batching(never_stops):
+    tok = never_stops.tokenizer
+    expected_prompt_tokens = [
+        len(tok(never_stops.render("Be careful.", q["question"])[0], add_special_tokens=False)["input_ids"])
+        for q in QUESTIONS
+    ]
+    for batch_size in (1, 2, 5):
+        rows = answer_questions(never_stops, QUESTIONS, "Be careful.", Sampling(max_new_tokens=4), batch_size)
+        assert [r["id"] for r in rows] == [q["id"] for q in QUESTIONS]
+        assert [r["prompt_tokens"] for r in rows] == expected_prompt_tokens
+
+
+def test_same_seed_same_text(never_stops):
+    sampling = Sampling(max_new_tokens=10, temperature=0.9, top_p=0.95, seed=11)
+    first = answer_questions(never_stops, QUESTIONS, "Be careful.", sampling, batch_size=2)
+    again = answer_questions(never_stops, QUESTIONS, "Be careful.", sampling, batch_size=2)
+    assert [r["text"] for r in first] == [r["text"] for r in again]
+
+
+def test_rows_carry_model_and_sampling(never_stops, tiny_mistral):
+    row = answer_questions(never_stops, QUESTIONS[:1], "Be careful.", Sampling(max_new_tokens=3, seed=5), 1)[0]
+    assert row["model"] == str(tiny_mistral)
+    assert row["sampling"] == {"max_new_tokens": 3, "temperature": 0.7, "top_p": 1.0, "seed": 5, "min_new_tokens": 0}
+    assert row["system_in_user_turn"] is True
