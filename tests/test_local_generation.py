@@ -73,3 +73,62 @@ def test_rows_carry_model_and_sampling(never_stops, tiny_mistral):
     assert row["model"] == str(tiny_mistral)
     assert row["sampling"] == {"max_new_tokens": 3, "temperature": 0.7, "top_p": 1.0, "seed": 5, "min_new_tokens": 0}
     assert row["system_in_user_turn"] is True
+
+
+def test_batches_respect_count_and_token_budget():
+    from meddpo.local_generation import plan_batches
+
+    lengths = [10, 50, 20, 40, 30, 5]
+    batches = plan_batches(lengths, batch_size=4, max_new_tokens=10, max_batch_tokens=130)
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    for batch in batches:
+        assert len(batch) <= 4
+        widest = max(lengths[i] for i in batch) + 10
+        assert len(batch) == 1 or len(batch) * widest <= 130
+    assert [lengths[i] for i in batches[0]] == [50, 40]  # longest first
+    assert plan_batches(lengths, batch_size=4, max_new_tokens=10) == [[1, 3, 4, 2], [0, 5]]
+
+
+def test_cuda_oom_halves_the_batch_and_goes_on(never_stops, caplog, monkeypatch):
+    import torch
+
+    real_generate = never_stops.model.generate
+    sizes = []
+
+    def generate_with_little_memory(*args, **kwargs):
+        sizes.append(kwargs["input_ids"].shape[0])
+        if kwargs["input_ids"].shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(never_stops.model, "generate", generate_with_little_memory)
+    with caplog.at_level("WARNING"):
+        rows = answer_questions(never_stops, QUESTIONS, "Be careful.", Sampling(max_new_tokens=3), batch_size=5)
+    assert [r["id"] for r in rows] == [q["id"] for q in QUESTIONS]
+    assert all(r["new_tokens"] == 3 for r in rows)
+    assert sizes == [5, 2, 3, 1, 2]  # 5 fails -> 2 + 3; 3 fails -> 1 + 2
+    assert "splitting it into 2 + 3" in caplog.text
+
+
+def test_continuous_engine_gives_the_same_kind_of_rows(never_stops, eager_to_stop):
+    rows = answer_questions(never_stops, QUESTIONS, "Be careful.", Sampling(max_new_tokens=6), 2, engine="continuous")
+    assert [r["id"] for r in rows] == [q["id"] for q in QUESTIONS]
+    assert [(r["finish_reason"], r["new_tokens"]) for r in rows] == [("length", 6)] * 5
+    stopped = answer_questions(eager_to_stop, QUESTIONS * 3, "Be careful.",
+                               Sampling(max_new_tokens=40, temperature=1.0), 4, engine="continuous")
+    assert sum(r["finish_reason"] == "stop" for r in stopped) >= 10
+
+
+def test_store_answers_are_reused_not_regenerated(never_stops, tmp_path, monkeypatch):
+    sampling = Sampling(max_new_tokens=4, seed=2)
+    first = answer_questions(never_stops, QUESTIONS[:3], "Be careful.", sampling, 2, store_root=tmp_path)
+    calls = []
+    real_generate = never_stops.model.generate
+    monkeypatch.setattr(never_stops.model, "generate",
+                        lambda *a, **k: calls.append(k["input_ids"].shape[0]) or real_generate(*a, **k))
+    rows = answer_questions(never_stops, QUESTIONS, "Be careful.", sampling, 8, store_root=tmp_path, store_part="b")
+    assert calls == [2]  # only the two new questions
+    assert [r["text"] for r in rows[:3]] == [r["text"] for r in first]
+    # another system prompt is another fingerprint: nothing reused
+    answer_questions(never_stops, QUESTIONS, "Be brief.", sampling, 8, store_root=tmp_path)
+    assert calls == [2, 5]

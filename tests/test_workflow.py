@@ -152,3 +152,37 @@ def test_demo_end_to_end(tmp_path):
     changed.write_text("teacher:\n  local:\n    temperature: 0.3\n")
     rerun = snakemake(workdir, "-n", "--configfile", "demo/config.yaml", str(changed))
     assert job_counts(rerun.stdout) == {"chosen_local": 3, "pairs": 3, "merge_pairs": 1, "all": 1, "total": 8}
+
+
+@pytest.mark.slow
+def test_growing_n_and_changing_n_shards_generates_only_new_questions(tmp_path):
+    workdir = tmp_path / "wf"
+    workdir.mkdir()
+    _copy_workflow(workdir)
+    pilot = tmp_path / "pilot.yaml"
+    pilot.write_text("questions:\n  n: 30\nn_shards: 2\n")
+    first = snakemake(workdir, "--cores", "2", "--configfile", "demo/config.yaml", str(pilot))
+    assert first.returncode == 0, first.stderr[-3000:]
+    store = workdir / "results" / "demo" / "answer_store"
+
+    def generations():
+        counts = {}
+        for model_folder in store.iterdir():
+            ids = [json.loads(line)["id"] for part in model_folder.rglob("*.jsonl")
+                   for line in part.read_text().splitlines()]
+            counts[model_folder.name] = ids
+        return counts
+
+    assert {name: len(ids) for name, ids in generations().items()} == {
+        "results--demo--models--tiny-mistral": 30, "results--demo--models--tiny-qwen2": 30}
+
+    full = snakemake(workdir, "--cores", "2", *DEMO)  # all 63 questions, 3 shards
+    assert full.returncode == 0, full.stderr[-3000:]
+    for name, ids in generations().items():
+        assert len(ids) == len(set(ids)) == 63, f"{name}: an answer was generated twice"
+    logs = workdir / "results" / "demo" / "logs"
+    reused = sum(
+        int(re.search(r"(\d+) of \d+ answers already there", path.read_text()).group(1))
+        for path in (logs / "rejected").glob("*.log")
+    )
+    assert reused == 30

@@ -68,7 +68,11 @@ def _generate(args: argparse.Namespace) -> None:
         trust_remote_code=args.trust_remote_code,
     )
     generator = LocalGenerator(spec)
-    rows = answer_questions(generator, questions, args.system_prompt, sampling, args.batch_size)
+    rows = answer_questions(
+        generator, questions, args.system_prompt, sampling, args.batch_size,
+        max_batch_tokens=args.max_batch_tokens, engine=args.engine,
+        store_root=args.store, store_part=args.out.stem, progress_every_s=args.progress_every,
+    )
     write_jsonl(args.out, rows)
     stops = sum(row["finish_reason"] == "stop" for row in rows)
     log.info("wrote %d answers (%d stop, %d length) -> %s", len(rows), stops, len(rows) - stops, args.out)
@@ -167,7 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, required=True)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per generate() call at most")
+    p.add_argument("--max-batch-tokens", type=int, default=None,
+                   help="padded tokens (prompts x (longest prompt + max new tokens)) per batch at most")
+    p.add_argument("--engine", choices=("padded", "continuous"), default="padded")
+    p.add_argument("--store", type=Path, default=None,
+                   help="answer store folder: reuse answers made before, keep new ones as they are made")
+    p.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress lines")
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("pairs", help="join one shard's questions and answers into DPO rows")

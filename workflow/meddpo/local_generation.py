@@ -4,22 +4,39 @@ Used by both the ``rejected`` rule (the "more toxic" Mistral model) and the
 ``chosen_local`` rule (a local teacher such as Qwen2.5-7B-Instruct); the two
 differ only in model, system prompt and sampling settings.
 
-The model and tokenizer load once per job. Prompts are rendered with the
-model's own chat template (see chat_format), sorted by token length and
-generated in left-padded batches; answers come back in input order whatever
-the batching. ``finish_reason`` is "stop" when an end-of-sequence token was
-generated and "length" when the token cap was hit; only the generated part is
-scanned, since with left padding and pad = EOS the prompt holds EOS ids.
+The engine:
+
+* loads the model and tokenizer once per job (bf16 + SDPA attention on CUDA,
+  fp32 on CPU) and renders prompts with the model's own chat template;
+* skips every question whose answer is already in the answer store (see
+  answer_store) and appends new answers to it as each batch finishes, so a
+  killed job loses at most the batch in flight;
+* sorts the remaining prompts by token length (longest first) and cuts them into
+  batches of at most ``batch_size`` prompts and, if set, ``max_batch_tokens``
+  padded tokens (prompt + new tokens), generating each batch in one left-padded
+  ``generate()`` call under ``torch.inference_mode`` (engine "padded"), or hands
+  them all to transformers' continuous batching ``generate_batch`` (engine
+  "continuous");
+* on CUDA out-of-memory splits the failing batch in two and goes on;
+* seeds each batch from the configured seed and the batch's question ids, so the
+  same batch gives the same text whatever ran before it;
+* returns answers in input order whatever the batching.
+
+``finish_reason`` is "stop" when an end-of-sequence token was generated and
+"length" when the token cap was hit. Only the generated part is scanned: with
+left padding and pad = EOS the prompt holds EOS ids.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from .answer_store import AnswerStore
 from .chat_format import render_chat_prompt
 
 log = logging.getLogger(__name__)
@@ -49,6 +66,10 @@ class ModelSpec:
     dtype: str = "auto"  # auto = bfloat16 on CUDA, float32 on CPU
     device: str = "auto"
     trust_remote_code: bool = False
+
+    def text_settings(self) -> dict[str, Any]:
+        """The loading settings that change the generated text."""
+        return {"model": self.name, "revision": self.revision, "dtype": self.dtype}
 
 
 @dataclass
@@ -134,36 +155,157 @@ class LocalGenerator:
         rendered = render_chat_prompt(self.tokenizer, system_prompt, question, model_name=self.spec.name)
         return rendered.text, rendered.system_in_user_turn
 
-    def generate_batch(self, prompts: Sequence[str], sampling: Sampling) -> list[Answer]:
-        """Answer already-rendered prompts in one padded ``generate()`` call."""
-        torch = self._torch
-        encoded = self.tokenizer(
-            list(prompts), return_tensors="pt", padding=True, add_special_tokens=False
-        ).to(self.device)
+    def _sampling_kwargs(self, sampling: Sampling) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "max_new_tokens": sampling.max_new_tokens,
-            "min_new_tokens": sampling.min_new_tokens or None,
             "do_sample": sampling.do_sample,
             "pad_token_id": self.tokenizer.pad_token_id,
             "eos_token_id": sorted(self.eos_ids),
         }
+        if sampling.min_new_tokens:
+            kwargs["min_new_tokens"] = sampling.min_new_tokens
         if sampling.do_sample:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+        return kwargs
+
+    def _answer(self, generated_ids: Sequence[int], prompt_tokens: int) -> Answer:
+        stop_at = next((i for i, token in enumerate(generated_ids) if token in self.eos_ids), None)
+        if stop_at is None:
+            kept, reason, count = list(generated_ids), "length", len(generated_ids)
+        else:
+            kept, reason, count = list(generated_ids[:stop_at]), "stop", stop_at + 1
+        text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
+        return Answer(text=text, finish_reason=reason, new_tokens=count, prompt_tokens=int(prompt_tokens))
+
+    def generate_padded(self, prompt_ids: Sequence[Sequence[int]], sampling: Sampling) -> list[Answer]:
+        """Answer tokenized prompts in one left-padded ``generate()`` call."""
+        torch = self._torch
+        width = max(len(ids) for ids in prompt_ids)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + list(ids) for ids in prompt_ids], device=self.device)
+        attention_mask = torch.tensor(
+            [[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_ids], device=self.device
+        )
         with torch.inference_mode():
-            output = self.model.generate(**encoded, **kwargs)
-        prompt_width = encoded["input_ids"].shape[1]
-        generated = output[:, prompt_width:].tolist()
-        prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
-        answers = []
-        for ids, prompt_tokens in zip(generated, prompt_lengths):
-            stop_at = next((i for i, token in enumerate(ids) if token in self.eos_ids), None)
-            if stop_at is None:
-                kept, reason, count = ids, "length", len(ids)
-            else:
-                kept, reason, count = ids[:stop_at], "stop", stop_at + 1
-            text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
-            answers.append(Answer(text=text, finish_reason=reason, new_tokens=count, prompt_tokens=int(prompt_tokens)))
-        return answers
+            output = self.model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, **self._sampling_kwargs(sampling)
+            )
+        generated = output[:, width:].tolist()
+        return [self._answer(ids, len(prompt)) for ids, prompt in zip(generated, prompt_ids)]
+
+    def generate_continuous(self, prompt_ids: Sequence[Sequence[int]], sampling: Sampling) -> list[Answer]:
+        """Answer tokenized prompts with transformers' continuous batching (``generate_batch``)."""
+        from transformers import GenerationConfig
+
+        if sampling.min_new_tokens:
+            raise ValueError("engine 'continuous' does not support min_new_tokens; use engine 'padded'")
+        config = GenerationConfig(**self._sampling_kwargs(sampling))
+        # generate_batch decodes in a worker thread of its own and manages grad mode
+        # there; wrapping it in inference_mode here breaks its cache tensors.
+        outputs = self.model.generate_batch(
+            inputs=[list(ids) for ids in prompt_ids], generation_config=config, progress_bar=False
+        )
+        ordered = [outputs[f"req_{index}"] for index in range(len(prompt_ids))]
+        return [self._answer(out.generated_tokens, len(ids)) for out, ids in zip(ordered, prompt_ids)]
+
+
+def batch_seed(seed: int, ids: Sequence[str]) -> int:
+    """The torch seed of one batch: the configured seed and the batch's question ids."""
+    digest = hashlib.sha256(f"{seed}|{'|'.join(ids)}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, max_new_tokens: int,
+                 max_batch_tokens: int | None = None) -> list[list[int]]:
+    """Indices grouped into batches, longest prompts first.
+
+    A batch holds at most ``batch_size`` prompts and, when ``max_batch_tokens``
+    is set, at most that many padded tokens (prompts x (longest prompt + new
+    tokens)); a single prompt over the budget still gets a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        width = (lengths[current[0]] if current else lengths[index]) + max_new_tokens
+        full = len(current) >= batch_size or (
+            max_batch_tokens is not None and current and (len(current) + 1) * width > max_batch_tokens
+        )
+        if full:
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _is_cuda_oom(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.cuda.OutOfMemoryError)
+
+
+def generate_with_oom_split(
+    generate: Callable[[list[list[int]], Sampling], list[Answer]],
+    prompt_ids: list[list[int]],
+    ids: list[str],
+    sampling: Sampling,
+    seed_batch: Callable[[list[str]], None],
+) -> list[Answer]:
+    """Run one batch; on CUDA out-of-memory halve it (recursively) and go on."""
+    seed_batch(ids)
+    try:
+        return generate(prompt_ids, sampling)
+    except Exception as error:  # noqa: BLE001 - only CUDA OOM is handled, the rest re-raised
+        if not _is_cuda_oom(error) or len(prompt_ids) == 1:
+            raise
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    half = len(prompt_ids) // 2
+    log.warning("CUDA out of memory on a batch of %d prompts; splitting it into %d + %d",
+                len(prompt_ids), half, len(prompt_ids) - half)
+    return (generate_with_oom_split(generate, prompt_ids[:half], ids[:half], sampling, seed_batch)
+            + generate_with_oom_split(generate, prompt_ids[half:], ids[half:], sampling, seed_batch))
+
+
+@dataclass
+class Progress:
+    """Periodic progress lines that read well in a Slurm log file."""
+
+    total: int
+    already_done: int
+    every_s: float = 30.0
+    started: float = field(default_factory=time.perf_counter)
+    done: int = 0
+    new_tokens: int = 0
+    _last: float = 0.0
+
+    def update(self, answers: Sequence[Answer], force: bool = False) -> None:
+        self.done += len(answers)
+        self.new_tokens += sum(a.new_tokens for a in answers)
+        now = time.perf_counter()
+        if not force and now - self._last < self.every_s:
+            return
+        self._last = now
+        elapsed = max(now - self.started, 1e-9)
+        remaining = self.total - self.already_done - self.done
+        rate = self.done / elapsed
+        eta = remaining / rate if rate else float("inf")
+        log.info(
+            "%d/%d answers (%d from the store), %.2f rows/s, %.0f new tokens/s, ETA %s",
+            self.already_done + self.done, self.total, self.already_done, rate,
+            self.new_tokens / elapsed, _duration(eta),
+        )
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "unknown"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
 
 def answer_questions(
@@ -172,43 +314,72 @@ def answer_questions(
     system_prompt: str,
     sampling: Sampling,
     batch_size: int,
+    *,
+    max_batch_tokens: int | None = None,
+    engine: str = "padded",
+    store_root: str | os.PathLike | None = None,
+    store_part: str = "answers",
+    progress_every_s: float = 30.0,
 ) -> list[dict]:
     """Answer every question; rows come back in the order of ``questions``."""
-    torch = generator._torch
-    torch.manual_seed(sampling.seed)
-    rendered = [generator.render(system_prompt, q["question"]) for q in questions]
-    lengths = [len(generator.tokenizer(text, add_special_tokens=False)["input_ids"]) for text, _ in rendered]
-    # Longest first: the biggest batch shows up (or runs out of memory) at once.
-    order = sorted(range(len(questions)), key=lambda i: (-lengths[i], questions[i]["id"]))
-    results: dict[int, Answer] = {}
-    started = time.perf_counter()
-    new_tokens = 0
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        answers = generator.generate_batch([rendered[i][0] for i in batch], sampling)
-        for index, answer in zip(batch, answers):
-            results[index] = answer
-            new_tokens += answer.new_tokens
-        elapsed = max(time.perf_counter() - started, 1e-9)
-        done = len(results)
-        eta = (len(questions) - done) / (done / elapsed)
-        log.info(
-            "%d/%d answers, %.2f rows/s, %.0f new tokens/s, ETA %.0fs",
-            done, len(questions), done / elapsed, new_tokens / elapsed, eta,
-        )
     spec = generator.spec
-    rows = []
-    for index, question in enumerate(questions):
-        answer = results[index]
-        rows.append({
-            "id": question["id"],
-            "text": answer.text,
-            "finish_reason": answer.finish_reason,
-            "new_tokens": answer.new_tokens,
-            "prompt_tokens": answer.prompt_tokens,
+    settings = {**spec.text_settings(), "system_prompt": system_prompt, **asdict(sampling)}
+    store = AnswerStore(store_root, settings, store_part) if store_root is not None else None
+    done = store.load() if store else {}
+    todo = [i for i, q in enumerate(questions) if q["id"] not in done]
+    already = len(questions) - len(todo)
+    if store:
+        log.info("answer store %s: %d of %d answers already there, %d to generate",
+                 store.folder, already, len(questions), len(todo))
+
+    rendered = {i: generator.render(system_prompt, questions[i]["question"]) for i in todo}
+    prompt_ids = {i: generator.tokenizer(rendered[i][0], add_special_tokens=False)["input_ids"] for i in todo}
+    progress = Progress(total=len(questions), already_done=already, every_s=progress_every_s)
+
+    def make_rows(indices: Sequence[int], answers: Sequence[Answer]) -> list[dict]:
+        return [{
+            "id": questions[i]["id"],
+            "text": a.text,
+            "finish_reason": a.finish_reason,
+            "new_tokens": a.new_tokens,
+            "prompt_tokens": a.prompt_tokens,
             "model": spec.name,
             "revision": generator.resolved_revision,
             "sampling": asdict(sampling),
-            "system_in_user_turn": rendered[index][1],
-        })
-    return rows
+            "system_in_user_turn": rendered[i][1],
+        } for i, a in zip(indices, answers)]
+
+    def seed_batch(ids: list[str]) -> None:
+        generator._torch.manual_seed(batch_seed(sampling.seed, ids))
+
+    new_rows: dict[int, dict] = {}
+    if engine == "continuous" and todo:
+        seed_batch([questions[i]["id"] for i in todo])
+        answers = generator.generate_continuous([prompt_ids[i] for i in todo], sampling)
+        rows = make_rows(todo, answers)
+        if store:
+            store.append(rows)
+        new_rows.update(zip(todo, rows))
+        progress.update(answers, force=True)
+    elif engine == "padded":
+        lengths = [len(prompt_ids[i]) for i in todo]
+        for batch in plan_batches(lengths, batch_size, sampling.max_new_tokens, max_batch_tokens):
+            indices = [todo[b] for b in batch]
+            answers = generate_with_oom_split(
+                generator.generate_padded, [prompt_ids[i] for i in indices],
+                [questions[i]["id"] for i in indices], sampling, seed_batch,
+            )
+            rows = make_rows(indices, answers)
+            if store:
+                store.append(rows)
+            new_rows.update(zip(indices, rows))
+            progress.update(answers)
+        progress.update([], force=True)
+    elif engine != "continuous":
+        raise ValueError(f"unknown engine {engine!r}; use 'padded' or 'continuous'")
+
+    out = []
+    for index, question in enumerate(questions):
+        row = new_rows.get(index) or done[question["id"]]
+        out.append(row)
+    return out

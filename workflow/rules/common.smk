@@ -11,6 +11,9 @@ validate(config, schema="../schemas/config.schema.yaml")
 OUT = config["output"]["dir"].rstrip("/")
 LOGS = f"{OUT}/logs"
 BENCHMARKS = f"{OUT}/benchmarks"
+# Answers as they are made, kept across failures and reruns (not a declared
+# output, so Snakemake never deletes it); see workflow/meddpo/answer_store.py.
+ANSWER_STORE = f"{OUT}/answer_store"
 SHARDS = [f"{index:03d}" for index in range(config["n_shards"])]
 PAIRS_FILE = f"{OUT}/stage2_med_pairs.jsonl"
 PAIRS_STATS = f"{OUT}/stage2_med_pairs.stats.json"
@@ -43,7 +46,7 @@ def tiny_model_input(model_settings):
 
 def generation_options(model_settings, system_prompt):
     """`meddpo generate` options: model, sampling and system prompt (all change the text)."""
-    return cli_options(**model_settings, system_prompt=system_prompt)
+    return cli_options(**model_settings, system_prompt=system_prompt, store=ANSWER_STORE)
 
 
 def cli_options(**settings):

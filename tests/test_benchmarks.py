@@ -1,0 +1,34 @@
+"""The benchmark scripts run (their figures are recorded in benchmarks/README.md, never asserted)."""
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def _last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_gpu_benchmark_script_runs_on_a_tiny_model_on_cpu():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_engine.py"), "--tiny", "--device", "cpu",
+         "--batch-sizes", "1", "3", "--new-tokens", "5"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = _last_json(result.stdout)
+    assert [r["new_tokens"] for r in summary["results"]] == [5, 15]
+    assert all(0 < r["fraction_of_bound"] for r in summary["results"])
+
+
+def test_engine_vs_loop_generates_the_same_token_count_on_both_sides():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "engine_vs_loop.py"), "--questions", "8",
+         "--new-tokens", "4", "--batch-size", "8"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = _last_json(result.stdout)
+    assert summary["questions"] == 8 and summary["ratio"] > 0

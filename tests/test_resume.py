@@ -1,0 +1,58 @@
+"""A generation job killed mid-shard loses nothing and generates nothing twice."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+from meddpo.jsonl import read_jsonl, read_jsonl_tolerant, write_jsonl
+
+
+def _store_rows(store):
+    return [row for path in sorted(store.rglob("*.jsonl")) for row in read_jsonl_tolerant(path)]
+
+
+def test_kill_9_mid_shard_then_rerun(tmp_path, tiny_mistral):
+    shard = tmp_path / "shard-000.jsonl"
+    questions = [{"id": f"q{i:04d}", "question": f"What are the symptoms of condition number {i} ?"}
+                 for i in range(600)]
+    write_jsonl(shard, questions)
+    out, store = tmp_path / "rejected" / "shard-000.jsonl", tmp_path / "store"
+    command = [
+        sys.executable, "-m", "meddpo", "generate", "--shard", str(shard), "--out", str(out),
+        "--model", str(tiny_mistral), "--system-prompt", "Answer briefly.", "--max-new-tokens", "48",
+        "--temperature", "0.8", "--top-p", "0.95", "--seed", "4", "--batch-size", "4",
+        "--store", str(store), "--progress-every", "0",
+    ]
+    first_log = tmp_path / "first.log"
+    with open(first_log, "w") as log:
+        job = subprocess.Popen(command, stderr=log)
+        # kill once the store holds some answers: the trigger is the row count, not a sleep
+        deadline = time.monotonic() + 120
+        while job.poll() is None and time.monotonic() < deadline:
+            if sum(1 for _ in _store_rows(store)) >= 40:
+                os.kill(job.pid, signal.SIGKILL)
+                break
+            time.sleep(0.01)
+        job.wait(timeout=60)
+    assert job.returncode == -signal.SIGKILL, "the job finished before it could be killed"
+    assert not out.exists(), "a killed job must not leave a complete-looking output"
+    before = {row["id"] for row in _store_rows(store)}
+    assert 40 <= len(before) < 600
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    match = re.search(r"(\d+) of 600 answers already there, (\d+) to generate", rerun.stderr)
+    assert match and int(match.group(1)) == len(before) and int(match.group(2)) == 600 - len(before)
+
+    rows = read_jsonl(out)
+    assert [row["id"] for row in rows] == [q["id"] for q in questions]
+    generations = Counter(row["id"] for row in _store_rows(store))
+    assert set(generations) == {q["id"] for q in questions}
+    assert max(generations.values()) == 1, "some answer was generated twice"
+    settings = json.loads(next(store.rglob("settings.json")).read_text())
+    assert settings["system_prompt"] == "Answer briefly." and settings["seed"] == 4
