@@ -42,6 +42,8 @@ def _meta(rejected: dict, chosen: dict) -> dict:
         "rejected_finish_reason": rejected["finish_reason"],
         "chosen_new_tokens": chosen.get("new_tokens"),
         "rejected_new_tokens": rejected.get("new_tokens"),
+        "chosen_prompt_tokens": chosen.get("prompt_tokens"),
+        "rejected_prompt_tokens": rejected.get("prompt_tokens"),
         "chosen_sampling": chosen.get("sampling"),
         "rejected_sampling": rejected.get("sampling"),
     }
