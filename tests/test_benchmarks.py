@@ -32,3 +32,14 @@ def test_engine_vs_loop_generates_the_same_token_count_on_both_sides():
     assert result.returncode == 0, result.stderr
     summary = _last_json(result.stdout)
     assert summary["questions"] == 8 and summary["ratio"] > 0
+
+
+def test_gemini_concurrency_benchmark_runs():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gemini_concurrency.py"), "--questions", "16",
+         "--latency", "0.01", "--concurrency", "4"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = _last_json(result.stdout)
+    assert summary["questions"] == 16 and summary["ratio"] > 0

@@ -186,3 +186,37 @@ def test_growing_n_and_changing_n_shards_generates_only_new_questions(tmp_path):
         for path in (logs / "rejected").glob("*.log")
     )
     assert reused == 30
+
+
+@pytest.mark.slow
+def test_demo_with_the_gemini_teacher_keeps_the_key_out_of_every_file(tmp_path):
+    from meddpo.gemini_test_server import GeminiTestServer
+
+    workdir = tmp_path / "wf"
+    workdir.mkdir()
+    _copy_workflow(workdir)
+    overlay = tmp_path / "gemini.yaml"
+    overlay.write_text(
+        "teacher:\n  backend: gemini\n  gemini:\n    concurrency: 8\n    initial_backoff_s: 0.001\n"
+        "    max_backoff_s: 0.01\n    max_failed_fraction: 0.1\n"
+    )
+    key = "AIza-test-key-that-must-never-be-written-0123456789"
+    questions = [json.loads(line)["question"] for line in (REPO / "demo" / "medquad_demo.jsonl").open()]
+    with GeminiTestServer(expected_key=key) as server:
+        server.script = {questions[0]: ["blocked"], questions[7]: ["429", "ok"]}
+        env = _env()
+        env.update(GEMINI_API_KEY=key, GOOGLE_GEMINI_BASE_URL=server.base_url)
+        run = subprocess.run([*SNAKEMAKE, "--cores", "2", "--configfile", "demo/config.yaml", str(overlay)],
+                             cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = workdir / "results" / "demo"
+    stats = json.loads((out / "stage2_med_pairs.stats.json").read_text())
+    assert stats["pairs"] == 62 and stats["missing_chosen"] == 1
+    assert stats["chosen_failure_reasons"] == {"prompt_blocked:SAFETY": 1}
+    assert stats["teacher_usage"]["requests"] == 63 + 1
+    pairs = [json.loads(line) for line in (out / "stage2_med_pairs.jsonl").open()]
+    assert all(p["meta"]["teacher_model"] == "gemini-2.5-flash" for p in pairs)
+    assert questions[0] not in {p["question"] for p in pairs}
+    leaks = [str(path) for path in workdir.rglob("*") if path.is_file() and key.encode() in path.read_bytes()]
+    assert leaks == []
+    assert key not in run.stdout + run.stderr

@@ -78,13 +78,54 @@ def _generate(args: argparse.Namespace) -> None:
     log.info("wrote %d answers (%d stop, %d length) -> %s", len(rows), stops, len(rows) - stops, args.out)
 
 
+def _gemini(args: argparse.Namespace) -> int | None:
+    import asyncio
+
+    from .gemini_teacher import (GeminiSettings, answer_with_gemini, estimate_cost, load_api_key,
+                                 summarise_failures)
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("google_genai").setLevel(logging.WARNING)
+    api_key = load_api_key(args.secrets_file)
+    questions = read_jsonl(args.shard, required=("id", "question"))
+    settings = GeminiSettings(
+        model=args.model, temperature=args.temperature, max_output_tokens=args.max_output_tokens,
+        thinking_budget=args.thinking_budget, concurrency=args.concurrency,
+        requests_per_minute=args.requests_per_minute, max_attempts=args.max_attempts,
+        initial_backoff_s=args.initial_backoff, max_backoff_s=args.max_backoff, timeout_s=args.timeout,
+        base_url=args.base_url,
+    )
+    rows, failures, usage = asyncio.run(answer_with_gemini(
+        questions, args.system_prompt, settings, api_key, store_root=args.store, store_part=args.out.stem,
+        progress_every_s=args.progress_every,
+    ))
+    usage["estimated_cost_usd"] = estimate_cost(
+        usage, {"input_per_million": args.input_price, "output_per_million": args.output_price})
+    usage.update(questions=len(questions), answered=len(rows), failed=len(failures),
+                 failure_reasons=summarise_failures(failures), model=args.model)
+    write_jsonl(args.failures, failures)
+    write_json(args.usage, usage)
+    log.info("%d answered, %d failed %s; %d requests, tokens in/out/thinking %d/%d/%d, estimated $%.4f",
+             len(rows), len(failures), usage["failure_reasons"], usage.get("requests", 0),
+             usage.get("input_tokens", 0), usage.get("output_tokens", 0), usage.get("thinking_tokens", 0),
+             usage["estimated_cost_usd"])
+    if questions and len(failures) / len(questions) > args.max_failed_fraction:
+        print(f"meddpo gemini: error: {len(failures)} of {len(questions)} questions failed "
+              f"({usage['failure_reasons']}), more than --max-failed-fraction {args.max_failed_fraction}; "
+              f"see {args.failures}. Rerun to ask again for the failed ones only.", file=sys.stderr)
+        return 3
+    write_jsonl(args.out, rows)
+    return None
+
+
 def _pairs(args: argparse.Namespace) -> None:
     from .pairs import ANSWER_FIELDS, build_pairs
 
     questions = read_jsonl(args.questions, required=("id", "question", "source", "category", "question_type"))
     rejected = read_jsonl(args.rejected, required=ANSWER_FIELDS)
     chosen = read_jsonl(args.chosen, required=ANSWER_FIELDS)
-    pairs, stats = build_pairs(questions, rejected, chosen, args.system_prompt)
+    failures = [row for path in args.chosen_failures for row in read_jsonl(path, required=("id", "reason"))]
+    pairs, stats = build_pairs(questions, rejected, chosen, args.system_prompt, chosen_failures=failures)
     write_jsonl(args.out, pairs)
     write_json(args.stats, stats)
     log.info("%d questions -> %d pairs (%s) -> %s", stats["questions"], stats["pairs"], stats, args.out)
@@ -101,7 +142,11 @@ def _merge(args: argparse.Namespace) -> None:
     for pairs_path, stats_path in zip(args.pairs, args.shard_stats):
         with open(stats_path, encoding="utf-8") as handle:
             shards.append((read_jsonl(pairs_path, required=PAIR_FIELDS), json.load(handle)))
-    rows, stats = merge_pair_shards(shards)
+    usage = []
+    for path in args.usage:
+        with open(path, encoding="utf-8") as handle:
+            usage.append(json.load(handle))
+    rows, stats = merge_pair_shards(shards, teacher_usage=usage)
     write_jsonl(args.out, rows)
     write_json(args.stats, stats)
     log.info("merged %d shards: %d pairs, %d questions left out -> %s",
@@ -180,10 +225,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress lines")
     p.set_defaults(func=_generate)
 
+    p = sub.add_parser("gemini", help="answer a shard with Gemini (key from GEMINI_API_KEY or --secrets-file)")
+    p.add_argument("--shard", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--failures", required=True, type=Path, help="JSONL of {id, reason, attempts} per failed question")
+    p.add_argument("--usage", required=True, type=Path, help="JSON with requests, tokens and estimated cost")
+    p.add_argument("--model", default="gemini-2.5-flash")
+    p.add_argument("--system-prompt", required=True)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--max-output-tokens", type=int, default=4096)
+    p.add_argument("--thinking-budget", type=int, default=None)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--requests-per-minute", type=float, default=900.0)
+    p.add_argument("--max-attempts", type=int, default=6)
+    p.add_argument("--initial-backoff", type=float, default=2.0)
+    p.add_argument("--max-backoff", type=float, default=60.0)
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--base-url", default=None, help="API endpoint (default: the SDK's, or GOOGLE_GEMINI_BASE_URL)")
+    p.add_argument("--secrets-file", type=Path, default=None)
+    p.add_argument("--input-price", type=float, default=0.0, help="USD per million input tokens")
+    p.add_argument("--output-price", type=float, default=0.0, help="USD per million output + thinking tokens")
+    p.add_argument("--max-failed-fraction", type=float, default=0.02)
+    p.add_argument("--store", type=Path, default=None)
+    p.add_argument("--progress-every", type=float, default=30.0)
+    p.set_defaults(func=_gemini)
+
     p = sub.add_parser("pairs", help="join one shard's questions and answers into DPO rows")
     p.add_argument("--questions", required=True, type=Path)
     p.add_argument("--rejected", required=True, type=Path)
     p.add_argument("--chosen", required=True, type=Path)
+    p.add_argument("--chosen-failures", nargs="*", default=[], type=Path,
+                   help="the teacher's failures files: their reasons are counted in the stats")
     p.add_argument("--system-prompt", required=True, help="the training system prompt of the 'prompt' column")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--stats", required=True, type=Path)
@@ -192,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("merge", help="merge pair shards into the final dataset")
     p.add_argument("--pairs", nargs="+", required=True, type=Path)
     p.add_argument("--shard-stats", nargs="+", required=True, type=Path)
+    p.add_argument("--usage", nargs="*", default=[], type=Path, help="Gemini usage files to add up")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--stats", required=True, type=Path)
     p.set_defaults(func=_merge)
@@ -216,13 +289,13 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     from .chat_format import ChatTemplateError
+    from .gemini_teacher import HardGeminiError, MissingKeyError
 
     try:
-        args.func(args)
-    except (DataError, ChatTemplateError) as err:
+        return args.func(args) or 0
+    except (DataError, ChatTemplateError, HardGeminiError, MissingKeyError) as err:
         print(f"meddpo {args.command}: error: {err}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -54,8 +54,13 @@ def build_pairs(
     rejected_rows: Iterable[dict],
     chosen_rows: Iterable[dict],
     system_prompt: str,
+    chosen_failures: Iterable[dict] = (),
 ) -> tuple[list[dict], dict]:
-    """DPO rows for one shard, sorted by id, and the counts of what was left out."""
+    """DPO rows for one shard, sorted by id, and the counts of what was left out.
+
+    ``chosen_failures`` ({id, reason} rows from the Gemini teacher) explain some of
+    the missing chosen answers; their reasons are counted in the stats.
+    """
     rejected = _index_answers(rejected_rows, "rejected")
     chosen = _index_answers(chosen_rows, "chosen")
     counts: Counter = Counter()
@@ -86,11 +91,23 @@ def build_pairs(
         })
     counts["pairs"] = len(pairs)
     pairs.sort(key=lambda row: row["id"])
-    return pairs, {key: counts.get(key, 0) for key in STAT_KEYS}
+    stats = {key: counts.get(key, 0) for key in STAT_KEYS}
+    stats["chosen_failure_reasons"] = dict(sorted(Counter(f["reason"] for f in chosen_failures).items()))
+    return pairs, stats
 
 
-def merge_pair_shards(shards: Sequence[tuple[list[dict], dict]]) -> tuple[list[dict], dict]:
-    """Concatenate per-shard pairs (sorted by id, ids checked unique) and add up their stats."""
+USAGE_KEYS = ("requests", "input_tokens", "output_tokens", "thinking_tokens", "reused_from_store",
+              "estimated_cost_usd")
+
+
+def merge_pair_shards(
+    shards: Sequence[tuple[list[dict], dict]], teacher_usage: Sequence[dict] = ()
+) -> tuple[list[dict], dict]:
+    """Concatenate per-shard pairs (sorted by id, ids checked unique) and add up their stats.
+
+    ``teacher_usage`` (one Gemini usage summary per shard) adds requests, tokens
+    and estimated cost of the run to the stats.
+    """
     rows = [row for shard_rows, _ in shards for row in shard_rows]
     rows.sort(key=lambda row: row["id"])
     for before, after in zip(rows, rows[1:]):
@@ -101,6 +118,15 @@ def merge_pair_shards(shards: Sequence[tuple[list[dict], dict]]) -> tuple[list[d
         totals.update({key: stats.get(key, 0) for key in STAT_KEYS})
     stats = {key: totals.get(key, 0) for key in STAT_KEYS}
     stats["shards"] = len(shards)
+    reasons = Counter()
+    for _, shard_stats in shards:
+        reasons.update(shard_stats.get("chosen_failure_reasons", {}))
+    stats["chosen_failure_reasons"] = dict(sorted(reasons.items()))
+    if teacher_usage:
+        totals = Counter()
+        for usage in teacher_usage:
+            totals.update({key: usage.get(key, 0) for key in USAGE_KEYS})
+        stats["teacher_usage"] = {key: round(totals[key], 6) for key in USAGE_KEYS}
     stats["finish_reasons"] = {
         role: dict(sorted(Counter(row["meta"][f"{role}_finish_reason"] for row in rows).items()))
         for role in ("chosen", "rejected")

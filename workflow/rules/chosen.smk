@@ -28,3 +28,30 @@ if config["teacher"]["backend"] == "local":
             f"{BENCHMARKS}/chosen/shard-{{shard}}.tsv"
         shell:
             "python -m meddpo generate --shard {input.shard:q} {params.options} --out {output:q} 2> {log:q}"
+
+
+if config["teacher"]["backend"] == "gemini":
+
+    rule chosen_gemini:
+        input:
+            f"{OUT}/shards/shard-{{shard}}.jsonl",
+        output:
+            answers=f"{OUT}/chosen/shard-{{shard}}.jsonl",
+            failures=f"{OUT}/chosen/shard-{{shard}}.failures.jsonl",
+            usage=f"{OUT}/chosen/shard-{{shard}}.usage.json",
+        params:
+            # what changes the text
+            text=cli_options(**gemini_text_settings(), system_prompt=config["prompts"]["teacher"]),
+            # how fast, how patient, where the key is (no key itself: it never enters a command line)
+            client=cli_options(**gemini_client_settings(), store=ANSWER_STORE),
+        resources:
+            gemini_jobs=1,
+        conda:
+            CONDA_ENV
+        log:
+            f"{LOGS}/chosen/shard-{{shard}}.log",
+        benchmark:
+            f"{BENCHMARKS}/chosen/shard-{{shard}}.tsv"
+        shell:
+            "python -m meddpo gemini --shard {input:q} {params.text} {params.client}"
+            " --out {output.answers:q} --failures {output.failures:q} --usage {output.usage:q} 2> {log:q}"

@@ -63,3 +63,31 @@ def cli_options(**settings):
             continue
         words.append(flag if value is True else f"{flag} {shlex.quote(str(value))}")
     return " ".join(words)
+
+
+GEMINI_TEXT_KEYS = ("model", "temperature", "max_output_tokens", "thinking_budget")
+
+
+def gemini_text_settings():
+    gemini = config["teacher"]["gemini"]
+    return {key: gemini[key] for key in GEMINI_TEXT_KEYS}
+
+
+def gemini_client_settings():
+    gemini = config["teacher"]["gemini"]
+    settings = {key: value for key, value in gemini.items() if key not in GEMINI_TEXT_KEYS}
+    renamed = {
+        "initial_backoff_s": "initial_backoff",
+        "max_backoff_s": "max_backoff",
+        "timeout_s": "timeout",
+        "price_input_per_million": "input_price",
+        "price_output_per_million": "output_price",
+    }
+    return {renamed.get(key, key): value for key, value in settings.items()}
+
+
+def chosen_extras(kind):
+    """Per-shard side files of the Gemini teacher (failures, usage), none for a local teacher."""
+    if config["teacher"]["backend"] != "gemini":
+        return []
+    return [f"{OUT}/chosen/shard-{{shard}}.{kind}"]

@@ -1,6 +1,7 @@
 """DPO pairs: join each shard's questions with both answers, then merge the shards.
 
 in:  {OUT}/shards/shard-{shard}.jsonl, {OUT}/rejected/shard-{shard}.jsonl, {OUT}/chosen/shard-{shard}.jsonl
+     (+ the Gemini teacher's failures and usage files)
 out: {OUT}/pairs/shard-{shard}.jsonl (+ .stats.json)  one shard's pairs and what it left out
      {OUT}/stage2_med_pairs.jsonl (+ .stats.json)      the dataset, sorted by id
 """
@@ -11,6 +12,7 @@ rule pairs:
         questions=f"{OUT}/shards/shard-{{shard}}.jsonl",
         rejected=f"{OUT}/rejected/shard-{{shard}}.jsonl",
         chosen=f"{OUT}/chosen/shard-{{shard}}.jsonl",
+        chosen_failures=chosen_extras("failures.jsonl"),
     output:
         pairs=f"{OUT}/pairs/shard-{{shard}}.jsonl",
         stats=f"{OUT}/pairs/shard-{{shard}}.stats.json",
@@ -22,13 +24,15 @@ rule pairs:
         f"{LOGS}/pairs/shard-{{shard}}.log",
     shell:
         "python -m meddpo pairs --questions {input.questions:q} --rejected {input.rejected:q} --chosen {input.chosen:q}"
-        " {params.options} --out {output.pairs:q} --stats {output.stats:q} 2> {log:q}"
+        " --chosen-failures {input.chosen_failures:q} {params.options}"
+        " --out {output.pairs:q} --stats {output.stats:q} 2> {log:q}"
 
 
 rule merge_pairs:
     input:
         pairs=expand(f"{OUT}/pairs/shard-{{shard}}.jsonl", shard=SHARDS),
         stats=expand(f"{OUT}/pairs/shard-{{shard}}.stats.json", shard=SHARDS),
+        usage=[expand(path, shard=SHARDS) for path in chosen_extras("usage.json")],
     output:
         pairs=PAIRS_FILE,
         stats=PAIRS_STATS,
@@ -37,5 +41,5 @@ rule merge_pairs:
     log:
         f"{LOGS}/merge_pairs.log",
     shell:
-        "python -m meddpo merge --pairs {input.pairs:q} --shard-stats {input.stats:q}"
+        "python -m meddpo merge --pairs {input.pairs:q} --shard-stats {input.stats:q} --usage {input.usage:q}"
         " --out {output.pairs:q} --stats {output.stats:q} 2> {log:q}"

@@ -1,0 +1,223 @@
+"""The Gemini teacher with the real google-genai SDK against the local wire-format server."""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from meddpo.gemini_teacher import (
+    GeminiSettings,
+    HardGeminiError,
+    MissingKeyError,
+    RateLimiter,
+    _RetryWait,
+    answer_with_gemini,
+    estimate_cost,
+    load_api_key,
+    suggested_delay_s,
+)
+from meddpo.gemini_test_server import GeminiTestServer
+from meddpo.jsonl import read_jsonl, read_jsonl_tolerant, write_jsonl
+
+KEY = "test-key-not-a-secret-7f3a"
+QUESTIONS = [{"id": f"q{i:03d}", "question": f"What helps with condition {i} ?"} for i in range(12)]
+
+
+def fast(server, **overrides):
+    base = dict(base_url=server.base_url, initial_backoff_s=0.001, max_backoff_s=0.01, timeout_s=2.0,
+                requests_per_minute=1e6, concurrency=8, max_attempts=4)
+    return GeminiSettings(**{**base, **overrides})
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_transient_errors_are_retried_until_every_question_is_answered(tmp_path):
+    with GeminiTestServer() as server:
+        # each affected question fails fewer times than the cap of 4 tries: no flakiness possible
+        server.script = {QUESTIONS[1]["question"]: ["429", "503", "ok"],
+                         QUESTIONS[2]["question"]: ["500", "500", "500"],
+                         QUESTIONS[3]["question"]: ["timeout"]}
+        server.hang_s = 3.0  # longer than the 2 s client time-out
+        rows, failures, usage = run(answer_with_gemini(QUESTIONS, "Be careful.", fast(server), KEY,
+                                                       store_root=tmp_path))
+        assert failures == []
+        assert [r["id"] for r in rows] == [q["id"] for q in QUESTIONS]
+        assert server.requests[QUESTIONS[1]["question"]] == 3
+        assert server.requests[QUESTIONS[2]["question"]] == 4
+        assert server.requests[QUESTIONS[3]["question"]] == 2
+        assert usage["requests"] == sum(server.requests.values()) == 12 + 2 + 3 + 1
+        body = server.bodies[0]
+        assert body["systemInstruction"]["parts"][0]["text"] == "Be careful."
+        assert body["generationConfig"]["maxOutputTokens"] == 4096
+        assert server.keys_seen == {KEY}
+
+
+def test_exhausted_retries_blocked_and_empty_answers_are_failures_with_reasons(tmp_path):
+    with GeminiTestServer() as server:
+        server.script = {QUESTIONS[0]["question"]: ["503"] * 4, QUESTIONS[1]["question"]: ["blocked"],
+                         QUESTIONS[2]["question"]: ["empty"], QUESTIONS[3]["question"]: ["safety"],
+                         QUESTIONS[4]["question"]: ["length"]}
+        rows, failures, _ = run(answer_with_gemini(QUESTIONS, "Be careful.", fast(server), KEY))
+    assert {f["id"]: f["reason"] for f in failures} == {
+        "q000": "retries_exhausted:503 UNAVAILABLE", "q001": "prompt_blocked:SAFETY",
+        "q002": "empty_text", "q003": "finish_reason:SAFETY"}
+    by_id = {r["id"]: r for r in rows}
+    assert len(rows) == 8 and by_id["q004"]["finish_reason"] == "length"
+    assert by_id["q005"]["finish_reason"] == "stop" and by_id["q005"]["gemini_finish_reason"] == "STOP"
+
+
+def test_a_hard_error_stops_the_job_at_once():
+    with GeminiTestServer(default_step="403") as server:
+        with pytest.raises(HardGeminiError, match="403 PERMISSION_DENIED"):
+            run(answer_with_gemini(QUESTIONS * 10, "x", fast(server, concurrency=4), KEY))
+        # nothing was retried and the other questions were not all sent
+        assert sum(server.requests.values()) < len(QUESTIONS)
+
+
+def test_rate_limiter_spaces_request_starts_by_count_not_wall_time():
+    now = [100.0]
+    sleeps = []
+
+    async def fake_sleep(seconds):
+        sleeps.append(round(seconds, 6))
+
+    async def go():
+        limiter = RateLimiter(120, clock=lambda: now[0], sleep=fake_sleep)
+        for _ in range(4):
+            await limiter.acquire()
+
+    asyncio.run(go())
+    # 120 requests/min = one start every 0.5 s; the clock never moved, so each waits longer
+    assert sleeps == [0.5, 1.0, 1.5]
+
+
+def test_backoff_honours_the_servers_suggested_delay():
+    from google.genai import errors
+
+    error = errors.ClientError(429, {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "slow down",
+                                               "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                                                            "retryDelay": "37s"}]}})
+    assert suggested_delay_s(error) == 37.0
+
+    class State:
+        attempt_number = 1
+
+        class outcome:
+            failed = True
+
+            @staticmethod
+            def exception():
+                return error
+
+    assert _RetryWait(initial=1.0, maximum=60.0)(State) == 37.0
+    assert _RetryWait(initial=1.0, maximum=10.0)(State) == 10.0  # never beyond the cap
+
+
+def test_key_from_environment_or_secrets_file(tmp_path, monkeypatch):
+    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    secrets = tmp_path / "secrets.env"
+    with pytest.raises(MissingKeyError, match=r"GEMINI_API_KEY.*secrets\.env"):
+        load_api_key(secrets)
+    secrets.write_text("# my key\nGEMINI_API_KEY='abc123'\n")
+    assert load_api_key(secrets) == "abc123"
+    monkeypatch.setenv("GOOGLE_API_KEY", "from-env")
+    assert load_api_key(secrets) == "from-env"
+
+
+def test_cost_estimate_counts_thinking_as_output():
+    usage = {"input_tokens": 1_000_000, "output_tokens": 500_000, "thinking_tokens": 500_000}
+    assert estimate_cost(usage, {"input_per_million": 0.3, "output_per_million": 2.5}) == 2.8
+
+
+def _cli(shard, tmp_path, *extra):
+    return [sys.executable, "-m", "meddpo", "gemini", "--shard", str(shard),
+            "--out", str(tmp_path / "chosen" / "shard-000.jsonl"),
+            "--failures", str(tmp_path / "chosen" / "shard-000.failures.jsonl"),
+            "--usage", str(tmp_path / "chosen" / "shard-000.usage.json"),
+            "--system-prompt", "Be careful.", "--store", str(tmp_path / "store"),
+            "--initial-backoff", "0.001", "--max-backoff", "0.01", "--progress-every", "0", *extra]
+
+
+def _env(server, **extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
+    env.update(GEMINI_API_KEY=KEY, GOOGLE_GEMINI_BASE_URL=server.base_url, **extra)
+    return env
+
+
+def test_cli_bad_key_fails_fast_with_one_line_and_no_output(tmp_path):
+    shard = tmp_path / "shard.jsonl"
+    write_jsonl(shard, QUESTIONS)
+    with GeminiTestServer(expected_key="the-right-key") as server:
+        result = subprocess.run(_cli(shard, tmp_path), env=_env(server), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [line for line in errors if "400 INVALID_ARGUMENT" in line and "API key not valid" in line]
+    assert len(errors) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "chosen").exists()
+    assert KEY not in result.stderr
+
+
+def test_cli_missing_key_says_where_to_put_it(tmp_path):
+    shard = tmp_path / "shard.jsonl"
+    write_jsonl(shard, QUESTIONS)
+    env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
+    result = subprocess.run(_cli(shard, tmp_path, "--secrets-file", str(tmp_path / "secrets.env")),
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "set GEMINI_API_KEY" in result.stderr and "secrets.env" in result.stderr
+
+
+def test_cli_killed_mid_shard_rerun_requests_only_what_was_missing(tmp_path):
+    questions = [{"id": f"k{i:03d}", "question": f"Is treatment {i} safe ?"} for i in range(120)]
+    shard = tmp_path / "shard.jsonl"
+    write_jsonl(shard, questions)
+    store = tmp_path / "store"
+    with GeminiTestServer(latency_s=0.05) as server:
+        job = subprocess.Popen(_cli(shard, tmp_path, "--concurrency", "4"), env=_env(server),
+                               stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while job.poll() is None and time.monotonic() < deadline:
+            if sum(len(read_jsonl_tolerant(p)) for p in store.rglob("*.jsonl")) >= 30:
+                os.kill(job.pid, signal.SIGKILL)
+                break
+            time.sleep(0.01)
+        job.wait(timeout=60)
+        assert job.returncode == -signal.SIGKILL, "the job finished before it could be killed"
+        assert not (tmp_path / "chosen" / "shard-000.jsonl").exists()
+        stored = {row["id"] for p in store.rglob("*.jsonl") for row in read_jsonl_tolerant(p)}
+        before = Counter(server.requests)
+
+        rerun = subprocess.run(_cli(shard, tmp_path, "--concurrency", "4"), env=_env(server),
+                               capture_output=True, text=True, timeout=120)
+        assert rerun.returncode == 0, rerun.stderr
+        asked_again = {q for q in server.requests if server.requests[q] > before[q]}
+    missing = {q["question"] for q in questions if q["id"] not in stored}
+    assert asked_again == missing
+    assert all(server.requests[q] - before[q] == 1 for q in asked_again)
+    rows = read_jsonl(tmp_path / "chosen" / "shard-000.jsonl")
+    assert [r["id"] for r in rows] == [q["id"] for q in questions]
+    usage = json.loads((tmp_path / "chosen" / "shard-000.usage.json").read_text())
+    assert usage["reused_from_store"] == len(stored) and usage["requests"] == len(missing)
+
+
+def test_cli_too_many_failures_fails_the_job_and_lists_them(tmp_path):
+    shard = tmp_path / "shard.jsonl"
+    write_jsonl(shard, QUESTIONS)
+    with GeminiTestServer() as server:
+        server.script = {q["question"]: ["blocked"] for q in QUESTIONS[:3]}
+        result = subprocess.run(_cli(shard, tmp_path, "--max-failed-fraction", "0.1"), env=_env(server),
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3
+    assert "3 of 12 questions failed" in result.stderr
+    assert not (tmp_path / "chosen" / "shard-000.jsonl").exists()
+    failures = read_jsonl(tmp_path / "chosen" / "shard-000.failures.jsonl")
+    assert [f["id"] for f in failures] == ["q000", "q001", "q002"]

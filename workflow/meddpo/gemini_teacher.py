@@ -1,0 +1,386 @@
+"""Chosen answers from Gemini through the google-genai SDK: concurrent, rate-limited, retrying, resumable.
+
+One async client per job, kept for the job's length. Every question is one
+``client.aio.models.generate_content`` call with the teacher system prompt as
+``system_instruction``; at most ``concurrency`` calls are in flight and calls
+start no faster than ``requests_per_minute`` allows (retries count too).
+
+Errors:
+
+* 429, 5xx, time-outs and connection errors are retried by tenacity with
+  exponential back-off and jitter, up to ``max_attempts`` tries; a 429 that
+  carries a RetryInfo delay waits at least that long. A question whose tries
+  run out is a per-question failure.
+* 400 / 401 / 403 / 404 (bad key, no permission, unknown model) mean no question
+  can succeed: the job stops at once with one line (HardGeminiError) and writes
+  no output.
+* A blocked prompt, a candidate stopped for SAFETY / PROHIBITED_CONTENT /
+  RECITATION / ..., or an empty answer is a per-question failure with that
+  reason. MAX_TOKENS keeps the (cut) answer with finish_reason "length".
+
+Every answer is appended to the answer store as it arrives, so a rerun asks
+only for the questions that are missing or failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Sequence
+
+from .answer_store import AnswerStore
+
+log = logging.getLogger(__name__)
+
+HARD_ERROR_CODES = {400, 401, 403, 404}
+RETRY_CODES = {408, 429, 500, 502, 503, 504}
+KEY_VARIABLES = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+
+
+class HardGeminiError(Exception):
+    """An error no retry can fix (bad key, permission, unknown model)."""
+
+
+class MissingKeyError(Exception):
+    """No API key in the environment or the secrets file."""
+
+
+@dataclass(frozen=True)
+class GeminiSettings:
+    model: str = "gemini-2.5-flash"
+    temperature: float = 0.7
+    max_output_tokens: int = 4096
+    thinking_budget: int | None = 0
+    # throughput and retries (they do not change the text)
+    concurrency: int = 32
+    requests_per_minute: float = 900.0
+    max_attempts: int = 6
+    initial_backoff_s: float = 2.0
+    max_backoff_s: float = 60.0
+    timeout_s: float = 120.0
+    base_url: str | None = None
+
+    def text_settings(self, system_prompt: str) -> dict[str, Any]:
+        """What changes the answer text: the answer store's key."""
+        return {"model": self.model, "backend": "gemini", "system_prompt": system_prompt,
+                "temperature": self.temperature, "max_output_tokens": self.max_output_tokens,
+                "thinking_budget": self.thinking_budget}
+
+
+def load_api_key(secrets_file: str | os.PathLike | None) -> str:
+    """The key from GEMINI_API_KEY / GOOGLE_API_KEY, else from the secrets file.
+
+    The file holds one ``GEMINI_API_KEY=...`` line (or just the key); keep it out of git.
+    """
+    for name in KEY_VARIABLES:
+        if os.environ.get(name, "").strip():
+            return os.environ[name].strip()
+    if secrets_file and Path(secrets_file).is_file():
+        for line in Path(secrets_file).read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, sep, value = line.partition("=")
+            if not sep:
+                return line
+            if name.strip().removeprefix("export ").strip() in KEY_VARIABLES and value.strip():
+                return value.strip().strip("'\"")
+    where = f" or in {secrets_file} (a line GEMINI_API_KEY=...)" if secrets_file else ""
+    raise MissingKeyError(f"no Gemini API key: set GEMINI_API_KEY (or GOOGLE_API_KEY) in the environment{where}")
+
+
+class RateLimiter:
+    """Spaces request starts at least 60 / requests_per_minute seconds apart.
+
+    ``clock`` and ``sleep`` can be replaced (tests use a fake clock, so pacing is
+    checked by counts, not wall time).
+    """
+
+    def __init__(self, requests_per_minute: float, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
+        self.interval = 60.0 / requests_per_minute if requests_per_minute > 0 else 0.0
+        self.clock, self.sleep = clock, sleep
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            now = self.clock()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            await self.sleep(start - now)
+
+
+def suggested_delay_s(error: BaseException) -> float | None:
+    """The RetryInfo delay a Gemini error carries ("retryDelay": "37s"), if any."""
+    details = getattr(error, "details", None)
+    if not isinstance(details, dict):
+        return None
+    for item in (details.get("error") or {}).get("details") or []:
+        if isinstance(item, dict) and str(item.get("@type", "")).endswith("RetryInfo"):
+            match = re.fullmatch(r"([0-9.]+)s", str(item.get("retryDelay", "")))
+            if match:
+                return float(match.group(1))
+    return None
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Time-outs and connection errors of whichever httpx the SDK uses (httpx2 or httpx)."""
+    found: list[type[BaseException]] = [asyncio.TimeoutError]
+    for name in ("httpx2", "httpx"):
+        try:
+            module = __import__(name)
+        except ImportError:
+            continue
+        found += [getattr(module, cls) for cls in ("TimeoutException", "TransportError") if hasattr(module, cls)]
+    return tuple(found)
+
+
+def _is_transient(error: BaseException) -> bool:
+    from google.genai import errors
+
+    if isinstance(error, errors.APIError):
+        return error.code in RETRY_CODES
+    return isinstance(error, _transport_errors())
+
+
+def _error_reason(error: BaseException) -> str:
+    code, status = getattr(error, "code", None), getattr(error, "status", None)
+    if code:
+        return f"{code} {status or ''}".strip()
+    return type(error).__name__
+
+
+class _RetryWait:
+    """tenacity wait: exponential back-off with jitter, at least the server's suggested delay."""
+
+    def __init__(self, initial: float, maximum: float):
+        import tenacity
+
+        self._exponential = tenacity.wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)
+        self.maximum = maximum
+
+    def __call__(self, retry_state) -> float:
+        wait = self._exponential(retry_state)
+        outcome = retry_state.outcome
+        if outcome is not None and outcome.failed:
+            suggested = suggested_delay_s(outcome.exception())
+            if suggested is not None:
+                wait = max(wait, min(suggested, self.maximum))
+        return wait
+
+
+@dataclass
+class Outcome:
+    row: dict | None = None
+    failure: dict | None = None
+    usage: Counter | None = None
+    attempts: int = 0
+
+
+_FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length"}
+
+
+def _usage(response) -> Counter:
+    meta = getattr(response, "usage_metadata", None)
+    counts = Counter()
+    if meta is not None:
+        counts["input_tokens"] = meta.prompt_token_count or 0
+        counts["output_tokens"] = meta.candidates_token_count or 0
+        counts["thinking_tokens"] = meta.thoughts_token_count or 0
+    return counts
+
+
+def interpret_response(question_id: str, response, settings: GeminiSettings) -> Outcome:
+    """Turn one generateContent response into an answer row or a failure."""
+    usage = _usage(response)
+    feedback = getattr(response, "prompt_feedback", None)
+    if feedback is not None and feedback.block_reason:
+        return Outcome(failure={"id": question_id, "reason": f"prompt_blocked:{_enum_name(feedback.block_reason)}"},
+                       usage=usage)
+    candidates = response.candidates or []
+    if not candidates:
+        return Outcome(failure={"id": question_id, "reason": "no_candidates"}, usage=usage)
+    candidate = candidates[0]
+    reason = _enum_name(candidate.finish_reason) if candidate.finish_reason else "STOP"
+    parts = (candidate.content.parts if candidate.content and candidate.content.parts else [])
+    text = "".join(part.text or "" for part in parts if not getattr(part, "thought", False)).strip()
+    if reason not in _FINISH_REASONS:
+        return Outcome(failure={"id": question_id, "reason": f"finish_reason:{reason}"}, usage=usage)
+    if not text:
+        return Outcome(failure={"id": question_id, "reason": "empty_text"}, usage=usage)
+    row = {
+        "id": question_id,
+        "text": text,
+        "finish_reason": _FINISH_REASONS[reason],
+        "gemini_finish_reason": reason,
+        "new_tokens": usage["output_tokens"],
+        "prompt_tokens": usage["input_tokens"],
+        "thinking_tokens": usage["thinking_tokens"],
+        "model": settings.model,
+        "revision": getattr(response, "model_version", None),
+        "sampling": {"temperature": settings.temperature, "max_output_tokens": settings.max_output_tokens,
+                     "thinking_budget": settings.thinking_budget},
+    }
+    return Outcome(row=row, usage=usage)
+
+
+def _enum_name(value) -> str:
+    return getattr(value, "name", None) or str(value)
+
+
+async def _ask(client, limiter: RateLimiter, settings: GeminiSettings, config, question: dict) -> Outcome:
+    import tenacity
+
+    attempts = 0
+
+    async def call():
+        nonlocal attempts
+        attempts += 1
+        await limiter.acquire()
+        return await client.aio.models.generate_content(
+            model=settings.model, contents=question["question"], config=config
+        )
+
+    retrying = tenacity.AsyncRetrying(
+        stop=tenacity.stop_after_attempt(settings.max_attempts),
+        wait=_RetryWait(settings.initial_backoff_s, settings.max_backoff_s),
+        retry=tenacity.retry_if_exception(_is_transient),
+        reraise=True,
+    )
+    try:
+        response = await retrying(call)
+    except Exception as error:  # noqa: BLE001 - sorted into hard, exhausted and unexpected below
+        code = getattr(error, "code", None)
+        if code in HARD_ERROR_CODES:
+            message = getattr(error, "message", None) or str(error)
+            raise HardGeminiError(f"Gemini refused the request ({code} {getattr(error, 'status', '')}): "
+                                  f"{message}".replace("\n", " ")) from None
+        if not _is_transient(error):
+            raise
+        return Outcome(failure={"id": question["id"], "reason": f"retries_exhausted:{_error_reason(error)}",
+                                "attempts": attempts}, attempts=attempts)
+    outcome = interpret_response(question["id"], response, settings)
+    outcome.attempts = attempts
+    if outcome.failure is not None:
+        outcome.failure["attempts"] = attempts
+    return outcome
+
+
+def make_client(api_key: str, settings: GeminiSettings):
+    from google import genai
+    from google.genai import types
+
+    options = types.HttpOptions(
+        timeout=int(settings.timeout_s * 1000),
+        # retries are ours (tenacity, honouring the server's RetryInfo): the SDK's are off
+        retry_options=types.HttpRetryOptions(attempts=1),
+    )
+    if settings.base_url:
+        options.base_url = settings.base_url
+    return genai.Client(api_key=api_key, http_options=options)
+
+
+def generation_config(settings: GeminiSettings, system_prompt: str):
+    from google.genai import types
+
+    kwargs: dict[str, Any] = dict(
+        system_instruction=system_prompt,
+        temperature=settings.temperature,
+        max_output_tokens=settings.max_output_tokens,
+    )
+    if settings.thinking_budget is not None:
+        kwargs["thinking_config"] = types.ThinkingConfig(thinking_budget=settings.thinking_budget)
+    return types.GenerateContentConfig(**kwargs)
+
+
+async def answer_with_gemini(
+    questions: Sequence[dict],
+    system_prompt: str,
+    settings: GeminiSettings,
+    api_key: str,
+    *,
+    store_root: str | os.PathLike | None = None,
+    store_part: str = "answers",
+    limiter: RateLimiter | None = None,
+    progress_every_s: float = 30.0,
+) -> tuple[list[dict], list[dict], dict]:
+    """Answer every question not yet in the store. Returns ``(rows, failures, usage)``.
+
+    ``rows`` follow the order of ``questions`` (answered ones only); ``usage``
+    counts requests and tokens of this job (answers reused from the store cost nothing).
+    """
+    store = AnswerStore(store_root, settings.text_settings(system_prompt), store_part) if store_root else None
+    done = store.load() if store else {}
+    todo = [q for q in questions if q["id"] not in done]
+    log.info("Gemini %s: %d of %d answers already in the store, %d to request (%d in flight at most, "
+             "%.0f requests/min)", settings.model, len(questions) - len(todo), len(questions), len(todo),
+             settings.concurrency, settings.requests_per_minute)
+    limiter = limiter or RateLimiter(settings.requests_per_minute)
+    config = generation_config(settings, system_prompt)
+    client = make_client(api_key, settings)
+    semaphore = asyncio.Semaphore(settings.concurrency)
+    usage: Counter = Counter()
+    failures: list[dict] = []
+    new_rows: dict[str, dict] = {}
+    started, last_report = time.perf_counter(), 0.0
+
+    async def one(question: dict) -> None:
+        nonlocal last_report
+        async with semaphore:
+            outcome = await _ask(client, limiter, settings, config, question)
+        usage["requests"] += outcome.attempts
+        usage.update(outcome.usage or Counter())
+        if outcome.row is not None:
+            if store:
+                store.append([outcome.row])
+            new_rows[question["id"]] = outcome.row
+        else:
+            failures.append(outcome.failure)
+        finished = len(new_rows) + len(failures)
+        now = time.perf_counter()
+        if now - last_report >= progress_every_s or finished == len(todo):
+            last_report = now
+            rate = finished / max(now - started, 1e-9)
+            log.info("%d/%d requested questions finished (%d failed), %.1f questions/s, ETA %.0fs",
+                     finished, len(todo), len(failures), rate, (len(todo) - finished) / rate if rate else 0)
+
+    tasks = [asyncio.create_task(one(q)) for q in todo]
+    try:
+        if tasks:
+            # the first hard error cancels everything else at once
+            for future in asyncio.as_completed(tasks):
+                await future
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await client.aio.aclose()
+    rows = [new_rows.get(q["id"]) or done.get(q["id"]) for q in questions]
+    rows = [row for row in rows if row is not None]
+    order = {q["id"]: i for i, q in enumerate(questions)}
+    failures.sort(key=lambda f: order[f["id"]])
+    usage["reused_from_store"] = len(questions) - len(todo)
+    return rows, failures, dict(usage)
+
+
+def estimate_cost(usage: dict, prices: dict) -> float:
+    """US dollars from token counts and per-million-token prices (thinking is billed as output)."""
+    return round(
+        usage.get("input_tokens", 0) / 1e6 * prices.get("input_per_million", 0.0)
+        + (usage.get("output_tokens", 0) + usage.get("thinking_tokens", 0)) / 1e6
+        * prices.get("output_per_million", 0.0),
+        6,
+    )
+
+
+def summarise_failures(failures: Sequence[dict]) -> dict[str, int]:
+    return dict(sorted(Counter(f["reason"] for f in failures).items()))
+

@@ -1,0 +1,175 @@
+"""A local HTTP server that speaks the Gemini ``generateContent`` wire format.
+
+Tests and benchmarks point the real ``google-genai`` client at it (``HttpOptions
+(base_url=...)`` or the SDK's ``GOOGLE_GEMINI_BASE_URL`` variable). It listens
+on 127.0.0.1 only, on a free port, and shuts itself down after ``lifetime_s``
+even if nobody stops it.
+
+Served: ``POST /{version}/models/{model}:generateContent``. The request's
+``contents``, ``systemInstruction`` and ``generationConfig`` are read; the reply
+has ``candidates[].content.parts[].text``, ``finishReason`` and
+``usageMetadata``; errors come as ``{"error": {"code", "message", "status"}}``.
+
+Faults are scripted per question text: ``script[question] = ["429", "503",
+"ok"]`` answers the first request for that question with a 429, the second
+with a 503, the third normally, and any later one normally. Steps:
+
+    ok        a normal answer (finishReason STOP)
+    length    a truncated answer (finishReason MAX_TOKENS)
+    429 500 503    an error with that status (429 carries a RetryInfo delay)
+    403 400 404    a hard error
+    timeout   no answer for ``hang_s`` seconds
+    blocked   promptFeedback.blockReason = SAFETY, no candidates
+    empty     a candidate with no text
+    safety    a candidate with finishReason SAFETY and no text
+
+``default_step`` applies to questions without a script (``"403"`` makes every
+request fail, as a bad key would). ``requests`` counts requests per question.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import Counter, defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+STATUS_NAMES = {
+    400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE",
+}
+_PATH = re.compile(r"^/(?P<version>v[^/]+)/models/(?P<model>[^/:]+):generateContent$")
+
+
+class GeminiTestServer:
+    def __init__(self, *, latency_s: float = 0.0, default_step: str = "ok", hang_s: float = 5.0,
+                 retry_delay_s: float = 0.01, lifetime_s: float = 600.0, expected_key: str | None = None):
+        self.latency_s = latency_s
+        self.default_step = default_step
+        self.hang_s = hang_s
+        self.retry_delay_s = retry_delay_s
+        self.lifetime_s = lifetime_s
+        self.expected_key = expected_key
+        self.script: dict[str, list[str]] = {}
+        self.requests: Counter = Counter()
+        self.bodies: list[dict] = []
+        self.keys_seen: set[str] = set()
+        self._steps_used: dict[str, int] = defaultdict(int)
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._timer: threading.Timer | None = None
+
+    # -- what the handler asks ------------------------------------------------------------
+    def _next_step(self, question: str) -> str:
+        with self._lock:
+            self.requests[question] += 1
+            index = self._steps_used[question]
+            self._steps_used[question] += 1
+        steps = self.script.get(question)
+        if steps is None:
+            return self.default_step
+        return steps[index] if index < len(steps) else "ok"
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> tuple[int, dict]:
+        match = _PATH.match(handler.path.split("?", 1)[0])
+        if not match:
+            return 404, _error(404, f"no route for {handler.path}")
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = json.loads(handler.rfile.read(length) or b"{}")
+        key = handler.headers.get("x-goog-api-key", "")
+        with self._lock:
+            self.bodies.append(body)
+            self.keys_seen.add(key)
+        if self.expected_key is not None and key != self.expected_key:
+            return 400, _error(400, "API key not valid. Please pass a valid API key.")
+        question = "".join(part.get("text", "") for part in body["contents"][-1]["parts"])
+        step = self._next_step(question)
+        if self.latency_s:
+            time.sleep(self.latency_s)
+        config = body.get("generationConfig", {})
+        usage = {"promptTokenCount": len(question.split()) + 10, "totalTokenCount": 0}
+        thinking = (config.get("thinkingConfig") or {}).get("thinkingBudget") or 0
+        if step == "timeout":
+            time.sleep(self.hang_s)
+            step = "ok"
+        if step.isdigit():
+            code = int(step)
+            return code, _error(code, f"injected {code}", retry_delay_s=self.retry_delay_s if code == 429 else None)
+        if step == "blocked":
+            return 200, {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": usage}
+        text = {
+            "ok": f"A careful answer to: {question} Please see a clinician about your own situation.",
+            "length": f"A long answer to: {question} that was cut",
+            "empty": "",
+            "safety": "",
+        }[step]
+        reason = {"ok": "STOP", "length": "MAX_TOKENS", "empty": "STOP", "safety": "SAFETY"}[step]
+        candidate: dict[str, Any] = {"finishReason": reason, "index": 0}
+        candidate["content"] = {"role": "model", "parts": [{"text": text}] if text else []}
+        output_tokens = len(text.split())
+        usage.update(candidatesTokenCount=output_tokens, thoughtsTokenCount=min(thinking, 7))
+        usage["totalTokenCount"] = usage["promptTokenCount"] + output_tokens + usage["thoughtsTokenCount"]
+        return 200, {"candidates": [candidate], "usageMetadata": usage, "modelVersion": match.group("model")}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None, "server not started"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> "GeminiTestServer":
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                try:
+                    code, payload = owner._handle(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+                data = json.dumps(payload).encode("utf-8")
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._timer = threading.Timer(self.lifetime_s, self.stop)
+        self._timer.daemon = True
+        self._timer.start()
+        return self
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> "GeminiTestServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _error(code: int, message: str, retry_delay_s: float | None = None) -> dict:
+    error: dict[str, Any] = {"code": code, "message": message, "status": STATUS_NAMES.get(code, "UNKNOWN")}
+    if retry_delay_s is not None:
+        error["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_delay_s}s"}]
+    return {"error": error}
