@@ -25,6 +25,15 @@ include: "workflow/rules/chosen.smk"
 include: "workflow/rules/pairs.smk"
 
 
+# Seconds of work each: never worth a cluster job.
+localrules:
+    all,
+    questions,
+    shard,
+    pairs,
+    merge_pairs,
+
+
 rule all:
     input:
         PAIRS_FILE,

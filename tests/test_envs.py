@@ -30,8 +30,8 @@ def test_env_files_parse_and_match_pyproject_pins():
         env_pins = _pins(pip_section)
         for name, version in env_pins.items():
             assert project_pins.get(name) == version, f"{path.name}: {name}=={version} differs from pyproject.toml"
-        # everything the jobs import is there (snakemake itself runs outside the job env)
-        assert set(project_pins) - set(env_pins) == {"snakemake"}, path.name
+        # everything the jobs import is there (snakemake and its executor run outside the job env)
+        assert set(project_pins) - set(env_pins) == {"snakemake", "snakemake-executor-plugin-slurm"}, path.name
 
 
 def test_every_rule_names_an_existing_env_file():

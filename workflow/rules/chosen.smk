@@ -20,6 +20,7 @@ if config["teacher"]["backend"] == "local":
             options=generation_options(config["teacher"]["local"], config["prompts"]["teacher"]),
         resources:
             gpu=1,
+            runtime=runtime_minutes(10),
         conda:
             CONDA_ENV
         log:
@@ -46,6 +47,7 @@ if config["teacher"]["backend"] == "gemini":
             client=cli_options(**gemini_client_settings(), store=ANSWER_STORE),
         resources:
             gemini_jobs=1,
+            runtime=runtime_minutes(2),
         conda:
             CONDA_ENV
         log:

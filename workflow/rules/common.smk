@@ -1,5 +1,6 @@
 """Shared set-up: config validation, paths, shard names and input helpers."""
 
+import math
 import os
 import shlex
 
@@ -31,6 +32,19 @@ CONDA_ENV = "../../envs/meddpo.yaml"
 
 wildcard_constraints:
     shard=r"\d{3}",
+
+# Portable time limits (minutes) for the generation jobs, sized from the shard and
+# grown with each retry (Slurm kills a job at its limit; the retry resumes from the
+# answer store). Cluster names stay in profiles/.
+QUESTIONS_PER_SHARD = math.ceil((config["questions"]["n"] or 50000) / config["n_shards"])
+
+
+def runtime_minutes(minutes_per_100_questions, start_up=15, cap=480):
+    def runtime(wildcards, attempt):
+        estimate = start_up + minutes_per_100_questions * QUESTIONS_PER_SHARD / 100
+        return min(cap, math.ceil(estimate * attempt))
+
+    return runtime
 
 
 def local_source(source):

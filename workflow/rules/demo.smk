@@ -7,6 +7,9 @@ out: the folders named by rejected.model and teacher.local.model
 
 if config["demo"]["build_tiny_models"]:
 
+    localrules:
+        tiny_models,
+
     rule tiny_models:
         input:
             config["demo"]["texts"],

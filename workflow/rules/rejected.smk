@@ -15,6 +15,7 @@ rule rejected:
         options=generation_options(config["rejected"], config["prompts"]["rejected"]),
     resources:
         gpu=1,
+        runtime=runtime_minutes(4),
     conda:
         CONDA_ENV
     log:

@@ -1,0 +1,187 @@
+"""The Bridges-2 profile against a real one-node Slurm cluster (with accounting and a fake H100).
+
+Needs root and Debian's Slurm packages (tests/slurm/cluster.sh installs them); skips
+loudly elsewhere, and .ci/run fails if it skipped in CI. The test profile is the
+bridges2 profile with only what cannot exist on a 2-core CI box changed.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from test_workflow import SNAKEMAKE, _copy_workflow, _env, job_counts
+
+CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
+ACCOUNT = "meddpo-test"
+KEY = "AIza-slurm-test-key-never-written-9876543210"
+QUESTIONS_PER_SHARD = 6
+
+
+def _sh(*command, timeout=120, check=True):
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=check)
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip("SKIPPED LOUDLY: a real Slurm cluster needs root and apt-get; CI requires this test")
+    _sh("bash", str(CLUSTER), "install", timeout=600)
+    started = _sh("bash", str(CLUSTER), "start", timeout=300, check=False)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield
+    finally:
+        _sh("bash", str(CLUSTER), "stop", timeout=120, check=False)
+
+
+def _test_profile(folder: Path) -> Path:
+    """profiles/bridges2 with only what a 2-core CI box needs changed."""
+    profile = yaml.safe_load((REPO / "profiles" / "bridges2" / "config.yaml").read_text())
+    profile.update({
+        "retries": 0,  # a shard made to fail must stay failed until the rerun
+        "slurm-init-seconds-before-status-checks": 2,
+        "latency-wait": 5,
+        "jobs": 6,
+    })
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
+    return folder
+
+
+def _sacct(*job_ids):
+    fields = "JobID,JobName%40,Partition,Account,State,AllocTRES%80,Comment%80"
+    out = _sh("sacct", "-X", "-n", "-P", "-o", fields, "-j", ",".join(job_ids)).stdout
+    rows = [dict(zip(fields.replace("%40", "").replace("%80", "").split(","), line.split("|")))
+            for line in out.splitlines() if line.strip()]
+    return rows
+
+
+def _all_jobs():
+    out = _sh("sacct", "-X", "-n", "-P", "-a", "-S", "now-2hours", "-o", "JobID").stdout
+    return {line.strip() for line in out.splitlines() if line.strip()}
+
+
+def _store_rows(store: Path, part: str):
+    rows = []
+    for path in store.rglob(f"{part}.jsonl"):
+        if "tiny-mistral" in str(path):
+            rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip().endswith("}")]
+    return rows
+
+
+@pytest.mark.slow
+def test_bridges2_profile_on_a_real_slurm(slurm_cluster, tmp_path):
+    from meddpo.gemini_test_server import GeminiTestServer
+
+    workdir = tmp_path / "wf"
+    workdir.mkdir()
+    _copy_workflow(workdir)
+    profile = _test_profile(tmp_path / "profile")
+    overlay = tmp_path / "slurm-test.yaml"
+    overlay.write_text(yaml.safe_dump({
+        "questions": {"n": 3 * QUESTIONS_PER_SHARD},
+        "n_shards": 3,
+        # slow enough that a shard job can be cancelled half-way
+        "rejected": {"batch_size": 1, "max_new_tokens": 600, "min_new_tokens": 600},
+        "teacher": {"backend": "gemini",
+                    "gemini": {"concurrency": 4, "initial_backoff_s": 0.001, "max_backoff_s": 0.01}},
+    }))
+    command = [*SNAKEMAKE, "--profile", str(profile), "--configfile", "demo/config.yaml", str(overlay)]
+    env = _env()
+    store = workdir / "results" / "demo" / "answer_store"
+    before = _all_jobs()
+
+    with GeminiTestServer(expected_key=KEY) as server:
+        env.update(GEMINI_API_KEY=KEY, GOOGLE_GEMINI_BASE_URL=server.base_url, SBATCH_ACCOUNT=ACCOUNT)
+        # --- run 1: kill shard 001's generation process once it has made some answers -------
+        # (kill -9 of the job's process: the Slurm job ends FAILED, as after an out-of-memory
+        # kill or a crash. `scancel` would be the other way, but plugin 2.8.0 reads sacct's
+        # "CANCELLED by <uid>" as still running and waits forever; a time limit takes 90 s.)
+        first = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)
+        killed, deadline = None, time.monotonic() + 420
+        while first.poll() is None and time.monotonic() < deadline and killed is None:
+            if _store_rows(store, "shard-001"):
+                found = _sh("pgrep", "-f", "meddpo generate --shard .*shard-001.jsonl", check=False).stdout.split()
+                if found:
+                    _sh("kill", "-9", *found, check=False)
+                    killed = found
+            time.sleep(0.05)
+        try:
+            output_1, _ = first.communicate(timeout=max(10, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            first.kill()
+            raise
+        assert killed, "shard 001's rejected job finished before it could be killed:\n" + output_1[-3000:]
+        assert first.returncode != 0, "the run with a killed shard must fail"
+        done_before_rerun = {row["id"] for row in _store_rows(store, "shard-001")}
+        assert 1 <= len(done_before_rerun) < QUESTIONS_PER_SHARD
+        run_1_jobs = _all_jobs() - before
+
+        # --- run 2: the same command resubmits only what failed ----------------------------
+        second = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=420)
+        assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
+        run_2_jobs = _all_jobs() - before - run_1_jobs
+
+    # Run 1: every GPU job on GPU-shared with one h100-80, 60 GB and the account;
+    # the Gemini teacher on RM-shared without a GPU.
+    rows_1 = _sacct(*run_1_jobs)
+    gpu_jobs = [row for row in rows_1 if "rule_rejected" in row["Comment"]]
+    cpu_jobs = [row for row in rows_1 if "rule_chosen_gemini" in row["Comment"]]
+    assert len(gpu_jobs) == 3 and len(cpu_jobs) == 3, rows_1
+    assert len(rows_1) == 6, "question building, sharding and pairs must not be Slurm jobs"
+    for row in gpu_jobs:
+        assert row["Partition"] == "GPU-shared" and row["Account"] == ACCOUNT
+        assert "gres/gpu:h100-80=1" in row["AllocTRES"] and "mem=60G" in row["AllocTRES"]
+    for row in cpu_jobs:
+        assert row["Partition"] == "RM-shared" and row["Account"] == ACCOUNT
+        assert "gpu" not in row["AllocTRES"]
+        assert row["State"] == "COMPLETED"
+    assert sorted(r["State"] for r in gpu_jobs) == ["COMPLETED", "COMPLETED", "FAILED"]
+    assert [r for r in gpu_jobs if r["State"] == "FAILED"][0]["Comment"].endswith("001")
+
+    # Run 2: only the cancelled shard's generation job was submitted again ...
+    rows_2 = _sacct(*run_2_jobs)
+    assert len(rows_2) == 1 and "rule_rejected" in rows_2[0]["Comment"] and "001" in rows_2[0]["Comment"]
+    assert rows_2[0]["State"] == "COMPLETED" and "gres/gpu:h100-80=1" in rows_2[0]["AllocTRES"]
+    assert job_counts(second.stdout + second.stderr) == {"rejected": 1, "pairs": 1, "merge_pairs": 1,
+                                                         "all": 1, "total": 4}
+    # ... and it resumed from the answer store: nothing generated twice
+    log = (workdir / "results" / "demo" / "logs" / "rejected" / "shard-001.log").read_text()
+    assert f"{len(done_before_rerun)} of {QUESTIONS_PER_SHARD} answers already there" in log
+    ids = [row["id"] for row in _store_rows(store, "shard-001")]
+    assert len(ids) == len(set(ids)) == QUESTIONS_PER_SHARD
+
+    stats = json.loads((workdir / "results" / "demo" / "stage2_med_pairs.stats.json").read_text())
+    assert stats["pairs"] == 3 * QUESTIONS_PER_SHARD
+    # Slurm logs are where the README says, and the key is nowhere
+    assert list((workdir / "results" / "logs" / "slurm").rglob("*.log"))
+    leaks = [str(p) for p in workdir.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
+    assert leaks == []
+    submit_lines = _sh("sacct", "-X", "-n", "-P", "-o", "SubmitLine%500", "-j",
+                       ",".join(run_1_jobs | run_2_jobs)).stdout
+    assert KEY not in submit_lines and "GPU-shared" in submit_lines
+
+
+def test_bridges2_dry_run_needs_no_slurm_daemons(tmp_path):
+    workdir = tmp_path / "wf"
+    workdir.mkdir()
+    _copy_workflow(workdir)
+    env = _env()
+    env["SBATCH_ACCOUNT"] = ACCOUNT
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep))
+    result = subprocess.run([*SNAKEMAKE, "--profile", "profiles/bridges2", "-n"], cwd=workdir, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    n_shards = yaml.safe_load((REPO / "config.yaml").read_text())["n_shards"]
+    assert job_counts(result.stdout)["rejected"] == n_shards
+    assert "slurm_partition=GPU-shared" in result.stdout and "slurm_extra=--gpus-per-node=h100-80:1" in result.stdout
+    assert f"slurm_account={ACCOUNT}" in result.stdout
