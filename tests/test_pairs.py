@@ -20,10 +20,11 @@ def test_pairs_join_by_id_and_count_what_is_left_out():
     questions = [_question(i) for i in (3, 1, 2, 4, 5)]
     rejected = [_answer(i, f"bad {i}", "mmt", "length") for i in (1, 2, 3, 5)]  # 4 missing
     chosen = [_answer(i, f"good {i}", "teacher") for i in (1, 3, 4)] + [_answer(2, "  \n", "teacher")]  # 5 missing, 2 empty
-    pairs, stats = build_pairs(questions, rejected, chosen, SYSTEM)
+    failures = [{"id": "mq-5", "reason": "prompt_blocked:SAFETY"}]
+    pairs, stats = build_pairs(questions, rejected, chosen, SYSTEM, chosen_failures=failures)
     assert [p["id"] for p in pairs] == ["mq-1", "mq-3"]
     assert stats == {"questions": 5, "missing_rejected": 1, "missing_chosen": 1, "empty_rejected": 0,
-                     "empty_chosen": 1, "pairs": 2}
+                     "empty_chosen": 1, "pairs": 2, "chosen_failure_reasons": {"prompt_blocked:SAFETY": 1}}
     row = pairs[0]
     assert list(row) == list(PAIR_FIELDS)
     assert row["prompt"] == "Be careful.\n\nUser question:\nWhat are the symptoms of disease 1 ?"
