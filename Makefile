@@ -26,8 +26,10 @@ system-deps:
 demo: $(VENV)/.installed
 	$(RUN) $(BIN)/snakemake --cores 2 --configfile demo/config.yaml
 	@echo
-	@echo "Pairs: results/demo/stage2_med_pairs.jsonl"
-	@echo "Stats: results/demo/stage2_med_pairs.stats.json (questions: results/demo/questions/questions.stats.json)"
+	@echo "Pairs:  results/demo/dataset/stage2_med_pairs.jsonl"
+	@echo "Stats:  results/demo/dataset/stage2_med_pairs.stats.json"
+	@echo "Report: results/demo/dataset/report.md (plots in results/demo/dataset/plots/)"
+	@echo "Card:   results/demo/dataset/README.md"
 
 test: $(VENV)/.installed system-deps
 	$(RUN) $(BIN)/python -m pytest

@@ -5,7 +5,7 @@
 #   snakemake -n                                       # what would run
 #
 # Stages, one rule file each under workflow/rules/: questions -> shards ->
-# rejected / chosen answers per shard -> pairs. The logic lives in the meddpo
+# rejected / chosen answers per shard -> pairs -> the dataset (checked, reported). The logic lives in the meddpo
 # package (workflow/meddpo); each rule calls one `meddpo` sub-command.
 
 from snakemake.utils import min_version
@@ -23,6 +23,7 @@ include: "workflow/rules/shards.smk"
 include: "workflow/rules/rejected.smk"
 include: "workflow/rules/chosen.smk"
 include: "workflow/rules/pairs.smk"
+include: "workflow/rules/dataset.smk"
 
 
 # Seconds of work each: never worth a cluster job.
@@ -32,10 +33,12 @@ localrules:
     shard,
     pairs,
     merge_pairs,
+    finalize,
+    validate,
 
 
 rule all:
     input:
         PAIRS_FILE,
-        PAIRS_STATS,
+        f"{DATASET}/validation.txt",
     default_target: True

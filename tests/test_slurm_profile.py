@@ -153,14 +153,14 @@ def test_bridges2_profile_on_a_real_slurm(slurm_cluster, tmp_path):
     assert len(rows_2) == 1 and "rule_rejected" in rows_2[0]["Comment"] and "001" in rows_2[0]["Comment"]
     assert rows_2[0]["State"] == "COMPLETED" and "gres/gpu:h100-80=1" in rows_2[0]["AllocTRES"]
     assert job_counts(second.stdout + second.stderr) == {"rejected": 1, "pairs": 1, "merge_pairs": 1,
-                                                         "all": 1, "total": 4}
+                                                         "finalize": 1, "validate": 1, "all": 1, "total": 6}
     # ... and it resumed from the answer store: nothing generated twice
     log = (workdir / "results" / "demo" / "logs" / "rejected" / "shard-001.log").read_text()
     assert f"{len(done_before_rerun)} of {QUESTIONS_PER_SHARD} answers already there" in log
     ids = [row["id"] for row in _store_rows(store, "shard-001")]
     assert len(ids) == len(set(ids)) == QUESTIONS_PER_SHARD
 
-    stats = json.loads((workdir / "results" / "demo" / "stage2_med_pairs.stats.json").read_text())
+    stats = json.loads((workdir / "results" / "demo" / "pairs" / "all_pairs.stats.json").read_text())
     assert stats["pairs"] == 3 * QUESTIONS_PER_SHARD
     # Slurm logs are where the README says, and the key is nowhere
     assert list((workdir / "results" / "logs" / "slurm").rglob("*.log"))

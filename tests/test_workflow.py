@@ -64,7 +64,7 @@ def test_dry_run_of_the_real_config_lists_every_stage(workdir):
     n_shards = yaml.safe_load((REPO / "config.yaml").read_text())["n_shards"]
     assert job_counts(result.stdout) == {
         "questions": 1, "shard": n_shards, "rejected": n_shards, "chosen_local": n_shards,
-        "pairs": n_shards, "merge_pairs": 1, "all": 1, "total": 4 * n_shards + 3,
+        "pairs": n_shards, "merge_pairs": 1, "finalize": 1, "validate": 1, "all": 1, "total": 4 * n_shards + 5,
     }
 
 
@@ -98,7 +98,8 @@ def test_dag_picture(workdir):
     dag = snakemake(workdir, "--dag", *DEMO)
     assert dag.returncode == 0, dag.stderr
     svg = subprocess.run(["dot", "-Tsvg"], input=dag.stdout, capture_output=True, text=True, check=True).stdout
-    for rule in ("questions", "shard", "rejected", "chosen_local", "pairs", "merge_pairs", "tiny_models"):
+    for rule in ("questions", "shard", "rejected", "chosen_local", "pairs", "merge_pairs", "finalize", "validate",
+                 "tiny_models"):
         assert f">{rule}" in svg
 
 
@@ -115,7 +116,8 @@ def test_demo_end_to_end(tmp_path):
     question_stats = json.loads((out / "questions" / "questions.stats.json").read_text())
     assert question_stats["read"] == 66 and question_stats["picked"] == len(questions) == 63
 
-    pairs = [json.loads(line) for line in (out / "stage2_med_pairs.jsonl").read_text().splitlines()]
+    dataset = out / "dataset"
+    pairs = [json.loads(line) for line in (dataset / "stage2_med_pairs.jsonl").read_text().splitlines()]
     assert [p["id"] for p in pairs] == sorted(q["id"] for q in questions)
     by_id = {q["id"]: q for q in questions}
     caps = {"rejected": demo["rejected"]["max_new_tokens"], "chosen": demo["teacher"]["local"]["max_new_tokens"]}
@@ -136,13 +138,25 @@ def test_demo_end_to_end(tmp_path):
             assert (new_tokens == caps[role]) if reason == "length" else (new_tokens <= caps[role])
         assert meta["rejected_sampling"]["temperature"] == config["rejected"]["temperature"]
 
-    stats = json.loads((out / "stage2_med_pairs.stats.json").read_text())
+    stats = json.loads((out / "pairs" / "all_pairs.stats.json").read_text())
     assert stats["pairs"] == 63 and stats["questions"] == 63 and stats["shards"] == demo["n_shards"]
 
     import datasets
 
-    loaded = datasets.load_dataset("json", data_files=str(out / "stage2_med_pairs.jsonl"), split="train")
+    loaded = datasets.load_dataset("json", data_files=str(dataset / "stage2_med_pairs.jsonl"), split="train")
     assert loaded.num_rows == 63 and {"prompt", "chosen", "rejected"} <= set(loaded.column_names)
+    # the folder loads as it is, through its dataset card's configs: train/test split by id
+    by_card = datasets.load_dataset(str(dataset))
+    assert by_card["train"].num_rows + by_card["test"].num_rows == 63 and by_card["test"].num_rows > 0
+    conversational = datasets.load_dataset(str(dataset), "conversational", split="train")
+    assert conversational[0]["chosen"][0]["role"] == "assistant"
+    assert "OK, 63 rows" in (dataset / "validation.txt").read_text()
+    final = json.loads((dataset / "stage2_med_pairs.stats.json").read_text())
+    stages = final["stages"]
+    assert stages["picked"] == stages["pairs_kept"] + stages["pairs_dropped"] + stages["left_out_missing_or_failed_answer"]
+    for plot in ("lengths.png", "truncation_by_category.png", "drops_by_category.png"):
+        assert (dataset / "plots" / plot).read_bytes().startswith(b"\x89PNG")
+    assert "![Answer lengths](plots/lengths.png)" in (dataset / "report.md").read_text()
 
     # Nothing left to do on a second run ...
     again = snakemake(workdir, "-n", *DEMO)
@@ -151,7 +165,8 @@ def test_demo_end_to_end(tmp_path):
     changed = tmp_path / "hotter_teacher.yaml"
     changed.write_text("teacher:\n  local:\n    temperature: 0.3\n")
     rerun = snakemake(workdir, "-n", "--configfile", "demo/config.yaml", str(changed))
-    assert job_counts(rerun.stdout) == {"chosen_local": 3, "pairs": 3, "merge_pairs": 1, "all": 1, "total": 8}
+    assert job_counts(rerun.stdout) == {"chosen_local": 3, "pairs": 3, "merge_pairs": 1, "finalize": 1,
+                                        "validate": 1, "all": 1, "total": 10}
 
 
 @pytest.mark.slow
@@ -210,12 +225,15 @@ def test_demo_with_the_gemini_teacher_keeps_the_key_out_of_every_file(tmp_path):
                              cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = workdir / "results" / "demo"
-    stats = json.loads((out / "stage2_med_pairs.stats.json").read_text())
+    stats = json.loads((out / "pairs" / "all_pairs.stats.json").read_text())
     assert stats["pairs"] == 62 and stats["missing_chosen"] == 1
     assert stats["chosen_failure_reasons"] == {"prompt_blocked:SAFETY": 1}
     assert stats["teacher_usage"]["requests"] == 63 + 1
-    pairs = [json.loads(line) for line in (out / "stage2_med_pairs.jsonl").open()]
+    pairs = [json.loads(line) for line in (out / "dataset" / "stage2_med_pairs.jsonl").open()]
     assert all(p["meta"]["teacher_model"] == "gemini-2.5-flash" for p in pairs)
+    final = json.loads((out / "dataset" / "stage2_med_pairs.stats.json").read_text())
+    assert final["chosen_failure_reasons"] == {"prompt_blocked:SAFETY": 1}
+    assert final["stages"]["left_out_missing_or_failed_answer"] == 1
     assert questions[0] not in {p["question"] for p in pairs}
     leaks = [str(path) for path in workdir.rglob("*") if path.is_file() and key.encode() in path.read_bytes()]
     assert leaks == []

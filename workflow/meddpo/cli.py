@@ -153,6 +153,127 @@ def _merge(args: argparse.Namespace) -> None:
              stats["shards"], stats["pairs"], stats["questions"] - stats["pairs"], args.out)
 
 
+def _load_json(path: Path | None) -> dict | None:
+    import json
+
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _finalize(args: argparse.Namespace) -> None:
+    import hashlib
+    import json
+
+    from .dataset_card import render_card
+    from .jsonl import atomic_open
+    from .quality import apply_policy
+    from .report import build_stats, render_report, throughput_per_shard, write_plots
+
+    rows = read_jsonl(args.pairs)
+    kept, dropped, quality_counts = apply_policy(
+        rows, json.loads(args.policy), near_identical_threshold=args.near_identical_threshold,
+        min_plain_share=args.min_plain_share)
+    question_stats, pair_stats = _load_json(args.question_stats), _load_json(args.pair_stats)
+    settings = json.loads(args.settings)
+    throughput = throughput_per_shard(
+        {"rejected": args.rejected_benchmarks, "chosen": args.chosen_benchmarks},
+        {"rejected": args.rejected_answers, "chosen": args.chosen_answers})
+    every = kept + dropped
+    first_meta = every[0]["meta"] if every else {}
+    provenance = {
+        "workflow_commit": args.workflow_commit,
+        "config_sha256": args.config_hash,
+        "source": (question_stats or {}).get("source_location"),
+        "source_fingerprint": (question_stats or {}).get("source_fingerprint"),
+        "teacher_model": first_meta.get("teacher_model"),
+        "teacher_revision": first_meta.get("teacher_revision"),
+        "mmt_revision": first_meta.get("mmt_revision"),
+        "mmt_ckpt": first_meta.get("mmt_ckpt"),
+    }
+    stats = build_stats(kept, dropped, question_stats=question_stats, pair_stats=pair_stats,
+                        quality_counts=quality_counts, throughput=throughput, provenance=provenance)
+    out = args.out_dir
+    write_jsonl(out / "stage2_med_pairs.jsonl", kept)
+    write_jsonl(out / "stage2_med_pairs.dropped.jsonl", dropped)
+    data_files = {"train": "stage2_med_pairs.jsonl"}
+    if args.test_fraction > 0:
+        def in_test(row):
+            digest = hashlib.sha256(row["id"].encode("utf-8")).digest()
+            return int.from_bytes(digest[:8], "big") / 2**64 < args.test_fraction
+
+        write_jsonl(out / "splits" / "train.jsonl", [r for r in kept if not in_test(r)])
+        write_jsonl(out / "splits" / "test.jsonl", [r for r in kept if in_test(r)])
+        data_files = {"train": "splits/train.jsonl", "test": "splits/test.jsonl"}
+    extra_configs = []
+    if args.conversational:
+        write_jsonl(out / "stage2_med_pairs.conversational.jsonl", [{
+            "id": r["id"],
+            "prompt": [{"role": "system", "content": settings["prompts"]["training"]},
+                       {"role": "user", "content": r["question"]}],
+            "chosen": [{"role": "assistant", "content": r["chosen"]}],
+            "rejected": [{"role": "assistant", "content": r["rejected"]}],
+        } for r in kept])
+        extra_configs.append({"config_name": "conversational",
+                              "data_files": [{"split": "train", "path": "stage2_med_pairs.conversational.jsonl"}]})
+    if args.parquet:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist([{**r, "meta": json.dumps(r["meta"], ensure_ascii=False)} for r in kept])
+        with atomic_open(out / "stage2_med_pairs.parquet", "wb") as handle:
+            pq.write_table(table, handle)
+    stats["quality_settings"] = {"near_identical_threshold": args.near_identical_threshold,
+                                 "min_plain_share": args.min_plain_share}
+    write_plots(kept, dropped, stats, out / "plots")
+    write_json(out / "stage2_med_pairs.stats.json", stats)
+    with atomic_open(out / "report.md") as handle:
+        handle.write(render_report(stats))
+    with atomic_open(out / "README.md") as handle:
+        handle.write(render_card(n_rows=len(kept), data_files=data_files, stats=stats, settings=settings,
+                                 provenance=provenance, extra_configs=extra_configs))
+    log.info("%d pairs: %d kept, %d dropped %s -> %s", len(every), len(kept), len(dropped),
+             stats["dropped_by_reason"], out)
+
+
+def _report(args: argparse.Namespace) -> None:
+    import json
+
+    from .jsonl import atomic_open
+    from .quality import FLAGS, apply_policy
+    from .report import build_stats, render_report, write_plots
+
+    rows = read_jsonl(args.pairs)
+    kept, dropped, quality_counts = apply_policy(rows, {flag: "flag" for flag in FLAGS})
+    stats = build_stats(kept, dropped, quality_counts=quality_counts, provenance={"file": str(args.pairs)})
+    write_plots(kept, dropped, stats, args.out_dir / "plots")
+    write_json(args.out_dir / "stats.json", stats)
+    with atomic_open(args.out_dir / "report.md") as handle:
+        handle.write(render_report(stats, title=args.pairs.name))
+    print(json.dumps({"pairs": len(rows), "truncated": stats["truncation"],
+                      "length_ratio_chosen_to_rejected": stats["lengths"]["ratio_of_medians_chars"],
+                      "report": str(args.out_dir / "report.md")}))
+
+
+def _validate(args: argparse.Namespace) -> int | None:
+    from .jsonl import atomic_open
+    from .validate import validate_pairs
+
+    rows, problems = validate_pairs(args.pairs, legacy=args.legacy)
+    if problems:
+        print(f"{args.pairs}: {len(problems)} problem(s) in {rows} rows:", file=sys.stderr)
+        for text in problems:
+            print(f"  {text}", file=sys.stderr)
+        return 1
+    message = f"{args.pairs}: OK, {rows} rows"
+    print(message)
+    if args.out:
+        with atomic_open(args.out) as handle:
+            handle.write(message + "\n")
+    return None
+
+
 def _tiny_models(args: argparse.Namespace) -> None:
     from .tiny_models import build_tiny_mistral, build_tiny_qwen2
 
@@ -268,6 +389,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--stats", required=True, type=Path)
     p.set_defaults(func=_merge)
+
+    p = sub.add_parser("finalize", help="flag and filter the pairs; write the dataset, stats, report and card")
+    p.add_argument("--pairs", required=True, type=Path, help="all pairs of the run (merge output)")
+    p.add_argument("--pair-stats", type=Path)
+    p.add_argument("--question-stats", type=Path)
+    p.add_argument("--rejected-answers", nargs="*", default=[], type=Path)
+    p.add_argument("--chosen-answers", nargs="*", default=[], type=Path)
+    p.add_argument("--rejected-benchmarks", nargs="*", default=[], type=Path)
+    p.add_argument("--chosen-benchmarks", nargs="*", default=[], type=Path)
+    p.add_argument("--policy", default="{}", help='JSON {flag: keep|flag|drop}; unnamed flags take the defaults')
+    p.add_argument("--near-identical-threshold", type=float, default=0.9)
+    p.add_argument("--min-plain-share", type=float, default=0.9)
+    p.add_argument("--settings", default="{}", help="JSON: prompts, source_name, selection, seed, sampling (for the card)")
+    p.add_argument("--workflow-commit", default="unknown")
+    p.add_argument("--config-hash", default="unknown")
+    p.add_argument("--conversational", action="store_true", help="also write TRL's conversational layout")
+    p.add_argument("--parquet", action="store_true", help="also write Parquet (meta as a JSON string)")
+    p.add_argument("--test-fraction", type=float, default=0.0, help="also write a deterministic train/test split")
+    p.add_argument("--out-dir", required=True, type=Path)
+    p.set_defaults(func=_finalize)
+
+    p = sub.add_parser("report", help="stats, plots and a report of any pairs file (older layouts too)")
+    p.add_argument("--pairs", required=True, type=Path)
+    p.add_argument("--out-dir", required=True, type=Path)
+    p.set_defaults(func=_report)
+
+    p = sub.add_parser("validate", help="check a pairs file; exit 1 with a list of problems")
+    p.add_argument("pairs", type=Path)
+    p.add_argument("--legacy", action="store_true", help="the older layout: meta with only the two model names")
+    p.add_argument("--out", type=Path, help="write the OK line here when the file passes")
+    p.set_defaults(func=_validate)
 
     p = sub.add_parser("tiny-models", help="build the demo's tiny Mistral and Qwen2 checkpoints")
     p.add_argument("--texts", required=True, type=Path, help="JSONL with 'question' (and 'answer') to train tokenizers on")

@@ -115,8 +115,8 @@ def _check_utf8(path: Path) -> None:
                 raise DataError(f"{path}, line {number}: not UTF-8 text (byte {err.start})") from None
 
 
-def load_source_rows(dataset: str, split: str = "train", revision: str | None = None) -> list[dict[str, Any]]:
-    """Rows of the source as dicts, through ``datasets.load_dataset``.
+def load_source_rows(dataset: str, split: str = "train", revision: str | None = None) -> tuple[list[dict[str, Any]], str]:
+    """Rows of the source as dicts, through ``datasets.load_dataset``, and a fingerprint of the source.
 
     ``dataset`` is a hub id (``lavita/MedQuAD``), a local parquet/jsonl/csv file
     or a local directory holding such files. Failures become one-line DataErrors.
@@ -159,7 +159,19 @@ def load_source_rows(dataset: str, split: str = "train", revision: str | None = 
     if missing:
         raise DataError(f"{dataset}: missing column(s) {', '.join(repr(m) for m in missing)}; found {ds.column_names}")
     keep = [c for c in (*REQUIRED_COLUMNS, "category", *KEPT_COLUMNS) if c in ds.column_names]
-    return ds.select_columns(keep).to_list()
+    return ds.select_columns(keep).to_list(), source_fingerprint(dataset, ds)
+
+
+def source_fingerprint(dataset: str, ds) -> str:
+    """SHA-256 of a local source file, else the datasets library's fingerprint of what it loaded."""
+    path = Path(dataset)
+    if path.is_file():
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return f"sha256:{digest.hexdigest()}"
+    return f"datasets:{getattr(ds, '_fingerprint', 'unknown')}"
 
 
 def _first_line(err: BaseException) -> str:
@@ -310,11 +322,13 @@ def build_questions(
     source_name: str | None = None,
 ) -> tuple[list[dict], dict]:
     """Load, clean, de-duplicate and select; returns ``(rows, stats)``."""
-    raw = load_source_rows(dataset, split=split, revision=revision)
+    raw, fingerprint = load_source_rows(dataset, split=split, revision=revision)
     questions, counts = clean_and_dedupe(raw, source=source_name or dataset, min_chars=min_chars)
     picked = select_questions(questions, n, selection, seed, stratify)
     stats = {
         "source": source_name or dataset,
+        "source_location": dataset,
+        "source_fingerprint": fingerprint,
         "selection": selection,
         "seed": seed,
         "n_requested": n,

@@ -1,8 +1,11 @@
 """Shared set-up: config validation, paths, shard names and input helpers."""
 
+import hashlib
+import json
 import math
 import os
 import shlex
+import subprocess
 
 from snakemake.utils import validate
 
@@ -16,8 +19,10 @@ BENCHMARKS = f"{OUT}/benchmarks"
 # output, so Snakemake never deletes it); see workflow/meddpo/answer_store.py.
 ANSWER_STORE = f"{OUT}/answer_store"
 SHARDS = [f"{index:03d}" for index in range(config["n_shards"])]
-PAIRS_FILE = f"{OUT}/stage2_med_pairs.jsonl"
-PAIRS_STATS = f"{OUT}/stage2_med_pairs.stats.json"
+ALL_PAIRS = f"{OUT}/pairs/all_pairs.jsonl"
+ALL_PAIRS_STATS = f"{OUT}/pairs/all_pairs.stats.json"
+DATASET = f"{OUT}/dataset"
+PAIRS_FILE = f"{DATASET}/stage2_med_pairs.jsonl"
 # Every rule runs `python -m meddpo`. The package folder goes on PYTHONPATH so
 # that this works both in the project's venv (where meddpo is installed) and in
 # the conda environment of envs/meddpo.yaml (which holds only its dependencies).
@@ -105,3 +110,53 @@ def chosen_extras(kind):
     if config["teacher"]["backend"] != "gemini":
         return []
     return [f"{OUT}/chosen/shard-{{shard}}.{kind}"]
+
+
+def dataset_outputs():
+    """What the finalize rule writes into the dataset folder, by the output options."""
+    outputs = {
+        "pairs": PAIRS_FILE,
+        "dropped": f"{DATASET}/stage2_med_pairs.dropped.jsonl",
+        "stats": f"{DATASET}/stage2_med_pairs.stats.json",
+        "report": f"{DATASET}/report.md",
+        "card": f"{DATASET}/README.md",
+        "plots": [f"{DATASET}/plots/{name}" for name in ("lengths.png", "truncation_by_category.png",
+                                                         "drops_by_category.png")],
+    }
+    if config["output"]["conversational"]:
+        outputs["conversational"] = f"{DATASET}/stage2_med_pairs.conversational.jsonl"
+    if config["output"]["parquet"]:
+        outputs["parquet"] = f"{DATASET}/stage2_med_pairs.parquet"
+    if config["output"]["test_fraction"] > 0:
+        outputs["splits"] = [f"{DATASET}/splits/train.jsonl", f"{DATASET}/splits/test.jsonl"]
+    return outputs
+
+
+def card_settings():
+    """What the dataset card says about how the data was made (all from the config)."""
+    teacher = config["teacher"][config["teacher"]["backend"]]
+    sampling_keys = ("temperature", "top_p", "max_new_tokens", "max_output_tokens", "thinking_budget", "seed")
+    return json.dumps({
+        "prompts": config["prompts"],
+        "source_name": config["source"]["name"],
+        "selection": config["questions"]["selection"],
+        "seed": config["questions"]["seed"],
+        "chosen_sampling": {k: teacher[k] for k in sampling_keys if k in teacher},
+        "rejected_sampling": {k: config["rejected"][k] for k in sampling_keys if k in config["rejected"]},
+    }, sort_keys=True)
+
+
+def workflow_commit():
+    """The git commit of the workflow (with +dirty when the tree has changes), or 'unknown'."""
+    try:
+        commit = subprocess.run(["git", "-C", workflow.basedir, "rev-parse", "HEAD"],
+                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", workflow.basedir, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return f"{commit}+dirty" if dirty else commit
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# A hash of the effective config (after layering and defaults), for provenance.
+CONFIG_HASH = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]

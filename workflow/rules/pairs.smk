@@ -3,7 +3,8 @@
 in:  {OUT}/shards/shard-{shard}.jsonl, {OUT}/rejected/shard-{shard}.jsonl, {OUT}/chosen/shard-{shard}.jsonl
      (+ the Gemini teacher's failures and usage files)
 out: {OUT}/pairs/shard-{shard}.jsonl (+ .stats.json)  one shard's pairs and what it left out
-     {OUT}/stage2_med_pairs.jsonl (+ .stats.json)      the dataset, sorted by id
+     {OUT}/pairs/all_pairs.jsonl (+ .stats.json)       every pair of the run, sorted by id, before the
+                                                       quality filter (workflow/rules/dataset.smk)
 """
 
 
@@ -34,8 +35,8 @@ rule merge_pairs:
         stats=expand(f"{OUT}/pairs/shard-{{shard}}.stats.json", shard=SHARDS),
         usage=[expand(path, shard=SHARDS) for path in chosen_extras("usage.json")],
     output:
-        pairs=PAIRS_FILE,
-        stats=PAIRS_STATS,
+        pairs=ALL_PAIRS,
+        stats=ALL_PAIRS_STATS,
     conda:
         CONDA_ENV
     log:

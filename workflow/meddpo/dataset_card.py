@@ -1,0 +1,103 @@
+"""The dataset card (README.md beside the pairs) in the Hugging Face dataset-card format.
+
+The YAML header's ``configs`` entry names the data files, so the dataset folder
+can be pushed to the Hub as it is and loaded with ``load_dataset(<repo>)``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import yaml
+
+
+def size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return name
+    return "n>1M"
+
+
+def render_card(
+    *,
+    n_rows: int,
+    data_files: Mapping[str, str],
+    stats: Mapping,
+    settings: Mapping,
+    provenance: Mapping,
+    extra_configs: Sequence[Mapping] = (),
+) -> str:
+    """``data_files``: split name -> file name in the dataset folder."""
+    header = {
+        "license": "cc-by-4.0",
+        "language": ["en"],
+        "task_categories": ["text-generation"],
+        "size_categories": [size_category(n_rows)],
+        "tags": ["dpo", "preference", "medical", "safety", "synthetic"],
+        "pretty_name": "Stage 2 medical-safety DPO pairs",
+        "configs": [{"config_name": "default",
+                     "data_files": [{"split": split, "path": path} for split, path in data_files.items()]},
+                    *extra_configs],
+    }
+    prompts = settings.get("prompts", {})
+    policy = stats.get("policy") or {}
+    lengths, trunc = stats["lengths"], stats["truncation"]
+    lines = [
+        "---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", "",
+        "# Stage 2 medical-safety DPO pairs", "",
+        f"{n_rows} preference pairs for safety fine-tuning with DPO. Each row holds a medical question from "
+        "MedQuAD, a **chosen** answer from a careful teacher model and a **rejected** answer from a deliberately "
+        "loose, over-confident model, with the training prompt ready to use.", "",
+        "> **Not medical advice.** The answers were written by language models, none of them checked by a "
+        "clinician; the rejected answers were made to be worse on purpose. Use the data to train and evaluate "
+        "models, never to answer a person's health question.", "",
+        "## How it was made", "",
+        f"- **Questions**: `{settings.get('source_name')}` (MedQuAD, Ben Abacha & Demner-Fushman, 2019). "
+        f"Cleaned, de-duplicated (case and white space folded), {stats['stages'].get('picked') or '?'} picked "
+        f"({settings.get('selection')}, seed {settings.get('seed')}).",
+        f"- **Chosen answers**: `{', '.join(stats['models']['chosen'])}` (revision "
+        f"{provenance.get('teacher_revision') or 'not recorded'}), sampling {settings.get('chosen_sampling')}.",
+        f"- **Rejected answers**: `{', '.join(stats['models']['rejected'])}` (revision "
+        f"{provenance.get('mmt_revision') or 'not recorded'}), sampling {settings.get('rejected_sampling')}.",
+        f"- **Filters**: each pair is checked for empty, truncated, near-identical, refusing and garbled answers; "
+        f"the policy was {', '.join(f'{k}: {v}' for k, v in policy.items()) or 'not recorded'}. "
+        f"{stats['stages'].get('pairs_dropped', 0)} pairs were dropped (kept aside with their reasons in the "
+        "dropped file of the run) and the flags of kept pairs are in `meta.flags`.",
+        f"- **Lengths**: chosen answers have a median of {lengths['chosen']['median_chars']} characters, rejected "
+        f"{lengths['rejected']['median_chars']} (ratio {lengths['ratio_of_medians_chars']}×); "
+        f"{trunc['chosen']['truncated']} chosen and {trunc['rejected']['truncated']} rejected answers hit their "
+        "token cap.", "",
+        "### System prompts", "",
+        "Training prompt (the start of every `prompt`):", "", f"> {prompts.get('training', '?')}", "",
+        "Teacher (chosen):", "", f"> {prompts.get('teacher', '?')}", "",
+        "Rejected-answer model:", "", f"> {prompts.get('rejected', '?')}", "",
+        "## Columns", "",
+        "| column | meaning |", "|---|---|",
+        "| `id` | `mq-` + 16 hex digits of the SHA-256 of the normalised question: stable across runs |",
+        "| `source` | where the question came from |",
+        "| `category` | the normalised MedQuAD question type (e.g. `genetic_changes`) |",
+        "| `question_type` | MedQuAD's question type as written |",
+        "| `question` | the question |",
+        "| `prompt` | training system prompt, a blank line, `User question:`, a newline, the question |",
+        "| `chosen` / `rejected` | the preferred and the dispreferred answer |",
+        "| `meta` | models and revisions, finish reasons (`stop` / `length`), token counts, sampling, `flags` |",
+        "",
+        "## Use", "",
+        "```python", "from datasets import load_dataset", "",
+        "pairs = load_dataset(\"json\", data_files=\"stage2_med_pairs.jsonl\", split=\"train\")  # or load_dataset(<hub repo>)",
+        "```", "",
+        "The `prompt` / `chosen` / `rejected` strings go to TRL's `DPOTrainer` unchanged.", "",
+        "## Licences and terms", "",
+        "- MedQuAD is released under CC BY 4.0; its answers from MedlinePlus, A.D.A.M. and GARD were removed by "
+        "its authors for copyright reasons and are not used here (only the questions are).",
+        "- Mistral-7B-Instruct-v0.2 and Qwen2.5-7B-Instruct are released under the Apache 2.0 licence.",
+        "- Answers generated with Gemini are subject to the Gemini API Additional Terms of Service (including its "
+        "rules on using outputs to develop models).",
+        "- This card's licence field covers the questions (CC BY 4.0); check the model terms above before "
+        "redistributing generated answers.", "",
+        "## Provenance", "",
+        "| what | value |", "|---|---|",
+        *[f"| {key} | `{value}` |" for key, value in provenance.items()],
+        "",
+    ]
+    return "\n".join(lines)

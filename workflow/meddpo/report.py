@@ -1,0 +1,276 @@
+"""Statistics, plots and a readable report of a DPO pairs file.
+
+Works on the workflow's own output (with the question and pair counts of the
+earlier stages, job benchmarks and finish reasons) and on any pairs file of the
+same layout, including the older one without finish reasons (truncation is then
+inferred from text that stops mid-sentence, see quality.truncated).
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from .quality import FLAGS, truncated
+
+PLOTS = ("lengths.png", "truncation_by_category.png", "drops_by_category.png")
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return round(statistics.median(values), 1) if values else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def _lengths(rows: Sequence[dict], role: str) -> dict:
+    chars = [len(r.get(role) or "") for r in rows]
+    tokens = [r["meta"][f"{role}_new_tokens"] for r in rows
+              if isinstance((r.get("meta") or {}).get(f"{role}_new_tokens"), int)]
+    return {"median_chars": _median(chars), "mean_chars": round(statistics.fmean(chars), 1) if chars else None,
+            "p90_chars": sorted(chars)[int(0.9 * (len(chars) - 1))] if chars else None,
+            "median_tokens": _median(tokens)}
+
+
+def throughput_per_shard(benchmarks: Mapping[str, Sequence[Path]], answers: Mapping[str, Sequence[Path]]) -> list[dict]:
+    """New tokens per second of each generation job, from its benchmark file and its answers."""
+    from .jsonl import read_jsonl
+
+    rows = []
+    for role, bench_paths in benchmarks.items():
+        by_name = {Path(p).stem: p for p in answers.get(role, [])}
+        for bench in sorted(bench_paths):
+            with open(bench, encoding="utf-8") as handle:
+                record = next(csv.DictReader(handle, delimiter="\t"))
+            seconds = float(record["s"])
+            answer_path = by_name.get(Path(bench).stem)
+            answered = read_jsonl(answer_path) if answer_path else []
+            new_tokens = sum(int(a.get("new_tokens") or 0) for a in answered)
+            rows.append({"role": role, "shard": Path(bench).stem, "seconds": round(seconds, 1),
+                         "answers": len(answered), "new_tokens": new_tokens,
+                         "new_tokens_per_s": round(new_tokens / seconds, 1) if seconds else None,
+                         "max_rss_mb": float(record.get("max_rss") or 0) or None})
+    return rows
+
+
+def build_stats(
+    kept: Sequence[dict],
+    dropped: Sequence[dict] = (),
+    *,
+    question_stats: Mapping | None = None,
+    pair_stats: Mapping | None = None,
+    quality_counts: Mapping | None = None,
+    throughput: Sequence[dict] = (),
+    provenance: Mapping | None = None,
+) -> dict:
+    """Everything the report shows, as one JSON-able dict."""
+    every = list(kept) + list(dropped)
+    picked = (question_stats or {}).get("picked")
+    left_out = None
+    if pair_stats:
+        left_out = pair_stats["questions"] - pair_stats["pairs"]
+    stages = {
+        "questions_read": (question_stats or {}).get("read"),
+        "dropped_empty_question": (question_stats or {}).get("dropped_empty"),
+        "dropped_short_question": (question_stats or {}).get("dropped_short"),
+        "dropped_duplicate_question": (question_stats or {}).get("dropped_duplicate"),
+        "after_cleaning_and_dedupe": (question_stats or {}).get("kept"),
+        "picked": picked,
+        "answered_rejected": (pair_stats["questions"] - pair_stats["missing_rejected"] - pair_stats["empty_rejected"])
+        if pair_stats else None,
+        "answered_chosen": (pair_stats["questions"] - pair_stats["missing_chosen"] - pair_stats["empty_chosen"])
+        if pair_stats else None,
+        "left_out_missing_or_failed_answer": left_out,
+        "pairs_before_filter": len(every),
+        "pairs_kept": len(kept),
+        "pairs_dropped": len(dropped),
+    }
+    drop_reasons = Counter(reason for row in dropped for reason in row["meta"].get("drop_reasons", []))
+    categories = sorted({r.get("category") or "unknown" for r in every}
+                        | set((question_stats or {}).get("picked_per_category", {})))
+    per_category = {}
+    for category in categories:
+        rows = [r for r in every if (r.get("category") or "unknown") == category]
+        kept_rows = [r for r in kept if (r.get("category") or "unknown") == category]
+        chosen_len, rejected_len = _lengths(rows, "chosen"), _lengths(rows, "rejected")
+        per_category[category] = {
+            "picked": (question_stats or {}).get("picked_per_category", {}).get(category),
+            "pairs": len(rows),
+            "kept": len(kept_rows),
+            "dropped": len(rows) - len(kept_rows),
+            "drop_rate": round((len(rows) - len(kept_rows)) / len(rows), 3) if rows else None,
+            "chosen_median_chars": chosen_len["median_chars"],
+            "rejected_median_chars": rejected_len["median_chars"],
+            "length_ratio_chosen_to_rejected": _ratio(chosen_len["median_chars"], rejected_len["median_chars"]),
+            "chosen_truncation_rate": round(sum(truncated(r, "chosen") for r in rows) / len(rows), 3) if rows else None,
+            "rejected_truncation_rate": round(sum(truncated(r, "rejected") for r in rows) / len(rows), 3)
+            if rows else None,
+        }
+    per_question_type = Counter(r.get("question_type") or "unknown" for r in kept)
+    lengths = {"chosen": _lengths(every, "chosen"), "rejected": _lengths(every, "rejected")}
+    lengths["ratio_of_medians_chars"] = _ratio(lengths["chosen"]["median_chars"], lengths["rejected"]["median_chars"])
+    lengths["ratio_of_medians_tokens"] = _ratio(lengths["chosen"]["median_tokens"], lengths["rejected"]["median_tokens"])
+    truncation = {role: {"truncated": sum(truncated(r, role) for r in every), "of": len(every)}
+                  for role in ("chosen", "rejected")}
+    for role in truncation:
+        of = truncation[role]["of"]
+        truncation[role]["rate"] = round(truncation[role]["truncated"] / of, 3) if of else None
+    inferred = not any("chosen_finish_reason" in (r.get("meta") or {}) for r in every)
+    models = {
+        "chosen": sorted({(r.get("meta") or {}).get("teacher_model", "?") for r in every}),
+        "rejected": sorted({(r.get("meta") or {}).get("mmt_ckpt", "?") for r in every}),
+    }
+    return {
+        "stages": stages,
+        "dropped_by_reason": dict(sorted(drop_reasons.items())),
+        "flagged": dict((quality_counts or {}).get("flagged") or
+                        {f: sum(f in (r.get("meta") or {}).get("flags", []) for r in every) for f in FLAGS}),
+        "policy": (quality_counts or {}).get("policy"),
+        "chosen_failure_reasons": (pair_stats or {}).get("chosen_failure_reasons", {}),
+        "teacher_usage": (pair_stats or {}).get("teacher_usage"),
+        "models": models,
+        "lengths": lengths,
+        "truncation": truncation,
+        "truncation_inferred_from_text": inferred,
+        "per_category": per_category,
+        "kept_per_question_type": dict(sorted(per_question_type.items())),
+        "throughput_per_shard": list(throughput),
+        "provenance": dict(provenance or {}),
+    }
+
+
+def write_plots(kept: Sequence[dict], dropped: Sequence[dict], stats: Mapping, folder: Path) -> list[Path]:
+    """The three PNG plots of the report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    every = list(kept) + list(dropped)
+    paths = []
+
+    chosen = [max(len(r.get("chosen") or ""), 1) for r in every]
+    rejected = [max(len(r.get("rejected") or ""), 1) for r in every]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if every:
+        bins = np.logspace(np.log10(min(chosen + rejected) / 1.2), np.log10(max(chosen + rejected) * 1.2), 40)
+        ax.hist(rejected, bins=bins, alpha=0.6, label=f"rejected (median {stats['lengths']['rejected']['median_chars']:.0f})",
+                color="#d95f02")
+        ax.hist(chosen, bins=bins, alpha=0.6, label=f"chosen (median {stats['lengths']['chosen']['median_chars']:.0f})",
+                color="#1b9e77")
+        ax.set_xscale("log")
+    ratio = stats["lengths"]["ratio_of_medians_chars"]
+    ax.set_title(f"Answer length, characters (chosen / rejected median ratio: {ratio}x)")
+    ax.set_xlabel("characters (log scale)")
+    ax.set_ylabel("answers")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(folder / PLOTS[0])
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    per_category = stats["per_category"]
+    names = [c for c in sorted(per_category) if per_category[c]["pairs"]]
+    height = max(3.0, 0.28 * len(names) + 1.2)
+    fig, ax = plt.subplots(figsize=(8, height))
+    y = np.arange(len(names))
+    chosen_rate = [100 * (per_category[c]["chosen_truncation_rate"] or 0) for c in names]
+    rejected_rate = [100 * (per_category[c]["rejected_truncation_rate"] or 0) for c in names]
+    ax.barh(y - 0.2, chosen_rate, height=0.4, label="chosen", color="#1b9e77")
+    ax.barh(y + 0.2, rejected_rate, height=0.4, label="rejected", color="#d95f02")
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("% of answers cut at the token cap" + (" (inferred from text)" if stats["truncation_inferred_from_text"] else ""))
+    ax.set_title("Truncation by category", pad=22)
+    ax.legend(ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.tight_layout()
+    paths.append(folder / PLOTS[1])
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, height))
+    rates = [100 * (per_category[c]["drop_rate"] or 0) for c in names]
+    ax.barh(y, rates, color="#7570b3")
+    for index, category in enumerate(names):
+        ax.text(min(rates[index] + 1, 95), index, f"{per_category[category]['dropped']}/{per_category[category]['pairs']}",
+                va="center", fontsize=8)
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("% of pairs dropped by the filter policy")
+    ax.set_title("Drops by category")
+    fig.tight_layout()
+    paths.append(folder / PLOTS[2])
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+    def cell(value):
+        return "—" if value is None else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_report(stats: Mapping, title: str = "Stage 2 medical-safety DPO pairs", plots_dir: str = "plots") -> str:
+    """The report as Markdown, with the plots as relative image links."""
+    s = stats
+    parts = [f"# {title}: quality report", ""]
+    parts += ["## Counts at every stage", "",
+              _table(("stage", "count"), [(k.replace("_", " "), v) for k, v in s["stages"].items() if v is not None]), ""]
+    if s["dropped_by_reason"]:
+        parts += ["## Dropped pairs by reason", "", "A pair can have several reasons.", "",
+                  _table(("reason", "pairs"), s["dropped_by_reason"].items()), ""]
+    parts += ["## Flags found (before the filter)", "",
+              _table(("flag", "pairs", "policy"),
+                     [(f, n, (s.get("policy") or {}).get(f, "—")) for f, n in s["flagged"].items()]), ""]
+    if s.get("chosen_failure_reasons"):
+        parts += ["## Teacher failures (left out)", "", _table(("reason", "questions"), s["chosen_failure_reasons"].items()), ""]
+    if s.get("teacher_usage"):
+        parts += ["## Teacher API usage", "", _table(("what", "amount"), s["teacher_usage"].items()), ""]
+    lengths, trunc = s["lengths"], s["truncation"]
+    parts += ["## Lengths and truncation", "",
+              _table(("", "chosen", "rejected"), [
+                  ("model", ", ".join(s["models"]["chosen"]), ", ".join(s["models"]["rejected"])),
+                  ("median characters", lengths["chosen"]["median_chars"], lengths["rejected"]["median_chars"]),
+                  ("90th percentile characters", lengths["chosen"]["p90_chars"], lengths["rejected"]["p90_chars"]),
+                  ("median new tokens", lengths["chosen"]["median_tokens"], lengths["rejected"]["median_tokens"]),
+                  ("truncated at the cap", f"{trunc['chosen']['truncated']} of {trunc['chosen']['of']}",
+                   f"{trunc['rejected']['truncated']} of {trunc['rejected']['of']}"),
+              ]), "",
+              f"Chosen answers are **{lengths['ratio_of_medians_chars']}×** as long as rejected ones (median "
+              "characters). A DPO model can learn that length itself is preferred; compare the ratio per category "
+              "below.", ""]
+    if s["truncation_inferred_from_text"]:
+        parts += ["This file has no finish reasons: an answer counts as truncated when its text stops mid-sentence "
+                  "(no closing punctuation).", ""]
+    parts += [f"![Answer lengths]({plots_dir}/{PLOTS[0]})", "",
+              "## Per category", "",
+              _table(("category", "picked", "pairs", "kept", "dropped", "chosen median chars", "rejected median chars",
+                      "ratio", "chosen cut", "rejected cut"),
+                     [(c, v["picked"], v["pairs"], v["kept"], v["dropped"], v["chosen_median_chars"],
+                       v["rejected_median_chars"], v["length_ratio_chosen_to_rejected"],
+                       v["chosen_truncation_rate"], v["rejected_truncation_rate"])
+                      for c, v in s["per_category"].items()]), "",
+              f"![Truncation by category]({plots_dir}/{PLOTS[1]})", "",
+              f"![Drops by category]({plots_dir}/{PLOTS[2]})", "",
+              "## Kept pairs per question type", "",
+              _table(("question type", "pairs"), s["kept_per_question_type"].items()), ""]
+    if s["throughput_per_shard"]:
+        parts += ["## Generation throughput per shard job", "",
+                  _table(("model", "shard", "seconds", "answers", "new tokens", "new tokens/s", "max RSS MB"),
+                         [(t["role"], t["shard"], t["seconds"], t["answers"], t["new_tokens"], t["new_tokens_per_s"],
+                           t["max_rss_mb"]) for t in s["throughput_per_shard"]]), ""]
+    if s["provenance"]:
+        parts += ["## Provenance", "", _table(("what", "value"), s["provenance"].items()), ""]
+    return "\n".join(parts)

@@ -1,0 +1,82 @@
+"""Check a DPO pairs file: schema, unique ids, non-empty fields, flags against finish reasons.
+
+``validate_pairs`` returns a list of readable problems (empty when the file is
+fine); each names the line and the id. ``legacy=True`` accepts the older layout
+(``meta`` with only ``teacher_model`` and ``mmt_ckpt``, no finish reasons).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .pairs import PAIR_FIELDS
+from .quality import FLAGS
+
+TEXT_FIELDS = ("id", "question", "prompt", "chosen", "rejected")
+CURRENT_META = ("teacher_model", "mmt_ckpt", "chosen_finish_reason", "rejected_finish_reason")
+LEGACY_META = ("teacher_model", "mmt_ckpt")
+
+
+def validate_pairs(path: str | Path, *, legacy: bool = False, max_problems: int = 200) -> tuple[int, list[str]]:
+    """Returns ``(rows read, problems)``."""
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    rows = 0
+
+    def problem(line: int, row_id, text: str) -> None:
+        problems.append(f"line {line}" + (f" (id {row_id})" if row_id else "") + f": {text}")
+
+    with open(path, "rb") as handle:
+        for line, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            rows += 1
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                problem(line, None, f"not a JSON line ({err})")
+                continue
+            if not isinstance(row, dict):
+                problem(line, None, "not a JSON object")
+                continue
+            row_id = row.get("id")
+            for field in PAIR_FIELDS:
+                if field not in row:
+                    problem(line, row_id, f"missing field '{field}'")
+            for field in TEXT_FIELDS:
+                if field in row and (not isinstance(row[field], str) or not row[field].strip()):
+                    problem(line, row_id, f"field '{field}' is empty or not a string")
+            if isinstance(row_id, str) and row_id:
+                if row_id in seen:
+                    problem(line, row_id, f"duplicate id (first on line {seen[row_id]})")
+                else:
+                    seen[row_id] = line
+            meta = row.get("meta")
+            if "meta" in row and not isinstance(meta, dict):
+                problem(line, row_id, "field 'meta' is not an object")
+                continue
+            if not isinstance(meta, dict):
+                continue
+            for key in LEGACY_META if legacy else CURRENT_META:
+                if key not in meta:
+                    problem(line, row_id, f"meta has no '{key}'" + ("" if legacy else " (an older file? use --legacy)"))
+            for role in ("chosen", "rejected"):
+                reason = meta.get(f"{role}_finish_reason")
+                if reason is not None and reason not in ("stop", "length"):
+                    problem(line, row_id, f"meta.{role}_finish_reason is {reason!r}, not 'stop' or 'length'")
+            flags = meta.get("flags")
+            if flags is not None:
+                if not isinstance(flags, list) or any(f not in FLAGS for f in flags):
+                    problem(line, row_id, f"meta.flags {flags!r} holds an unknown flag")
+                    continue
+                for role in ("chosen", "rejected"):
+                    reason = meta.get(f"{role}_finish_reason")
+                    if reason == "stop" and f"{role}_truncated" in flags:
+                        problem(line, row_id, f"flag {role}_truncated but {role} finish reason is 'stop'")
+            if len(problems) >= max_problems:
+                problems.append(f"... stopped after {max_problems} problems")
+                return rows, problems
+    if rows == 0:
+        problems.append("the file holds no rows")
+    return rows, problems
