@@ -81,9 +81,7 @@ def _store_rows(store: Path, part: str):
 def test_bridges2_profile_on_a_real_slurm(slurm_cluster, tmp_path):
     from meddpo.gemini_test_server import GeminiTestServer
 
-    workdir = tmp_path / "wf"
-    workdir.mkdir()
-    _copy_workflow(workdir)
+    workdir = _copy_workflow(tmp_path / "wf")
     profile = _test_profile(tmp_path / "profile")
     overlay = tmp_path / "slurm-test.yaml"
     overlay.write_text(yaml.safe_dump({
@@ -172,9 +170,7 @@ def test_bridges2_profile_on_a_real_slurm(slurm_cluster, tmp_path):
 
 
 def test_bridges2_dry_run_needs_no_slurm_daemons(tmp_path):
-    workdir = tmp_path / "wf"
-    workdir.mkdir()
-    _copy_workflow(workdir)
+    workdir = _copy_workflow(tmp_path / "wf")
     env = _env()
     env["SBATCH_ACCOUNT"] = ACCOUNT
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep))

@@ -26,6 +26,8 @@ def _env():
 
 
 def _copy_workflow(dest: Path) -> Path:
+    """A copy of the workflow in ``dest`` (created), to run Snakemake in."""
+    dest.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         source = REPO / name
         if source.is_dir():
@@ -171,9 +173,7 @@ def test_demo_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_growing_n_and_changing_n_shards_generates_only_new_questions(tmp_path):
-    workdir = tmp_path / "wf"
-    workdir.mkdir()
-    _copy_workflow(workdir)
+    workdir = _copy_workflow(tmp_path / "wf")
     pilot = tmp_path / "pilot.yaml"
     pilot.write_text("questions:\n  n: 30\nn_shards: 2\n")
     first = snakemake(workdir, "--cores", "2", "--configfile", "demo/config.yaml", str(pilot))
@@ -207,9 +207,7 @@ def test_growing_n_and_changing_n_shards_generates_only_new_questions(tmp_path):
 def test_demo_with_the_gemini_teacher_keeps_the_key_out_of_every_file(tmp_path):
     from meddpo.gemini_test_server import GeminiTestServer
 
-    workdir = tmp_path / "wf"
-    workdir.mkdir()
-    _copy_workflow(workdir)
+    workdir = _copy_workflow(tmp_path / "wf")
     overlay = tmp_path / "gemini.yaml"
     overlay.write_text(
         "teacher:\n  backend: gemini\n  gemini:\n    concurrency: 8\n    initial_backoff_s: 0.001\n"
