@@ -181,3 +181,38 @@ def test_bridges2_dry_run_needs_no_slurm_daemons(tmp_path):
     assert job_counts(result.stdout)["rejected"] == n_shards
     assert "slurm_partition=GPU-shared" in result.stdout and "slurm_extra=--gpus-per-node=h100-80:1" in result.stdout
     assert f"slurm_account={ACCOUNT}" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_shard_killed_by_its_slurm_time_limit_resumes_on_the_rerun(slurm_cluster, tmp_path):
+    workdir = _copy_workflow(tmp_path / "wf")
+    short = _test_profile(tmp_path / "short-profile")
+    profile = yaml.safe_load((short / "config.yaml").read_text())
+    profile["set-resources"]["rejected"]["runtime"] = 1  # minutes: Slurm kills the job half-way
+    (short / "config.yaml").write_text(yaml.safe_dump(profile))
+    normal = _test_profile(tmp_path / "normal-profile")
+    overlay = tmp_path / "slow.yaml"
+    # 63 answers of 2,000 tokens, one at a time: minutes of work, far past a 1-minute limit
+    overlay.write_text(yaml.safe_dump({
+        "n_shards": 1, "rejected": {"batch_size": 1, "max_new_tokens": 2000, "min_new_tokens": 2000}}))
+    target = "results/demo/rejected/shard-000.jsonl"
+    env = _env()
+    env["SBATCH_ACCOUNT"] = ACCOUNT
+    store = workdir / "results" / "demo" / "answer_store"
+
+    # (the target goes first: --configfile takes every word after it)
+    first = subprocess.run([*SNAKEMAKE, target, "--profile", str(short), "--configfile", "demo/config.yaml",
+                            str(overlay)], cwd=workdir, env=env, capture_output=True, text=True, timeout=420)
+    assert first.returncode != 0, "the job should have hit its time limit"
+    assert "TIMEOUT" in first.stdout + first.stderr
+    assert not (workdir / target).exists()
+    done = {row["id"] for row in _store_rows(store, "shard-000")}
+    assert 0 < len(done) < 63, len(done)
+
+    second = subprocess.run([*SNAKEMAKE, target, "--profile", str(normal), "--configfile", "demo/config.yaml",
+                             str(overlay)], cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    log = (workdir / "results" / "demo" / "logs" / "rejected" / "shard-000.log").read_text()
+    assert f"{len(done)} of 63 answers already there, {63 - len(done)} to generate" in log
+    ids = [row["id"] for row in _store_rows(store, "shard-000")]
+    assert len(ids) == len(set(ids)) == 63
