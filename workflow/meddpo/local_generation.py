@@ -78,7 +78,6 @@ class Answer:
     finish_reason: str  # "stop" | "length"
     new_tokens: int
     prompt_tokens: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _resolve_device(device: str) -> str:
