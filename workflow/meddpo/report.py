@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import statistics
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
