@@ -38,7 +38,7 @@ localrules:
 
 
 rule all:
+    default_target: True
     input:
         PAIRS_FILE,
         f"{DATASET}/validation.txt",
-    default_target: True

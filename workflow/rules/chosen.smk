@@ -7,7 +7,6 @@ in:  {OUT}/shards/shard-{shard}.jsonl (+ the demo's tiny checkpoint when it buil
 out: {OUT}/chosen/shard-{shard}.jsonl  same layout as the rejected answers
 """
 
-
 if config["teacher"]["backend"] == "local":
 
     rule chosen_local:
@@ -16,17 +15,19 @@ if config["teacher"]["backend"] == "local":
             model=tiny_model_input(config["teacher"]["local"]),
         output:
             f"{OUT}/chosen/shard-{{shard}}.jsonl",
-        params:
-            options=generation_options(config["teacher"]["local"], config["prompts"]["teacher"]),
-        resources:
-            gpu=1,
-            runtime=runtime_minutes(10),
-        conda:
-            CONDA_ENV
         log:
             f"{LOGS}/chosen/shard-{{shard}}.log",
         benchmark:
             f"{BENCHMARKS}/chosen/shard-{{shard}}.tsv"
+        conda:
+            CONDA_ENV
+        resources:
+            gpu=1,
+            runtime=runtime_minutes(10),
+        params:
+            options=generation_options(
+                config["teacher"]["local"], config["prompts"]["teacher"]
+            ),
         shell:
             "python -m meddpo generate --shard {input.shard:q} {params.options} --out {output:q} 2> {log:q}"
 
@@ -40,20 +41,22 @@ if config["teacher"]["backend"] == "gemini":
             answers=f"{OUT}/chosen/shard-{{shard}}.jsonl",
             failures=f"{OUT}/chosen/shard-{{shard}}.failures.jsonl",
             usage=f"{OUT}/chosen/shard-{{shard}}.usage.json",
-        params:
-            # what changes the text
-            text=cli_options(**gemini_text_settings(), system_prompt=config["prompts"]["teacher"]),
-            # how fast, how patient, where the key is (no key itself: it never enters a command line)
-            client=cli_options(**gemini_client_settings(), store=ANSWER_STORE),
-        resources:
-            gemini_jobs=1,
-            runtime=runtime_minutes(2),
-        conda:
-            CONDA_ENV
         log:
             f"{LOGS}/chosen/shard-{{shard}}.log",
         benchmark:
             f"{BENCHMARKS}/chosen/shard-{{shard}}.tsv"
+        conda:
+            CONDA_ENV
+        resources:
+            gemini_jobs=1,
+            runtime=runtime_minutes(2),
+        params:
+            # what changes the text
+            text=cli_options(
+                **gemini_text_settings(), system_prompt=config["prompts"]["teacher"]
+            ),
+            # how fast, how patient, where the key is (no key itself: it never enters a command line)
+            client=cli_options(**gemini_client_settings(), store=ANSWER_STORE),
         shell:
             "python -m meddpo gemini --shard {input:q} {params.text} {params.client}"
             " --out {output.answers:q} --failures {output.failures:q} --usage {output.usage:q} 2> {log:q}"

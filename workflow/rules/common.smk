@@ -9,7 +9,6 @@ import subprocess
 
 from snakemake.utils import validate
 
-
 validate(config, schema="../schemas/config.schema.yaml")
 
 OUT = config["output"]["dir"].rstrip("/")
@@ -38,10 +37,13 @@ CONDA_ENV = "../../envs/meddpo.yaml"
 wildcard_constraints:
     shard=r"\d{3}",
 
+
 # Portable time limits (minutes) for the generation jobs, sized from the shard and
 # grown with each retry (Slurm kills a job at its limit; the retry resumes from the
 # answer store). Cluster names stay in profiles/.
-QUESTIONS_PER_SHARD = math.ceil((config["questions"]["n"] or 50000) / config["n_shards"])
+QUESTIONS_PER_SHARD = math.ceil(
+    (config["questions"]["n"] or 50000) / config["n_shards"]
+)
 
 
 def runtime_minutes(minutes_per_100_questions, start_up=15, cap=480):
@@ -65,7 +67,9 @@ def tiny_model_input(model_settings):
 
 def generation_options(model_settings, system_prompt):
     """`meddpo generate` options: model, sampling and system prompt (all change the text)."""
-    return cli_options(**model_settings, system_prompt=system_prompt, store=ANSWER_STORE)
+    return cli_options(
+        **model_settings, system_prompt=system_prompt, store=ANSWER_STORE
+    )
 
 
 def cli_options(**settings):
@@ -94,7 +98,9 @@ def gemini_text_settings():
 
 def gemini_client_settings():
     gemini = config["teacher"]["gemini"]
-    settings = {key: value for key, value in gemini.items() if key not in GEMINI_TEXT_KEYS}
+    settings = {
+        key: value for key, value in gemini.items() if key not in GEMINI_TEXT_KEYS
+    }
     renamed = {
         "initial_backoff_s": "initial_backoff",
         "max_backoff_s": "max_backoff",
@@ -120,43 +126,84 @@ def dataset_outputs():
         "stats": f"{DATASET}/stage2_med_pairs.stats.json",
         "report": f"{DATASET}/report.md",
         "card": f"{DATASET}/README.md",
-        "plots": [f"{DATASET}/plots/{name}" for name in ("lengths.png", "truncation_by_category.png",
-                                                         "drops_by_category.png")],
+        "plots": [
+            f"{DATASET}/plots/{name}"
+            for name in (
+                "lengths.png",
+                "truncation_by_category.png",
+                "drops_by_category.png",
+            )
+        ],
     }
     if config["output"]["conversational"]:
         outputs["conversational"] = f"{DATASET}/stage2_med_pairs.conversational.jsonl"
     if config["output"]["parquet"]:
         outputs["parquet"] = f"{DATASET}/stage2_med_pairs.parquet"
     if config["output"]["test_fraction"] > 0:
-        outputs["splits"] = [f"{DATASET}/splits/train.jsonl", f"{DATASET}/splits/test.jsonl"]
+        outputs["splits"] = [
+            f"{DATASET}/splits/train.jsonl",
+            f"{DATASET}/splits/test.jsonl",
+        ]
     return outputs
 
 
 def card_settings():
     """What the dataset card says about how the data was made (all from the config)."""
     teacher = config["teacher"][config["teacher"]["backend"]]
-    sampling_keys = ("temperature", "top_p", "max_new_tokens", "max_output_tokens", "thinking_budget", "seed")
-    return json.dumps({
-        "prompts": config["prompts"],
-        "source_name": config["source"]["name"],
-        "selection": config["questions"]["selection"],
-        "seed": config["questions"]["seed"],
-        "chosen_sampling": {k: teacher[k] for k in sampling_keys if k in teacher},
-        "rejected_sampling": {k: config["rejected"][k] for k in sampling_keys if k in config["rejected"]},
-    }, sort_keys=True)
+    sampling_keys = (
+        "temperature",
+        "top_p",
+        "max_new_tokens",
+        "max_output_tokens",
+        "thinking_budget",
+        "seed",
+    )
+    return json.dumps(
+        {
+            "prompts": config["prompts"],
+            "source_name": config["source"]["name"],
+            "selection": config["questions"]["selection"],
+            "seed": config["questions"]["seed"],
+            "chosen_sampling": {k: teacher[k] for k in sampling_keys if k in teacher},
+            "rejected_sampling": {
+                k: config["rejected"][k]
+                for k in sampling_keys
+                if k in config["rejected"]
+            },
+        },
+        sort_keys=True,
+    )
 
 
 def workflow_commit():
     """The git commit of the workflow (with +dirty when the tree has changes), or 'unknown'."""
     try:
-        commit = subprocess.run(["git", "-C", workflow.basedir, "rev-parse", "HEAD"],
-                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", workflow.basedir, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", workflow.basedir, "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [
+                "git",
+                "-C",
+                workflow.basedir,
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return f"{commit}+dirty" if dirty else commit
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
 # A hash of the effective config (after layering and defaults), for provenance.
-CONFIG_HASH = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+CONFIG_HASH = hashlib.sha256(
+    json.dumps(config, sort_keys=True, default=str).encode()
+).hexdigest()[:16]

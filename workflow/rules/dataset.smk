@@ -18,10 +18,18 @@ rule finalize:
         question_stats=f"{OUT}/questions/questions.stats.json",
         rejected=expand(f"{OUT}/rejected/shard-{{shard}}.jsonl", shard=SHARDS),
         chosen=expand(f"{OUT}/chosen/shard-{{shard}}.jsonl", shard=SHARDS),
-        rejected_benchmarks=expand(f"{BENCHMARKS}/rejected/shard-{{shard}}.tsv", shard=SHARDS),
-        chosen_benchmarks=expand(f"{BENCHMARKS}/chosen/shard-{{shard}}.tsv", shard=SHARDS),
+        rejected_benchmarks=expand(
+            f"{BENCHMARKS}/rejected/shard-{{shard}}.tsv", shard=SHARDS
+        ),
+        chosen_benchmarks=expand(
+            f"{BENCHMARKS}/chosen/shard-{{shard}}.tsv", shard=SHARDS
+        ),
     output:
         **dataset_outputs(),
+    log:
+        f"{LOGS}/finalize.log",
+    conda:
+        CONDA_ENV
     params:
         options=cli_options(
             policy=json.dumps(config["quality"]["policy"], sort_keys=True),
@@ -32,12 +40,10 @@ rule finalize:
             parquet=config["output"]["parquet"],
             test_fraction=config["output"]["test_fraction"],
         ),
-        provenance=cli_options(workflow_commit=workflow_commit(), config_hash=CONFIG_HASH),
+        provenance=cli_options(
+            workflow_commit=workflow_commit(), config_hash=CONFIG_HASH
+        ),
         out_dir=lambda wildcards, output: os.path.dirname(output.pairs),
-    conda:
-        CONDA_ENV
-    log:
-        f"{LOGS}/finalize.log",
     shell:
         "python -m meddpo finalize --pairs {input.pairs:q} --pair-stats {input.pair_stats:q}"
         " --question-stats {input.question_stats:q}"
@@ -51,9 +57,9 @@ rule validate:
         PAIRS_FILE,
     output:
         f"{DATASET}/validation.txt",
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/validate.log",
+    conda:
+        CONDA_ENV
     shell:
         "python -m meddpo validate {input:q} --out {output:q} 2> {log:q}"

@@ -4,7 +4,6 @@ in:  demo.texts, a JSONL of questions the tokenizers are trained on
 out: the folders named by rejected.model and teacher.local.model
 """
 
-
 if config["demo"]["build_tiny_models"]:
 
     localrules:
@@ -16,16 +15,16 @@ if config["demo"]["build_tiny_models"]:
         output:
             mistral=directory(config["rejected"]["model"]),
             qwen=directory(config["teacher"]["local"]["model"]),
+        log:
+            f"{LOGS}/tiny_models.log",
+        conda:
+            CONDA_ENV
         params:
             options=cli_options(
                 seed=config["demo"]["seed"],
                 mistral_eos_rate=config["demo"]["mistral_eos_rate"],
                 qwen_eos_rate=config["demo"]["qwen_eos_rate"],
             ),
-        conda:
-            CONDA_ENV
-        log:
-            f"{LOGS}/tiny_models.log",
         shell:
             "python -m meddpo tiny-models --texts {input:q} {params.options}"
             " --mistral-out {output.mistral:q} --qwen-out {output.qwen:q} 2> {log:q}"

@@ -17,12 +17,12 @@ rule pairs:
     output:
         pairs=f"{OUT}/pairs/shard-{{shard}}.jsonl",
         stats=f"{OUT}/pairs/shard-{{shard}}.stats.json",
-    params:
-        options=cli_options(system_prompt=config["prompts"]["training"]),
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/pairs/shard-{{shard}}.log",
+    conda:
+        CONDA_ENV
+    params:
+        options=cli_options(system_prompt=config["prompts"]["training"]),
     shell:
         "python -m meddpo pairs --questions {input.questions:q} --rejected {input.rejected:q} --chosen {input.chosen:q}"
         " --chosen-failures {input.chosen_failures:q} {params.options}"
@@ -37,10 +37,10 @@ rule merge_pairs:
     output:
         pairs=ALL_PAIRS,
         stats=ALL_PAIRS_STATS,
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/merge_pairs.log",
+    conda:
+        CONDA_ENV
     shell:
         "python -m meddpo merge --pairs {input.pairs:q} --shard-stats {input.stats:q} --usage {input.usage:q}"
         " --out {output.pairs:q} --stats {output.stats:q} 2> {log:q}"

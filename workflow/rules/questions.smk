@@ -12,6 +12,10 @@ rule questions:
     output:
         questions=f"{OUT}/questions/questions.jsonl",
         stats=f"{OUT}/questions/questions.stats.json",
+    log:
+        f"{LOGS}/questions.log",
+    conda:
+        CONDA_ENV
     params:
         options=cli_options(
             source=config["source"]["dataset"],
@@ -24,9 +28,5 @@ rule questions:
             seed=config["questions"]["seed"],
             min_chars=config["questions"]["min_chars"],
         ),
-    conda:
-        CONDA_ENV
-    log:
-        f"{LOGS}/questions.log",
     shell:
         "python -m meddpo questions {params.options} --out {output.questions:q} --stats {output.stats:q} 2> {log:q}"

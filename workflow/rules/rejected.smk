@@ -11,16 +11,16 @@ rule rejected:
         model=tiny_model_input(config["rejected"]),
     output:
         f"{OUT}/rejected/shard-{{shard}}.jsonl",
-    params:
-        options=generation_options(config["rejected"], config["prompts"]["rejected"]),
-    resources:
-        gpu=1,
-        runtime=runtime_minutes(4),
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/rejected/shard-{{shard}}.log",
     benchmark:
         f"{BENCHMARKS}/rejected/shard-{{shard}}.tsv"
+    conda:
+        CONDA_ENV
+    resources:
+        gpu=1,
+        runtime=runtime_minutes(4),
+    params:
+        options=generation_options(config["rejected"], config["prompts"]["rejected"]),
     shell:
         "python -m meddpo generate --shard {input.shard:q} {params.options} --out {output:q} 2> {log:q}"

@@ -10,12 +10,12 @@ rule shard:
         f"{OUT}/questions/questions.jsonl",
     output:
         f"{OUT}/shards/shard-{{shard}}.jsonl",
-    params:
-        n_shards=config["n_shards"],
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/shards/shard-{{shard}}.log",
+    conda:
+        CONDA_ENV
+    params:
+        n_shards=config["n_shards"],
     shell:
         "python -m meddpo shard --questions {input:q} --n-shards {params.n_shards} --index {wildcards.shard}"
         " --out {output:q} 2> {log:q}"
