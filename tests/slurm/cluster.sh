@@ -99,12 +99,17 @@ CONF
   [[ -s /etc/munge/munge.key ]] || (command -v mungekey >/dev/null && mungekey -c -f) || \
     dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null
   chmod 400 /etc/munge/munge.key
-  munged --force --pid-file="$STATE/munged.pid" 2>/dev/null || munged --force
-  [[ -f $STATE/munged.pid ]] || pgrep -x munged > "$STATE/munged.pid"
+  # a munged or MariaDB that the package installation started is used as it is
+  if ! (munge -n | unmunge) >/dev/null 2>&1; then
+    munged --force --pid-file="$STATE/munged.pid" 2>/dev/null || munged --force
+    [[ -f $STATE/munged.pid ]] || pgrep -x munged > "$STATE/munged.pid"
+  fi
 
-  [[ -d /var/lib/mysql/mysql ]] || mariadb-install-db --user=root --datadir=/var/lib/mysql >/dev/null
-  mariadbd --user=root --skip-networking --socket=/run/mysqld/mysqld.sock --datadir=/var/lib/mysql \
-    --pid-file="$STATE/mariadbd.pid" >/var/log/slurm/mariadb.log 2>&1 &
+  if ! mariadb --socket=/run/mysqld/mysqld.sock -e "select 1" >/dev/null 2>&1; then
+    [[ -d /var/lib/mysql/mysql ]] || mariadb-install-db --user=root --datadir=/var/lib/mysql >/dev/null
+    mariadbd --user=root --skip-networking --socket=/run/mysqld/mysqld.sock --datadir=/var/lib/mysql \
+      --pid-file="$STATE/mariadbd.pid" >/var/log/slurm/mariadb.log 2>&1 &
+  fi
   wait_for 60 mariadb --socket=/run/mysqld/mysqld.sock -e "select 1"
   # fresh accounting too: job ids restart with the controller state, history must not clash
   mariadb --socket=/run/mysqld/mysqld.sock -e "DROP DATABASE IF EXISTS slurm_acct_db"
