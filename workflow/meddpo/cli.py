@@ -131,28 +131,6 @@ def _pairs(args: argparse.Namespace) -> None:
     log.info("%d questions -> %d pairs (%s) -> %s", stats["questions"], stats["pairs"], stats, args.out)
 
 
-def _merge(args: argparse.Namespace) -> None:
-    import json
-
-    from .pairs import PAIR_FIELDS, merge_pair_shards
-
-    if len(args.pairs) != len(args.shard_stats):
-        raise DataError("merge: give one --shard-stats file per --pairs file")
-    shards = []
-    for pairs_path, stats_path in zip(args.pairs, args.shard_stats):
-        with open(stats_path, encoding="utf-8") as handle:
-            shards.append((read_jsonl(pairs_path, required=PAIR_FIELDS), json.load(handle)))
-    usage = []
-    for path in args.usage:
-        with open(path, encoding="utf-8") as handle:
-            usage.append(json.load(handle))
-    rows, stats = merge_pair_shards(shards, teacher_usage=usage)
-    write_jsonl(args.out, rows)
-    write_json(args.stats, stats)
-    log.info("merged %d shards: %d pairs, %d questions left out -> %s",
-             stats["shards"], stats["pairs"], stats["questions"] - stats["pairs"], args.out)
-
-
 def _load_json(path: Path | None) -> dict | None:
     import json
 
@@ -162,6 +140,33 @@ def _load_json(path: Path | None) -> dict | None:
         return json.load(handle)
 
 
+def _merge(args: argparse.Namespace) -> None:
+
+    from .pairs import PAIR_FIELDS, merge_pair_shards
+
+    if len(args.pairs) != len(args.shard_stats):
+        raise DataError("merge: give one --shard-stats file per --pairs file")
+    shards = [(read_jsonl(pairs_path, required=PAIR_FIELDS), _load_json(stats_path))
+              for pairs_path, stats_path in zip(args.pairs, args.shard_stats)]
+    usage = [_load_json(path) for path in args.usage]
+    rows, stats = merge_pair_shards(shards, teacher_usage=usage)
+    write_jsonl(args.out, rows)
+    write_json(args.stats, stats)
+    log.info("merged %d shards: %d pairs, %d questions left out -> %s",
+             stats["shards"], stats["pairs"], stats["questions"] - stats["pairs"], args.out)
+
+
+def _write_report(kept, dropped, stats: dict, out_dir: Path, stats_name: str, **render) -> None:
+    """The plots, the stats JSON and report.md of a pairs file into ``out_dir``."""
+    from .jsonl import atomic_open
+    from .report import render_report, write_plots
+
+    write_plots(kept, dropped, stats, out_dir / "plots")
+    write_json(out_dir / stats_name, stats)
+    with atomic_open(out_dir / "report.md") as handle:
+        handle.write(render_report(stats, **render))
+
+
 def _finalize(args: argparse.Namespace) -> None:
     import hashlib
     import json
@@ -169,7 +174,7 @@ def _finalize(args: argparse.Namespace) -> None:
     from .dataset_card import render_card
     from .jsonl import atomic_open
     from .quality import apply_policy
-    from .report import build_stats, render_report, throughput_per_shard, write_plots
+    from .report import build_stats, throughput_per_shard
 
     rows = read_jsonl(args.pairs)
     kept, dropped, quality_counts = apply_policy(
@@ -226,10 +231,7 @@ def _finalize(args: argparse.Namespace) -> None:
             pq.write_table(table, handle)
     stats["quality_settings"] = {"near_identical_threshold": args.near_identical_threshold,
                                  "min_plain_share": args.min_plain_share}
-    write_plots(kept, dropped, stats, out / "plots")
-    write_json(out / "stage2_med_pairs.stats.json", stats)
-    with atomic_open(out / "report.md") as handle:
-        handle.write(render_report(stats))
+    _write_report(kept, dropped, stats, out, "stage2_med_pairs.stats.json")
     with atomic_open(out / "README.md") as handle:
         handle.write(render_card(n_rows=len(kept), data_files=data_files, stats=stats, settings=settings,
                                  provenance=provenance, extra_configs=extra_configs))
@@ -240,17 +242,13 @@ def _finalize(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     import json
 
-    from .jsonl import atomic_open
     from .quality import FLAGS, apply_policy
-    from .report import build_stats, render_report, write_plots
+    from .report import build_stats
 
     rows = read_jsonl(args.pairs)
     kept, dropped, quality_counts = apply_policy(rows, {flag: "flag" for flag in FLAGS})
     stats = build_stats(kept, dropped, quality_counts=quality_counts, provenance={"file": str(args.pairs)})
-    write_plots(kept, dropped, stats, args.out_dir / "plots")
-    write_json(args.out_dir / "stats.json", stats)
-    with atomic_open(args.out_dir / "report.md") as handle:
-        handle.write(render_report(stats, title=args.pairs.name))
+    _write_report(kept, dropped, stats, args.out_dir, "stats.json", title=args.pairs.name)
     print(json.dumps({"pairs": len(rows), "truncated": stats["truncation"],
                       "length_ratio_chosen_to_rejected": stats["lengths"]["ratio_of_medians_chars"],
                       "report": str(args.out_dir / "report.md")}))

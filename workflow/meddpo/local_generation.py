@@ -321,6 +321,8 @@ def answer_questions(
     progress_every_s: float = 30.0,
 ) -> list[dict]:
     """Answer every question; rows come back in the order of ``questions``."""
+    if engine not in ("padded", "continuous"):
+        raise ValueError(f"unknown engine {engine!r}; use 'padded' or 'continuous'")
     spec = generator.spec
     settings = {**spec.text_settings(), "system_prompt": system_prompt, **asdict(sampling)}
     store = AnswerStore(store_root, settings, store_part) if store_root is not None else None
@@ -334,9 +336,11 @@ def answer_questions(
     rendered = {i: generator.render(system_prompt, questions[i]["question"]) for i in todo}
     prompt_ids = {i: generator.tokenizer(rendered[i][0], add_special_tokens=False)["input_ids"] for i in todo}
     progress = Progress(total=len(questions), already_done=already, every_s=progress_every_s)
+    new_rows: dict[int, dict] = {}
 
-    def make_rows(indices: Sequence[int], answers: Sequence[Answer]) -> list[dict]:
-        return [{
+    def record(indices: Sequence[int], answers: Sequence[Answer]) -> None:
+        """Rows for finished answers: into the store at once, then into this job's result."""
+        rows = [{
             "id": questions[i]["id"],
             "text": a.text,
             "finish_reason": a.finish_reason,
@@ -347,38 +351,24 @@ def answer_questions(
             "sampling": asdict(sampling),
             "system_in_user_turn": rendered[i][1],
         } for i, a in zip(indices, answers)]
+        if store:
+            store.append(rows)
+        new_rows.update(zip(indices, rows))
+        progress.update(answers)
 
     def seed_batch(ids: list[str]) -> None:
         generator._torch.manual_seed(batch_seed(sampling.seed, ids))
 
-    new_rows: dict[int, dict] = {}
     if engine == "continuous" and todo:
         seed_batch([questions[i]["id"] for i in todo])
-        answers = generator.generate_continuous([prompt_ids[i] for i in todo], sampling)
-        rows = make_rows(todo, answers)
-        if store:
-            store.append(rows)
-        new_rows.update(zip(todo, rows))
-        progress.update(answers, force=True)
+        record(todo, generator.generate_continuous([prompt_ids[i] for i in todo], sampling))
     elif engine == "padded":
         lengths = [len(prompt_ids[i]) for i in todo]
         for batch in plan_batches(lengths, batch_size, sampling.max_new_tokens, max_batch_tokens):
             indices = [todo[b] for b in batch]
-            answers = generate_with_oom_split(
+            record(indices, generate_with_oom_split(
                 generator.generate_padded, [prompt_ids[i] for i in indices],
                 [questions[i]["id"] for i in indices], sampling, seed_batch,
-            )
-            rows = make_rows(indices, answers)
-            if store:
-                store.append(rows)
-            new_rows.update(zip(indices, rows))
-            progress.update(answers)
-        progress.update([], force=True)
-    elif engine != "continuous":
-        raise ValueError(f"unknown engine {engine!r}; use 'padded' or 'continuous'")
-
-    out = []
-    for index, question in enumerate(questions):
-        row = new_rows.get(index) or done[question["id"]]
-        out.append(row)
-    return out
+            ))
+    progress.update([], force=True)
+    return [new_rows.get(index) or done[question["id"]] for index, question in enumerate(questions)]
