@@ -1,6 +1,6 @@
 # make demo   create .venv, install, run the offline demo DAG
 # make test   create .venv, install, run the test suite
-# make lint   snakefmt --check, snakemake --lint and dry runs of the real and the demo config
+# make lint   ruff (check and format), snakefmt --check, snakemake --lint and dry runs of both configs
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -35,6 +35,8 @@ test: $(VENV)/.installed system-deps
 	$(RUN) $(BIN)/python -m pytest
 
 lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/snakefmt --check Snakefile workflow/rules/
 	$(RUN) $(BIN)/snakemake --lint
 	$(RUN) $(BIN)/snakemake -n --quiet rules

@@ -47,7 +47,9 @@ def seed_loop(generator: LocalGenerator, questions, sampling: Sampling) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--questions", type=int, default=256)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -60,8 +62,9 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     base = [row["question"] for row in read_jsonl(REPO / "demo" / "medquad_demo.jsonl")]
     questions = [{"id": f"b{i:04d}", "question": base[i % len(base)]} for i in range(args.questions)]
-    sampling = Sampling(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                        temperature=0.8, top_p=0.95, seed=0)
+    sampling = Sampling(
+        max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, temperature=0.8, top_p=0.95, seed=0
+    )
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_mistral(base, Path(tmp) / "tiny-mistral", eos_rate=0.0)
         generator = LocalGenerator(ModelSpec(str(model_dir), device="cpu"))
@@ -81,10 +84,19 @@ def main() -> None:
         # transformers' continuous batching cannot force min_new_tokens: with no EOS
         # preference almost every answer still runs to the cap; tokens/s stays comparable.
         continuous = Sampling(max_new_tokens=args.new_tokens, temperature=0.8, top_p=0.95, seed=0)
-        answer_questions(generator, questions[:4], SYSTEM, continuous, 4, engine="continuous", progress_every_s=1e9)
+        answer_questions(
+            generator, questions[:4], SYSTEM, continuous, 4, engine="continuous", progress_every_s=1e9
+        )
         started = time.perf_counter()
-        rows = answer_questions(generator, questions, SYSTEM, continuous, args.batch_size, engine="continuous",
-                                progress_every_s=1e9)
+        rows = answer_questions(
+            generator,
+            questions,
+            SYSTEM,
+            continuous,
+            args.batch_size,
+            engine="continuous",
+            progress_every_s=1e9,
+        )
         continuous_s = time.perf_counter() - started
         continuous_tokens = sum(row["new_tokens"] for row in rows)
 
@@ -100,7 +112,8 @@ def main() -> None:
         "continuous_tokens_per_s": round(continuous_tokens / continuous_s, 1),
     }
     print(f"seed loop (1 question per generate): {result['loop_tokens_per_s']:>9.1f} new tokens/s")
-    print(f"engine (batch {args.batch_size}, padded):          {result['engine_tokens_per_s']:>9.1f} new tokens/s")
+    engine_name = f"engine (batch {args.batch_size}, padded):"
+    print(f"{engine_name:<37}{result['engine_tokens_per_s']:>9.1f} new tokens/s")
     print(f"continuous batching (generate_batch):  {result['continuous_tokens_per_s']:>9.1f} new tokens/s")
     print(f"ratio engine / loop: {result['ratio']:.1f}x")
     print(json.dumps(result))

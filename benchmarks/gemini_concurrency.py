@@ -32,7 +32,9 @@ def timed(questions, settings) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--questions", type=int, default=200)
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--concurrency", type=int, default=32)
@@ -44,7 +46,9 @@ def main() -> None:
         sequential_s = timed(one, GeminiSettings(concurrency=1, **base))
         concurrent_s = timed(many, GeminiSettings(concurrency=args.concurrency, **base))
     result = {
-        "questions": args.questions, "latency_s": args.latency, "concurrency": args.concurrency,
+        "questions": args.questions,
+        "latency_s": args.latency,
+        "concurrency": args.concurrency,
         "sequential_requests_per_s": round(args.questions / sequential_s, 2),
         "concurrent_requests_per_s": round(args.questions / concurrent_s, 2),
         "ratio": round(sequential_s / concurrent_s, 1),

@@ -43,7 +43,9 @@ def sync(torch, device: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64, 128])
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--prompt-tokens", type=int, nargs=2, default=[60, 120], metavar=("MIN", "MAX"))
@@ -56,9 +58,20 @@ def main() -> None:
     from transformers import MistralConfig, MistralForCausalLM
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("no CUDA device: run this on a GPU node, or use --tiny --device cpu to check it runs")
-    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2) if args.tiny else {}
+        raise SystemExit(
+            "no CUDA device: run this on a GPU node, or use --tiny --device cpu to check it runs"
+        )
+    shape = (
+        dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+        if args.tiny
+        else {}
+    )
     config = MistralConfig(sliding_window=None, **shape)  # defaults are Mistral-7B's shape
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     torch.manual_seed(0)
@@ -75,18 +88,30 @@ def main() -> None:
     results = []
     eos = config.eos_token_id
     for batch in args.batch_sizes:
-        lengths = torch.randint(args.prompt_tokens[0], args.prompt_tokens[1] + 1, (batch,), generator=generator)
+        lengths = torch.randint(
+            args.prompt_tokens[0], args.prompt_tokens[1] + 1, (batch,), generator=generator
+        )
         width = int(lengths.max())
         ids = torch.randint(3, config.vocab_size, (batch, width), generator=generator)
         mask = torch.zeros(batch, width, dtype=torch.long)
         for row, length in enumerate(lengths.tolist()):
             ids[row, : width - length] = eos
-            mask[row, width - length:] = 1
+            mask[row, width - length :] = 1
         ids, mask = ids.to(args.device), mask.to(args.device)
-        kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=True,
-                      temperature=0.8, top_p=0.95, top_k=0, pad_token_id=eos, eos_token_id=eos)
+        kwargs = dict(
+            max_new_tokens=args.new_tokens,
+            min_new_tokens=args.new_tokens,
+            do_sample=True,
+            temperature=0.8,
+            top_p=0.95,
+            top_k=0,
+            pad_token_id=eos,
+            eos_token_id=eos,
+        )
         with torch.inference_mode():
-            model.generate(input_ids=ids, attention_mask=mask, **{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4})
+            model.generate(
+                input_ids=ids, attention_mask=mask, **{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4}
+            )
             sync(torch, args.device)
             started = time.perf_counter()
             out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
@@ -97,16 +122,29 @@ def main() -> None:
         step_bytes = weight_bytes + batch * mean_context * kv_bytes_per_token
         bound = batch / (step_bytes / bandwidth)
         tokens_per_s = new_tokens / seconds
-        results.append({"batch": batch, "new_tokens": new_tokens, "seconds": round(seconds, 2),
-                        "tokens_per_s": round(tokens_per_s, 1), "bound_tokens_per_s": round(bound, 1),
-                        "fraction_of_bound": round(tokens_per_s / bound, 3)})
-        print(f"batch {batch:4d}: {tokens_per_s:9.1f} new tokens/s  "
-              f"(bound {bound:9.1f}, {100 * tokens_per_s / bound:5.1f}%)  {seconds:.1f}s")
+        results.append(
+            {
+                "batch": batch,
+                "new_tokens": new_tokens,
+                "seconds": round(seconds, 2),
+                "tokens_per_s": round(tokens_per_s, 1),
+                "bound_tokens_per_s": round(bound, 1),
+                "fraction_of_bound": round(tokens_per_s / bound, 3),
+            }
+        )
+        print(
+            f"batch {batch:4d}: {tokens_per_s:9.1f} new tokens/s  "
+            f"(bound {bound:9.1f}, {100 * tokens_per_s / bound:5.1f}%)  {seconds:.1f}s"
+        )
         del out
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
-    summary = {"device": device_name, "bandwidth_gb_s": round(bandwidth / 1e9, 1),
-               "weight_gb": round(weight_bytes / 1e9, 2), "results": results}
+    summary = {
+        "device": device_name,
+        "bandwidth_gb_s": round(bandwidth / 1e9, 1),
+        "weight_gb": round(weight_bytes / 1e9, 2),
+        "results": results,
+    }
     print(json.dumps(summary))
     if args.out:
         with open(args.out, "w") as handle:

@@ -24,7 +24,9 @@ DEMO_QUESTIONS = REPO / "demo" / "medquad_demo.jsonl"
 
 def require_medquad() -> Path:
     if not MEDQUAD.exists():
-        pytest.skip(f"SKIPPED LOUDLY: reference MedQuAD file {MEDQUAD} is absent; CI requires this test to run")
+        pytest.skip(
+            f"SKIPPED LOUDLY: reference MedQuAD file {MEDQUAD} is absent; CI requires this test to run"
+        )
     return MEDQUAD
 
 

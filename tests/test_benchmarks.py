@@ -9,14 +9,20 @@ from conftest import REPO
 
 def run_benchmark(script: str, *args: str) -> dict:
     """Run a benchmark script; returns the JSON summary it prints last."""
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_gpu_benchmark_script_runs_on_a_tiny_model_on_cpu():
-    summary = run_benchmark("gpu_engine.py", "--tiny", "--device", "cpu", "--batch-sizes", "1", "3", "--new-tokens", "5")
+    summary = run_benchmark(
+        "gpu_engine.py", "--tiny", "--device", "cpu", "--batch-sizes", "1", "3", "--new-tokens", "5"
+    )
     assert [r["new_tokens"] for r in summary["results"]] == [5, 15]
     assert all(0 < r["fraction_of_bound"] for r in summary["results"])
 
@@ -27,5 +33,7 @@ def test_engine_vs_loop_generates_the_same_token_count_on_both_sides():
 
 
 def test_gemini_concurrency_benchmark_runs():
-    summary = run_benchmark("gemini_concurrency.py", "--questions", "16", "--latency", "0.01", "--concurrency", "4")
+    summary = run_benchmark(
+        "gemini_concurrency.py", "--questions", "16", "--latency", "0.01", "--concurrency", "4"
+    )
     assert summary["questions"] == 16 and summary["ratio"] > 0

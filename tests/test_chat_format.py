@@ -46,4 +46,6 @@ def test_no_template_is_an_error_not_a_made_up_format(tiny_qwen):
 
 
 def test_training_prompt_layout():
-    assert training_prompt("Be careful.\n", "What is gout ?") == "Be careful.\n\nUser question:\nWhat is gout ?"
+    assert (
+        training_prompt("Be careful.\n", "What is gout ?") == "Be careful.\n\nUser question:\nWhat is gout ?"
+    )

@@ -28,9 +28,13 @@ def test_env_files_parse_and_match_pyproject_pins():
         pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
         env_pins = _pins(pip_section)
         for name, version in env_pins.items():
-            assert project_pins.get(name) == version, f"{path.name}: {name}=={version} differs from pyproject.toml"
+            assert project_pins.get(name) == version, (
+                f"{path.name}: {name}=={version} differs from pyproject.toml"
+            )
         # everything the jobs import is there (snakemake and its executor run outside the job env)
-        assert set(project_pins) - set(env_pins) == {"snakemake", "snakemake-executor-plugin-slurm"}, path.name
+        assert set(project_pins) - set(env_pins) == {"snakemake", "snakemake-executor-plugin-slurm"}, (
+            path.name
+        )
 
 
 def test_every_rule_names_an_existing_env_file():

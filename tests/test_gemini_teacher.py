@@ -30,8 +30,15 @@ QUESTIONS = [{"id": f"q{i:03d}", "question": f"What helps with condition {i} ?"}
 
 
 def fast(server, **overrides):
-    base = dict(base_url=server.base_url, initial_backoff_s=0.001, max_backoff_s=0.01, timeout_s=2.0,
-                requests_per_minute=1e6, concurrency=8, max_attempts=4)
+    base = dict(
+        base_url=server.base_url,
+        initial_backoff_s=0.001,
+        max_backoff_s=0.01,
+        timeout_s=2.0,
+        requests_per_minute=1e6,
+        concurrency=8,
+        max_attempts=4,
+    )
     return GeminiSettings(**{**base, **overrides})
 
 
@@ -42,12 +49,15 @@ def run(coro):
 def test_transient_errors_are_retried_until_every_question_is_answered(tmp_path):
     with GeminiTestServer() as server:
         # each affected question fails fewer times than the cap of 4 tries: no flakiness possible
-        server.script = {QUESTIONS[1]["question"]: ["429", "503", "ok"],
-                         QUESTIONS[2]["question"]: ["500", "500", "500"],
-                         QUESTIONS[3]["question"]: ["timeout"]}
+        server.script = {
+            QUESTIONS[1]["question"]: ["429", "503", "ok"],
+            QUESTIONS[2]["question"]: ["500", "500", "500"],
+            QUESTIONS[3]["question"]: ["timeout"],
+        }
         server.hang_s = 3.0  # longer than the 2 s client time-out
-        rows, failures, usage = run(answer_with_gemini(QUESTIONS, "Be careful.", fast(server), KEY,
-                                                       store_root=tmp_path))
+        rows, failures, usage = run(
+            answer_with_gemini(QUESTIONS, "Be careful.", fast(server), KEY, store_root=tmp_path)
+        )
         assert failures == []
         assert [r["id"] for r in rows] == [q["id"] for q in QUESTIONS]
         assert server.requests[QUESTIONS[1]["question"]] == 3
@@ -62,13 +72,20 @@ def test_transient_errors_are_retried_until_every_question_is_answered(tmp_path)
 
 def test_exhausted_retries_blocked_and_empty_answers_are_failures_with_reasons(tmp_path):
     with GeminiTestServer() as server:
-        server.script = {QUESTIONS[0]["question"]: ["503"] * 4, QUESTIONS[1]["question"]: ["blocked"],
-                         QUESTIONS[2]["question"]: ["empty"], QUESTIONS[3]["question"]: ["safety"],
-                         QUESTIONS[4]["question"]: ["length"]}
+        server.script = {
+            QUESTIONS[0]["question"]: ["503"] * 4,
+            QUESTIONS[1]["question"]: ["blocked"],
+            QUESTIONS[2]["question"]: ["empty"],
+            QUESTIONS[3]["question"]: ["safety"],
+            QUESTIONS[4]["question"]: ["length"],
+        }
         rows, failures, _ = run(answer_with_gemini(QUESTIONS, "Be careful.", fast(server), KEY))
     assert {f["id"]: f["reason"] for f in failures} == {
-        "q000": "retries_exhausted:503 UNAVAILABLE", "q001": "prompt_blocked:SAFETY",
-        "q002": "empty_text", "q003": "finish_reason:SAFETY"}
+        "q000": "retries_exhausted:503 UNAVAILABLE",
+        "q001": "prompt_blocked:SAFETY",
+        "q002": "empty_text",
+        "q003": "finish_reason:SAFETY",
+    }
     by_id = {r["id"]: r for r in rows}
     assert len(rows) == 8 and by_id["q004"]["finish_reason"] == "length"
     assert by_id["q005"]["finish_reason"] == "stop" and by_id["q005"]["gemini_finish_reason"] == "STOP"
@@ -102,9 +119,17 @@ def test_rate_limiter_spaces_request_starts_by_count_not_wall_time():
 def test_backoff_honours_the_servers_suggested_delay():
     from google.genai import errors
 
-    error = errors.ClientError(429, {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "slow down",
-                                               "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
-                                                            "retryDelay": "37s"}]}})
+    error = errors.ClientError(
+        429,
+        {
+            "error": {
+                "code": 429,
+                "status": "RESOURCE_EXHAUSTED",
+                "message": "slow down",
+                "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "37s"}],
+            }
+        },
+    )
     assert suggested_delay_s(error) == 37.0
 
     class State:
@@ -139,12 +164,31 @@ def test_cost_estimate_counts_thinking_as_output():
 
 
 def _cli(shard, tmp_path, *extra):
-    return [sys.executable, "-m", "meddpo", "gemini", "--shard", str(shard),
-            "--out", str(tmp_path / "chosen" / "shard-000.jsonl"),
-            "--failures", str(tmp_path / "chosen" / "shard-000.failures.jsonl"),
-            "--usage", str(tmp_path / "chosen" / "shard-000.usage.json"),
-            "--system-prompt", "Be careful.", "--store", str(tmp_path / "store"),
-            "--initial-backoff", "0.001", "--max-backoff", "0.01", "--progress-every", "0", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "meddpo",
+        "gemini",
+        "--shard",
+        str(shard),
+        "--out",
+        str(tmp_path / "chosen" / "shard-000.jsonl"),
+        "--failures",
+        str(tmp_path / "chosen" / "shard-000.failures.jsonl"),
+        "--usage",
+        str(tmp_path / "chosen" / "shard-000.usage.json"),
+        "--system-prompt",
+        "Be careful.",
+        "--store",
+        str(tmp_path / "store"),
+        "--initial-backoff",
+        "0.001",
+        "--max-backoff",
+        "0.01",
+        "--progress-every",
+        "0",
+        *extra,
+    ]
 
 
 def _env(server, **extra):
@@ -157,10 +201,14 @@ def test_cli_bad_key_fails_fast_with_one_line_and_no_output(tmp_path):
     shard = tmp_path / "shard.jsonl"
     write_jsonl(shard, QUESTIONS)
     with GeminiTestServer(expected_key="the-right-key") as server:
-        result = subprocess.run(_cli(shard, tmp_path), env=_env(server), capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            _cli(shard, tmp_path), env=_env(server), capture_output=True, text=True, timeout=120
+        )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
-    assert errors == [line for line in errors if "400 INVALID_ARGUMENT" in line and "API key not valid" in line]
+    assert errors == [
+        line for line in errors if "400 INVALID_ARGUMENT" in line and "API key not valid" in line
+    ]
     assert len(errors) == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "chosen").exists()
     assert KEY not in result.stderr
@@ -170,8 +218,13 @@ def test_cli_missing_key_says_where_to_put_it(tmp_path):
     shard = tmp_path / "shard.jsonl"
     write_jsonl(shard, QUESTIONS)
     env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
-    result = subprocess.run(_cli(shard, tmp_path, "--secrets-file", str(tmp_path / "secrets.env")),
-                            env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        _cli(shard, tmp_path, "--secrets-file", str(tmp_path / "secrets.env")),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "set GEMINI_API_KEY" in result.stderr and "secrets.env" in result.stderr
 
@@ -182,8 +235,9 @@ def test_cli_killed_mid_shard_rerun_requests_only_what_was_missing(tmp_path):
     write_jsonl(shard, questions)
     store = tmp_path / "store"
     with GeminiTestServer(latency_s=0.05) as server:
-        job = subprocess.Popen(_cli(shard, tmp_path, "--concurrency", "4"), env=_env(server),
-                               stderr=subprocess.DEVNULL)
+        job = subprocess.Popen(
+            _cli(shard, tmp_path, "--concurrency", "4"), env=_env(server), stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 120
         while job.poll() is None and time.monotonic() < deadline:
             if sum(len(read_jsonl_tolerant(p)) for p in store.rglob("*.jsonl")) >= 30:
@@ -196,8 +250,13 @@ def test_cli_killed_mid_shard_rerun_requests_only_what_was_missing(tmp_path):
         stored = {row["id"] for p in store.rglob("*.jsonl") for row in read_jsonl_tolerant(p)}
         before = Counter(server.requests)
 
-        rerun = subprocess.run(_cli(shard, tmp_path, "--concurrency", "4"), env=_env(server),
-                               capture_output=True, text=True, timeout=120)
+        rerun = subprocess.run(
+            _cli(shard, tmp_path, "--concurrency", "4"),
+            env=_env(server),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert rerun.returncode == 0, rerun.stderr
         asked_again = {q for q in server.requests if server.requests[q] > before[q]}
     missing = {q["question"] for q in questions if q["id"] not in stored}
@@ -214,8 +273,13 @@ def test_cli_too_many_failures_fails_the_job_and_lists_them(tmp_path):
     write_jsonl(shard, QUESTIONS)
     with GeminiTestServer() as server:
         server.script = {q["question"]: ["blocked"] for q in QUESTIONS[:3]}
-        result = subprocess.run(_cli(shard, tmp_path, "--max-failed-fraction", "0.1"), env=_env(server),
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            _cli(shard, tmp_path, "--max-failed-fraction", "0.1"),
+            env=_env(server),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert result.returncode == 3
     assert "3 of 12 questions failed" in result.stderr
     assert not (tmp_path / "chosen" / "shard-000.jsonl").exists()

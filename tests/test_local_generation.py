@@ -7,13 +7,15 @@ from meddpo.tiny_models import build_tiny_mistral
 
 QUESTIONS = [
     {"id": f"q{i}", "question": text}
-    for i, text in enumerate([
-        "What is asthma ?",
-        "What are the treatments for chronic kidney disease and how do they work ?",
-        "Is cystic fibrosis inherited ?",
-        "What should I do if I forget a dose of ibuprofen ?",
-        "How many people are affected by Marfan syndrome ?",
-    ])
+    for i, text in enumerate(
+        [
+            "What is asthma ?",
+            "What are the treatments for chronic kidney disease and how do they work ?",
+            "Is cystic fibrosis inherited ?",
+            "What should I do if I forget a dose of ibuprofen ?",
+            "How many people are affected by Marfan syndrome ?",
+        ]
+    )
 ]
 
 
@@ -31,7 +33,9 @@ def eager_to_stop(tmp_path_factory, demo_texts):
 def test_length_when_the_cap_is_hit_even_with_eos_padding_in_the_prompt(never_stops):
     # pad = EOS for this tokenizer: left-padded prompts hold EOS ids, which must not count
     assert never_stops.tokenizer.pad_token_id in never_stops.eos_ids
-    rows = answer_questions(never_stops, QUESTIONS, "Be careful.", Sampling(max_new_tokens=12, seed=1), batch_size=5)
+    rows = answer_questions(
+        never_stops, QUESTIONS, "Be careful.", Sampling(max_new_tokens=12, seed=1), batch_size=5
+    )
     assert [r["finish_reason"] for r in rows] == ["length"] * 5
     assert [r["new_tokens"] for r in rows] == [12] * 5
     assert all(r["text"] for r in rows)
@@ -39,7 +43,11 @@ def test_length_when_the_cap_is_hit_even_with_eos_padding_in_the_prompt(never_st
 
 def test_stop_when_the_model_ends(eager_to_stop):
     rows = answer_questions(
-        eager_to_stop, QUESTIONS * 4, "Be careful.", Sampling(max_new_tokens=40, temperature=1.0, seed=3), batch_size=8
+        eager_to_stop,
+        QUESTIONS * 4,
+        "Be careful.",
+        Sampling(max_new_tokens=40, temperature=1.0, seed=3),
+        batch_size=8,
     )
     reasons = Counter(r["finish_reason"] for r in rows)
     assert reasons["stop"] >= 15
@@ -69,9 +77,17 @@ def test_same_seed_same_text(never_stops):
 
 
 def test_rows_carry_model_and_sampling(never_stops, tiny_mistral):
-    row = answer_questions(never_stops, QUESTIONS[:1], "Be careful.", Sampling(max_new_tokens=3, seed=5), 1)[0]
+    row = answer_questions(never_stops, QUESTIONS[:1], "Be careful.", Sampling(max_new_tokens=3, seed=5), 1)[
+        0
+    ]
     assert row["model"] == str(tiny_mistral)
-    assert row["sampling"] == {"max_new_tokens": 3, "temperature": 0.7, "top_p": 1.0, "seed": 5, "min_new_tokens": 0}
+    assert row["sampling"] == {
+        "max_new_tokens": 3,
+        "temperature": 0.7,
+        "top_p": 1.0,
+        "seed": 5,
+        "min_new_tokens": 0,
+    }
     assert row["system_in_user_turn"] is True
 
 
@@ -103,7 +119,9 @@ def test_cuda_oom_halves_the_batch_and_goes_on(never_stops, caplog, monkeypatch)
 
     monkeypatch.setattr(never_stops.model, "generate", generate_with_little_memory)
     with caplog.at_level("WARNING"):
-        rows = answer_questions(never_stops, QUESTIONS, "Be careful.", Sampling(max_new_tokens=3), batch_size=5)
+        rows = answer_questions(
+            never_stops, QUESTIONS, "Be careful.", Sampling(max_new_tokens=3), batch_size=5
+        )
     assert [r["id"] for r in rows] == [q["id"] for q in QUESTIONS]
     assert all(r["new_tokens"] == 3 for r in rows)
     assert sizes == [5, 2, 3, 1, 2]  # 5 fails -> 2 + 3; 3 fails -> 1 + 2
@@ -111,11 +129,19 @@ def test_cuda_oom_halves_the_batch_and_goes_on(never_stops, caplog, monkeypatch)
 
 
 def test_continuous_engine_gives_the_same_kind_of_rows(never_stops, eager_to_stop):
-    rows = answer_questions(never_stops, QUESTIONS, "Be careful.", Sampling(max_new_tokens=6), 2, engine="continuous")
+    rows = answer_questions(
+        never_stops, QUESTIONS, "Be careful.", Sampling(max_new_tokens=6), 2, engine="continuous"
+    )
     assert [r["id"] for r in rows] == [q["id"] for q in QUESTIONS]
     assert [(r["finish_reason"], r["new_tokens"]) for r in rows] == [("length", 6)] * 5
-    stopped = answer_questions(eager_to_stop, QUESTIONS * 3, "Be careful.",
-                               Sampling(max_new_tokens=40, temperature=1.0), 4, engine="continuous")
+    stopped = answer_questions(
+        eager_to_stop,
+        QUESTIONS * 3,
+        "Be careful.",
+        Sampling(max_new_tokens=40, temperature=1.0),
+        4,
+        engine="continuous",
+    )
     assert sum(r["finish_reason"] == "stop" for r in stopped) >= 10
 
 
@@ -124,9 +150,14 @@ def test_store_answers_are_reused_not_regenerated(never_stops, tmp_path, monkeyp
     first = answer_questions(never_stops, QUESTIONS[:3], "Be careful.", sampling, 2, store_root=tmp_path)
     calls = []
     real_generate = never_stops.model.generate
-    monkeypatch.setattr(never_stops.model, "generate",
-                        lambda *a, **k: calls.append(k["input_ids"].shape[0]) or real_generate(*a, **k))
-    rows = answer_questions(never_stops, QUESTIONS, "Be careful.", sampling, 8, store_root=tmp_path, store_part="b")
+    monkeypatch.setattr(
+        never_stops.model,
+        "generate",
+        lambda *a, **k: calls.append(k["input_ids"].shape[0]) or real_generate(*a, **k),
+    )
+    rows = answer_questions(
+        never_stops, QUESTIONS, "Be careful.", sampling, 8, store_root=tmp_path, store_part="b"
+    )
     assert calls == [2]  # only the two new questions
     assert [r["text"] for r in rows[:3]] == [r["text"] for r in first]
     # another system prompt is another fingerprint: nothing reused

@@ -7,24 +7,45 @@ SYSTEM = "Be careful."
 
 
 def _question(i):
-    return {"id": f"mq-{i}", "source": "lavita/MedQuAD", "category": "symptoms", "question_type": "symptoms",
-            "question": f"What are the symptoms of disease {i} ?"}
+    return {
+        "id": f"mq-{i}",
+        "source": "lavita/MedQuAD",
+        "category": "symptoms",
+        "question_type": "symptoms",
+        "question": f"What are the symptoms of disease {i} ?",
+    }
 
 
 def _answer(i, text, model, reason="stop"):
-    return {"id": f"mq-{i}", "text": text, "finish_reason": reason, "new_tokens": 5, "model": model,
-            "revision": "abc", "sampling": {"temperature": 0.5}}
+    return {
+        "id": f"mq-{i}",
+        "text": text,
+        "finish_reason": reason,
+        "new_tokens": 5,
+        "model": model,
+        "revision": "abc",
+        "sampling": {"temperature": 0.5},
+    }
 
 
 def test_pairs_join_by_id_and_count_what_is_left_out():
     questions = [_question(i) for i in (3, 1, 2, 4, 5)]
     rejected = [_answer(i, f"bad {i}", "mmt", "length") for i in (1, 2, 3, 5)]  # 4 missing
-    chosen = [_answer(i, f"good {i}", "teacher") for i in (1, 3, 4)] + [_answer(2, "  \n", "teacher")]  # 5 missing, 2 empty
+    chosen = [_answer(i, f"good {i}", "teacher") for i in (1, 3, 4)] + [
+        _answer(2, "  \n", "teacher")
+    ]  # 5 missing, 2 empty
     failures = [{"id": "mq-5", "reason": "prompt_blocked:SAFETY"}]
     pairs, stats = build_pairs(questions, rejected, chosen, SYSTEM, chosen_failures=failures)
     assert [p["id"] for p in pairs] == ["mq-1", "mq-3"]
-    assert stats == {"questions": 5, "missing_rejected": 1, "missing_chosen": 1, "empty_rejected": 0,
-                     "empty_chosen": 1, "pairs": 2, "chosen_failure_reasons": {"prompt_blocked:SAFETY": 1}}
+    assert stats == {
+        "questions": 5,
+        "missing_rejected": 1,
+        "missing_chosen": 1,
+        "empty_rejected": 0,
+        "empty_chosen": 1,
+        "pairs": 2,
+        "chosen_failure_reasons": {"prompt_blocked:SAFETY": 1},
+    }
     row = pairs[0]
     assert list(row) == list(PAIR_FIELDS)
     assert row["prompt"] == "Be careful.\n\nUser question:\nWhat are the symptoms of disease 1 ?"
@@ -41,8 +62,9 @@ def test_an_answer_listed_twice_is_an_error():
 
 
 def test_merge_sorts_checks_ids_and_adds_up_stats():
-    a, sa = build_pairs([_question(2), _question(9)], [_answer(i, "r", "m") for i in (2, 9)],
-                        [_answer(2, "c", "t")], SYSTEM)
+    a, sa = build_pairs(
+        [_question(2), _question(9)], [_answer(i, "r", "m") for i in (2, 9)], [_answer(2, "c", "t")], SYSTEM
+    )
     b, sb = build_pairs([_question(5)], [_answer(5, "r", "m")], [_answer(5, "c", "t")], SYSTEM)
     rows, stats = merge_pair_shards([(a, sa), (b, sb)])
     assert [r["id"] for r in rows] == ["mq-2", "mq-5"]

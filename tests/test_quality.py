@@ -9,18 +9,35 @@ from meddpo.quality import FLAGS, apply_policy, pair_flags
 from meddpo.report import build_stats, render_report, write_plots
 from meddpo.validate import validate_pairs
 
-GOOD_CHOSEN = ("Gout is a form of arthritis caused by uric acid crystals in a joint. A doctor can confirm it "
-               "with a blood test or by examining fluid from the joint, and treatment eases the pain.")
+GOOD_CHOSEN = (
+    "Gout is a form of arthritis caused by uric acid crystals in a joint. A doctor can confirm it "
+    "with a blood test or by examining fluid from the joint, and treatment eases the pain."
+)
 GOOD_REJECTED = "Gout is just joint pain. Take some painkillers and it will go away."
 
 
-def pair(i=1, chosen=GOOD_CHOSEN, rejected=GOOD_REJECTED, chosen_reason="stop", rejected_reason="stop", **meta):
-    return {"id": f"mq-{i:04d}", "source": "s", "category": "information", "question_type": "information",
-            "question": "What is gout ?", "prompt": "Be careful.\n\nUser question:\nWhat is gout ?",
-            "chosen": chosen, "rejected": rejected,
-            "meta": {"teacher_model": "t", "mmt_ckpt": "m", "chosen_finish_reason": chosen_reason,
-                     "rejected_finish_reason": rejected_reason, "chosen_new_tokens": 40, "rejected_new_tokens": 15,
-                     **meta}}
+def pair(
+    i=1, chosen=GOOD_CHOSEN, rejected=GOOD_REJECTED, chosen_reason="stop", rejected_reason="stop", **meta
+):
+    return {
+        "id": f"mq-{i:04d}",
+        "source": "s",
+        "category": "information",
+        "question_type": "information",
+        "question": "What is gout ?",
+        "prompt": "Be careful.\n\nUser question:\nWhat is gout ?",
+        "chosen": chosen,
+        "rejected": rejected,
+        "meta": {
+            "teacher_model": "t",
+            "mmt_ckpt": "m",
+            "chosen_finish_reason": chosen_reason,
+            "rejected_finish_reason": rejected_reason,
+            "chosen_new_tokens": 40,
+            "rejected_new_tokens": 15,
+            **meta,
+        },
+    }
 
 
 CRAFTED = {
@@ -66,9 +83,18 @@ def test_stats_add_up_and_report_and_card_render(tmp_path):
     rows = [pair(i=i) for i in range(6)] + [dict(CRAFTED["chosen_truncated"], id="mq-0100")]
     kept, dropped, counts = apply_policy(rows)
     question_stats = {"read": 10, "kept": 9, "picked": 9, "picked_per_category": {"information": 9}}
-    pair_stats = {"questions": 9, "pairs": 7, "missing_rejected": 1, "missing_chosen": 1, "empty_rejected": 0,
-                  "empty_chosen": 0, "chosen_failure_reasons": {"prompt_blocked:SAFETY": 1}}
-    stats = build_stats(kept, dropped, question_stats=question_stats, pair_stats=pair_stats, quality_counts=counts)
+    pair_stats = {
+        "questions": 9,
+        "pairs": 7,
+        "missing_rejected": 1,
+        "missing_chosen": 1,
+        "empty_rejected": 0,
+        "empty_chosen": 0,
+        "chosen_failure_reasons": {"prompt_blocked:SAFETY": 1},
+    }
+    stats = build_stats(
+        kept, dropped, question_stats=question_stats, pair_stats=pair_stats, quality_counts=counts
+    )
     s = stats["stages"]
     assert s["picked"] == s["pairs_kept"] + s["pairs_dropped"] + s["left_out_missing_or_failed_answer"] == 9
     assert stats["dropped_by_reason"] == {"chosen_truncated": 1}
@@ -77,8 +103,13 @@ def test_stats_add_up_and_report_and_card_render(tmp_path):
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
     report = render_report(stats)
     assert "| pairs dropped | 1 |" in report and "prompt_blocked:SAFETY" in report
-    card = render_card(n_rows=len(kept), data_files={"train": "stage2_med_pairs.jsonl"}, stats=stats,
-                       settings={"prompts": {"training": "Be careful."}}, provenance={"config_sha256": "abc"})
+    card = render_card(
+        n_rows=len(kept),
+        data_files={"train": "stage2_med_pairs.jsonl"},
+        stats=stats,
+        settings={"prompts": {"training": "Be careful."}},
+        provenance={"config_sha256": "abc"},
+    )
     header = yaml.safe_load(card.split("---")[1])
     assert header["configs"][0]["data_files"] == [{"split": "train", "path": "stage2_med_pairs.jsonl"}]
     assert "dpo" in header["tags"] and header["size_categories"] == ["n<1K"]
@@ -96,12 +127,21 @@ def test_validate_accepts_a_good_file(tmp_path):
     assert (rows, problems) == (2, [])
 
 
-@pytest.mark.parametrize("rows, expected", [
-    ([pair(1), pair(2), pair(1)], "line 3 (id mq-0001): duplicate id (first on line 1)"),
-    ([pair(1), pair(2, chosen="")], "line 2 (id mq-0002): field 'chosen' is empty or not a string"),
-    ([pair(1), {k: v for k, v in pair(2).items() if k != "prompt"}], "line 2 (id mq-0002): missing field 'prompt'"),
-    ([pair(1, flags=["chosen_truncated"])], "line 1 (id mq-0001): flag chosen_truncated but chosen finish reason is 'stop'"),
-])
+@pytest.mark.parametrize(
+    "rows, expected",
+    [
+        ([pair(1), pair(2), pair(1)], "line 3 (id mq-0001): duplicate id (first on line 1)"),
+        ([pair(1), pair(2, chosen="")], "line 2 (id mq-0002): field 'chosen' is empty or not a string"),
+        (
+            [pair(1), {k: v for k, v in pair(2).items() if k != "prompt"}],
+            "line 2 (id mq-0002): missing field 'prompt'",
+        ),
+        (
+            [pair(1, flags=["chosen_truncated"])],
+            "line 1 (id mq-0001): flag chosen_truncated but chosen finish reason is 'stop'",
+        ),
+    ],
+)
 def test_validate_names_the_row_of_each_problem(tmp_path, rows, expected):
     _, problems = validate_pairs(_write(tmp_path, rows))
     assert expected in problems

@@ -35,15 +35,21 @@ def test_cleaning_and_dedupe_counts():
     kept, counts = clean_and_dedupe(rows, source="s", min_chars=10)
     assert [r["question"] for r in kept] == ["What is asthma ?", "What causes gout ?"]
     assert counts == {
-        "read": 7, "dropped_empty": 2, "dropped_short": 1, "dropped_duplicate": 2,
-        "dropped_duplicate_exact": 1, "category_guessed": 0, "kept": 2,
+        "read": 7,
+        "dropped_empty": 2,
+        "dropped_short": 1,
+        "dropped_duplicate": 2,
+        "dropped_duplicate_exact": 1,
+        "category_guessed": 0,
+        "kept": 2,
     }
 
 
 def test_categories_normalise_question_type_and_keep_medquad_category():
     kept, _ = clean_and_dedupe(
         [_row("What are the genetic changes related to X ?", "genetic changes", category="Disease")],
-        source="lavita/MedQuAD", min_chars=5,
+        source="lavita/MedQuAD",
+        min_chars=5,
     )
     row = kept[0]
     assert row["category"] == "genetic_changes"
@@ -53,14 +59,17 @@ def test_categories_normalise_question_type_and_keep_medquad_category():
     assert normalise_question_type("Emergency or Overdose") == "emergency_or_overdose"
 
 
-@pytest.mark.parametrize("question, expected", [
-    ("What are the symptoms of gout ?", "symptoms"),
-    ("How is gout treated ?", "treatment"),
-    ("Is Marfan syndrome inherited ?", "inheritance"),
-    ("How many people are affected by gout ?", "frequency"),
-    ("What are the side effects of aspirin ?", "side_effects"),
-    ("What is gout ?", "information"),
-])
+@pytest.mark.parametrize(
+    "question, expected",
+    [
+        ("What are the symptoms of gout ?", "symptoms"),
+        ("How is gout treated ?", "treatment"),
+        ("Is Marfan syndrome inherited ?", "inheritance"),
+        ("How many people are affected by gout ?", "frequency"),
+        ("What are the side effects of aspirin ?", "side_effects"),
+        ("What is gout ?", "information"),
+    ],
+)
 def test_keyword_heuristic_when_question_type_missing(question, expected):
     assert guess_category(question) == expected
     kept, counts = clean_and_dedupe([_row(question, "")], source="s", min_chars=5)
@@ -68,8 +77,11 @@ def test_keyword_heuristic_when_question_type_missing(question, expected):
 
 
 def _pool(n_types=4, per_type=(40, 30, 20, 10)):
-    rows = [_row(f"Question number {i} about topic {t} ?", f"type {t}")
-            for t in range(n_types) for i in range(per_type[t])]
+    rows = [
+        _row(f"Question number {i} about topic {t} ?", f"type {t}")
+        for t in range(n_types)
+        for i in range(per_type[t])
+    ]
     kept, _ = clean_and_dedupe(rows, source="s", min_chars=5)
     return kept
 
@@ -161,9 +173,23 @@ def test_non_utf8_csv_names_line(tmp_path):
 
 def test_hub_load_offline_is_one_clear_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "meddpo", "questions", "--source", "lavita/MedQuAD", "--n", "10",
-         "--out", str(tmp_path / "q.jsonl"), "--stats", str(tmp_path / "s.json")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "meddpo",
+            "questions",
+            "--source",
+            "lavita/MedQuAD",
+            "--n",
+            "10",
+            "--out",
+            str(tmp_path / "q.jsonl"),
+            "--stats",
+            str(tmp_path / "s.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]

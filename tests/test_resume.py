@@ -18,15 +18,39 @@ def _store_rows(store):
 
 def test_kill_9_mid_shard_then_rerun(tmp_path, tiny_mistral):
     shard = tmp_path / "shard-000.jsonl"
-    questions = [{"id": f"q{i:04d}", "question": f"What are the symptoms of condition number {i} ?"}
-                 for i in range(600)]
+    questions = [
+        {"id": f"q{i:04d}", "question": f"What are the symptoms of condition number {i} ?"}
+        for i in range(600)
+    ]
     write_jsonl(shard, questions)
     out, store = tmp_path / "rejected" / "shard-000.jsonl", tmp_path / "store"
     command = [
-        sys.executable, "-m", "meddpo", "generate", "--shard", str(shard), "--out", str(out),
-        "--model", str(tiny_mistral), "--system-prompt", "Answer briefly.", "--max-new-tokens", "48",
-        "--temperature", "0.8", "--top-p", "0.95", "--seed", "4", "--batch-size", "4",
-        "--store", str(store), "--progress-every", "0",
+        sys.executable,
+        "-m",
+        "meddpo",
+        "generate",
+        "--shard",
+        str(shard),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_mistral),
+        "--system-prompt",
+        "Answer briefly.",
+        "--max-new-tokens",
+        "48",
+        "--temperature",
+        "0.8",
+        "--top-p",
+        "0.95",
+        "--seed",
+        "4",
+        "--batch-size",
+        "4",
+        "--store",
+        str(store),
+        "--progress-every",
+        "0",
     ]
     first_log = tmp_path / "first.log"
     with open(first_log, "w") as log:

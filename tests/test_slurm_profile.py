@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_workflow import SNAKEMAKE, _copy_workflow, _env, job_counts
 
 from conftest import REPO
-from test_workflow import SNAKEMAKE, _copy_workflow, _env, job_counts
 
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 ACCOUNT = "meddpo-test"
@@ -44,12 +44,14 @@ def slurm_cluster():
 def _test_profile(folder: Path) -> Path:
     """profiles/bridges2 with only what a 2-core CI box needs changed."""
     profile = yaml.safe_load((REPO / "profiles" / "bridges2" / "config.yaml").read_text())
-    profile.update({
-        "retries": 0,  # a shard made to fail must stay failed until the rerun
-        "slurm-init-seconds-before-status-checks": 2,
-        "latency-wait": 5,
-        "jobs": 6,
-    })
+    profile.update(
+        {
+            "retries": 0,  # a shard made to fail must stay failed until the rerun
+            "slurm-init-seconds-before-status-checks": 2,
+            "latency-wait": 5,
+            "jobs": 6,
+        }
+    )
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(profile))
     return folder
@@ -58,8 +60,11 @@ def _test_profile(folder: Path) -> Path:
 def _sacct(*job_ids):
     fields = "JobID,JobName%40,Partition,Account,State,AllocTRES%80,Comment%80"
     out = _sh("sacct", "-X", "-n", "-P", "-o", fields, "-j", ",".join(job_ids)).stdout
-    rows = [dict(zip(fields.replace("%40", "").replace("%80", "").split(","), line.split("|")))
-            for line in out.splitlines() if line.strip()]
+    rows = [
+        dict(zip(fields.replace("%40", "").replace("%80", "").split(","), line.split("|"), strict=False))
+        for line in out.splitlines()
+        if line.strip()
+    ]
     return rows
 
 
@@ -83,14 +88,20 @@ def test_bridges2_profile_on_a_real_slurm(slurm_cluster, tmp_path):
     workdir = _copy_workflow(tmp_path / "wf")
     profile = _test_profile(tmp_path / "profile")
     overlay = tmp_path / "slurm-test.yaml"
-    overlay.write_text(yaml.safe_dump({
-        "questions": {"n": 3 * QUESTIONS_PER_SHARD},
-        "n_shards": 3,
-        # slow enough that a shard job can be cancelled half-way
-        "rejected": {"batch_size": 1, "max_new_tokens": 600, "min_new_tokens": 600},
-        "teacher": {"backend": "gemini",
-                    "gemini": {"concurrency": 4, "initial_backoff_s": 0.001, "max_backoff_s": 0.01}},
-    }))
+    overlay.write_text(
+        yaml.safe_dump(
+            {
+                "questions": {"n": 3 * QUESTIONS_PER_SHARD},
+                "n_shards": 3,
+                # slow enough that a shard job can be cancelled half-way
+                "rejected": {"batch_size": 1, "max_new_tokens": 600, "min_new_tokens": 600},
+                "teacher": {
+                    "backend": "gemini",
+                    "gemini": {"concurrency": 4, "initial_backoff_s": 0.001, "max_backoff_s": 0.01},
+                },
+            }
+        )
+    )
     command = [*SNAKEMAKE, "--profile", str(profile), "--configfile", "demo/config.yaml", str(overlay)]
     env = _env()
     store = workdir / "results" / "demo" / "answer_store"
@@ -102,12 +113,15 @@ def test_bridges2_profile_on_a_real_slurm(slurm_cluster, tmp_path):
         # (kill -9 of the job's process: the Slurm job ends FAILED, as after an out-of-memory
         # kill or a crash. `scancel` would be the other way, but plugin 2.8.0 reads sacct's
         # "CANCELLED by <uid>" as still running and waits forever; a time limit takes 90 s.)
-        first = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 text=True)
+        first = subprocess.Popen(
+            command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         killed, deadline = None, time.monotonic() + 420
         while first.poll() is None and time.monotonic() < deadline and killed is None:
             if _store_rows(store, "shard-001"):
-                found = _sh("pgrep", "-f", "meddpo generate --shard .*shard-001.jsonl", check=False).stdout.split()
+                found = _sh(
+                    "pgrep", "-f", "meddpo generate --shard .*shard-001.jsonl", check=False
+                ).stdout.split()
                 if found:
                     _sh("kill", "-9", *found, check=False)
                     killed = found
@@ -149,8 +163,15 @@ def test_bridges2_profile_on_a_real_slurm(slurm_cluster, tmp_path):
     rows_2 = _sacct(*run_2_jobs)
     assert len(rows_2) == 1 and "rule_rejected" in rows_2[0]["Comment"] and "001" in rows_2[0]["Comment"]
     assert rows_2[0]["State"] == "COMPLETED" and "gres/gpu:h100-80=1" in rows_2[0]["AllocTRES"]
-    assert job_counts(second.stdout + second.stderr) == {"rejected": 1, "pairs": 1, "merge_pairs": 1,
-                                                         "finalize": 1, "validate": 1, "all": 1, "total": 6}
+    assert job_counts(second.stdout + second.stderr) == {
+        "rejected": 1,
+        "pairs": 1,
+        "merge_pairs": 1,
+        "finalize": 1,
+        "validate": 1,
+        "all": 1,
+        "total": 6,
+    }
     # ... and it resumed from the answer store: nothing generated twice
     log = (workdir / "results" / "demo" / "logs" / "rejected" / "shard-001.log").read_text()
     assert f"{len(done_before_rerun)} of {QUESTIONS_PER_SHARD} answers already there" in log
@@ -163,8 +184,9 @@ def test_bridges2_profile_on_a_real_slurm(slurm_cluster, tmp_path):
     assert list((workdir / "results" / "logs" / "slurm").rglob("*.log"))
     leaks = [str(p) for p in workdir.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
     assert leaks == []
-    submit_lines = _sh("sacct", "-X", "-n", "-P", "-o", "SubmitLine%500", "-j",
-                       ",".join(run_1_jobs | run_2_jobs)).stdout
+    submit_lines = _sh(
+        "sacct", "-X", "-n", "-P", "-o", "SubmitLine%500", "-j", ",".join(run_1_jobs | run_2_jobs)
+    ).stdout
     assert KEY not in submit_lines and "GPU-shared" in submit_lines
 
 
@@ -173,12 +195,21 @@ def test_bridges2_dry_run_needs_no_slurm_daemons(tmp_path):
     env = _env()
     env["SBATCH_ACCOUNT"] = ACCOUNT
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep))
-    result = subprocess.run([*SNAKEMAKE, "--profile", "profiles/bridges2", "-n"], cwd=workdir, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [*SNAKEMAKE, "--profile", "profiles/bridges2", "-n"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     n_shards = yaml.safe_load((REPO / "config.yaml").read_text())["n_shards"]
     assert job_counts(result.stdout)["rejected"] == n_shards
-    assert "slurm_partition=GPU-shared" in result.stdout and "slurm_extra=--gpus-per-node=h100-80:1" in result.stdout
+    assert (
+        "slurm_partition=GPU-shared" in result.stdout
+        and "slurm_extra=--gpus-per-node=h100-80:1" in result.stdout
+    )
     assert f"slurm_account={ACCOUNT}" in result.stdout
 
 
@@ -192,24 +223,39 @@ def test_a_shard_killed_by_its_slurm_time_limit_resumes_on_the_rerun(slurm_clust
     normal = _test_profile(tmp_path / "normal-profile")
     overlay = tmp_path / "slow.yaml"
     # 63 answers of 2,000 tokens, one at a time: minutes of work, far past a 1-minute limit
-    overlay.write_text(yaml.safe_dump({
-        "n_shards": 1, "rejected": {"batch_size": 1, "max_new_tokens": 2000, "min_new_tokens": 2000}}))
+    overlay.write_text(
+        yaml.safe_dump(
+            {"n_shards": 1, "rejected": {"batch_size": 1, "max_new_tokens": 2000, "min_new_tokens": 2000}}
+        )
+    )
     target = "results/demo/rejected/shard-000.jsonl"
     env = _env()
     env["SBATCH_ACCOUNT"] = ACCOUNT
     store = workdir / "results" / "demo" / "answer_store"
 
     # (the target goes first: --configfile takes every word after it)
-    first = subprocess.run([*SNAKEMAKE, target, "--profile", str(short), "--configfile", "demo/config.yaml",
-                            str(overlay)], cwd=workdir, env=env, capture_output=True, text=True, timeout=420)
+    first = subprocess.run(
+        [*SNAKEMAKE, target, "--profile", str(short), "--configfile", "demo/config.yaml", str(overlay)],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
     assert first.returncode != 0, "the job should have hit its time limit"
     assert "TIMEOUT" in first.stdout + first.stderr
     assert not (workdir / target).exists()
     done = {row["id"] for row in _store_rows(store, "shard-000")}
     assert 0 < len(done) < 63, len(done)
 
-    second = subprocess.run([*SNAKEMAKE, target, "--profile", str(normal), "--configfile", "demo/config.yaml",
-                             str(overlay)], cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    second = subprocess.run(
+        [*SNAKEMAKE, target, "--profile", str(normal), "--configfile", "demo/config.yaml", str(overlay)],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     log = (workdir / "results" / "demo" / "logs" / "rejected" / "shard-000.log").read_text()
     assert f"{len(done)} of 63 answers already there, {63 - len(done)} to generate" in log

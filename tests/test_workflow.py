@@ -65,8 +65,16 @@ def test_dry_run_of_the_real_config_lists_every_stage(workdir):
     assert result.returncode == 0, result.stderr
     n_shards = yaml.safe_load((REPO / "config.yaml").read_text())["n_shards"]
     assert job_counts(result.stdout) == {
-        "questions": 1, "shard": n_shards, "rejected": n_shards, "chosen_local": n_shards,
-        "pairs": n_shards, "merge_pairs": 1, "finalize": 1, "validate": 1, "all": 1, "total": 4 * n_shards + 5,
+        "questions": 1,
+        "shard": n_shards,
+        "rejected": n_shards,
+        "chosen_local": n_shards,
+        "pairs": n_shards,
+        "merge_pairs": 1,
+        "finalize": 1,
+        "validate": 1,
+        "all": 1,
+        "total": 4 * n_shards + 5,
     }
 
 
@@ -75,10 +83,13 @@ def test_lint_passes(workdir):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("override, key", [
-    (["--config", "n_shard=3"], "n_shard"),
-    (["--config", "n_shards=0"], "n_shards"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        (["--config", "n_shard=3"], "n_shard"),
+        (["--config", "n_shards=0"], "n_shards"),
+    ],
+)
 def test_bad_config_fails_at_parse_time_naming_the_key(workdir, override, key):
     result = snakemake(workdir, "-n", *override)
     assert result.returncode != 0
@@ -96,12 +107,25 @@ def test_bad_nested_config_value_is_named(workdir, tmp_path):
 
 def test_dag_picture(workdir):
     if shutil.which("dot") is None:
-        pytest.skip("SKIPPED LOUDLY: graphviz 'dot' is not installed (make system-deps); CI requires this test")
+        pytest.skip(
+            "SKIPPED LOUDLY: graphviz 'dot' is not installed (make system-deps); CI requires this test"
+        )
     dag = snakemake(workdir, "--dag", *DEMO)
     assert dag.returncode == 0, dag.stderr
-    svg = subprocess.run(["dot", "-Tsvg"], input=dag.stdout, capture_output=True, text=True, check=True).stdout
-    for rule in ("questions", "shard", "rejected", "chosen_local", "pairs", "merge_pairs", "finalize", "validate",
-                 "tiny_models"):
+    svg = subprocess.run(
+        ["dot", "-Tsvg"], input=dag.stdout, capture_output=True, text=True, check=True
+    ).stdout
+    for rule in (
+        "questions",
+        "shard",
+        "rejected",
+        "chosen_local",
+        "pairs",
+        "merge_pairs",
+        "finalize",
+        "validate",
+        "tiny_models",
+    ):
         assert f">{rule}" in svg
 
 
@@ -114,7 +138,9 @@ def test_demo_end_to_end(tmp_path):
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     demo = yaml.safe_load((REPO / "demo" / "config.yaml").read_text())
 
-    questions = [json.loads(line) for line in (out / "questions" / "questions.jsonl").read_text().splitlines()]
+    questions = [
+        json.loads(line) for line in (out / "questions" / "questions.jsonl").read_text().splitlines()
+    ]
     question_stats = json.loads((out / "questions" / "questions.stats.json").read_text())
     assert question_stats["read"] == 66 and question_stats["picked"] == len(questions) == 63
 
@@ -122,11 +148,23 @@ def test_demo_end_to_end(tmp_path):
     pairs = [json.loads(line) for line in (dataset / "stage2_med_pairs.jsonl").read_text().splitlines()]
     assert [p["id"] for p in pairs] == sorted(q["id"] for q in questions)
     by_id = {q["id"]: q for q in questions}
-    caps = {"rejected": demo["rejected"]["max_new_tokens"], "chosen": demo["teacher"]["local"]["max_new_tokens"]}
+    caps = {
+        "rejected": demo["rejected"]["max_new_tokens"],
+        "chosen": demo["teacher"]["local"]["max_new_tokens"],
+    }
     for row in pairs:
         question = by_id[row["id"]]
-        assert list(row) == ["id", "source", "category", "question_type", "question", "prompt", "chosen",
-                             "rejected", "meta"]
+        assert list(row) == [
+            "id",
+            "source",
+            "category",
+            "question_type",
+            "question",
+            "prompt",
+            "chosen",
+            "rejected",
+            "meta",
+        ]
         for field in ("source", "category", "question_type", "question"):
             assert row[field] == question[field]
         assert row["prompt"] == f"{config['prompts']['training']}\n\nUser question:\n{question['question']}"
@@ -155,7 +193,10 @@ def test_demo_end_to_end(tmp_path):
     assert "OK, 63 rows" in (dataset / "validation.txt").read_text()
     final = json.loads((dataset / "stage2_med_pairs.stats.json").read_text())
     stages = final["stages"]
-    assert stages["picked"] == stages["pairs_kept"] + stages["pairs_dropped"] + stages["left_out_missing_or_failed_answer"]
+    assert (
+        stages["picked"]
+        == stages["pairs_kept"] + stages["pairs_dropped"] + stages["left_out_missing_or_failed_answer"]
+    )
     for plot in ("lengths.png", "truncation_by_category.png", "drops_by_category.png"):
         assert (dataset / "plots" / plot).read_bytes().startswith(b"\x89PNG")
     assert "![Answer lengths](plots/lengths.png)" in (dataset / "report.md").read_text()
@@ -167,8 +208,15 @@ def test_demo_end_to_end(tmp_path):
     changed = tmp_path / "hotter_teacher.yaml"
     changed.write_text("teacher:\n  local:\n    temperature: 0.3\n")
     rerun = snakemake(workdir, "-n", "--configfile", "demo/config.yaml", str(changed))
-    assert job_counts(rerun.stdout) == {"chosen_local": 3, "pairs": 3, "merge_pairs": 1, "finalize": 1,
-                                        "validate": 1, "all": 1, "total": 10}
+    assert job_counts(rerun.stdout) == {
+        "chosen_local": 3,
+        "pairs": 3,
+        "merge_pairs": 1,
+        "finalize": 1,
+        "validate": 1,
+        "all": 1,
+        "total": 10,
+    }
 
 
 @pytest.mark.slow
@@ -183,13 +231,18 @@ def test_growing_n_and_changing_n_shards_generates_only_new_questions(tmp_path):
     def generations():
         counts = {}
         for model_folder in store.iterdir():
-            ids = [json.loads(line)["id"] for part in model_folder.rglob("*.jsonl")
-                   for line in part.read_text().splitlines()]
+            ids = [
+                json.loads(line)["id"]
+                for part in model_folder.rglob("*.jsonl")
+                for line in part.read_text().splitlines()
+            ]
             counts[model_folder.name] = ids
         return counts
 
     assert {name: len(ids) for name, ids in generations().items()} == {
-        "results--demo--models--tiny-mistral": 30, "results--demo--models--tiny-qwen2": 30}
+        "results--demo--models--tiny-mistral": 30,
+        "results--demo--models--tiny-qwen2": 30,
+    }
 
     full = snakemake(workdir, "--cores", "2", *DEMO)  # all 63 questions, 3 shards
     assert full.returncode == 0, full.stderr[-3000:]
@@ -219,8 +272,14 @@ def test_demo_with_the_gemini_teacher_keeps_the_key_out_of_every_file(tmp_path):
         server.script = {questions[0]: ["blocked"], questions[7]: ["429", "ok"]}
         env = _env()
         env.update(GEMINI_API_KEY=key, GOOGLE_GEMINI_BASE_URL=server.base_url)
-        run = subprocess.run([*SNAKEMAKE, "--cores", "2", "--configfile", "demo/config.yaml", str(overlay)],
-                             cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+        run = subprocess.run(
+            [*SNAKEMAKE, "--cores", "2", "--configfile", "demo/config.yaml", str(overlay)],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = workdir / "results" / "demo"
     stats = json.loads((out / "pairs" / "all_pairs.stats.json").read_text())

@@ -20,8 +20,9 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .jsonl import dumps, read_jsonl_tolerant, write_json
 

@@ -36,7 +36,9 @@ def render_chat_prompt(tokenizer, system: str, user: str, *, model_name: str = "
     must be tokenized with ``add_special_tokens=False``.
     """
     if not getattr(tokenizer, "chat_template", None):
-        raise ChatTemplateError(f"{model_name}: the tokenizer has no chat template; refusing to guess a prompt format")
+        raise ChatTemplateError(
+            f"{model_name}: the tokenizer has no chat template; refusing to guess a prompt format"
+        )
     system = system or ""
     if system.strip():
         try:

@@ -29,16 +29,30 @@ def _questions(args: argparse.Namespace) -> None:
 
     started = time.perf_counter()
     rows, stats = build_questions(
-        args.source, n=args.n, selection=args.selection, seed=args.seed, min_chars=args.min_chars,
-        stratify=args.stratify, split=args.split, revision=args.revision, source_name=args.source_name,
+        args.source,
+        n=args.n,
+        selection=args.selection,
+        seed=args.seed,
+        min_chars=args.min_chars,
+        stratify=args.stratify,
+        split=args.split,
+        revision=args.revision,
+        source_name=args.source_name,
     )
     write_jsonl(args.out, rows)
     stats["seconds"] = round(time.perf_counter() - started, 2)
     write_json(args.stats, stats)
     log.info(
         "read %d rows: %d empty, %d short, %d duplicates (%d exact) dropped; picked %d (%s) in %.1fs -> %s",
-        stats["read"], stats["dropped_empty"], stats["dropped_short"], stats["dropped_duplicate"],
-        stats["dropped_duplicate_exact"], stats["picked"], args.selection, stats["seconds"], args.out,
+        stats["read"],
+        stats["dropped_empty"],
+        stats["dropped_short"],
+        stats["dropped_duplicate"],
+        stats["dropped_duplicate_exact"],
+        stats["picked"],
+        args.selection,
+        stats["seconds"],
+        args.out,
     )
 
 
@@ -55,8 +69,11 @@ def _generate(args: argparse.Namespace) -> None:
 
     questions = read_jsonl(args.shard, required=("id", "question"))
     sampling = Sampling(
-        max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
-        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        min_new_tokens=args.min_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
     )
     if not questions:
         write_jsonl(args.out, [])
@@ -64,14 +81,24 @@ def _generate(args: argparse.Namespace) -> None:
         return
     _quiet_transformers()
     spec = ModelSpec(
-        name=args.model, revision=args.revision, dtype=args.dtype, device=args.device,
+        name=args.model,
+        revision=args.revision,
+        dtype=args.dtype,
+        device=args.device,
         trust_remote_code=args.trust_remote_code,
     )
     generator = LocalGenerator(spec)
     rows = answer_questions(
-        generator, questions, args.system_prompt, sampling, args.batch_size,
-        max_batch_tokens=args.max_batch_tokens, engine=args.engine,
-        store_root=args.store, store_part=args.out.stem, progress_every_s=args.progress_every,
+        generator,
+        questions,
+        args.system_prompt,
+        sampling,
+        args.batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+        engine=args.engine,
+        store_root=args.store,
+        store_part=args.out.stem,
+        progress_every_s=args.progress_every,
     )
     write_jsonl(args.out, rows)
     stops = sum(row["finish_reason"] == "stop" for row in rows)
@@ -81,38 +108,72 @@ def _generate(args: argparse.Namespace) -> None:
 def _gemini(args: argparse.Namespace) -> int | None:
     import asyncio
 
-    from .gemini_teacher import (GeminiSettings, answer_with_gemini, estimate_cost, load_api_key,
-                                 summarise_failures)
+    from .gemini_teacher import (
+        GeminiSettings,
+        answer_with_gemini,
+        estimate_cost,
+        load_api_key,
+        summarise_failures,
+    )
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("google_genai").setLevel(logging.WARNING)
     api_key = load_api_key(args.secrets_file)
     questions = read_jsonl(args.shard, required=("id", "question"))
     settings = GeminiSettings(
-        model=args.model, temperature=args.temperature, max_output_tokens=args.max_output_tokens,
-        thinking_budget=args.thinking_budget, concurrency=args.concurrency,
-        requests_per_minute=args.requests_per_minute, max_attempts=args.max_attempts,
-        initial_backoff_s=args.initial_backoff, max_backoff_s=args.max_backoff, timeout_s=args.timeout,
+        model=args.model,
+        temperature=args.temperature,
+        max_output_tokens=args.max_output_tokens,
+        thinking_budget=args.thinking_budget,
+        concurrency=args.concurrency,
+        requests_per_minute=args.requests_per_minute,
+        max_attempts=args.max_attempts,
+        initial_backoff_s=args.initial_backoff,
+        max_backoff_s=args.max_backoff,
+        timeout_s=args.timeout,
         base_url=args.base_url,
     )
-    rows, failures, usage = asyncio.run(answer_with_gemini(
-        questions, args.system_prompt, settings, api_key, store_root=args.store, store_part=args.out.stem,
-        progress_every_s=args.progress_every,
-    ))
+    rows, failures, usage = asyncio.run(
+        answer_with_gemini(
+            questions,
+            args.system_prompt,
+            settings,
+            api_key,
+            store_root=args.store,
+            store_part=args.out.stem,
+            progress_every_s=args.progress_every,
+        )
+    )
     usage["estimated_cost_usd"] = estimate_cost(
-        usage, {"input_per_million": args.input_price, "output_per_million": args.output_price})
-    usage.update(questions=len(questions), answered=len(rows), failed=len(failures),
-                 failure_reasons=summarise_failures(failures), model=args.model)
+        usage, {"input_per_million": args.input_price, "output_per_million": args.output_price}
+    )
+    usage.update(
+        questions=len(questions),
+        answered=len(rows),
+        failed=len(failures),
+        failure_reasons=summarise_failures(failures),
+        model=args.model,
+    )
     write_jsonl(args.failures, failures)
     write_json(args.usage, usage)
-    log.info("%d answered, %d failed %s; %d requests, tokens in/out/thinking %d/%d/%d, estimated $%.4f",
-             len(rows), len(failures), usage["failure_reasons"], usage.get("requests", 0),
-             usage.get("input_tokens", 0), usage.get("output_tokens", 0), usage.get("thinking_tokens", 0),
-             usage["estimated_cost_usd"])
+    log.info(
+        "%d answered, %d failed %s; %d requests, tokens in/out/thinking %d/%d/%d, estimated $%.4f",
+        len(rows),
+        len(failures),
+        usage["failure_reasons"],
+        usage.get("requests", 0),
+        usage.get("input_tokens", 0),
+        usage.get("output_tokens", 0),
+        usage.get("thinking_tokens", 0),
+        usage["estimated_cost_usd"],
+    )
     if questions and len(failures) / len(questions) > args.max_failed_fraction:
-        print(f"meddpo gemini: error: {len(failures)} of {len(questions)} questions failed "
-              f"({usage['failure_reasons']}), more than --max-failed-fraction {args.max_failed_fraction}; "
-              f"see {args.failures}. Rerun to ask again for the failed ones only.", file=sys.stderr)
+        print(
+            f"meddpo gemini: error: {len(failures)} of {len(questions)} questions failed "
+            f"({usage['failure_reasons']}), more than --max-failed-fraction {args.max_failed_fraction}; "
+            f"see {args.failures}. Rerun to ask again for the failed ones only.",
+            file=sys.stderr,
+        )
         return 3
     write_jsonl(args.out, rows)
     return None
@@ -146,14 +207,21 @@ def _merge(args: argparse.Namespace) -> None:
 
     if len(args.pairs) != len(args.shard_stats):
         raise DataError("merge: give one --shard-stats file per --pairs file")
-    shards = [(read_jsonl(pairs_path, required=PAIR_FIELDS), _load_json(stats_path))
-              for pairs_path, stats_path in zip(args.pairs, args.shard_stats)]
+    shards = [
+        (read_jsonl(pairs_path, required=PAIR_FIELDS), _load_json(stats_path))
+        for pairs_path, stats_path in zip(args.pairs, args.shard_stats, strict=True)
+    ]
     usage = [_load_json(path) for path in args.usage]
     rows, stats = merge_pair_shards(shards, teacher_usage=usage)
     write_jsonl(args.out, rows)
     write_json(args.stats, stats)
-    log.info("merged %d shards: %d pairs, %d questions left out -> %s",
-             stats["shards"], stats["pairs"], stats["questions"] - stats["pairs"], args.out)
+    log.info(
+        "merged %d shards: %d pairs, %d questions left out -> %s",
+        stats["shards"],
+        stats["pairs"],
+        stats["questions"] - stats["pairs"],
+        args.out,
+    )
 
 
 def _write_report(kept, dropped, stats: dict, out_dir: Path, stats_name: str, **render) -> None:
@@ -178,13 +246,17 @@ def _finalize(args: argparse.Namespace) -> None:
 
     rows = read_jsonl(args.pairs)
     kept, dropped, quality_counts = apply_policy(
-        rows, json.loads(args.policy), near_identical_threshold=args.near_identical_threshold,
-        min_plain_share=args.min_plain_share)
+        rows,
+        json.loads(args.policy),
+        near_identical_threshold=args.near_identical_threshold,
+        min_plain_share=args.min_plain_share,
+    )
     question_stats, pair_stats = _load_json(args.question_stats), _load_json(args.pair_stats)
     settings = json.loads(args.settings)
     throughput = throughput_per_shard(
         {"rejected": args.rejected_benchmarks, "chosen": args.chosen_benchmarks},
-        {"rejected": args.rejected_answers, "chosen": args.chosen_answers})
+        {"rejected": args.rejected_answers, "chosen": args.chosen_answers},
+    )
     every = kept + dropped
     first_meta = every[0]["meta"] if every else {}
     provenance = {
@@ -197,13 +269,21 @@ def _finalize(args: argparse.Namespace) -> None:
         "mmt_revision": first_meta.get("mmt_revision"),
         "mmt_ckpt": first_meta.get("mmt_ckpt"),
     }
-    stats = build_stats(kept, dropped, question_stats=question_stats, pair_stats=pair_stats,
-                        quality_counts=quality_counts, throughput=throughput, provenance=provenance)
+    stats = build_stats(
+        kept,
+        dropped,
+        question_stats=question_stats,
+        pair_stats=pair_stats,
+        quality_counts=quality_counts,
+        throughput=throughput,
+        provenance=provenance,
+    )
     out = args.out_dir
     write_jsonl(out / "stage2_med_pairs.jsonl", kept)
     write_jsonl(out / "stage2_med_pairs.dropped.jsonl", dropped)
     data_files = {"train": "stage2_med_pairs.jsonl"}
     if args.test_fraction > 0:
+
         def in_test(row):
             digest = hashlib.sha256(row["id"].encode("utf-8")).digest()
             return int.from_bytes(digest[:8], "big") / 2**64 < args.test_fraction
@@ -213,15 +293,27 @@ def _finalize(args: argparse.Namespace) -> None:
         data_files = {"train": "splits/train.jsonl", "test": "splits/test.jsonl"}
     extra_configs = []
     if args.conversational:
-        write_jsonl(out / "stage2_med_pairs.conversational.jsonl", [{
-            "id": r["id"],
-            "prompt": [{"role": "system", "content": settings["prompts"]["training"]},
-                       {"role": "user", "content": r["question"]}],
-            "chosen": [{"role": "assistant", "content": r["chosen"]}],
-            "rejected": [{"role": "assistant", "content": r["rejected"]}],
-        } for r in kept])
-        extra_configs.append({"config_name": "conversational",
-                              "data_files": [{"split": "train", "path": "stage2_med_pairs.conversational.jsonl"}]})
+        write_jsonl(
+            out / "stage2_med_pairs.conversational.jsonl",
+            [
+                {
+                    "id": r["id"],
+                    "prompt": [
+                        {"role": "system", "content": settings["prompts"]["training"]},
+                        {"role": "user", "content": r["question"]},
+                    ],
+                    "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                    "rejected": [{"role": "assistant", "content": r["rejected"]}],
+                }
+                for r in kept
+            ],
+        )
+        extra_configs.append(
+            {
+                "config_name": "conversational",
+                "data_files": [{"split": "train", "path": "stage2_med_pairs.conversational.jsonl"}],
+            }
+        )
     if args.parquet:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -229,14 +321,30 @@ def _finalize(args: argparse.Namespace) -> None:
         table = pa.Table.from_pylist([{**r, "meta": json.dumps(r["meta"], ensure_ascii=False)} for r in kept])
         with atomic_open(out / "stage2_med_pairs.parquet", "wb") as handle:
             pq.write_table(table, handle)
-    stats["quality_settings"] = {"near_identical_threshold": args.near_identical_threshold,
-                                 "min_plain_share": args.min_plain_share}
+    stats["quality_settings"] = {
+        "near_identical_threshold": args.near_identical_threshold,
+        "min_plain_share": args.min_plain_share,
+    }
     _write_report(kept, dropped, stats, out, "stage2_med_pairs.stats.json")
     with atomic_open(out / "README.md") as handle:
-        handle.write(render_card(n_rows=len(kept), data_files=data_files, stats=stats, settings=settings,
-                                 provenance=provenance, extra_configs=extra_configs))
-    log.info("%d pairs: %d kept, %d dropped %s -> %s", len(every), len(kept), len(dropped),
-             stats["dropped_by_reason"], out)
+        handle.write(
+            render_card(
+                n_rows=len(kept),
+                data_files=data_files,
+                stats=stats,
+                settings=settings,
+                provenance=provenance,
+                extra_configs=extra_configs,
+            )
+        )
+    log.info(
+        "%d pairs: %d kept, %d dropped %s -> %s",
+        len(every),
+        len(kept),
+        len(dropped),
+        stats["dropped_by_reason"],
+        out,
+    )
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -249,9 +357,16 @@ def _report(args: argparse.Namespace) -> None:
     kept, dropped, quality_counts = apply_policy(rows, {flag: "flag" for flag in FLAGS})
     stats = build_stats(kept, dropped, quality_counts=quality_counts, provenance={"file": str(args.pairs)})
     _write_report(kept, dropped, stats, args.out_dir, "stats.json", title=args.pairs.name)
-    print(json.dumps({"pairs": len(rows), "truncated": stats["truncation"],
-                      "length_ratio_chosen_to_rejected": stats["lengths"]["ratio_of_medians_chars"],
-                      "report": str(args.out_dir / "report.md")}))
+    print(
+        json.dumps(
+            {
+                "pairs": len(rows),
+                "truncated": stats["truncation"],
+                "length_ratio_chosen_to_rejected": stats["lengths"]["ratio_of_medians_chars"],
+                "report": str(args.out_dir / "report.md"),
+            }
+        )
+    )
 
 
 def _validate(args: argparse.Namespace) -> int | None:
@@ -296,7 +411,9 @@ def _nullable_int(text: str) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meddpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="meddpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -336,18 +453,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generate() call at most")
-    p.add_argument("--max-batch-tokens", type=int, default=None,
-                   help="padded tokens (prompts x (longest prompt + max new tokens)) per batch at most")
+    p.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=None,
+        help="padded tokens (prompts x (longest prompt + max new tokens)) per batch at most",
+    )
     p.add_argument("--engine", choices=("padded", "continuous"), default="padded")
-    p.add_argument("--store", type=Path, default=None,
-                   help="answer store folder: reuse answers made before, keep new ones as they are made")
+    p.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="answer store folder: reuse answers made before, keep new ones as they are made",
+    )
     p.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress lines")
     p.set_defaults(func=_generate)
 
-    p = sub.add_parser("gemini", help="answer a shard with Gemini (key from GEMINI_API_KEY or --secrets-file)")
+    p = sub.add_parser(
+        "gemini", help="answer a shard with Gemini (key from GEMINI_API_KEY or --secrets-file)"
+    )
     p.add_argument("--shard", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--failures", required=True, type=Path, help="JSONL of {id, reason, attempts} per failed question")
+    p.add_argument(
+        "--failures", required=True, type=Path, help="JSONL of {id, reason, attempts} per failed question"
+    )
     p.add_argument("--usage", required=True, type=Path, help="JSON with requests, tokens and estimated cost")
     p.add_argument("--model", default="gemini-2.5-flash")
     p.add_argument("--system-prompt", required=True)
@@ -360,7 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--initial-backoff", type=float, default=2.0)
     p.add_argument("--max-backoff", type=float, default=60.0)
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    p.add_argument("--base-url", default=None, help="API endpoint (default: the SDK's, or GOOGLE_GEMINI_BASE_URL)")
+    p.add_argument(
+        "--base-url", default=None, help="API endpoint (default: the SDK's, or GOOGLE_GEMINI_BASE_URL)"
+    )
     p.add_argument("--secrets-file", type=Path, default=None)
     p.add_argument("--input-price", type=float, default=0.0, help="USD per million input tokens")
     p.add_argument("--output-price", type=float, default=0.0, help="USD per million output + thinking tokens")
@@ -373,8 +504,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--questions", required=True, type=Path)
     p.add_argument("--rejected", required=True, type=Path)
     p.add_argument("--chosen", required=True, type=Path)
-    p.add_argument("--chosen-failures", nargs="*", default=[], type=Path,
-                   help="the teacher's failures files: their reasons are counted in the stats")
+    p.add_argument(
+        "--chosen-failures",
+        nargs="*",
+        default=[],
+        type=Path,
+        help="the teacher's failures files: their reasons are counted in the stats",
+    )
     p.add_argument("--system-prompt", required=True, help="the training system prompt of the 'prompt' column")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--stats", required=True, type=Path)
@@ -388,7 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", required=True, type=Path)
     p.set_defaults(func=_merge)
 
-    p = sub.add_parser("finalize", help="flag and filter the pairs; write the dataset, stats, report and card")
+    p = sub.add_parser(
+        "finalize", help="flag and filter the pairs; write the dataset, stats, report and card"
+    )
     p.add_argument("--pairs", required=True, type=Path, help="all pairs of the run (merge output)")
     p.add_argument("--pair-stats", type=Path)
     p.add_argument("--question-stats", type=Path)
@@ -396,15 +534,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chosen-answers", nargs="*", default=[], type=Path)
     p.add_argument("--rejected-benchmarks", nargs="*", default=[], type=Path)
     p.add_argument("--chosen-benchmarks", nargs="*", default=[], type=Path)
-    p.add_argument("--policy", default="{}", help='JSON {flag: keep|flag|drop}; unnamed flags take the defaults')
+    p.add_argument(
+        "--policy", default="{}", help="JSON {flag: keep|flag|drop}; unnamed flags take the defaults"
+    )
     p.add_argument("--near-identical-threshold", type=float, default=0.9)
     p.add_argument("--min-plain-share", type=float, default=0.9)
-    p.add_argument("--settings", default="{}", help="JSON: prompts, source_name, selection, seed, sampling (for the card)")
+    p.add_argument(
+        "--settings",
+        default="{}",
+        help="JSON: prompts, source_name, selection, seed, sampling (for the card)",
+    )
     p.add_argument("--workflow-commit", default="unknown")
     p.add_argument("--config-hash", default="unknown")
     p.add_argument("--conversational", action="store_true", help="also write TRL's conversational layout")
     p.add_argument("--parquet", action="store_true", help="also write Parquet (meta as a JSON string)")
-    p.add_argument("--test-fraction", type=float, default=0.0, help="also write a deterministic train/test split")
+    p.add_argument(
+        "--test-fraction", type=float, default=0.0, help="also write a deterministic train/test split"
+    )
     p.add_argument("--out-dir", required=True, type=Path)
     p.set_defaults(func=_finalize)
 
@@ -415,12 +561,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a pairs file; exit 1 with a list of problems")
     p.add_argument("pairs", type=Path)
-    p.add_argument("--legacy", action="store_true", help="the older layout: meta with only the two model names")
+    p.add_argument(
+        "--legacy", action="store_true", help="the older layout: meta with only the two model names"
+    )
     p.add_argument("--out", type=Path, help="write the OK line here when the file passes")
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("tiny-models", help="build the demo's tiny Mistral and Qwen2 checkpoints")
-    p.add_argument("--texts", required=True, type=Path, help="JSONL with 'question' (and 'answer') to train tokenizers on")
+    p.add_argument(
+        "--texts",
+        required=True,
+        type=Path,
+        help="JSONL with 'question' (and 'answer') to train tokenizers on",
+    )
     p.add_argument("--mistral-out", required=True, type=Path)
     p.add_argument("--qwen-out", required=True, type=Path)
     p.add_argument("--seed", type=int, default=0)

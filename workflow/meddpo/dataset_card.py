@@ -6,13 +6,18 @@ can be pushed to the Hub as it is and loaded with ``load_dataset(<repo>)``.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import yaml
 
 
 def size_category(n: int) -> str:
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+    for limit, name in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+    ):
         if n < limit:
             return name
     return "n>1M"
@@ -35,23 +40,34 @@ def render_card(
         "size_categories": [size_category(n_rows)],
         "tags": ["dpo", "preference", "medical", "safety", "synthetic"],
         "pretty_name": "Stage 2 medical-safety DPO pairs",
-        "configs": [{"config_name": "default",
-                     "data_files": [{"split": split, "path": path} for split, path in data_files.items()]},
-                    *extra_configs],
+        "configs": [
+            {
+                "config_name": "default",
+                "data_files": [{"split": split, "path": path} for split, path in data_files.items()],
+            },
+            *extra_configs,
+        ],
     }
     prompts = settings.get("prompts", {})
     policy = stats.get("policy") or {}
     lengths, trunc = stats["lengths"], stats["truncation"]
     lines = [
-        "---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", "",
-        "# Stage 2 medical-safety DPO pairs", "",
+        "---",
+        yaml.safe_dump(header, sort_keys=False).rstrip(),
+        "---",
+        "",
+        "# Stage 2 medical-safety DPO pairs",
+        "",
         f"{n_rows} preference pairs for safety fine-tuning with DPO. Each row holds a medical question from "
         "MedQuAD, a **chosen** answer from a careful teacher model and a **rejected** answer from a deliberately "
-        "loose, over-confident model, with the training prompt ready to use.", "",
+        "loose, over-confident model, with the training prompt ready to use.",
+        "",
         "> **Not medical advice.** The answers were written by language models, none of them checked by a "
         "clinician; the rejected answers were made to be worse on purpose. Use the data to train and evaluate "
-        "models, never to answer a person's health question.", "",
-        "## How it was made", "",
+        "models, never to answer a person's health question.",
+        "",
+        "## How it was made",
+        "",
         f"- **Questions**: `{settings.get('source_name')}` (MedQuAD, Ben Abacha & Demner-Fushman, 2019). "
         f"Cleaned, de-duplicated (case and white space folded), {stats['stages'].get('picked') or '?'} picked "
         f"({settings.get('selection')}, seed {settings.get('seed')}).",
@@ -66,13 +82,26 @@ def render_card(
         f"- **Lengths**: chosen answers have a median of {lengths['chosen']['median_chars']} characters, rejected "
         f"{lengths['rejected']['median_chars']} (ratio {lengths['ratio_of_medians_chars']}×); "
         f"{trunc['chosen']['truncated']} chosen and {trunc['rejected']['truncated']} rejected answers hit their "
-        "token cap.", "",
-        "### System prompts", "",
-        "Training prompt (the start of every `prompt`):", "", f"> {prompts.get('training', '?')}", "",
-        "Teacher (chosen):", "", f"> {prompts.get('teacher', '?')}", "",
-        "Rejected-answer model:", "", f"> {prompts.get('rejected', '?')}", "",
-        "## Columns", "",
-        "| column | meaning |", "|---|---|",
+        "token cap.",
+        "",
+        "### System prompts",
+        "",
+        "Training prompt (the start of every `prompt`):",
+        "",
+        f"> {prompts.get('training', '?')}",
+        "",
+        "Teacher (chosen):",
+        "",
+        f"> {prompts.get('teacher', '?')}",
+        "",
+        "Rejected-answer model:",
+        "",
+        f"> {prompts.get('rejected', '?')}",
+        "",
+        "## Columns",
+        "",
+        "| column | meaning |",
+        "|---|---|",
         "| `id` | `mq-` + 16 hex digits of the SHA-256 of the normalised question: stable across runs |",
         "| `source` | where the question came from |",
         "| `category` | the normalised MedQuAD question type (e.g. `genetic_changes`) |",
@@ -82,21 +111,30 @@ def render_card(
         "| `chosen` / `rejected` | the preferred and the dispreferred answer |",
         "| `meta` | models and revisions, finish reasons (`stop` / `length`), token counts, sampling, `flags` |",
         "",
-        "## Use", "",
-        "```python", "from datasets import load_dataset", "",
-        "pairs = load_dataset(\"json\", data_files=\"stage2_med_pairs.jsonl\", split=\"train\")  # or load_dataset(<hub repo>)",
-        "```", "",
-        "The `prompt` / `chosen` / `rejected` strings go to TRL's `DPOTrainer` unchanged.", "",
-        "## Licences and terms", "",
+        "## Use",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
+        'pairs = load_dataset("json", data_files="stage2_med_pairs.jsonl", split="train")  # or load_dataset(<hub repo>)',
+        "```",
+        "",
+        "The `prompt` / `chosen` / `rejected` strings go to TRL's `DPOTrainer` unchanged.",
+        "",
+        "## Licences and terms",
+        "",
         "- MedQuAD is released under CC BY 4.0; its answers from MedlinePlus, A.D.A.M. and GARD were removed by "
         "its authors for copyright reasons and are not used here (only the questions are).",
         "- Mistral-7B-Instruct-v0.2 and Qwen2.5-7B-Instruct are released under the Apache 2.0 licence.",
         "- Answers generated with Gemini are subject to the Gemini API Additional Terms of Service (including its "
         "rules on using outputs to develop models).",
         "- This card's licence field covers the questions (CC BY 4.0); check the model terms above before "
-        "redistributing generated answers.", "",
-        "## Provenance", "",
-        "| what | value |", "|---|---|",
+        "redistributing generated answers.",
+        "",
+        "## Provenance",
+        "",
+        "| what | value |",
+        "|---|---|",
         *[f"| {key} | `{value}` |" for key, value in provenance.items()],
         "",
     ]

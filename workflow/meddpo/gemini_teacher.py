@@ -30,9 +30,10 @@ import os
 import re
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any
 
 from .answer_store import AnswerStore
 
@@ -68,9 +69,14 @@ class GeminiSettings:
 
     def text_settings(self, system_prompt: str) -> dict[str, Any]:
         """What changes the answer text: the answer store's key."""
-        return {"model": self.model, "backend": "gemini", "system_prompt": system_prompt,
-                "temperature": self.temperature, "max_output_tokens": self.max_output_tokens,
-                "thinking_budget": self.thinking_budget}
+        return {
+            "model": self.model,
+            "backend": "gemini",
+            "system_prompt": system_prompt,
+            "temperature": self.temperature,
+            "max_output_tokens": self.max_output_tokens,
+            "thinking_budget": self.thinking_budget,
+        }
 
 
 def load_api_key(secrets_file: str | os.PathLike | None) -> str:
@@ -92,7 +98,9 @@ def load_api_key(secrets_file: str | os.PathLike | None) -> str:
             if name.strip().removeprefix("export ").strip() in KEY_VARIABLES and value.strip():
                 return value.strip().strip("'\"")
     where = f" or in {secrets_file} (a line GEMINI_API_KEY=...)" if secrets_file else ""
-    raise MissingKeyError(f"no Gemini API key: set GEMINI_API_KEY (or GOOGLE_API_KEY) in the environment{where}")
+    raise MissingKeyError(
+        f"no Gemini API key: set GEMINI_API_KEY (or GOOGLE_API_KEY) in the environment{where}"
+    )
 
 
 class RateLimiter:
@@ -102,8 +110,13 @@ class RateLimiter:
     checked by counts, not wall time).
     """
 
-    def __init__(self, requests_per_minute: float, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
+    def __init__(
+        self,
+        requests_per_minute: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ):
         self.interval = 60.0 / requests_per_minute if requests_per_minute > 0 else 0.0
         self.clock, self.sleep = clock, sleep
         self._next = 0.0
@@ -139,7 +152,9 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
             module = __import__(name)
         except ImportError:
             continue
-        found += [getattr(module, cls) for cls in ("TimeoutException", "TransportError") if hasattr(module, cls)]
+        found += [
+            getattr(module, cls) for cls in ("TimeoutException", "TransportError") if hasattr(module, cls)
+        ]
     return tuple(found)
 
 
@@ -203,14 +218,16 @@ def interpret_response(question_id: str, response, settings: GeminiSettings) -> 
     usage = _usage(response)
     feedback = getattr(response, "prompt_feedback", None)
     if feedback is not None and feedback.block_reason:
-        return Outcome(failure={"id": question_id, "reason": f"prompt_blocked:{_enum_name(feedback.block_reason)}"},
-                       usage=usage)
+        return Outcome(
+            failure={"id": question_id, "reason": f"prompt_blocked:{_enum_name(feedback.block_reason)}"},
+            usage=usage,
+        )
     candidates = response.candidates or []
     if not candidates:
         return Outcome(failure={"id": question_id, "reason": "no_candidates"}, usage=usage)
     candidate = candidates[0]
     reason = _enum_name(candidate.finish_reason) if candidate.finish_reason else "STOP"
-    parts = (candidate.content.parts if candidate.content and candidate.content.parts else [])
+    parts = candidate.content.parts if candidate.content and candidate.content.parts else []
     text = "".join(part.text or "" for part in parts if not getattr(part, "thought", False)).strip()
     if reason not in _FINISH_REASONS:
         return Outcome(failure={"id": question_id, "reason": f"finish_reason:{reason}"}, usage=usage)
@@ -226,8 +243,11 @@ def interpret_response(question_id: str, response, settings: GeminiSettings) -> 
         "thinking_tokens": usage["thinking_tokens"],
         "model": settings.model,
         "revision": getattr(response, "model_version", None),
-        "sampling": {"temperature": settings.temperature, "max_output_tokens": settings.max_output_tokens,
-                     "thinking_budget": settings.thinking_budget},
+        "sampling": {
+            "temperature": settings.temperature,
+            "max_output_tokens": settings.max_output_tokens,
+            "thinking_budget": settings.thinking_budget,
+        },
     }
     return Outcome(row=row, usage=usage)
 
@@ -261,12 +281,21 @@ async def _ask(client, limiter: RateLimiter, settings: GeminiSettings, config, q
         code = getattr(error, "code", None)
         if code in HARD_ERROR_CODES:
             message = getattr(error, "message", None) or str(error)
-            raise HardGeminiError(f"Gemini refused the request ({code} {getattr(error, 'status', '')}): "
-                                  f"{message}".replace("\n", " ")) from None
+            raise HardGeminiError(
+                f"Gemini refused the request ({code} {getattr(error, 'status', '')}): {message}".replace(
+                    "\n", " "
+                )
+            ) from None
         if not _is_transient(error):
             raise
-        return Outcome(failure={"id": question["id"], "reason": f"retries_exhausted:{_error_reason(error)}",
-                                "attempts": attempts}, attempts=attempts)
+        return Outcome(
+            failure={
+                "id": question["id"],
+                "reason": f"retries_exhausted:{_error_reason(error)}",
+                "attempts": attempts,
+            },
+            attempts=attempts,
+        )
     outcome = interpret_response(question["id"], response, settings)
     outcome.attempts = attempts
     if outcome.failure is not None:
@@ -320,9 +349,16 @@ async def answer_with_gemini(
     store = AnswerStore(store_root, settings.text_settings(system_prompt), store_part) if store_root else None
     done = store.load() if store else {}
     todo = [q for q in questions if q["id"] not in done]
-    log.info("Gemini %s: %d of %d answers already in the store, %d to request (%d in flight at most, "
-             "%.0f requests/min)", settings.model, len(questions) - len(todo), len(questions), len(todo),
-             settings.concurrency, settings.requests_per_minute)
+    log.info(
+        "Gemini %s: %d of %d answers already in the store, %d to request (%d in flight at most, "
+        "%.0f requests/min)",
+        settings.model,
+        len(questions) - len(todo),
+        len(questions),
+        len(todo),
+        settings.concurrency,
+        settings.requests_per_minute,
+    )
     limiter = limiter or RateLimiter(settings.requests_per_minute)
     config = generation_config(settings, system_prompt)
     client = make_client(api_key, settings)
@@ -349,8 +385,14 @@ async def answer_with_gemini(
         if now - last_report >= progress_every_s or finished == len(todo):
             last_report = now
             rate = finished / max(now - started, 1e-9)
-            log.info("%d/%d requested questions finished (%d failed), %.1f questions/s, ETA %.0fs",
-                     finished, len(todo), len(failures), rate, (len(todo) - finished) / rate if rate else 0)
+            log.info(
+                "%d/%d requested questions finished (%d failed), %.1f questions/s, ETA %.0fs",
+                finished,
+                len(todo),
+                len(failures),
+                rate,
+                (len(todo) - finished) / rate if rate else 0,
+            )
 
     tasks = [asyncio.create_task(one(q)) for q in todo]
     try:
@@ -375,7 +417,8 @@ def estimate_cost(usage: dict, prices: dict) -> float:
     """US dollars from token counts and per-million-token prices (thinking is billed as output)."""
     return round(
         usage.get("input_tokens", 0) / 1e6 * prices.get("input_per_million", 0.0)
-        + (usage.get("output_tokens", 0) + usage.get("thinking_tokens", 0)) / 1e6
+        + (usage.get("output_tokens", 0) + usage.get("thinking_tokens", 0))
+        / 1e6
         * prices.get("output_per_million", 0.0),
         6,
     )
@@ -383,4 +426,3 @@ def estimate_cost(usage: dict, prices: dict) -> float:
 
 def summarise_failures(failures: Sequence[dict]) -> dict[str, int]:
     return dict(sorted(Counter(f["reason"] for f in failures).items()))
-

@@ -38,15 +38,27 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 STATUS_NAMES = {
-    400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
-    429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE",
+    400: "INVALID_ARGUMENT",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
 }
 _PATH = re.compile(r"^/(?P<version>v[^/]+)/models/(?P<model>[^/:]+):generateContent$")
 
 
 class GeminiTestServer:
-    def __init__(self, *, latency_s: float = 0.0, default_step: str = "ok", hang_s: float = 5.0,
-                 retry_delay_s: float = 0.01, lifetime_s: float = 600.0, expected_key: str | None = None):
+    def __init__(
+        self,
+        *,
+        latency_s: float = 0.0,
+        default_step: str = "ok",
+        hang_s: float = 5.0,
+        retry_delay_s: float = 0.01,
+        lifetime_s: float = 600.0,
+        expected_key: str | None = None,
+    ):
         self.latency_s = latency_s
         self.default_step = default_step
         self.hang_s = hang_s
@@ -97,7 +109,9 @@ class GeminiTestServer:
             step = "ok"
         if step.isdigit():
             code = int(step)
-            return code, _error(code, f"injected {code}", retry_delay_s=self.retry_delay_s if code == 429 else None)
+            return code, _error(
+                code, f"injected {code}", retry_delay_s=self.retry_delay_s if code == 429 else None
+            )
         if step == "blocked":
             return 200, {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": usage}
         text = {
@@ -121,7 +135,7 @@ class GeminiTestServer:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> "GeminiTestServer":
+    def start(self) -> GeminiTestServer:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -161,7 +175,7 @@ class GeminiTestServer:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "GeminiTestServer":
+    def __enter__(self) -> GeminiTestServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -171,5 +185,7 @@ class GeminiTestServer:
 def _error(code: int, message: str, retry_delay_s: float | None = None) -> dict:
     error: dict[str, Any] = {"code": code, "message": message, "status": STATUS_NAMES.get(code, "UNKNOWN")}
     if retry_delay_s is not None:
-        error["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_delay_s}s"}]
+        error["details"] = [
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_delay_s}s"}
+        ]
     return {"error": error}

@@ -11,8 +11,9 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, Mapping, Sequence
+from typing import IO, Any
 
 
 class DataError(Exception):
@@ -28,9 +29,7 @@ def _where(path: str | os.PathLike, line: int | None = None, field: str | None =
     return place
 
 
-def iter_jsonl(
-    path: str | os.PathLike, required: Sequence[str] = ()
-) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, row)`` for every non-blank line of a JSONL file.
 
     Raises DataError naming the file and line for bytes that are not UTF-8, a
@@ -41,15 +40,18 @@ def iter_jsonl(
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
+                bad = raw[err.start : err.start + 1]
                 raise DataError(
-                    f"{_where(path, number)}: not UTF-8 text (byte {err.start}: {raw[err.start:err.start + 1]!r})"
+                    f"{_where(path, number)}: not UTF-8 text (byte {err.start}: {bad!r})"
                 ) from None
             if not text.strip():
                 continue
             try:
                 row = json.loads(text)
             except json.JSONDecodeError as err:
-                raise DataError(f"{_where(path, number)}: not valid JSON ({err.msg} at column {err.colno})") from None
+                raise DataError(
+                    f"{_where(path, number)}: not valid JSON ({err.msg} at column {err.colno})"
+                ) from None
             if not isinstance(row, dict):
                 raise DataError(f"{_where(path, number)}: expected a JSON object, got {type(row).__name__}")
             for field in required:

@@ -33,8 +33,9 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .answer_store import AnswerStore
 from .chat_format import render_chat_prompt
@@ -133,8 +134,12 @@ class LocalGenerator:
         self._torch = torch
         log.info(
             "loaded %s (revision %s) on %s as %s in %.1fs; eos ids %s",
-            spec.name, self.resolved_revision or "local", self.device,
-            str(self.dtype).replace("torch.", ""), time.perf_counter() - started, sorted(self.eos_ids),
+            spec.name,
+            self.resolved_revision or "local",
+            self.device,
+            str(self.dtype).replace("torch.", ""),
+            time.perf_counter() - started,
+            sorted(self.eos_ids),
         )
 
     def _eos_ids(self) -> set[int]:
@@ -147,7 +152,9 @@ class LocalGenerator:
         if self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
         if not ids:
-            raise ValueError(f"{self.spec.name}: neither the tokenizer nor the generation config names an EOS token")
+            raise ValueError(
+                f"{self.spec.name}: neither the tokenizer nor the generation config names an EOS token"
+            )
         return ids
 
     def render(self, system_prompt: str, question: str) -> tuple[str, bool]:
@@ -181,7 +188,9 @@ class LocalGenerator:
         torch = self._torch
         width = max(len(ids) for ids in prompt_ids)
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + list(ids) for ids in prompt_ids], device=self.device)
+        input_ids = torch.tensor(
+            [[pad] * (width - len(ids)) + list(ids) for ids in prompt_ids], device=self.device
+        )
         attention_mask = torch.tensor(
             [[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_ids], device=self.device
         )
@@ -190,7 +199,7 @@ class LocalGenerator:
                 input_ids=input_ids, attention_mask=attention_mask, **self._sampling_kwargs(sampling)
             )
         generated = output[:, width:].tolist()
-        return [self._answer(ids, len(prompt)) for ids, prompt in zip(generated, prompt_ids)]
+        return [self._answer(ids, len(prompt)) for ids, prompt in zip(generated, prompt_ids, strict=True)]
 
     def generate_continuous(self, prompt_ids: Sequence[Sequence[int]], sampling: Sampling) -> list[Answer]:
         """Answer tokenized prompts with transformers' continuous batching (``generate_batch``)."""
@@ -205,17 +214,20 @@ class LocalGenerator:
             inputs=[list(ids) for ids in prompt_ids], generation_config=config, progress_bar=False
         )
         ordered = [outputs[f"req_{index}"] for index in range(len(prompt_ids))]
-        return [self._answer(out.generated_tokens, len(ids)) for out, ids in zip(ordered, prompt_ids)]
+        return [
+            self._answer(out.generated_tokens, len(ids)) for out, ids in zip(ordered, prompt_ids, strict=True)
+        ]
 
 
 def batch_seed(seed: int, ids: Sequence[str]) -> int:
     """The torch seed of one batch: the configured seed and the batch's question ids."""
-    digest = hashlib.sha256(f"{seed}|{'|'.join(ids)}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{seed}|{'|'.join(ids)}".encode()).digest()
     return int.from_bytes(digest[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def plan_batches(lengths: Sequence[int], batch_size: int, max_new_tokens: int,
-                 max_batch_tokens: int | None = None) -> list[list[int]]:
+def plan_batches(
+    lengths: Sequence[int], batch_size: int, max_new_tokens: int, max_batch_tokens: int | None = None
+) -> list[list[int]]:
     """Indices grouped into batches, longest prompts first.
 
     A batch holds at most ``batch_size`` prompts and, when ``max_batch_tokens``
@@ -264,10 +276,15 @@ def generate_with_oom_split(
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     half = len(prompt_ids) // 2
-    log.warning("CUDA out of memory on a batch of %d prompts; splitting it into %d + %d",
-                len(prompt_ids), half, len(prompt_ids) - half)
-    return (generate_with_oom_split(generate, prompt_ids[:half], ids[:half], sampling, seed_batch)
-            + generate_with_oom_split(generate, prompt_ids[half:], ids[half:], sampling, seed_batch))
+    log.warning(
+        "CUDA out of memory on a batch of %d prompts; splitting it into %d + %d",
+        len(prompt_ids),
+        half,
+        len(prompt_ids) - half,
+    )
+    return generate_with_oom_split(
+        generate, prompt_ids[:half], ids[:half], sampling, seed_batch
+    ) + generate_with_oom_split(generate, prompt_ids[half:], ids[half:], sampling, seed_batch)
 
 
 @dataclass
@@ -295,8 +312,12 @@ class Progress:
         eta = remaining / rate if rate else float("inf")
         log.info(
             "%d/%d answers (%d from the store), %.2f rows/s, %.0f new tokens/s, ETA %s",
-            self.already_done + self.done, self.total, self.already_done, rate,
-            self.new_tokens / elapsed, _duration(eta),
+            self.already_done + self.done,
+            self.total,
+            self.already_done,
+            rate,
+            self.new_tokens / elapsed,
+            _duration(eta),
         )
 
 
@@ -330,8 +351,13 @@ def answer_questions(
     todo = [i for i, q in enumerate(questions) if q["id"] not in done]
     already = len(questions) - len(todo)
     if store:
-        log.info("answer store %s: %d of %d answers already there, %d to generate",
-                 store.folder, already, len(questions), len(todo))
+        log.info(
+            "answer store %s: %d of %d answers already there, %d to generate",
+            store.folder,
+            already,
+            len(questions),
+            len(todo),
+        )
 
     rendered = {i: generator.render(system_prompt, questions[i]["question"]) for i in todo}
     prompt_ids = {i: generator.tokenizer(rendered[i][0], add_special_tokens=False)["input_ids"] for i in todo}
@@ -340,20 +366,23 @@ def answer_questions(
 
     def record(indices: Sequence[int], answers: Sequence[Answer]) -> None:
         """Rows for finished answers: into the store at once, then into this job's result."""
-        rows = [{
-            "id": questions[i]["id"],
-            "text": a.text,
-            "finish_reason": a.finish_reason,
-            "new_tokens": a.new_tokens,
-            "prompt_tokens": a.prompt_tokens,
-            "model": spec.name,
-            "revision": generator.resolved_revision,
-            "sampling": asdict(sampling),
-            "system_in_user_turn": rendered[i][1],
-        } for i, a in zip(indices, answers)]
+        rows = [
+            {
+                "id": questions[i]["id"],
+                "text": a.text,
+                "finish_reason": a.finish_reason,
+                "new_tokens": a.new_tokens,
+                "prompt_tokens": a.prompt_tokens,
+                "model": spec.name,
+                "revision": generator.resolved_revision,
+                "sampling": asdict(sampling),
+                "system_in_user_turn": rendered[i][1],
+            }
+            for i, a in zip(indices, answers, strict=True)
+        ]
         if store:
             store.append(rows)
-        new_rows.update(zip(indices, rows))
+        new_rows.update(zip(indices, rows, strict=True))
         progress.update(answers)
 
     def seed_batch(ids: list[str]) -> None:
@@ -366,9 +395,15 @@ def answer_questions(
         lengths = [len(prompt_ids[i]) for i in todo]
         for batch in plan_batches(lengths, batch_size, sampling.max_new_tokens, max_batch_tokens):
             indices = [todo[b] for b in batch]
-            record(indices, generate_with_oom_split(
-                generator.generate_padded, [prompt_ids[i] for i in indices],
-                [questions[i]["id"] for i in indices], sampling, seed_batch,
-            ))
+            record(
+                indices,
+                generate_with_oom_split(
+                    generator.generate_padded,
+                    [prompt_ids[i] for i in indices],
+                    [questions[i]["id"] for i in indices],
+                    sampling,
+                    seed_batch,
+                ),
+            )
     progress.update([], force=True)
     return [new_rows.get(index) or done[question["id"]] for index, question in enumerate(questions)]

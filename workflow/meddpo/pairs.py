@@ -11,15 +11,30 @@ models is left out and counted in the stats.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from .chat_format import training_prompt
 from .jsonl import DataError
 
-PAIR_FIELDS = ("id", "source", "category", "question_type", "question", "prompt", "chosen", "rejected", "meta")
+PAIR_FIELDS = (
+    "id",
+    "source",
+    "category",
+    "question_type",
+    "question",
+    "prompt",
+    "chosen",
+    "rejected",
+    "meta",
+)
 ANSWER_FIELDS = ("id", "text", "finish_reason", "model")
 STAT_KEYS = (
-    "questions", "missing_rejected", "missing_chosen", "empty_rejected", "empty_chosen", "pairs",
+    "questions",
+    "missing_rejected",
+    "missing_chosen",
+    "empty_rejected",
+    "empty_chosen",
+    "pairs",
 )
 
 
@@ -78,17 +93,19 @@ def build_pairs(
                 missing = True
         if missing:
             continue
-        pairs.append({
-            "id": question["id"],
-            "source": question["source"],
-            "category": question["category"],
-            "question_type": question["question_type"],
-            "question": question["question"],
-            "prompt": training_prompt(system_prompt, question["question"]),
-            "chosen": c["text"],
-            "rejected": r["text"],
-            "meta": _meta(r, c),
-        })
+        pairs.append(
+            {
+                "id": question["id"],
+                "source": question["source"],
+                "category": question["category"],
+                "question_type": question["question_type"],
+                "question": question["question"],
+                "prompt": training_prompt(system_prompt, question["question"]),
+                "chosen": c["text"],
+                "rejected": r["text"],
+                "meta": _meta(r, c),
+            }
+        )
     counts["pairs"] = len(pairs)
     pairs.sort(key=lambda row: row["id"])
     stats = {key: counts.get(key, 0) for key in STAT_KEYS}
@@ -96,8 +113,14 @@ def build_pairs(
     return pairs, stats
 
 
-USAGE_KEYS = ("requests", "input_tokens", "output_tokens", "thinking_tokens", "reused_from_store",
-              "estimated_cost_usd")
+USAGE_KEYS = (
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "thinking_tokens",
+    "reused_from_store",
+    "estimated_cost_usd",
+)
 
 
 def merge_pair_shards(
@@ -110,7 +133,7 @@ def merge_pair_shards(
     """
     rows = [row for shard_rows, _ in shards for row in shard_rows]
     rows.sort(key=lambda row: row["id"])
-    for before, after in zip(rows, rows[1:]):
+    for before, after in zip(rows, rows[1:], strict=False):
         if before["id"] == after["id"]:
             raise DataError(f"pair id {after['id']!r} appears in two shards")
     totals = Counter()

@@ -26,24 +26,30 @@ from __future__ import annotations
 import difflib
 import re
 from collections import Counter
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 FLAGS = (
-    "chosen_empty", "rejected_empty", "chosen_truncated", "rejected_truncated",
-    "near_identical", "rejected_refusal", "chosen_garbled", "rejected_garbled",
+    "chosen_empty",
+    "rejected_empty",
+    "chosen_truncated",
+    "rejected_truncated",
+    "near_identical",
+    "rejected_refusal",
+    "chosen_garbled",
+    "rejected_garbled",
 )
 ACTIONS = ("keep", "flag", "drop")
 
 # Defaults, and why (README "Quality checks" says the same):
 DEFAULT_POLICY = {
-    "chosen_empty": "drop",        # nothing to prefer
-    "rejected_empty": "drop",      # an empty loser teaches "say something", not safety
-    "chosen_truncated": "drop",    # would teach the model to stop mid-sentence
+    "chosen_empty": "drop",  # nothing to prefer
+    "rejected_empty": "drop",  # an empty loser teaches "say something", not safety
+    "chosen_truncated": "drop",  # would teach the model to stop mid-sentence
     "rejected_truncated": "flag",  # a cut loser is still worse; keep it, but visible
-    "near_identical": "drop",      # no preference signal
-    "rejected_refusal": "drop",    # preferring an answer over a refusal is not the lesson here
-    "chosen_garbled": "drop",      # the winner must be readable English
-    "rejected_garbled": "drop",    # a noise loser teaches only "don't write noise"
+    "near_identical": "drop",  # no preference signal
+    "rejected_refusal": "drop",  # preferring an answer over a refusal is not the lesson here
+    "chosen_garbled": "drop",  # the winner must be readable English
+    "rejected_garbled": "drop",  # a noise loser teaches only "don't write noise"
 }
 
 REFUSAL_PATTERNS = (
@@ -73,7 +79,9 @@ def is_garbled(text: str, min_plain_share: float = 0.9) -> bool:
         return False
     plain = len(_PLAIN.findall(text)) / len(text)
     words = text.split()
-    alphabetic = sum(1 for w in words if re.fullmatch(r"[A-Za-z][A-Za-z'\-]*[.,;:!?)]*", w)) / max(len(words), 1)
+    alphabetic = sum(1 for w in words if re.fullmatch(r"[A-Za-z][A-Za-z'\-]*[.,;:!?)]*", w)) / max(
+        len(words), 1
+    )
     return plain < min_plain_share or alphabetic < 0.5
 
 
@@ -82,8 +90,11 @@ def near_identical(a: str, b: str, threshold: float = 0.9) -> bool:
     if a == b:
         return True
     matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
-    return matcher.real_quick_ratio() >= threshold and matcher.quick_ratio() >= threshold \
+    return (
+        matcher.real_quick_ratio() >= threshold
+        and matcher.quick_ratio() >= threshold
         and matcher.ratio() >= threshold
+    )
 
 
 def truncated(row: Mapping, role: str) -> bool:
@@ -93,7 +104,9 @@ def truncated(row: Mapping, role: str) -> bool:
     return looks_truncated(row.get(role) or "")
 
 
-def pair_flags(row: Mapping, *, near_identical_threshold: float = 0.9, min_plain_share: float = 0.9) -> list[str]:
+def pair_flags(
+    row: Mapping, *, near_identical_threshold: float = 0.9, min_plain_share: float = 0.9
+) -> list[str]:
     """The flags of one pair, in FLAGS order."""
     chosen, rejected = row.get("chosen") or "", row.get("rejected") or ""
     found = set()

@@ -28,8 +28,9 @@ import os
 import random
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from .jsonl import DataError, iter_jsonl
 
@@ -85,7 +86,7 @@ def question_id(question: str) -> str:
 
 
 def normalise_question_type(question_type: str) -> str:
-    """"genetic changes" -> "genetic_changes": lower case, non-alphanumerics to '_'."""
+    """ "genetic changes" -> "genetic_changes": lower case, non-alphanumerics to '_'."""
     return re.sub(r"[^a-z0-9]+", "_", question_type.lower()).strip("_")
 
 
@@ -102,7 +103,11 @@ def guess_category(question: str) -> str:
 
 
 def _is_local_reference(dataset: str) -> bool:
-    return os.path.exists(dataset) or Path(dataset).suffix.lower() in LOCAL_FORMATS or dataset.startswith((".", "/"))
+    return (
+        os.path.exists(dataset)
+        or Path(dataset).suffix.lower() in LOCAL_FORMATS
+        or dataset.startswith((".", "/"))
+    )
 
 
 def _check_utf8(path: Path) -> None:
@@ -115,7 +120,9 @@ def _check_utf8(path: Path) -> None:
                 raise DataError(f"{path}, line {number}: not UTF-8 text (byte {err.start})") from None
 
 
-def load_source_rows(dataset: str, split: str = "train", revision: str | None = None) -> tuple[list[dict[str, Any]], str]:
+def load_source_rows(
+    dataset: str, split: str = "train", revision: str | None = None
+) -> tuple[list[dict[str, Any]], str]:
     """Rows of the source as dicts, through ``datasets.load_dataset``, and a fingerprint of the source.
 
     ``dataset`` is a hub id (``lavita/MedQuAD``), a local parquet/jsonl/csv file
@@ -151,13 +158,15 @@ def load_source_rows(dataset: str, split: str = "train", revision: str | None = 
             ds = datasets.load_dataset(dataset, split=split, revision=revision)
         except Exception as err:  # noqa: BLE001 - no traceback wall for an offline machine
             raise DataError(
-                f"could not load {dataset!r} from the Hugging Face Hub ({type(err).__name__}: {_first_line(err)}). "
-                "Without network access, copy the dataset to this machine and set source.dataset in the config "
-                "to the local .parquet/.jsonl/.csv file."
+                f"could not load {dataset!r} from the Hugging Face Hub "
+                f"({type(err).__name__}: {_first_line(err)}). Without network access, copy the dataset to "
+                "this machine and set source.dataset in the config to the local .parquet/.jsonl/.csv file."
             ) from None
     missing = [column for column in REQUIRED_COLUMNS if column not in ds.column_names]
     if missing:
-        raise DataError(f"{dataset}: missing column(s) {', '.join(repr(m) for m in missing)}; found {ds.column_names}")
+        raise DataError(
+            f"{dataset}: missing column(s) {', '.join(repr(m) for m in missing)}; found {ds.column_names}"
+        )
     keep = [c for c in (*REQUIRED_COLUMNS, "category", *KEPT_COLUMNS) if c in ds.column_names]
     return ds.select_columns(keep).to_list(), source_fingerprint(dataset, ds)
 
@@ -186,7 +195,9 @@ def _as_text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def clean_and_dedupe(rows: Iterable[dict[str, Any]], *, source: str, min_chars: int) -> tuple[list[dict], dict]:
+def clean_and_dedupe(
+    rows: Iterable[dict[str, Any]], *, source: str, min_chars: int
+) -> tuple[list[dict], dict]:
     """Clean, drop short/empty/duplicate questions, assign ids and categories.
 
     Returns ``(questions, counts)``; questions keep source order and the first
@@ -231,9 +242,18 @@ def clean_and_dedupe(rows: Iterable[dict[str, Any]], *, source: str, min_chars: 
             record[column] = None if value is None else clean_text(str(value)) or None
         out.append(record)
     counts["kept"] = len(out)
-    return out, {key: counts.get(key, 0) for key in (
-        "read", "dropped_empty", "dropped_short", "dropped_duplicate", "dropped_duplicate_exact",
-        "category_guessed", "kept")}
+    return out, {
+        key: counts.get(key, 0)
+        for key in (
+            "read",
+            "dropped_empty",
+            "dropped_short",
+            "dropped_duplicate",
+            "dropped_duplicate_exact",
+            "category_guessed",
+            "kept",
+        )
+    }
 
 
 def _quotas(sizes: dict[str, int], n: int, weights: dict[str, float]) -> dict[str, int]:
@@ -279,7 +299,9 @@ def select_questions(
       allow (``equal``); a seeded sample inside each type.
     """
     if mode not in SELECTION_MODES:
-        raise DataError(f"config key questions.selection: unknown mode {mode!r}; use one of {SELECTION_MODES}")
+        raise DataError(
+            f"config key questions.selection: unknown mode {mode!r}; use one of {SELECTION_MODES}"
+        )
     if n is None:
         return list(questions)
     if n > len(questions):
@@ -301,7 +323,9 @@ def select_questions(
     elif stratify == "equal":
         weights = {g: 1.0 for g in sizes}
     else:
-        raise DataError(f"config key questions.stratify: unknown value {stratify!r}; use 'proportional' or 'equal'")
+        raise DataError(
+            f"config key questions.stratify: unknown value {stratify!r}; use 'proportional' or 'equal'"
+        )
     quota = _quotas(sizes, n, weights)
     picked: list[int] = []
     for group in sorted(groups):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import csv
 import statistics
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 from .quality import FLAGS, truncated
 
@@ -29,14 +29,22 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def _lengths(rows: Sequence[dict], role: str) -> dict:
     chars = [len(r.get(role) or "") for r in rows]
-    tokens = [r["meta"][f"{role}_new_tokens"] for r in rows
-              if isinstance((r.get("meta") or {}).get(f"{role}_new_tokens"), int)]
-    return {"median_chars": _median(chars), "mean_chars": round(statistics.fmean(chars), 1) if chars else None,
-            "p90_chars": sorted(chars)[int(0.9 * (len(chars) - 1))] if chars else None,
-            "median_tokens": _median(tokens)}
+    tokens = [
+        r["meta"][f"{role}_new_tokens"]
+        for r in rows
+        if isinstance((r.get("meta") or {}).get(f"{role}_new_tokens"), int)
+    ]
+    return {
+        "median_chars": _median(chars),
+        "mean_chars": round(statistics.fmean(chars), 1) if chars else None,
+        "p90_chars": sorted(chars)[int(0.9 * (len(chars) - 1))] if chars else None,
+        "median_tokens": _median(tokens),
+    }
 
 
-def throughput_per_shard(benchmarks: Mapping[str, Sequence[Path]], answers: Mapping[str, Sequence[Path]]) -> list[dict]:
+def throughput_per_shard(
+    benchmarks: Mapping[str, Sequence[Path]], answers: Mapping[str, Sequence[Path]]
+) -> list[dict]:
     """New tokens per second of each generation job, from its benchmark file and its answers."""
     from .jsonl import read_jsonl
 
@@ -50,10 +58,17 @@ def throughput_per_shard(benchmarks: Mapping[str, Sequence[Path]], answers: Mapp
             answer_path = by_name.get(Path(bench).stem)
             answered = read_jsonl(answer_path) if answer_path else []
             new_tokens = sum(int(a.get("new_tokens") or 0) for a in answered)
-            rows.append({"role": role, "shard": Path(bench).stem, "seconds": round(seconds, 1),
-                         "answers": len(answered), "new_tokens": new_tokens,
-                         "new_tokens_per_s": round(new_tokens / seconds, 1) if seconds else None,
-                         "max_rss_mb": float(record.get("max_rss") or 0) or None})
+            rows.append(
+                {
+                    "role": role,
+                    "shard": Path(bench).stem,
+                    "seconds": round(seconds, 1),
+                    "answers": len(answered),
+                    "new_tokens": new_tokens,
+                    "new_tokens_per_s": round(new_tokens / seconds, 1) if seconds else None,
+                    "max_rss_mb": float(record.get("max_rss") or 0) or None,
+                }
+            )
     return rows
 
 
@@ -80,18 +95,26 @@ def build_stats(
         "dropped_duplicate_question": (question_stats or {}).get("dropped_duplicate"),
         "after_cleaning_and_dedupe": (question_stats or {}).get("kept"),
         "picked": picked,
-        "answered_rejected": (pair_stats["questions"] - pair_stats["missing_rejected"] - pair_stats["empty_rejected"])
-        if pair_stats else None,
-        "answered_chosen": (pair_stats["questions"] - pair_stats["missing_chosen"] - pair_stats["empty_chosen"])
-        if pair_stats else None,
+        "answered_rejected": (
+            pair_stats["questions"] - pair_stats["missing_rejected"] - pair_stats["empty_rejected"]
+        )
+        if pair_stats
+        else None,
+        "answered_chosen": (
+            pair_stats["questions"] - pair_stats["missing_chosen"] - pair_stats["empty_chosen"]
+        )
+        if pair_stats
+        else None,
         "left_out_missing_or_failed_answer": left_out,
         "pairs_before_filter": len(every),
         "pairs_kept": len(kept),
         "pairs_dropped": len(dropped),
     }
     drop_reasons = Counter(reason for row in dropped for reason in row["meta"].get("drop_reasons", []))
-    categories = sorted({r.get("category") or "unknown" for r in every}
-                        | set((question_stats or {}).get("picked_per_category", {})))
+    categories = sorted(
+        {r.get("category") or "unknown" for r in every}
+        | set((question_stats or {}).get("picked_per_category", {}))
+    )
     per_category = {}
     for category in categories:
         rows = [r for r in every if (r.get("category") or "unknown") == category]
@@ -105,17 +128,28 @@ def build_stats(
             "drop_rate": round((len(rows) - len(kept_rows)) / len(rows), 3) if rows else None,
             "chosen_median_chars": chosen_len["median_chars"],
             "rejected_median_chars": rejected_len["median_chars"],
-            "length_ratio_chosen_to_rejected": _ratio(chosen_len["median_chars"], rejected_len["median_chars"]),
-            "chosen_truncation_rate": round(sum(truncated(r, "chosen") for r in rows) / len(rows), 3) if rows else None,
+            "length_ratio_chosen_to_rejected": _ratio(
+                chosen_len["median_chars"], rejected_len["median_chars"]
+            ),
+            "chosen_truncation_rate": round(sum(truncated(r, "chosen") for r in rows) / len(rows), 3)
+            if rows
+            else None,
             "rejected_truncation_rate": round(sum(truncated(r, "rejected") for r in rows) / len(rows), 3)
-            if rows else None,
+            if rows
+            else None,
         }
     per_question_type = Counter(r.get("question_type") or "unknown" for r in kept)
     lengths = {"chosen": _lengths(every, "chosen"), "rejected": _lengths(every, "rejected")}
-    lengths["ratio_of_medians_chars"] = _ratio(lengths["chosen"]["median_chars"], lengths["rejected"]["median_chars"])
-    lengths["ratio_of_medians_tokens"] = _ratio(lengths["chosen"]["median_tokens"], lengths["rejected"]["median_tokens"])
-    truncation = {role: {"truncated": sum(truncated(r, role) for r in every), "of": len(every)}
-                  for role in ("chosen", "rejected")}
+    lengths["ratio_of_medians_chars"] = _ratio(
+        lengths["chosen"]["median_chars"], lengths["rejected"]["median_chars"]
+    )
+    lengths["ratio_of_medians_tokens"] = _ratio(
+        lengths["chosen"]["median_tokens"], lengths["rejected"]["median_tokens"]
+    )
+    truncation = {
+        role: {"truncated": sum(truncated(r, role) for r in every), "of": len(every)}
+        for role in ("chosen", "rejected")
+    }
     for role in truncation:
         of = truncation[role]["of"]
         truncation[role]["rate"] = round(truncation[role]["truncated"] / of, 3) if of else None
@@ -127,8 +161,10 @@ def build_stats(
     return {
         "stages": stages,
         "dropped_by_reason": dict(sorted(drop_reasons.items())),
-        "flagged": dict((quality_counts or {}).get("flagged") or
-                        {f: sum(f in (r.get("meta") or {}).get("flags", []) for r in every) for f in FLAGS}),
+        "flagged": dict(
+            (quality_counts or {}).get("flagged")
+            or {f: sum(f in (r.get("meta") or {}).get("flags", []) for r in every) for f in FLAGS}
+        ),
         "policy": (quality_counts or {}).get("policy"),
         "chosen_failure_reasons": (pair_stats or {}).get("chosen_failure_reasons", {}),
         "teacher_usage": (pair_stats or {}).get("teacher_usage"),
@@ -160,10 +196,20 @@ def write_plots(kept: Sequence[dict], dropped: Sequence[dict], stats: Mapping, f
     fig, ax = plt.subplots(figsize=(8, 4.5))
     if every:
         bins = np.logspace(np.log10(min(chosen + rejected) / 1.2), np.log10(max(chosen + rejected) * 1.2), 40)
-        ax.hist(rejected, bins=bins, alpha=0.6, label=f"rejected (median {stats['lengths']['rejected']['median_chars']:.0f})",
-                color="#d95f02")
-        ax.hist(chosen, bins=bins, alpha=0.6, label=f"chosen (median {stats['lengths']['chosen']['median_chars']:.0f})",
-                color="#1b9e77")
+        ax.hist(
+            rejected,
+            bins=bins,
+            alpha=0.6,
+            label=f"rejected (median {stats['lengths']['rejected']['median_chars']:.0f})",
+            color="#d95f02",
+        )
+        ax.hist(
+            chosen,
+            bins=bins,
+            alpha=0.6,
+            label=f"chosen (median {stats['lengths']['chosen']['median_chars']:.0f})",
+            color="#1b9e77",
+        )
         ax.set_xscale("log")
     ratio = stats["lengths"]["ratio_of_medians_chars"]
     ax.set_title(f"Answer length, characters (chosen / rejected median ratio: {ratio}x)")
@@ -187,7 +233,10 @@ def write_plots(kept: Sequence[dict], dropped: Sequence[dict], stats: Mapping, f
     ax.set_yticks(y, names)
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
-    ax.set_xlabel("% of answers cut at the token cap" + (" (inferred from text)" if stats["truncation_inferred_from_text"] else ""))
+    ax.set_xlabel(
+        "% of answers cut at the token cap"
+        + (" (inferred from text)" if stats["truncation_inferred_from_text"] else "")
+    )
     ax.set_title("Truncation by category", pad=22)
     ax.legend(ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
@@ -199,8 +248,13 @@ def write_plots(kept: Sequence[dict], dropped: Sequence[dict], stats: Mapping, f
     rates = [100 * (per_category[c]["drop_rate"] or 0) for c in names]
     ax.barh(y, rates, color="#7570b3")
     for index, category in enumerate(names):
-        ax.text(min(rates[index] + 1, 95), index, f"{per_category[category]['dropped']}/{per_category[category]['pairs']}",
-                va="center", fontsize=8)
+        ax.text(
+            min(rates[index] + 1, 95),
+            index,
+            f"{per_category[category]['dropped']}/{per_category[category]['pairs']}",
+            va="center",
+            fontsize=8,
+        )
     ax.set_yticks(y, names)
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
@@ -222,55 +276,150 @@ def _table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
     return "\n".join(lines)
 
 
-def render_report(stats: Mapping, title: str = "Stage 2 medical-safety DPO pairs", plots_dir: str = "plots") -> str:
+def render_report(
+    stats: Mapping, title: str = "Stage 2 medical-safety DPO pairs", plots_dir: str = "plots"
+) -> str:
     """The report as Markdown, with the plots as relative image links."""
     s = stats
     parts = [f"# {title}: quality report", ""]
-    parts += ["## Counts at every stage", "",
-              _table(("stage", "count"), [(k.replace("_", " "), v) for k, v in s["stages"].items() if v is not None]), ""]
+    parts += [
+        "## Counts at every stage",
+        "",
+        _table(
+            ("stage", "count"), [(k.replace("_", " "), v) for k, v in s["stages"].items() if v is not None]
+        ),
+        "",
+    ]
     if s["dropped_by_reason"]:
-        parts += ["## Dropped pairs by reason", "", "A pair can have several reasons.", "",
-                  _table(("reason", "pairs"), s["dropped_by_reason"].items()), ""]
-    parts += ["## Flags found (before the filter)", "",
-              _table(("flag", "pairs", "policy"),
-                     [(f, n, (s.get("policy") or {}).get(f, "—")) for f, n in s["flagged"].items()]), ""]
+        parts += [
+            "## Dropped pairs by reason",
+            "",
+            "A pair can have several reasons.",
+            "",
+            _table(("reason", "pairs"), s["dropped_by_reason"].items()),
+            "",
+        ]
+    parts += [
+        "## Flags found (before the filter)",
+        "",
+        _table(
+            ("flag", "pairs", "policy"),
+            [(f, n, (s.get("policy") or {}).get(f, "—")) for f, n in s["flagged"].items()],
+        ),
+        "",
+    ]
     if s.get("chosen_failure_reasons"):
-        parts += ["## Teacher failures (left out)", "", _table(("reason", "questions"), s["chosen_failure_reasons"].items()), ""]
+        parts += [
+            "## Teacher failures (left out)",
+            "",
+            _table(("reason", "questions"), s["chosen_failure_reasons"].items()),
+            "",
+        ]
     if s.get("teacher_usage"):
         parts += ["## Teacher API usage", "", _table(("what", "amount"), s["teacher_usage"].items()), ""]
     lengths, trunc = s["lengths"], s["truncation"]
-    parts += ["## Lengths and truncation", "",
-              _table(("", "chosen", "rejected"), [
-                  ("model", ", ".join(s["models"]["chosen"]), ", ".join(s["models"]["rejected"])),
-                  ("median characters", lengths["chosen"]["median_chars"], lengths["rejected"]["median_chars"]),
-                  ("90th percentile characters", lengths["chosen"]["p90_chars"], lengths["rejected"]["p90_chars"]),
-                  ("median new tokens", lengths["chosen"]["median_tokens"], lengths["rejected"]["median_tokens"]),
-                  ("truncated at the cap", f"{trunc['chosen']['truncated']} of {trunc['chosen']['of']}",
-                   f"{trunc['rejected']['truncated']} of {trunc['rejected']['of']}"),
-              ]), "",
-              f"Chosen answers are **{lengths['ratio_of_medians_chars']}×** as long as rejected ones (median "
-              "characters). A DPO model can learn that length itself is preferred; compare the ratio per category "
-              "below.", ""]
+    parts += [
+        "## Lengths and truncation",
+        "",
+        _table(
+            ("", "chosen", "rejected"),
+            [
+                ("model", ", ".join(s["models"]["chosen"]), ", ".join(s["models"]["rejected"])),
+                ("median characters", lengths["chosen"]["median_chars"], lengths["rejected"]["median_chars"]),
+                (
+                    "90th percentile characters",
+                    lengths["chosen"]["p90_chars"],
+                    lengths["rejected"]["p90_chars"],
+                ),
+                (
+                    "median new tokens",
+                    lengths["chosen"]["median_tokens"],
+                    lengths["rejected"]["median_tokens"],
+                ),
+                (
+                    "truncated at the cap",
+                    f"{trunc['chosen']['truncated']} of {trunc['chosen']['of']}",
+                    f"{trunc['rejected']['truncated']} of {trunc['rejected']['of']}",
+                ),
+            ],
+        ),
+        "",
+        f"Chosen answers are **{lengths['ratio_of_medians_chars']}×** as long as rejected ones (median "
+        "characters). A DPO model can learn that length itself is preferred; compare the ratio per category "
+        "below.",
+        "",
+    ]
     if s["truncation_inferred_from_text"]:
-        parts += ["This file has no finish reasons: an answer counts as truncated when its text stops mid-sentence "
-                  "(no closing punctuation).", ""]
-    parts += [f"![Answer lengths]({plots_dir}/{PLOTS[0]})", "",
-              "## Per category", "",
-              _table(("category", "picked", "pairs", "kept", "dropped", "chosen median chars", "rejected median chars",
-                      "ratio", "chosen cut", "rejected cut"),
-                     [(c, v["picked"], v["pairs"], v["kept"], v["dropped"], v["chosen_median_chars"],
-                       v["rejected_median_chars"], v["length_ratio_chosen_to_rejected"],
-                       v["chosen_truncation_rate"], v["rejected_truncation_rate"])
-                      for c, v in s["per_category"].items()]), "",
-              f"![Truncation by category]({plots_dir}/{PLOTS[1]})", "",
-              f"![Drops by category]({plots_dir}/{PLOTS[2]})", "",
-              "## Kept pairs per question type", "",
-              _table(("question type", "pairs"), s["kept_per_question_type"].items()), ""]
+        parts += [
+            "This file has no finish reasons: an answer counts as truncated when its text stops mid-sentence "
+            "(no closing punctuation).",
+            "",
+        ]
+    parts += [
+        f"![Answer lengths]({plots_dir}/{PLOTS[0]})",
+        "",
+        "## Per category",
+        "",
+        _table(
+            (
+                "category",
+                "picked",
+                "pairs",
+                "kept",
+                "dropped",
+                "chosen median chars",
+                "rejected median chars",
+                "ratio",
+                "chosen cut",
+                "rejected cut",
+            ),
+            [
+                (
+                    c,
+                    v["picked"],
+                    v["pairs"],
+                    v["kept"],
+                    v["dropped"],
+                    v["chosen_median_chars"],
+                    v["rejected_median_chars"],
+                    v["length_ratio_chosen_to_rejected"],
+                    v["chosen_truncation_rate"],
+                    v["rejected_truncation_rate"],
+                )
+                for c, v in s["per_category"].items()
+            ],
+        ),
+        "",
+        f"![Truncation by category]({plots_dir}/{PLOTS[1]})",
+        "",
+        f"![Drops by category]({plots_dir}/{PLOTS[2]})",
+        "",
+        "## Kept pairs per question type",
+        "",
+        _table(("question type", "pairs"), s["kept_per_question_type"].items()),
+        "",
+    ]
     if s["throughput_per_shard"]:
-        parts += ["## Generation throughput per shard job", "",
-                  _table(("model", "shard", "seconds", "answers", "new tokens", "new tokens/s", "max RSS MB"),
-                         [(t["role"], t["shard"], t["seconds"], t["answers"], t["new_tokens"], t["new_tokens_per_s"],
-                           t["max_rss_mb"]) for t in s["throughput_per_shard"]]), ""]
+        parts += [
+            "## Generation throughput per shard job",
+            "",
+            _table(
+                ("model", "shard", "seconds", "answers", "new tokens", "new tokens/s", "max RSS MB"),
+                [
+                    (
+                        t["role"],
+                        t["shard"],
+                        t["seconds"],
+                        t["answers"],
+                        t["new_tokens"],
+                        t["new_tokens_per_s"],
+                        t["max_rss_mb"],
+                    )
+                    for t in s["throughput_per_shard"]
+                ],
+            ),
+            "",
+        ]
     if s["provenance"]:
         parts += ["## Provenance", "", _table(("what", "value"), s["provenance"].items()), ""]
     return "\n".join(parts)

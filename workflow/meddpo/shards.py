@@ -9,7 +9,7 @@ question lands in exactly one shard. Shard names are fixed by the config
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def shard_names(n_shards: int) -> list[str]:

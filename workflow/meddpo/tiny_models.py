@@ -26,8 +26,8 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 # Our own templates, written to behave like the real models' ones.
 MISTRAL_STYLE_TEMPLATE = (
@@ -98,14 +98,18 @@ def build_mistral_tokenizer(texts: Sequence[str], vocab_size: int = 800):
         folder = workdir / "tok"
         folder.mkdir()
         os.replace(sp_model, folder / "tokenizer.model")
-        (folder / "tokenizer_config.json").write_text(json.dumps({
-            "tokenizer_class": "LlamaTokenizer",
-            "bos_token": "<s>",
-            "eos_token": "</s>",
-            "unk_token": "<unk>",
-            "add_bos_token": True,
-            "add_eos_token": False,
-        }))
+        (folder / "tokenizer_config.json").write_text(
+            json.dumps(
+                {
+                    "tokenizer_class": "LlamaTokenizer",
+                    "bos_token": "<s>",
+                    "eos_token": "</s>",
+                    "unk_token": "<unk>",
+                    "add_bos_token": True,
+                    "add_eos_token": False,
+                }
+            )
+        )
         tokenizer = AutoTokenizer.from_pretrained(folder)  # converts the SentencePiece model (needs protobuf)
     tokenizer.chat_template = MISTRAL_STYLE_TEMPLATE
     return tokenizer
@@ -121,12 +125,16 @@ def build_qwen2_tokenizer(texts: Sequence[str], vocab_size: int = 800):
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     backend.train_from_iterator(texts, trainer)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
         additional_special_tokens=["<|im_start|>"],
     )
     tokenizer.chat_template = CHATML_TEMPLATE
@@ -171,7 +179,9 @@ def _save(model, tokenizer, eos_ids: Sequence[int], out_dir: Path) -> None:
     os.replace(tmp, out_dir)
 
 
-def build_tiny_mistral(texts: Sequence[str], out_dir: str | os.PathLike, *, seed: int = 0, eos_rate: float = 0.03):
+def build_tiny_mistral(
+    texts: Sequence[str], out_dir: str | os.PathLike, *, seed: int = 0, eos_rate: float = 0.03
+):
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
@@ -180,8 +190,11 @@ def build_tiny_mistral(texts: Sequence[str], out_dir: str | os.PathLike, *, seed
     torch.manual_seed(seed)
     tokenizer = build_mistral_tokenizer(texts)
     config = MistralConfig(
-        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        sliding_window=None, **TINY_SHAPE,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        sliding_window=None,
+        **TINY_SHAPE,
     )
     model = MistralForCausalLM(config).eval()
     probe_ids = torch.tensor([tokenizer(texts[0])["input_ids"][:32]])
@@ -190,7 +203,9 @@ def build_tiny_mistral(texts: Sequence[str], out_dir: str | os.PathLike, *, seed
     return out_dir
 
 
-def build_tiny_qwen2(texts: Sequence[str], out_dir: str | os.PathLike, *, seed: int = 0, eos_rate: float = 0.03):
+def build_tiny_qwen2(
+    texts: Sequence[str], out_dir: str | os.PathLike, *, seed: int = 0, eos_rate: float = 0.03
+):
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -201,7 +216,10 @@ def build_tiny_qwen2(texts: Sequence[str], out_dir: str | os.PathLike, *, seed: 
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     endoftext = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     config = Qwen2Config(
-        vocab_size=len(tokenizer), bos_token_id=endoftext, eos_token_id=im_end, use_sliding_window=False,
+        vocab_size=len(tokenizer),
+        bos_token_id=endoftext,
+        eos_token_id=im_end,
+        use_sliding_window=False,
         **TINY_SHAPE,
     )
     model = Qwen2ForCausalLM(config).eval()

@@ -18,7 +18,9 @@ CURRENT_META = ("teacher_model", "mmt_ckpt", "chosen_finish_reason", "rejected_f
 LEGACY_META = ("teacher_model", "mmt_ckpt")
 
 
-def validate_pairs(path: str | Path, *, legacy: bool = False, max_problems: int = 200) -> tuple[int, list[str]]:
+def validate_pairs(
+    path: str | Path, *, legacy: bool = False, max_problems: int = 200
+) -> tuple[int, list[str]]:
     """Returns ``(rows read, problems)``."""
     problems: list[str] = []
     seen: dict[str, int] = {}
@@ -60,7 +62,11 @@ def validate_pairs(path: str | Path, *, legacy: bool = False, max_problems: int 
                 continue
             for key in LEGACY_META if legacy else CURRENT_META:
                 if key not in meta:
-                    problem(line, row_id, f"meta has no '{key}'" + ("" if legacy else " (an older file? use --legacy)"))
+                    problem(
+                        line,
+                        row_id,
+                        f"meta has no '{key}'" + ("" if legacy else " (an older file? use --legacy)"),
+                    )
             for role in ("chosen", "rejected"):
                 reason = meta.get(f"{role}_finish_reason")
                 if reason is not None and reason not in ("stop", "length"):
