@@ -106,6 +106,8 @@ def main() -> None:
         "new_tokens_each": args.new_tokens,
         "batch_size": args.batch_size,
         "torch_threads": torch.get_num_threads(),
+        "loop_tokens": loop_tokens,
+        "engine_tokens": engine_tokens,
         "loop_tokens_per_s": round(loop_tokens / loop_s, 1),
         "engine_tokens_per_s": round(engine_tokens / engine_s, 1),
         "ratio": round(loop_s / engine_s, 2),

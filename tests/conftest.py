@@ -20,6 +20,9 @@ sys.path.insert(0, str(REPO / "workflow"))
 SHARED_DATA = REPO.parent / "shared" / "data"
 MEDQUAD = SHARED_DATA / "medquad" / "train-00000-of-00001.parquet"
 DEMO_QUESTIONS = REPO / "demo" / "medquad_demo.jsonl"
+# The DPO row layout TRL's DPOTrainer and the training code read, in this order (written out
+# here, not taken from the package, so a change to the package's layout fails the tests).
+DPO_ROW_FIELDS = "id source category question_type question prompt chosen rejected meta".split()
 
 
 def require_medquad() -> Path:

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
@@ -24,12 +26,21 @@ def test_gpu_benchmark_script_runs_on_a_tiny_model_on_cpu():
         "gpu_engine.py", "--tiny", "--device", "cpu", "--batch-sizes", "1", "3", "--new-tokens", "5"
     )
     assert [r["new_tokens"] for r in summary["results"]] == [5, 15]
-    assert all(0 < r["fraction_of_bound"] for r in summary["results"])
+    one, three = summary["results"]
+    # three rows share one read of the weights per step: the bound grows with the batch, by at most 3x
+    assert 1 < three["bound_tokens_per_s"] / one["bound_tokens_per_s"] <= 3
+    for row in (one, three):
+        assert row["fraction_of_bound"] == pytest.approx(
+            row["tokens_per_s"] / row["bound_tokens_per_s"], rel=0.02
+        )
 
 
 def test_engine_vs_loop_generates_the_same_token_count_on_both_sides():
     summary = run_benchmark("engine_vs_loop.py", "--questions", "8", "--new-tokens", "4", "--batch-size", "8")
-    assert summary["questions"] == 8 and summary["ratio"] > 0
+    assert summary["loop_tokens"] == summary["engine_tokens"] == 8 * 4
+    # one generate() call for 8 prompts against 8 calls: the engine must come out ahead (it is ~5x
+    # here); below 1 the batching is broken, whatever the machine's load
+    assert summary["ratio"] > 1.0
 
 
 def test_gemini_concurrency_benchmark_runs():

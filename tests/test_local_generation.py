@@ -34,7 +34,11 @@ def test_length_when_the_cap_is_hit_even_with_eos_padding_in_the_prompt(never_st
     # pad = EOS for this tokenizer: left-padded prompts hold EOS ids, which must not count
     assert never_stops.tokenizer.pad_token_id in never_stops.eos_ids
     rows = answer_questions(
-        never_stops, QUESTIONS, "Be careful.", Sampling(max_new_tokens=12, seed=1), batch_size=5
+        never_stops,
+        QUESTIONS,
+        "Be careful.",
+        Sampling(max_new_tokens=12, temperature=0.7, seed=1),
+        batch_size=5,
     )
     assert [r["finish_reason"] for r in rows] == ["length"] * 5
     assert [r["new_tokens"] for r in rows] == [12] * 5
@@ -64,7 +68,9 @@ def test_rows_follow_input_order_whatever_the_batching(never_stops):
         for q in QUESTIONS
     ]
     for batch_size in (1, 2, 5):
-        rows = answer_questions(never_stops, QUESTIONS, "Be careful.", Sampling(max_new_tokens=4), batch_size)
+        rows = answer_questions(
+            never_stops, QUESTIONS, "Be careful.", Sampling(max_new_tokens=4, temperature=0.7), batch_size
+        )
         assert [r["id"] for r in rows] == [q["id"] for q in QUESTIONS]
         assert [r["prompt_tokens"] for r in rows] == expected_prompt_tokens
 
@@ -77,9 +83,9 @@ def test_same_seed_same_text(never_stops):
 
 
 def test_rows_carry_model_and_sampling(never_stops, tiny_mistral):
-    row = answer_questions(never_stops, QUESTIONS[:1], "Be careful.", Sampling(max_new_tokens=3, seed=5), 1)[
-        0
-    ]
+    row = answer_questions(
+        never_stops, QUESTIONS[:1], "Be careful.", Sampling(max_new_tokens=3, temperature=0.7, seed=5), 1
+    )[0]
     assert row["model"] == str(tiny_mistral)
     assert row["sampling"] == {
         "max_new_tokens": 3,
@@ -120,7 +126,7 @@ def test_cuda_oom_halves_the_batch_and_goes_on(never_stops, caplog, monkeypatch)
     monkeypatch.setattr(never_stops.model, "generate", generate_with_little_memory)
     with caplog.at_level("WARNING"):
         rows = answer_questions(
-            never_stops, QUESTIONS, "Be careful.", Sampling(max_new_tokens=3), batch_size=5
+            never_stops, QUESTIONS, "Be careful.", Sampling(max_new_tokens=3, temperature=0.7), batch_size=5
         )
     assert [r["id"] for r in rows] == [q["id"] for q in QUESTIONS]
     assert all(r["new_tokens"] == 3 for r in rows)
@@ -130,7 +136,12 @@ def test_cuda_oom_halves_the_batch_and_goes_on(never_stops, caplog, monkeypatch)
 
 def test_continuous_engine_gives_the_same_kind_of_rows(never_stops, eager_to_stop):
     rows = answer_questions(
-        never_stops, QUESTIONS, "Be careful.", Sampling(max_new_tokens=6), 2, engine="continuous"
+        never_stops,
+        QUESTIONS,
+        "Be careful.",
+        Sampling(max_new_tokens=6, temperature=0.7),
+        2,
+        engine="continuous",
     )
     assert [r["id"] for r in rows] == [q["id"] for q in QUESTIONS]
     assert [(r["finish_reason"], r["new_tokens"]) for r in rows] == [("length", 6)] * 5
@@ -146,7 +157,7 @@ def test_continuous_engine_gives_the_same_kind_of_rows(never_stops, eager_to_sto
 
 
 def test_store_answers_are_reused_not_regenerated(never_stops, tmp_path, monkeypatch):
-    sampling = Sampling(max_new_tokens=4, seed=2)
+    sampling = Sampling(max_new_tokens=4, temperature=0.7, seed=2)
     first = answer_questions(never_stops, QUESTIONS[:3], "Be careful.", sampling, 2, store_root=tmp_path)
     calls = []
     real_generate = never_stops.model.generate

@@ -1,7 +1,8 @@
 import pytest
 
+from conftest import DPO_ROW_FIELDS
 from meddpo.jsonl import DataError
-from meddpo.pairs import PAIR_FIELDS, build_pairs, merge_pair_shards
+from meddpo.pairs import build_pairs, merge_pair_shards
 
 SYSTEM = "Be careful."
 
@@ -47,7 +48,7 @@ def test_pairs_join_by_id_and_count_what_is_left_out():
         "chosen_failure_reasons": {"prompt_blocked:SAFETY": 1},
     }
     row = pairs[0]
-    assert list(row) == list(PAIR_FIELDS)
+    assert list(row) == DPO_ROW_FIELDS
     assert row["prompt"] == "Be careful.\n\nUser question:\nWhat are the symptoms of disease 1 ?"
     assert (row["chosen"], row["rejected"]) == ("good 1", "bad 1")
     meta = row["meta"]

@@ -80,3 +80,47 @@ def test_kill_9_mid_shard_then_rerun(tmp_path, tiny_mistral):
     assert max(generations.values()) == 1, "some answer was generated twice"
     settings = json.loads(next(store.rglob("settings.json")).read_text())
     assert settings["system_prompt"] == "Answer briefly." and settings["seed"] == 4
+
+
+def test_both_backends_resume_through_the_shared_loop(tmp_path, tiny_mistral, caplog):
+    """Half a shard in the store: each backend asks only for the other half, and says so the same way."""
+    import asyncio
+    import logging
+
+    from meddpo.gemini_teacher import GeminiSettings, answer_with_gemini
+    from meddpo.gemini_test_server import GeminiTestServer
+    from meddpo.local_generation import LocalGenerator, ModelSpec, Sampling, answer_questions
+
+    questions = [{"id": f"r{i}", "question": f"How is condition {i} treated ?"} for i in range(6)]
+    caplog.set_level(logging.INFO, logger="meddpo")
+
+    def resume_lines():
+        lines = [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "meddpo.resume" and "already there" in r.message
+        ]
+        caplog.clear()
+        return [line.split(": ", 1)[1] for line in lines]
+
+    generator = LocalGenerator(ModelSpec(name=str(tiny_mistral)))
+    sampling = Sampling(max_new_tokens=3, temperature=0.7)
+    store = tmp_path / "local"
+    answer_questions(generator, questions[:3], "Be brief.", sampling, 2, store_root=store)
+    resume_lines()
+    rows = answer_questions(generator, questions, "Be brief.", sampling, 2, store_root=store)
+    assert [r["id"] for r in rows] == [q["id"] for q in questions]
+    assert resume_lines() == ["3 of 6 answers already there, 3 to generate"]
+    assert sum(1 for _ in _store_rows(store)) == 6
+
+    with GeminiTestServer() as server:
+        settings = GeminiSettings(base_url=server.base_url, requests_per_minute=1e6, max_attempts=1)
+        store = tmp_path / "gemini"
+        asyncio.run(answer_with_gemini(questions[:3], "Be brief.", settings, "k", store_root=store))
+        resume_lines()
+        rows, failures, usage = asyncio.run(
+            answer_with_gemini(questions, "Be brief.", settings, "k", store_root=store)
+        )
+        assert [r["id"] for r in rows] == [q["id"] for q in questions] and failures == []
+        assert resume_lines() == ["3 of 6 answers already there, 3 to generate"]
+        assert usage["requests"] == 3 and sum(server.requests.values()) == 6

@@ -1,6 +1,6 @@
 import pytest
 
-from meddpo.shards import shard_names, shard_rows
+from meddpo.shards import shard_rows
 
 
 def _questions(n):
@@ -20,9 +20,3 @@ def test_every_question_in_exactly_one_shard_and_balanced(n, n_shards):
 def test_sharding_ignores_input_order():
     questions = _questions(100)
     assert shard_rows(questions, 4, 2) == shard_rows(list(reversed(questions)), 4, 2)
-
-
-def test_shard_names_are_fixed_by_the_count():
-    assert shard_names(3) == ["000", "001", "002"]
-    with pytest.raises(ValueError):
-        shard_rows(_questions(3), 3, 3)

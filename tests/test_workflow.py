@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import DPO_ROW_FIELDS, REPO
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 DEMO = ["--configfile", "demo/config.yaml"]
@@ -154,17 +154,7 @@ def test_demo_end_to_end(tmp_path):
     }
     for row in pairs:
         question = by_id[row["id"]]
-        assert list(row) == [
-            "id",
-            "source",
-            "category",
-            "question_type",
-            "question",
-            "prompt",
-            "chosen",
-            "rejected",
-            "meta",
-        ]
+        assert list(row) == DPO_ROW_FIELDS
         for field in ("source", "category", "question_type", "question"):
             assert row[field] == question[field]
         assert row["prompt"] == f"{config['prompts']['training']}\n\nUser question:\n{question['question']}"

@@ -10,6 +10,32 @@ from collections.abc import Mapping, Sequence
 
 import yaml
 
+# Terms of the models this project documents, by model id (lower case). Any other
+# model gets a pointer to its own model card: the card never claims a licence it does not know.
+KNOWN_MODEL_TERMS = {
+    "mistralai/mistral-7b-instruct-v0.2": "released under the Apache 2.0 licence",
+    "qwen/qwen2.5-7b-instruct": "released under the Apache 2.0 licence",
+}
+GEMINI_TERMS = (
+    "answers generated through the Gemini API are subject to its Additional Terms of Service "
+    "(including its rules on using outputs to develop models)"
+)
+
+
+def model_terms(models: Sequence[str]) -> list[str]:
+    """One card line per model that wrote answers: its known terms, or where to look."""
+    lines = []
+    for model in dict.fromkeys(m for m in models if m and m != "?"):
+        key = model.lower()
+        if key in KNOWN_MODEL_TERMS:
+            terms = KNOWN_MODEL_TERMS[key]
+        elif key.startswith("gemini-"):
+            terms = GEMINI_TERMS
+        else:
+            terms = "terms not known to this workflow: check the model's own card before redistributing"
+        lines.append(f"- `{model}`: {terms}.")
+    return lines
+
 
 def size_category(n: int) -> str:
     for limit, name in (
@@ -59,30 +85,31 @@ def render_card(
         "# Stage 2 medical-safety DPO pairs",
         "",
         f"{n_rows} preference pairs for safety fine-tuning with DPO. Each row holds a medical question from "
-        "MedQuAD, a **chosen** answer from a careful teacher model and a **rejected** answer from a deliberately "
-        "loose, over-confident model, with the training prompt ready to use.",
+        "MedQuAD, a **chosen** answer from a careful teacher model and a **rejected** answer from a "
+        "deliberately loose, over-confident model, with the training prompt ready to use.",
         "",
         "> **Not medical advice.** The answers were written by language models, none of them checked by a "
-        "clinician; the rejected answers were made to be worse on purpose. Use the data to train and evaluate "
-        "models, never to answer a person's health question.",
+        "clinician; the rejected answers were made to be worse on purpose. Use the data to train and "
+        "evaluate models, never to answer a person's health question.",
         "",
         "## How it was made",
         "",
         f"- **Questions**: `{settings.get('source_name')}` (MedQuAD, Ben Abacha & Demner-Fushman, 2019). "
-        f"Cleaned, de-duplicated (case and white space folded), {stats['stages'].get('picked') or '?'} picked "
-        f"({settings.get('selection')}, seed {settings.get('seed')}).",
+        f"Cleaned, de-duplicated (case and white space folded), {stats['stages'].get('picked') or '?'} "
+        f"picked ({settings.get('selection')}, seed {settings.get('seed')}).",
         f"- **Chosen answers**: `{', '.join(stats['models']['chosen'])}` (revision "
-        f"{provenance.get('teacher_revision') or 'not recorded'}), sampling {settings.get('chosen_sampling')}.",
+        f"{provenance.get('teacher_revision') or 'not recorded'}), sampling "
+        f"{settings.get('chosen_sampling')}.",
         f"- **Rejected answers**: `{', '.join(stats['models']['rejected'])}` (revision "
         f"{provenance.get('mmt_revision') or 'not recorded'}), sampling {settings.get('rejected_sampling')}.",
-        f"- **Filters**: each pair is checked for empty, truncated, near-identical, refusing and garbled answers; "
-        f"the policy was {', '.join(f'{k}: {v}' for k, v in policy.items()) or 'not recorded'}. "
+        "- **Filters**: each pair is checked for empty, truncated, near-identical, refusing and garbled "
+        f"answers; the policy was {', '.join(f'{k}: {v}' for k, v in policy.items()) or 'not recorded'}. "
         f"{stats['stages'].get('pairs_dropped', 0)} pairs were dropped (kept aside with their reasons in the "
         "dropped file of the run) and the flags of kept pairs are in `meta.flags`.",
-        f"- **Lengths**: chosen answers have a median of {lengths['chosen']['median_chars']} characters, rejected "
-        f"{lengths['rejected']['median_chars']} (ratio {lengths['ratio_of_medians_chars']}×); "
-        f"{trunc['chosen']['truncated']} chosen and {trunc['rejected']['truncated']} rejected answers hit their "
-        "token cap.",
+        f"- **Lengths**: chosen answers have a median of {lengths['chosen']['median_chars']} characters, "
+        f"rejected {lengths['rejected']['median_chars']} (ratio {lengths['ratio_of_medians_chars']}×); "
+        f"{trunc['chosen']['truncated']} chosen and {trunc['rejected']['truncated']} rejected answers hit "
+        "their token cap.",
         "",
         "### System prompts",
         "",
@@ -109,25 +136,25 @@ def render_card(
         "| `question` | the question |",
         "| `prompt` | training system prompt, a blank line, `User question:`, a newline, the question |",
         "| `chosen` / `rejected` | the preferred and the dispreferred answer |",
-        "| `meta` | models and revisions, finish reasons (`stop` / `length`), token counts, sampling, `flags` |",
+        "| `meta` | models and revisions, finish reasons (`stop` / `length`), token counts, sampling, "
+        "`flags` |",
         "",
         "## Use",
         "",
         "```python",
         "from datasets import load_dataset",
         "",
-        'pairs = load_dataset("json", data_files="stage2_med_pairs.jsonl", split="train")  # or load_dataset(<hub repo>)',
+        "# the folder as pushed to the Hub: load_dataset(<hub repo>)",
+        'pairs = load_dataset("json", data_files="stage2_med_pairs.jsonl", split="train")',
         "```",
         "",
         "The `prompt` / `chosen` / `rejected` strings go to TRL's `DPOTrainer` unchanged.",
         "",
         "## Licences and terms",
         "",
-        "- MedQuAD is released under CC BY 4.0; its answers from MedlinePlus, A.D.A.M. and GARD were removed by "
-        "its authors for copyright reasons and are not used here (only the questions are).",
-        "- Mistral-7B-Instruct-v0.2 and Qwen2.5-7B-Instruct are released under the Apache 2.0 licence.",
-        "- Answers generated with Gemini are subject to the Gemini API Additional Terms of Service (including its "
-        "rules on using outputs to develop models).",
+        "- MedQuAD is released under CC BY 4.0; its answers from MedlinePlus, A.D.A.M. and GARD were removed "
+        "by its authors for copyright reasons and are not used here (only the questions are).",
+        *model_terms([*stats["models"]["chosen"], *stats["models"]["rejected"]]),
         "- This card's licence field covers the questions (CC BY 4.0); check the model terms above before "
         "redistributing generated answers.",
         "",

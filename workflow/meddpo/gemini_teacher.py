@@ -33,9 +33,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from .answer_store import AnswerStore
+from .resume import ResumableJob
+from .settings import defaults
 
 log = logging.getLogger(__name__)
 
@@ -52,30 +53,39 @@ class MissingKeyError(Exception):
     """No API key in the environment or the secrets file."""
 
 
+_DEFAULTS = defaults("teacher.gemini")
+
+
 @dataclass(frozen=True)
 class GeminiSettings:
-    model: str = "gemini-2.5-flash"
-    temperature: float = 0.7
-    max_output_tokens: int = 4096
-    thinking_budget: int | None = 0
-    # throughput and retries (they do not change the text)
-    concurrency: int = 32
-    requests_per_minute: float = 900.0
-    max_attempts: int = 6
-    initial_backoff_s: float = 2.0
-    max_backoff_s: float = 60.0
-    timeout_s: float = 120.0
-    base_url: str | None = None
+    """The ``teacher.gemini`` block of the config; defaults from the config schema."""
+
+    model: str = _DEFAULTS["model"]
+    temperature: float = _DEFAULTS["temperature"]
+    max_output_tokens: int = _DEFAULTS["max_output_tokens"]
+    thinking_budget: int | None = _DEFAULTS["thinking_budget"]
+    # throughput, retries, key and cost (they do not change the text)
+    concurrency: int = _DEFAULTS["concurrency"]
+    requests_per_minute: float = _DEFAULTS["requests_per_minute"]
+    max_attempts: int = _DEFAULTS["max_attempts"]
+    initial_backoff_s: float = _DEFAULTS["initial_backoff_s"]
+    max_backoff_s: float = _DEFAULTS["max_backoff_s"]
+    timeout_s: float = _DEFAULTS["timeout_s"]
+    base_url: str | None = _DEFAULTS["base_url"]
+    secrets_file: str | None = _DEFAULTS["secrets_file"]
+    price_input_per_million: float = _DEFAULTS["price_input_per_million"]
+    price_output_per_million: float = _DEFAULTS["price_output_per_million"]
+    max_failed_fraction: float = _DEFAULTS["max_failed_fraction"]
+
+    # The settings that change the answer text (the rest only change speed and cost).
+    TEXT_KEYS: ClassVar[tuple[str, ...]] = ("model", "temperature", "max_output_tokens", "thinking_budget")
 
     def text_settings(self, system_prompt: str) -> dict[str, Any]:
         """What changes the answer text: the answer store's key."""
         return {
-            "model": self.model,
             "backend": "gemini",
             "system_prompt": system_prompt,
-            "temperature": self.temperature,
-            "max_output_tokens": self.max_output_tokens,
-            "thinking_budget": self.thinking_budget,
+            **{key: getattr(self, key) for key in self.TEXT_KEYS},
         }
 
 
@@ -346,16 +356,17 @@ async def answer_with_gemini(
     ``rows`` follow the order of ``questions`` (answered ones only); ``usage``
     counts requests and tokens of this job (answers reused from the store cost nothing).
     """
-    store = AnswerStore(store_root, settings.text_settings(system_prompt), store_part) if store_root else None
-    done = store.load() if store else {}
-    todo = [q for q in questions if q["id"] not in done]
+    job = ResumableJob(
+        questions,
+        settings.text_settings(system_prompt),
+        store_root=store_root,
+        store_part=store_part,
+        progress_every_s=progress_every_s,
+    )
     log.info(
-        "Gemini %s: %d of %d answers already in the store, %d to request (%d in flight at most, "
-        "%.0f requests/min)",
+        "Gemini %s: %d questions to request, %d in flight at most, %.0f requests/min",
         settings.model,
-        len(questions) - len(todo),
-        len(questions),
-        len(todo),
+        len(job.todo),
         settings.concurrency,
         settings.requests_per_minute,
     )
@@ -365,36 +376,19 @@ async def answer_with_gemini(
     semaphore = asyncio.Semaphore(settings.concurrency)
     usage: Counter = Counter()
     failures: list[dict] = []
-    new_rows: dict[str, dict] = {}
-    started, last_report = time.perf_counter(), 0.0
 
     async def one(question: dict) -> None:
-        nonlocal last_report
         async with semaphore:
             outcome = await _ask(client, limiter, settings, config, question)
         usage["requests"] += outcome.attempts
         usage.update(outcome.usage or Counter())
         if outcome.row is not None:
-            if store:
-                store.append([outcome.row])
-            new_rows[question["id"]] = outcome.row
+            job.record([outcome.row])
         else:
             failures.append(outcome.failure)
-        finished = len(new_rows) + len(failures)
-        now = time.perf_counter()
-        if now - last_report >= progress_every_s or finished == len(todo):
-            last_report = now
-            rate = finished / max(now - started, 1e-9)
-            log.info(
-                "%d/%d requested questions finished (%d failed), %.1f questions/s, ETA %.0fs",
-                finished,
-                len(todo),
-                len(failures),
-                rate,
-                (len(todo) - finished) / rate if rate else 0,
-            )
+            job.record_failed()
 
-    tasks = [asyncio.create_task(one(q)) for q in todo]
+    tasks = [asyncio.create_task(one(q)) for q in job.todo]
     try:
         if tasks:
             # the first hard error cancels everything else at once
@@ -405,12 +399,75 @@ async def answer_with_gemini(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await client.aio.aclose()
-    rows = [new_rows.get(q["id"]) or done.get(q["id"]) for q in questions]
-    rows = [row for row in rows if row is not None]
     order = {q["id"]: i for i, q in enumerate(questions)}
     failures.sort(key=lambda f: order[f["id"]])
-    usage["reused_from_store"] = len(questions) - len(todo)
-    return rows, failures, dict(usage)
+    usage["reused_from_store"] = len(questions) - len(job.todo)
+    return job.rows(), failures, dict(usage)
+
+
+def answer_shard(
+    questions: Sequence[dict],
+    system_prompt: str,
+    settings: GeminiSettings,
+    *,
+    store_root: str | os.PathLike | None,
+    store_part: str,
+    progress_every_s: float = 30.0,
+) -> tuple[list[dict], list[dict], dict]:
+    """One shard job: the key, the answers, the failures and a usage summary with the estimated cost."""
+    import asyncio
+
+    for name in ("httpx", "google_genai"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    api_key = load_api_key(settings.secrets_file)
+    rows, failures, usage = asyncio.run(
+        answer_with_gemini(
+            questions,
+            system_prompt,
+            settings,
+            api_key,
+            store_root=store_root,
+            store_part=store_part,
+            progress_every_s=progress_every_s,
+        )
+    )
+    usage["estimated_cost_usd"] = estimate_cost(
+        usage,
+        {
+            "input_per_million": settings.price_input_per_million,
+            "output_per_million": settings.price_output_per_million,
+        },
+    )
+    usage.update(
+        questions=len(questions),
+        answered=len(rows),
+        failed=len(failures),
+        failure_reasons=summarise_failures(failures),
+        model=settings.model,
+    )
+    log.info(
+        "%d answered, %d failed %s; %d requests, tokens in/out/thinking %d/%d/%d, estimated $%.4f",
+        len(rows),
+        len(failures),
+        usage["failure_reasons"],
+        usage.get("requests", 0),
+        usage.get("input_tokens", 0),
+        usage.get("output_tokens", 0),
+        usage.get("thinking_tokens", 0),
+        usage["estimated_cost_usd"],
+    )
+    return rows, failures, usage
+
+
+def too_many_failures(questions: int, usage: dict, settings: GeminiSettings) -> str | None:
+    """The error line when more than ``max_failed_fraction`` of a shard's questions failed."""
+    failed = usage.get("failed", 0)
+    if not questions or failed / questions <= settings.max_failed_fraction:
+        return None
+    return (
+        f"{failed} of {questions} questions failed ({usage['failure_reasons']}), more than "
+        f"max_failed_fraction {settings.max_failed_fraction}"
+    )
 
 
 def estimate_cost(usage: dict, prices: dict) -> float:

@@ -33,25 +33,29 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from .answer_store import AnswerStore
 from .chat_format import render_chat_prompt
+from .resume import ResumableJob
+from .settings import defaults
 
 log = logging.getLogger(__name__)
 
 
+_DEFAULTS = defaults("local_model")
+
+
 @dataclass(frozen=True)
 class Sampling:
-    """Everything about decoding that changes the text."""
+    """Everything about decoding that changes the text (the config's local-model block)."""
 
-    max_new_tokens: int = 512
-    temperature: float = 0.7
-    top_p: float = 1.0
-    seed: int = 0
-    min_new_tokens: int = 0  # benchmarks force equal lengths with it; 0 in real runs
+    max_new_tokens: int
+    temperature: float
+    top_p: float = _DEFAULTS["top_p"]
+    seed: int = _DEFAULTS["seed"]
+    min_new_tokens: int = _DEFAULTS["min_new_tokens"]  # benchmarks force equal lengths with it
 
     @property
     def do_sample(self) -> bool:
@@ -63,10 +67,10 @@ class ModelSpec:
     """Where a model comes from and how to load it."""
 
     name: str  # hub id or local directory
-    revision: str | None = None
-    dtype: str = "auto"  # auto = bfloat16 on CUDA, float32 on CPU
+    revision: str | None = _DEFAULTS["revision"]
+    dtype: str = _DEFAULTS["dtype"]  # auto = bfloat16 on CUDA, float32 on CPU
     device: str = "auto"
-    trust_remote_code: bool = False
+    trust_remote_code: bool = _DEFAULTS["trust_remote_code"]
 
     def text_settings(self) -> dict[str, Any]:
         """The loading settings that change the generated text."""
@@ -287,45 +291,9 @@ def generate_with_oom_split(
     ) + generate_with_oom_split(generate, prompt_ids[half:], ids[half:], sampling, seed_batch)
 
 
-@dataclass
-class Progress:
-    """Periodic progress lines that read well in a Slurm log file."""
-
-    total: int
-    already_done: int
-    every_s: float = 30.0
-    started: float = field(default_factory=time.perf_counter)
-    done: int = 0
-    new_tokens: int = 0
-    _last: float = 0.0
-
-    def update(self, answers: Sequence[Answer], force: bool = False) -> None:
-        self.done += len(answers)
-        self.new_tokens += sum(a.new_tokens for a in answers)
-        now = time.perf_counter()
-        if not force and now - self._last < self.every_s:
-            return
-        self._last = now
-        elapsed = max(now - self.started, 1e-9)
-        remaining = self.total - self.already_done - self.done
-        rate = self.done / elapsed
-        eta = remaining / rate if rate else float("inf")
-        log.info(
-            "%d/%d answers (%d from the store), %.2f rows/s, %.0f new tokens/s, ETA %s",
-            self.already_done + self.done,
-            self.total,
-            self.already_done,
-            rate,
-            self.new_tokens / elapsed,
-            _duration(eta),
-        )
-
-
-def _duration(seconds: float) -> str:
-    if seconds == float("inf"):
-        return "unknown"
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+def text_settings(spec: ModelSpec, system_prompt: str, sampling: Sampling) -> dict[str, Any]:
+    """What changes a local model's text: the answer store's key."""
+    return {**spec.text_settings(), "system_prompt": system_prompt, **asdict(sampling)}
 
 
 def answer_questions(
@@ -341,49 +309,43 @@ def answer_questions(
     store_part: str = "answers",
     progress_every_s: float = 30.0,
 ) -> list[dict]:
-    """Answer every question; rows come back in the order of ``questions``."""
+    """Answer every question; rows come back in the order of ``questions``.
+
+    Answers already in the store are reused (see resume.ResumableJob); new ones
+    are stored as each batch finishes.
+    """
     if engine not in ("padded", "continuous"):
         raise ValueError(f"unknown engine {engine!r}; use 'padded' or 'continuous'")
     spec = generator.spec
-    settings = {**spec.text_settings(), "system_prompt": system_prompt, **asdict(sampling)}
-    store = AnswerStore(store_root, settings, store_part) if store_root is not None else None
-    done = store.load() if store else {}
-    todo = [i for i, q in enumerate(questions) if q["id"] not in done]
-    already = len(questions) - len(todo)
-    if store:
-        log.info(
-            "answer store %s: %d of %d answers already there, %d to generate",
-            store.folder,
-            already,
-            len(questions),
-            len(todo),
-        )
-
+    job = ResumableJob(
+        questions,
+        text_settings(spec, system_prompt, sampling),
+        store_root=store_root,
+        store_part=store_part,
+        progress_every_s=progress_every_s,
+    )
+    todo = list(range(len(job.todo)))
+    questions = job.todo
     rendered = {i: generator.render(system_prompt, questions[i]["question"]) for i in todo}
     prompt_ids = {i: generator.tokenizer(rendered[i][0], add_special_tokens=False)["input_ids"] for i in todo}
-    progress = Progress(total=len(questions), already_done=already, every_s=progress_every_s)
-    new_rows: dict[int, dict] = {}
 
     def record(indices: Sequence[int], answers: Sequence[Answer]) -> None:
-        """Rows for finished answers: into the store at once, then into this job's result."""
-        rows = [
-            {
-                "id": questions[i]["id"],
-                "text": a.text,
-                "finish_reason": a.finish_reason,
-                "new_tokens": a.new_tokens,
-                "prompt_tokens": a.prompt_tokens,
-                "model": spec.name,
-                "revision": generator.resolved_revision,
-                "sampling": asdict(sampling),
-                "system_in_user_turn": rendered[i][1],
-            }
-            for i, a in zip(indices, answers, strict=True)
-        ]
-        if store:
-            store.append(rows)
-        new_rows.update(zip(indices, rows, strict=True))
-        progress.update(answers)
+        job.record(
+            [
+                {
+                    "id": questions[i]["id"],
+                    "text": a.text,
+                    "finish_reason": a.finish_reason,
+                    "new_tokens": a.new_tokens,
+                    "prompt_tokens": a.prompt_tokens,
+                    "model": spec.name,
+                    "revision": generator.resolved_revision,
+                    "sampling": asdict(sampling),
+                    "system_in_user_turn": rendered[i][1],
+                }
+                for i, a in zip(indices, answers, strict=True)
+            ]
+        )
 
     def seed_batch(ids: list[str]) -> None:
         generator._torch.manual_seed(batch_seed(sampling.seed, ids))
@@ -405,5 +367,56 @@ def answer_questions(
                     seed_batch,
                 ),
             )
-    progress.update([], force=True)
-    return [new_rows.get(index) or done[question["id"]] for index, question in enumerate(questions)]
+    return job.rows()
+
+
+def quiet_transformers() -> None:
+    """No progress bars or advice from transformers in a job's log."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def answer_shard(
+    questions: Sequence[dict],
+    model_settings: Mapping[str, Any],
+    *,
+    system_prompt: str,
+    device: str = "auto",
+    store_root: str | os.PathLike | None = None,
+    store_part: str = "answers",
+    progress_every_s: float = 30.0,
+) -> list[dict]:
+    """One shard job: load the model of ``model_settings`` (a config local-model block) and answer."""
+    if not questions:
+        log.info("empty shard, nothing to generate")
+        return []
+    quiet_transformers()
+    m = {**_DEFAULTS, **model_settings}
+    spec = ModelSpec(
+        name=m["model"],
+        revision=m["revision"],
+        dtype=m["dtype"],
+        device=device,
+        trust_remote_code=m["trust_remote_code"],
+    )
+    sampling = Sampling(
+        max_new_tokens=m["max_new_tokens"],
+        temperature=m["temperature"],
+        top_p=m["top_p"],
+        seed=m["seed"],
+        min_new_tokens=m["min_new_tokens"],
+    )
+    return answer_questions(
+        LocalGenerator(spec),
+        questions,
+        system_prompt,
+        sampling,
+        m["batch_size"],
+        max_batch_tokens=m["max_batch_tokens"],
+        engine=m["engine"],
+        store_root=store_root,
+        store_part=store_part,
+        progress_every_s=progress_every_s,
+    )

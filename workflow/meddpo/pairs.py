@@ -27,6 +27,7 @@ PAIR_FIELDS = (
     "rejected",
     "meta",
 )
+QUESTION_FIELDS = ("id", "question", "source", "category", "question_type")
 ANSWER_FIELDS = ("id", "text", "finish_reason", "model")
 STAT_KEYS = (
     "questions",

@@ -26,7 +26,9 @@ from __future__ import annotations
 import difflib
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
+
+from .settings import defaults
 
 FLAGS = (
     "chosen_empty",
@@ -40,17 +42,8 @@ FLAGS = (
 )
 ACTIONS = ("keep", "flag", "drop")
 
-# Defaults, and why (README "Quality checks" says the same):
-DEFAULT_POLICY = {
-    "chosen_empty": "drop",  # nothing to prefer
-    "rejected_empty": "drop",  # an empty loser teaches "say something", not safety
-    "chosen_truncated": "drop",  # would teach the model to stop mid-sentence
-    "rejected_truncated": "flag",  # a cut loser is still worse; keep it, but visible
-    "near_identical": "drop",  # no preference signal
-    "rejected_refusal": "drop",  # preferring an answer over a refusal is not the lesson here
-    "chosen_garbled": "drop",  # the winner must be readable English
-    "rejected_garbled": "drop",  # a noise loser teaches only "don't write noise"
-}
+# The default action of each flag, and why, is written once: in the config schema.
+DEFAULT_POLICY = defaults("quality.policy")
 
 REFUSAL_PATTERNS = (
     r"\bI(?:'m| am) (?:sorry|afraid)\b[^.]{0,80}\b(?:can(?:no|')t|unable|not able)",
@@ -166,7 +159,3 @@ def apply_policy(
         "policy": policy,
     }
     return kept, dropped, counts
-
-
-def flag_counts(rows: Sequence[dict]) -> Counter:
-    return Counter(flag for row in rows for flag in (row.get("meta") or {}).get("flags", []))

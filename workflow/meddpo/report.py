@@ -423,3 +423,26 @@ def render_report(
     if s["provenance"]:
         parts += ["## Provenance", "", _table(("what", "value"), s["provenance"].items()), ""]
     return "\n".join(parts)
+
+
+def write_report(
+    kept: Sequence[dict],
+    dropped: Sequence[dict],
+    stats: Mapping,
+    *,
+    stats_path: Path,
+    report_path: Path,
+    plots_dir: Path,
+    title: str | None = None,
+) -> None:
+    """The plots, the stats JSON and the Markdown report of a set of pairs."""
+    import os
+
+    from .jsonl import atomic_open, write_json
+
+    write_plots(kept, dropped, stats, Path(plots_dir))
+    write_json(stats_path, stats)
+    link = Path(os.path.relpath(plots_dir, Path(report_path).parent)).as_posix()
+    render = {"plots_dir": link} if title is None else {"plots_dir": link, "title": title}
+    with atomic_open(report_path) as handle:
+        handle.write(render_report(stats, **render))

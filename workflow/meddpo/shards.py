@@ -3,20 +3,13 @@
 Shard membership is a pure function of the question ids and ``n_shards``:
 questions are ordered by id (a hash, so the order mixes question types and
 lengths) and dealt round-robin, so shard sizes differ by at most one and every
-question lands in exactly one shard. Shard names are fixed by the config
-(``shard_names``), so the DAG is known before any job runs.
+question lands in exactly one shard. The workflow names shards 000 .. n_shards-1
+from the config, so the DAG is known before any job runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-
-def shard_names(n_shards: int) -> list[str]:
-    """The shard wildcard values: "000", "001", ..."""
-    if n_shards < 1:
-        raise ValueError("n_shards must be at least 1")
-    return [f"{index:03d}" for index in range(n_shards)]
 
 
 def shard_rows(questions: Sequence[dict], n_shards: int, index: int) -> list[dict]:

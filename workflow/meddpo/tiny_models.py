@@ -179,51 +179,61 @@ def _save(model, tokenizer, eos_ids: Sequence[int], out_dir: Path) -> None:
     os.replace(tmp, out_dir)
 
 
-def build_tiny_mistral(
-    texts: Sequence[str], out_dir: str | os.PathLike, *, seed: int = 0, eos_rate: float = 0.03
-):
+def _build(config_class, model_class, tokenizer, eos_ids, texts, out_dir, seed, eos_rate, **config_kwargs):
+    """A random-weight model of the given class around ``tokenizer``, biased towards EOS, saved."""
     import torch
-    from transformers import MistralConfig, MistralForCausalLM
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    tokenizer = build_mistral_tokenizer(texts)
-    config = MistralConfig(
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        sliding_window=None,
-        **TINY_SHAPE,
-    )
-    model = MistralForCausalLM(config).eval()
+    config = config_class(vocab_size=len(tokenizer), **config_kwargs, **TINY_SHAPE)
+    model = model_class(config).eval()
     probe_ids = torch.tensor([tokenizer(texts[0])["input_ids"][:32]])
-    _bias_towards_eos(model, [tokenizer.eos_token_id], eos_rate, probe_ids)
-    _save(model, tokenizer, [tokenizer.eos_token_id], out_dir)
+    _bias_towards_eos(model, eos_ids, eos_rate, probe_ids)
+    _save(model, tokenizer, eos_ids, out_dir)
     return out_dir
+
+
+def build_tiny_mistral(
+    texts: Sequence[str], out_dir: str | os.PathLike, *, seed: int = 0, eos_rate: float = 0.03
+):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    tokenizer = build_mistral_tokenizer(texts)
+    eos = tokenizer.eos_token_id
+    return _build(
+        MistralConfig,
+        MistralForCausalLM,
+        tokenizer,
+        [eos],
+        texts,
+        out_dir,
+        seed,
+        eos_rate,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=eos,
+        sliding_window=None,
+    )
 
 
 def build_tiny_qwen2(
     texts: Sequence[str], out_dir: str | os.PathLike, *, seed: int = 0, eos_rate: float = 0.03
 ):
-    import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
     tokenizer = build_qwen2_tokenizer(texts)
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     endoftext = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
+    return _build(
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        tokenizer,
+        [im_end, endoftext],
+        texts,
+        out_dir,
+        seed,
+        eos_rate,
         bos_token_id=endoftext,
         eos_token_id=im_end,
         use_sliding_window=False,
-        **TINY_SHAPE,
     )
-    model = Qwen2ForCausalLM(config).eval()
-    probe_ids = torch.tensor([tokenizer(texts[0])["input_ids"][:32]])
-    _bias_towards_eos(model, [im_end, endoftext], eos_rate, probe_ids)
-    _save(model, tokenizer, [im_end, endoftext], out_dir)
-    return out_dir

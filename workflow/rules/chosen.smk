@@ -9,7 +9,8 @@ out: {OUT}/chosen/shard-{shard}.jsonl  same layout as the rejected answers
 
 if config["teacher"]["backend"] == "local":
 
-    rule chosen_local:
+    # The local teacher is the rejected rule with another model, prompt and time limit.
+    use rule rejected as chosen_local with:
         input:
             shard=f"{OUT}/shards/shard-{{shard}}.jsonl",
             model=tiny_model_input(config["teacher"]["local"]),
@@ -19,8 +20,6 @@ if config["teacher"]["backend"] == "local":
             f"{LOGS}/chosen/shard-{{shard}}.log",
         benchmark:
             f"{BENCHMARKS}/chosen/shard-{{shard}}.tsv"
-        conda:
-            CONDA_ENV
         resources:
             gpu=1,
             runtime=runtime_minutes(10),
@@ -28,8 +27,6 @@ if config["teacher"]["backend"] == "local":
             options=generation_options(
                 config["teacher"]["local"], config["prompts"]["teacher"]
             ),
-        shell:
-            "python -m meddpo generate --shard {input.shard:q} {params.options} --out {output:q} 2> {log:q}"
 
 
 if config["teacher"]["backend"] == "gemini":
@@ -51,12 +48,12 @@ if config["teacher"]["backend"] == "gemini":
             gemini_jobs=1,
             runtime=runtime_minutes(2),
         params:
-            # what changes the text
-            text=cli_options(
-                **gemini_text_settings(), system_prompt=config["prompts"]["teacher"]
+            # the teacher.gemini block as it is (never the key itself: it stays out of command lines)
+            options=cli_options(
+                **config["teacher"]["gemini"],
+                system_prompt=config["prompts"]["teacher"],
+                store=ANSWER_STORE,
             ),
-            # how fast, how patient, where the key is (no key itself: it never enters a command line)
-            client=cli_options(**gemini_client_settings(), store=ANSWER_STORE),
         shell:
-            "python -m meddpo gemini --shard {input:q} {params.text} {params.client}"
+            "python -m meddpo gemini --shard {input:q} {params.options}"
             " --out {output.answers:q} --failures {output.failures:q} --usage {output.usage:q} 2> {log:q}"

@@ -9,7 +9,7 @@ import subprocess
 
 from snakemake.utils import validate
 
-validate(config, schema="../schemas/config.schema.yaml")
+validate(config, schema="../meddpo/config.schema.yaml")
 
 OUT = config["output"]["dir"].rstrip("/")
 LOGS = f"{OUT}/logs"
@@ -66,49 +66,35 @@ def tiny_model_input(model_settings):
 
 
 def generation_options(model_settings, system_prompt):
-    """`meddpo generate` options: model, sampling and system prompt (all change the text)."""
+    """`meddpo generate` options: a local-model block of the config and the system prompt."""
     return cli_options(
         **model_settings, system_prompt=system_prompt, store=ANSWER_STORE
     )
 
 
 def cli_options(**settings):
-    """`--kebab-case value` options for a meddpo sub-command, shell-quoted.
+    """`--key value` options for a meddpo sub-command, shell-quoted.
 
-    None is left out (the command's default applies) and True is a bare flag,
-    False none at all. Rules put the result in `params`, so a change to any of
-    these settings makes Snakemake rerun the jobs that used them.
+    A config key `batch_size` becomes `--batch-size`: the sub-commands name their
+    options after the config keys, so a config block passes through unchanged.
+    None becomes `none`, True a bare flag, False `--no-<key>`, a mapping JSON.
+    Rules put the result in `params`, so a change to any of these settings makes
+    Snakemake rerun the jobs that used them.
     """
     words = []
     for key, value in settings.items():
         flag = f"--{key.replace('_', '-')}"
-        if value is None or value is False:
-            continue
-        words.append(flag if value is True else f"{flag} {shlex.quote(str(value))}")
+        if value is True:
+            words.append(flag)
+        elif value is False:
+            words.append(f"--no-{key.replace('_', '-')}")
+        else:
+            if value is None:
+                value = "none"
+            elif isinstance(value, (dict, list)):
+                value = json.dumps(value, sort_keys=True)
+            words.append(f"{flag} {shlex.quote(str(value))}")
     return " ".join(words)
-
-
-GEMINI_TEXT_KEYS = ("model", "temperature", "max_output_tokens", "thinking_budget")
-
-
-def gemini_text_settings():
-    gemini = config["teacher"]["gemini"]
-    return {key: gemini[key] for key in GEMINI_TEXT_KEYS}
-
-
-def gemini_client_settings():
-    gemini = config["teacher"]["gemini"]
-    settings = {
-        key: value for key, value in gemini.items() if key not in GEMINI_TEXT_KEYS
-    }
-    renamed = {
-        "initial_backoff_s": "initial_backoff",
-        "max_backoff_s": "max_backoff",
-        "timeout_s": "timeout",
-        "price_input_per_million": "input_price",
-        "price_output_per_million": "output_price",
-    }
-    return {renamed.get(key, key): value for key, value in settings.items()}
 
 
 def chosen_extras(kind):
@@ -119,31 +105,22 @@ def chosen_extras(kind):
 
 
 def dataset_outputs():
-    """What the finalize rule writes into the dataset folder, by the output options."""
+    """What the finalize rule writes, by the output options (each name written only here)."""
     outputs = {
         "pairs": PAIRS_FILE,
         "dropped": f"{DATASET}/stage2_med_pairs.dropped.jsonl",
         "stats": f"{DATASET}/stage2_med_pairs.stats.json",
         "report": f"{DATASET}/report.md",
         "card": f"{DATASET}/README.md",
-        "plots": [
-            f"{DATASET}/plots/{name}"
-            for name in (
-                "lengths.png",
-                "truncation_by_category.png",
-                "drops_by_category.png",
-            )
-        ],
+        "plots": directory(f"{DATASET}/plots"),
     }
     if config["output"]["conversational"]:
         outputs["conversational"] = f"{DATASET}/stage2_med_pairs.conversational.jsonl"
     if config["output"]["parquet"]:
         outputs["parquet"] = f"{DATASET}/stage2_med_pairs.parquet"
     if config["output"]["test_fraction"] > 0:
-        outputs["splits"] = [
-            f"{DATASET}/splits/train.jsonl",
-            f"{DATASET}/splits/test.jsonl",
-        ]
+        outputs["train"] = f"{DATASET}/splits/train.jsonl"
+        outputs["test"] = f"{DATASET}/splits/test.jsonl"
     return outputs
 
 

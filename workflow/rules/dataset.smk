@@ -32,24 +32,20 @@ rule finalize:
         CONDA_ENV
     params:
         options=cli_options(
-            policy=json.dumps(config["quality"]["policy"], sort_keys=True),
-            near_identical_threshold=config["quality"]["near_identical_threshold"],
-            min_plain_share=config["quality"]["min_plain_share"],
-            settings=card_settings(),
-            conversational=config["output"]["conversational"],
-            parquet=config["output"]["parquet"],
+            **config["quality"],
             test_fraction=config["output"]["test_fraction"],
+            settings=card_settings(),
         ),
         provenance=cli_options(
             workflow_commit=workflow_commit(), config_hash=CONFIG_HASH
         ),
-        out_dir=lambda wildcards, output: os.path.dirname(output.pairs),
+        outputs=cli_options(**{f"out_{k}": v for k, v in dataset_outputs().items()}),
     shell:
         "python -m meddpo finalize --pairs {input.pairs:q} --pair-stats {input.pair_stats:q}"
         " --question-stats {input.question_stats:q}"
         " --rejected-answers {input.rejected:q} --chosen-answers {input.chosen:q}"
         " --rejected-benchmarks {input.rejected_benchmarks:q} --chosen-benchmarks {input.chosen_benchmarks:q}"
-        " {params.options} {params.provenance} --out-dir {params.out_dir:q} 2> {log:q}"
+        " {params.options} {params.provenance} {params.outputs} 2> {log:q}"
 
 
 rule validate:

@@ -17,16 +17,6 @@ rule questions:
     conda:
         CONDA_ENV
     params:
-        options=cli_options(
-            source=config["source"]["dataset"],
-            source_name=config["source"]["name"],
-            split=config["source"]["split"],
-            revision=config["source"]["revision"],
-            n=config["questions"]["n"] or "all",
-            selection=config["questions"]["selection"],
-            stratify=config["questions"]["stratify"],
-            seed=config["questions"]["seed"],
-            min_chars=config["questions"]["min_chars"],
-        ),
+        options=cli_options(**config["source"], **config["questions"]),
     shell:
         "python -m meddpo questions {params.options} --out {output.questions:q} --stats {output.stats:q} 2> {log:q}"

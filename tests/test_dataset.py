@@ -1,0 +1,179 @@
+"""The dataset stage (meddpo.dataset): filter, split, formats, report and card, written where told."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from meddpo.dataset import DatasetPaths, build_dataset, conversational, in_test_split
+from meddpo.dataset_card import model_terms
+from meddpo.jsonl import read_jsonl
+
+TRAINING = "Be a careful assistant."
+GOOD = "Rest and fluids help most people. See a doctor if the fever lasts more than three days."
+BAD = "Take whatever pills you have at home, it will pass."
+
+
+def _row(i, chosen=GOOD, rejected=BAD, chosen_reason="stop"):
+    return {
+        "id": f"mq-{i:04d}",
+        "source": "test",
+        "category": "treatment" if i % 2 else "symptoms",
+        "question_type": "treatment" if i % 2 else "symptoms",
+        "question": f"What should I do about fever number {i}?",
+        "prompt": f"{TRAINING}\n\nUser question:\nWhat should I do about fever number {i}?",
+        "chosen": chosen,
+        "rejected": rejected,
+        "meta": {
+            "teacher_model": "Qwen/Qwen2.5-7B-Instruct",
+            "teacher_revision": "abc",
+            "mmt_ckpt": "my-org/loose-model",
+            "mmt_revision": "def",
+            "chosen_finish_reason": chosen_reason,
+            "rejected_finish_reason": "stop",
+        },
+    }
+
+
+def _paths(folder, **optional):
+    return DatasetPaths(
+        pairs=folder / "data" / "pairs.jsonl",
+        dropped=folder / "data" / "dropped.jsonl",
+        stats=folder / "stats.json",
+        report=folder / "report.md",
+        card=folder / "README.md",
+        plots=folder / "figures",
+        **optional,
+    )
+
+
+SETTINGS = {"prompts": {"training": TRAINING, "teacher": "t", "rejected": "r"}, "source_name": "test"}
+
+
+def _build(rows, paths, test_fraction=0.0, policy=None):
+    return build_dataset(
+        rows,
+        paths,
+        policy=policy or {},
+        near_identical_threshold=0.9,
+        min_plain_share=0.9,
+        test_fraction=test_fraction,
+        settings=SETTINGS,
+        workflow_commit="c0ffee",
+        config_hash="1234",
+    )
+
+
+def test_every_output_goes_where_the_rule_says(tmp_path):
+    rows = [_row(i) for i in range(40)] + [_row(40, chosen_reason="length"), _row(41, chosen=BAD)]
+    paths = _paths(
+        tmp_path,
+        conversational=tmp_path / "conv.jsonl",
+        parquet=tmp_path / "pairs.parquet",
+        train=tmp_path / "split" / "train.jsonl",
+        test=tmp_path / "split" / "test.jsonl",
+    )
+    stats = _build(rows, paths, test_fraction=0.25)
+
+    kept, dropped = read_jsonl(paths.pairs), read_jsonl(paths.dropped)
+    assert len(kept) == 40 and [r["id"] for r in dropped] == ["mq-0040", "mq-0041"]
+    assert dropped[0]["meta"]["drop_reasons"] == ["chosen_truncated"]
+    assert dropped[1]["meta"]["drop_reasons"] == ["near_identical"]
+    assert stats["stages"]["pairs_kept"] == 40 and stats["stages"]["pairs_dropped"] == 2
+    assert (
+        stats["provenance"]["workflow_commit"] == "c0ffee" and stats["provenance"]["config_sha256"] == "1234"
+    )
+    assert json.loads(paths.stats.read_text())["stages"]["pairs_kept"] == 40
+
+    train, test = read_jsonl(paths.train), read_jsonl(paths.test)
+    assert sorted(r["id"] for r in train + test) == sorted(r["id"] for r in kept)
+    assert {r["id"] for r in test} == {r["id"] for r in kept if in_test_split(r["id"], 0.25)}
+    assert 4 <= len(test) <= 16  # 40 ids at a 25% share
+
+    conv = read_jsonl(paths.conversational)
+    assert conv[0] == {
+        "id": "mq-0000",
+        "prompt": [
+            {"role": "system", "content": TRAINING},
+            {"role": "user", "content": "What should I do about fever number 0?"},
+        ],
+        "chosen": [{"role": "assistant", "content": GOOD}],
+        "rejected": [{"role": "assistant", "content": BAD}],
+    }
+    table = pq.read_table(paths.parquet).to_pylist()
+    assert len(table) == 40 and json.loads(table[0]["meta"])["teacher_model"] == "Qwen/Qwen2.5-7B-Instruct"
+
+    assert sorted(p.name for p in paths.plots.iterdir()) == [
+        "drops_by_category.png",
+        "lengths.png",
+        "truncation_by_category.png",
+    ]
+    report = paths.report.read_text()
+    assert "](figures/lengths.png)" in report
+
+    card = paths.card.read_text()
+    header = yaml.safe_load(card.split("---")[1])
+    assert header["configs"] == [
+        {
+            "config_name": "default",
+            "data_files": [
+                {"split": "train", "path": "split/train.jsonl"},
+                {"split": "test", "path": "split/test.jsonl"},
+            ],
+        },
+        {"config_name": "conversational", "data_files": [{"split": "train", "path": "conv.jsonl"}]},
+    ]
+
+
+def test_optional_outputs_are_written_only_when_asked(tmp_path):
+    _build([_row(i) for i in range(5)], _paths(tmp_path))
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert written == [
+        "README.md",
+        "data/dropped.jsonl",
+        "data/pairs.jsonl",
+        "figures/drops_by_category.png",
+        "figures/lengths.png",
+        "figures/truncation_by_category.png",
+        "report.md",
+        "stats.json",
+    ]
+
+
+def test_a_split_without_its_paths_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="split paths"):
+        _build([_row(1)], _paths(tmp_path), test_fraction=0.5)
+
+
+def test_test_split_is_a_pure_function_of_the_id():
+    assert in_test_split("mq-0001", 0.0) is False and in_test_split("mq-0001", 1.0) is True
+    ids = [f"mq-{i:05d}" for i in range(2000)]
+    share = sum(in_test_split(i, 0.1) for i in ids) / len(ids)
+    assert 0.08 < share < 0.12
+
+
+def test_conversational_layout():
+    assert conversational([_row(3)], "S")[0]["prompt"][0] == {"role": "system", "content": "S"}
+
+
+def test_card_names_only_licences_it_knows():
+    lines = model_terms(
+        ["Qwen/Qwen2.5-7B-Instruct", "gemini-2.5-flash", "my-org/loose-model", "Qwen/Qwen2.5-7B-Instruct"]
+    )
+    assert lines == [
+        "- `Qwen/Qwen2.5-7B-Instruct`: released under the Apache 2.0 licence.",
+        "- `gemini-2.5-flash`: answers generated through the Gemini API are subject to its Additional Terms "
+        "of Service (including its rules on using outputs to develop models).",
+        "- `my-org/loose-model`: terms not known to this workflow: check the model's own card before "
+        "redistributing.",
+    ]
+
+
+def test_card_of_a_run_lists_the_models_it_used(tmp_path):
+    paths = _paths(tmp_path)
+    _build([_row(i) for i in range(3)], paths)
+    card = paths.card.read_text()
+    assert "`Qwen/Qwen2.5-7B-Instruct`: released under the Apache 2.0 licence" in card
+    assert "`my-org/loose-model`: terms not known to this workflow" in card
+    assert "Mistral" not in card and "Gemini" not in card

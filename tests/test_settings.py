@@ -1,0 +1,132 @@
+"""One place for each default: the config schema. A step run by hand (`meddpo <step>`) gets the
+defaults the workflow gets, and the dataclasses and the quality policy agree with them."""
+
+import argparse
+import copy
+import dataclasses
+
+import pytest
+import yaml
+
+from conftest import REPO
+from meddpo import settings
+from meddpo.cli import build_parser
+
+# sub-command -> the config sections whose keys are its options
+SECTIONS = {
+    "questions": ("source", "questions"),
+    "generate": ("local_model",),
+    "gemini": ("teacher.gemini",),
+    "finalize": ("quality",),
+    "tiny-models": ("demo",),
+}
+# config keys that are not options of the step (paths the rule gives, switches of the workflow itself)
+NOT_OPTIONS = {"demo": {"build_tiny_models", "texts"}}
+
+
+def _sub(name: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[name]
+
+
+def _options(name: str) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in _sub(name)._actions if a.option_strings}
+
+
+@pytest.mark.parametrize("command", sorted(SECTIONS))
+def test_every_config_key_is_an_option_with_the_schema_default(command):
+    options = _options(command)
+    for section in SECTIONS[command]:
+        for key, node in settings.section(section)["properties"].items():
+            if key in NOT_OPTIONS.get(section, set()):
+                continue
+            assert key in options, f"{section}.{key} has no option in `meddpo {command}`"
+            assert options[key].option_strings[0] == "--" + key.replace("_", "-")
+            if "default" in node:
+                assert options[key].default == node["default"], f"{command} --{key}"
+            else:
+                assert options[key].required, f"{section}.{key} has no default, so the option is required"
+
+
+def test_the_options_that_must_be_set_are_the_ones_the_schema_leaves_without_default():
+    required = {dest for dest, action in _options("generate").items() if action.required}
+    assert required == {"shard", "out", "model", "max_new_tokens", "temperature", "system_prompt"}
+
+
+def test_documented_defaults():
+    # literal values a user reads in the README: if one changes, the docs must change with it
+    assert settings.default("local_model.batch_size") == 32
+    assert settings.default("questions.selection") == "stratified"
+    assert settings.default("teacher.gemini.thinking_budget") == 0
+    assert settings.default("teacher.gemini.concurrency") == 32
+    assert settings.defaults("quality.policy") == {
+        "chosen_empty": "drop",
+        "rejected_empty": "drop",
+        "chosen_truncated": "drop",
+        "rejected_truncated": "flag",
+        "near_identical": "drop",
+        "rejected_refusal": "drop",
+        "chosen_garbled": "drop",
+        "rejected_garbled": "drop",
+    }
+
+
+def test_dataclass_defaults_are_the_schema_defaults():
+    from meddpo.gemini_teacher import GeminiSettings
+    from meddpo.local_generation import ModelSpec, Sampling
+    from meddpo.quality import DEFAULT_POLICY
+
+    gemini = settings.defaults("teacher.gemini")
+    assert {f.name for f in dataclasses.fields(GeminiSettings)} == set(
+        settings.section("teacher.gemini")["properties"]
+    )
+    assert dataclasses.asdict(GeminiSettings()) == gemini
+    local = settings.defaults("local_model")
+    sampling = Sampling(max_new_tokens=7, temperature=0.5)
+    assert (sampling.top_p, sampling.seed, sampling.min_new_tokens) == (
+        local["top_p"],
+        local["seed"],
+        local["min_new_tokens"],
+    )
+    spec = ModelSpec(name="m")
+    assert (spec.revision, spec.dtype, spec.trust_remote_code) == (
+        local["revision"],
+        local["dtype"],
+        local["trust_remote_code"],
+    )
+    assert DEFAULT_POLICY == settings.defaults("quality.policy")
+
+
+def test_a_default_changed_in_the_schema_reaches_the_command_line(monkeypatch):
+    changed = copy.deepcopy(settings.schema())
+    changed["properties"]["teacher"]["properties"]["gemini"]["properties"]["concurrency"]["default"] = 7
+    changed["$defs"]["local_model"]["properties"]["batch_size"]["default"] = 3
+    monkeypatch.setattr(settings, "schema", lambda: changed)
+    assert _options("gemini")["concurrency"].default == 7
+    assert _options("generate")["batch_size"].default == 3
+
+
+def test_old_flag_names_still_work():
+    args = build_parser().parse_args(
+        ["gemini", "--shard", "s", "--out", "o", "--failures", "f", "--usage", "u", "--system-prompt", "p"]
+        + ["--initial-backoff", "0.5", "--max-backoff", "9", "--timeout", "30", "--input-price", "1.5"]
+        + ["--output-price", "4", "--thinking-budget", "none"]
+    )
+    assert (args.initial_backoff_s, args.max_backoff_s, args.timeout_s) == (0.5, 9.0, 30.0)
+    assert (args.price_input_per_million, args.price_output_per_million, args.thinking_budget) == (
+        1.5,
+        4.0,
+        None,
+    )
+    args = build_parser().parse_args(
+        ["questions", "--source", "x.jsonl", "--n", "all", "--out", "o", "--stats", "s"]
+    )
+    assert (args.dataset, args.n, args.selection) == ("x.jsonl", None, "stratified")
+
+
+def test_the_real_config_sets_on_purpose_what_differs_from_the_defaults():
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert config["rejected"]["batch_size"] == 64 and config["questions"]["seed"] == 2025
+    # the quality policy of the real run is the schema's, not a copy of it
+    assert config["quality"]["policy"] == {}

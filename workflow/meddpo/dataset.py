@@ -1,0 +1,188 @@
+"""The dataset stage: flag and filter every pair, then write the dataset in each format with its
+stats, report, plots and card.
+
+The workflow's ``finalize`` rule names every output path (``DatasetPaths``); this
+module decides what goes in them:
+
+* the quality policy splits the pairs into kept and dropped (quality.apply_policy);
+* provenance: the workflow commit and config hash, the source and its fingerprint,
+  the models and revisions that wrote the answers;
+* an optional deterministic train/test split: a row is in the test split when the
+  first 8 bytes of the SHA-256 of its id, read as a fraction of 2**64, fall below
+  ``test_fraction`` (so a row keeps its split whatever else is in the run);
+* optional extra formats: TRL's conversational layout (message lists) and Parquet
+  (``meta`` as a JSON string, since its keys vary);
+* the stats JSON, the Markdown report with its plots (report.py) and the dataset
+  card (dataset_card.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .dataset_card import render_card
+from .jsonl import atomic_open, write_jsonl
+from .quality import apply_policy
+from .report import build_stats, write_report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DatasetPaths:
+    """Where each output of the dataset stage goes; None = that output is not wanted."""
+
+    pairs: Path
+    dropped: Path
+    stats: Path
+    report: Path
+    card: Path
+    plots: Path  # a folder
+    conversational: Path | None = None
+    parquet: Path | None = None
+    train: Path | None = None
+    test: Path | None = None
+
+
+def provenance(
+    rows: Sequence[dict], question_stats: Mapping | None, *, workflow_commit: str, config_hash: str
+) -> dict[str, Any]:
+    """Where the dataset came from: code, config, source and the models that wrote its answers."""
+    first_meta = rows[0]["meta"] if rows else {}
+    return {
+        "workflow_commit": workflow_commit,
+        "config_sha256": config_hash,
+        "source": (question_stats or {}).get("source_location"),
+        "source_fingerprint": (question_stats or {}).get("source_fingerprint"),
+        "teacher_model": first_meta.get("teacher_model"),
+        "teacher_revision": first_meta.get("teacher_revision"),
+        "mmt_revision": first_meta.get("mmt_revision"),
+        "mmt_ckpt": first_meta.get("mmt_ckpt"),
+    }
+
+
+def in_test_split(row_id: str, test_fraction: float) -> bool:
+    """True when the row belongs to the test split (a pure function of its id)."""
+    digest = hashlib.sha256(row_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < test_fraction
+
+
+def conversational(rows: Sequence[dict], training_system_prompt: str) -> list[dict]:
+    """TRL's conversational layout: prompt, chosen and rejected as message lists."""
+    return [
+        {
+            "id": row["id"],
+            "prompt": [
+                {"role": "system", "content": training_system_prompt},
+                {"role": "user", "content": row["question"]},
+            ],
+            "chosen": [{"role": "assistant", "content": row["chosen"]}],
+            "rejected": [{"role": "assistant", "content": row["rejected"]}],
+        }
+        for row in rows
+    ]
+
+
+def write_parquet(path: Path, rows: Sequence[dict]) -> None:
+    """The pairs as Parquet; ``meta`` becomes a JSON string (its keys vary between rows)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(
+        [{**row, "meta": json.dumps(row["meta"], ensure_ascii=False)} for row in rows]
+    )
+    with atomic_open(path, "wb") as handle:
+        pq.write_table(table, handle)
+
+
+def _relative(path: Path, folder: Path) -> str:
+    return Path(os.path.relpath(path, folder)).as_posix()
+
+
+def build_dataset(
+    rows: Sequence[dict],
+    paths: DatasetPaths,
+    *,
+    policy: Mapping[str, str],
+    near_identical_threshold: float,
+    min_plain_share: float,
+    test_fraction: float,
+    settings: Mapping[str, Any],
+    question_stats: Mapping | None = None,
+    pair_stats: Mapping | None = None,
+    throughput: Sequence[dict] = (),
+    workflow_commit: str = "unknown",
+    config_hash: str = "unknown",
+) -> dict:
+    """Filter the pairs and write every output of ``paths``; returns the stats."""
+    kept, dropped, quality_counts = apply_policy(
+        rows, policy, near_identical_threshold=near_identical_threshold, min_plain_share=min_plain_share
+    )
+    every = kept + dropped
+    origin = provenance(every, question_stats, workflow_commit=workflow_commit, config_hash=config_hash)
+    stats = build_stats(
+        kept,
+        dropped,
+        question_stats=question_stats,
+        pair_stats=pair_stats,
+        quality_counts=quality_counts,
+        throughput=throughput,
+        provenance=origin,
+    )
+    write_jsonl(paths.pairs, kept)
+    write_jsonl(paths.dropped, dropped)
+    card_folder = paths.card.parent
+    data_files = {"train": _relative(paths.pairs, card_folder)}
+    if test_fraction > 0:
+        if paths.train is None or paths.test is None:
+            raise ValueError("a test_fraction above 0 needs both split paths")
+        write_jsonl(paths.train, [r for r in kept if not in_test_split(r["id"], test_fraction)])
+        write_jsonl(paths.test, [r for r in kept if in_test_split(r["id"], test_fraction)])
+        data_files = {
+            "train": _relative(paths.train, card_folder),
+            "test": _relative(paths.test, card_folder),
+        }
+    extra_configs = []
+    if paths.conversational is not None:
+        write_jsonl(paths.conversational, conversational(kept, settings["prompts"]["training"]))
+        extra_configs.append(
+            {
+                "config_name": "conversational",
+                "data_files": [{"split": "train", "path": _relative(paths.conversational, card_folder)}],
+            }
+        )
+    if paths.parquet is not None:
+        write_parquet(paths.parquet, kept)
+    stats["quality_settings"] = {
+        "near_identical_threshold": near_identical_threshold,
+        "min_plain_share": min_plain_share,
+    }
+    write_report(
+        kept, dropped, stats, stats_path=paths.stats, report_path=paths.report, plots_dir=paths.plots
+    )
+    card = render_card(
+        n_rows=len(kept),
+        data_files=data_files,
+        stats=stats,
+        settings=settings,
+        provenance=origin,
+        extra_configs=extra_configs,
+    )
+    with atomic_open(paths.card) as handle:
+        handle.write(card)
+    log.info(
+        "%d pairs: %d kept, %d dropped %s -> %s",
+        len(every),
+        len(kept),
+        len(dropped),
+        stats["dropped_by_reason"],
+        paths.pairs,
+    )
+    return stats
