@@ -1,8 +1,10 @@
 import csv
+import hashlib
 import json
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import pytest
 
@@ -15,7 +17,17 @@ from meddpo.questions import (
     normalise_question_type,
     question_id,
     select_questions,
+    selection_order,
 )
+
+# (selection, stratify) for every selection mode of select_questions
+MODES = [
+    ("first", "proportional"),
+    ("random", "proportional"),
+    ("stratified", "proportional"),
+    ("stratified", "equal"),
+]
+MODE_IDS = ["first", "random", "stratified-proportional", "stratified-equal"]
 
 
 def _row(question, question_type="information", **extra):
@@ -37,7 +49,9 @@ def test_cleaning_and_dedupe_counts():
     assert counts == {
         "read": 7,
         "dropped_empty": 2,
+        "dropped_not_text": 0,
         "dropped_short": 1,
+        "dropped_long": 0,
         "dropped_duplicate": 2,
         "dropped_duplicate_exact": 1,
         "category_guessed": 0,
@@ -114,6 +128,121 @@ def test_select_stratified_proportional_and_equal():
     # 12 or 13 each would be even; type_3 has only 10, the rest is spread over the others
     assert counts["type_3"] == 10 and sum(counts.values()) == 50
     assert max(counts.values()) - min(v for k, v in counts.items() if k != "type_3") <= 1
+
+
+def _per_type(rows):
+    return dict(sorted(Counter(r["category"] for r in rows).items()))
+
+
+def test_not_text_and_long_questions_are_dropped_and_counted():
+    rows = [
+        _row("What is  asthma ?"),  # 16 characters once the double space is folded
+        _row(42),
+        _row(["What is a list ?"]),
+        _row({"text": "What is a dict ?"}),
+        _row(3.5),
+        _row(None),  # missing: empty, as before
+        _row("What causes gout in older adults ?", "causes"),  # 34 characters: too long
+        _row("What is gout ?"),
+    ]
+    kept, counts = clean_and_dedupe(rows, source="s", min_chars=10, max_chars=16)
+    assert [r["question"] for r in kept] == ["What is asthma ?", "What is gout ?"]
+    assert counts == {
+        "read": 8,
+        "dropped_empty": 1,
+        "dropped_not_text": 4,
+        "dropped_short": 0,
+        "dropped_long": 1,
+        "dropped_duplicate": 0,
+        "dropped_duplicate_exact": 0,
+        "category_guessed": 0,
+        "kept": 2,
+    }
+    assert (
+        list(counts)
+        == (
+            "read dropped_empty dropped_not_text dropped_short dropped_long dropped_duplicate "
+            "dropped_duplicate_exact category_guessed kept"
+        ).split()
+    )
+    # without max_chars there is no upper limit
+    kept, counts = clean_and_dedupe(rows, source="s", min_chars=10)
+    assert len(kept) == 3 and counts["dropped_long"] == 0 and counts["dropped_not_text"] == 4
+
+
+def test_build_questions_passes_max_chars_on(tmp_path):
+    path = tmp_path / "q.jsonl"
+    lines = [
+        {"question": "What is gout ?", "question_type": "information"},
+        {"question": "What are the long term complications of untreated gout ?", "question_type": "x"},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    rows, stats = build_questions(str(path), n=None, min_chars=5, max_chars=20)
+    assert [r["question"] for r in rows] == ["What is gout ?"]
+    assert stats["dropped_long"] == 1 and stats["dropped_not_text"] == 0 and stats["kept"] == 1
+    rows, stats = build_questions(str(path), n=None, min_chars=5)
+    assert len(rows) == 2 and stats["dropped_long"] == 0
+
+
+@pytest.mark.parametrize("mode, stratify", MODES, ids=MODE_IDS)
+def test_selection_is_deterministic_and_depends_on_the_seed(mode, stratify):
+    pool = _pool()
+    ids = [r["id"] for r in select_questions(pool, 30, mode, seed=5, stratify=stratify)]
+    assert ids == [r["id"] for r in select_questions(pool, 30, mode, seed=5, stratify=stratify)]
+    other = [r["id"] for r in select_questions(pool, 30, mode, seed=6, stratify=stratify)]
+    if mode == "first":
+        assert other == ids
+    else:
+        assert set(other) != set(ids)
+
+
+def test_random_takes_the_lowest_seeded_hashes():
+    pool = _pool()
+    expected = sorted(pool, key=lambda r: hashlib.sha256(f"11|{r['id']}".encode()).digest())[:20]
+    picked = select_questions(pool, 20, "random", seed=11)
+    assert {r["id"] for r in picked} == {r["id"] for r in expected}
+
+
+@pytest.mark.parametrize("mode, stratify", MODES, ids=MODE_IDS)
+def test_selection_is_nested_for_every_n_on_a_small_pool(mode, stratify):
+    pool = _pool(per_type=(37, 23, 9, 2))
+    previous: set[str] = set()
+    for n in range(0, len(pool) + 1):
+        picked = select_questions(pool, n, mode, seed=2, stratify=stratify)
+        ids = {r["id"] for r in picked}
+        assert len(ids) == n and previous <= ids, n
+        previous = ids
+
+
+def test_stratified_proportional_avoids_the_alabama_paradox():
+    # Sizes 6/6/2: a largest-remainder split gives the small type 2 of 10 places
+    # but only 1 of 11. One place at a time (Webster), it keeps its place.
+    pool = _pool(n_types=3, per_type=(6, 6, 2))
+    counts = {n: _per_type(select_questions(pool, n, "stratified", seed=0)) for n in (9, 10, 11, 12)}
+    assert counts[9] == {"type_0": 4, "type_1": 4, "type_2": 1}
+    assert counts[10] == {"type_0": 5, "type_1": 4, "type_2": 1}  # three-way tie: name order
+    assert counts[11] == {"type_0": 5, "type_1": 5, "type_2": 1}
+    assert counts[12] == {"type_0": 5, "type_1": 5, "type_2": 2}
+
+
+def test_stratified_equal_spreads_evenly_and_caps_at_a_type_size():
+    pool = _pool()  # 40/30/20/10 per type
+    counts = {n: _per_type(select_questions(pool, n, "stratified", 3, "equal")) for n in (6, 40, 50, 95)}
+    assert counts[6] == {"type_0": 2, "type_1": 2, "type_2": 1, "type_3": 1}
+    assert counts[40] == {"type_0": 10, "type_1": 10, "type_2": 10, "type_3": 10}
+    assert counts[50] == {"type_0": 14, "type_1": 13, "type_2": 13, "type_3": 10}
+    # type_2 and type_3 are full by then; type_1 fills up at 30 and the rest go to type_0
+    assert counts[95] == {"type_0": 35, "type_1": 30, "type_2": 20, "type_3": 10}
+
+
+def test_selection_order_matches_select_questions():
+    pool = _pool()
+    for mode, stratify in MODES:
+        order = selection_order(pool, mode, seed=4, stratify=stratify)
+        assert sorted(order) == list(range(len(pool)))
+        for n in (0, 1, 17, 64, 100):
+            expected = [pool[i] for i in sorted(order[:n])]
+            assert select_questions(pool, n, mode, seed=4, stratify=stratify) == expected
 
 
 def test_select_more_than_available_is_a_clear_error():
@@ -227,3 +356,73 @@ def test_build_10000_from_medquad(capsys):
     assert shared and all(by_mode["first"][i] == by_mode["random"][i] for i in shared)
     # stratified keeps every question type of MedQuAD
     assert stats["picked_per_category"].keys() >= {"information", "symptoms", "why_get_vaccinated"}
+
+
+# --------------------------------------------------------------------------- nested selection on MedQuAD
+
+
+@pytest.fixture(scope="module")
+def medquad_pool():
+    return build_questions(str(require_medquad()), n=None)[0]
+
+
+@pytest.mark.parametrize("mode, stratify", MODES, ids=MODE_IDS)
+def test_nested_selection_on_medquad_every_n_to_2000(medquad_pool, mode, stratify, capsys):
+    pool = medquad_pool
+    started = time.perf_counter()
+    # The seeded order is worked out once; select_questions is checked against it below.
+    order = selection_order(pool, mode, seed=7, stratify=stratify, n=2001)
+    assert len(order) == len(set(order)) == 2001
+    sizes = Counter(r["category"] for r in pool)
+    per_type: Counter = Counter()
+    previous: set[str] = set()
+    for n in range(1, 2001):
+        row = pool[order[n - 1]]
+        current = previous | {row["id"]}
+        assert len(current) == n and previous < current
+        previous = current
+        per_type[row["category"]] += 1
+        if mode == "stratified" and stratify == "proportional":
+            # one place at a time never drifts far from the exact share
+            assert max(abs(per_type[g] - n * sizes[g] / len(pool)) for g in sizes) <= 2, n
+        elif mode == "stratified":
+            # round robin: the types that still have questions left differ by at most one
+            # place, and a full type holds no more than the others
+            top = max(per_type.values())
+            open_counts = [per_type[g] for g in sizes if per_type[g] < sizes[g]]
+            assert top - min(open_counts) <= 1, n
+            assert all(per_type[g] == sizes[g] <= top for g in sizes if per_type[g] >= sizes[g]), n
+    # select_questions itself, for consecutive n at spread-out points
+    for n in (1, 2, 3, 10, 99, 500, 1234, 1999):
+        small = select_questions(pool, n, mode, seed=7, stratify=stratify)
+        large = select_questions(pool, n + 1, mode, seed=7, stratify=stratify)
+        assert small == [pool[i] for i in sorted(order[:n])]
+        small_ids, large_ids = {r["id"] for r in small}, {r["id"] for r in large}
+        assert len(large_ids - small_ids) == 1 and small_ids < large_ids
+    elapsed = time.perf_counter() - started
+    with capsys.disabled():
+        print(f"\nnested selection, every n from 1 to 2,000 ({mode}/{stratify}): {elapsed:.2f}s")
+
+
+@pytest.mark.parametrize("mode, stratify", MODES, ids=MODE_IDS)
+def test_nested_selection_on_medquad_1000_within_10000(medquad_pool, mode, stratify):
+    small = select_questions(medquad_pool, 1000, mode, seed=7, stratify=stratify)
+    started = time.perf_counter()
+    large = select_questions(medquad_pool, 10000, mode, seed=7, stratify=stratify)
+    assert time.perf_counter() - started < 2.0
+    small_ids, large_ids = {r["id"] for r in small}, {r["id"] for r in large}
+    assert len(small_ids) == 1000 and len(large_ids) == 10000
+    assert small_ids <= large_ids
+
+
+def test_stratified_share_gap_on_medquad(medquad_pool, capsys):
+    pool = medquad_pool
+    picked = select_questions(pool, 10000, "stratified", seed=7, stratify="proportional")
+    sizes = Counter(r["category"] for r in pool)
+    counts = Counter(r["category"] for r in picked)
+    assert sum(counts.values()) == 10000 and set(counts) == set(sizes)
+    gaps = {g: abs(counts[g] - 10000 * sizes[g] / len(pool)) for g in sizes}
+    worst = max(gaps, key=gaps.get)
+    with capsys.disabled():
+        print(f"\nlargest gap from the exact proportional share at 10,000: {gaps[worst]:.3f} ({worst})")
+    assert gaps[worst] <= 2

@@ -47,6 +47,7 @@ def _questions(args: argparse.Namespace) -> None:
         selection=args.selection,
         seed=args.seed,
         min_chars=args.min_chars,
+        max_chars=args.max_chars,
         stratify=args.stratify,
         split=args.split,
         revision=args.revision,
@@ -56,10 +57,13 @@ def _questions(args: argparse.Namespace) -> None:
     write_jsonl(args.out, rows)
     write_json(args.stats, stats)
     log.info(
-        "read %d rows: %d empty, %d short, %d duplicates (%d exact) dropped; picked %d (%s) in %.1fs -> %s",
+        "read %d rows: %d empty, %d not text, %d short, %d long, %d duplicates (%d exact) dropped; "
+        "picked %d (%s) in %.1fs -> %s",
         stats["read"],
         stats["dropped_empty"],
+        stats["dropped_not_text"],
         stats["dropped_short"],
+        stats["dropped_long"],
         stats["dropped_duplicate"],
         stats["dropped_duplicate_exact"],
         stats["picked"],
@@ -380,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(p, "questions.stratify")
     _setting(p, "questions.seed", type=int)
     _setting(p, "questions.min_chars", type=int)
+    _setting(
+        p, "questions.max_chars", type=_nullable(int), help="longer questions are dropped (none: no limit)"
+    )
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--stats", required=True, type=Path)
     p.set_defaults(func=_questions)

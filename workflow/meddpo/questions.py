@@ -18,21 +18,47 @@ columns. Every output row is::
   the keyword heuristic in ``CATEGORY_KEYWORDS`` to the question text.
 * MedQuAD's ``category`` column (Disease / Drug / Other) is kept as
   ``medquad_category``.
+* A question enters only as text: a value that is not a string (a number, a
+  list, ...) is dropped and counted as ``dropped_not_text``; after white space is
+  folded, questions shorter than ``min_chars`` or longer than ``max_chars`` are
+  dropped and counted as ``dropped_short`` / ``dropped_long``.
+
+Selection is nested: with the same source and seed, the questions picked for N
+are always among those picked for any larger N, whatever the mode. Each mode
+first puts every question into one fixed, seeded order (``selection_order``)
+and then keeps the first N of it:
+
+* ``first``: source order.
+* ``random``: ascending SHA-256 of ``f"{seed}|{id}"`` (the "seeded rank").
+* ``stratified``: places are handed out one by one to the question types. With
+  ``stratify="proportional"`` each place goes to the type with the highest
+  Sainte-Lague/Webster priority ``size / (places_so_far + 0.5)``; with
+  ``"equal"`` it goes to the type holding the fewest places so far. A type that
+  has all its questions stops receiving places, and ties go to the type whose
+  name sorts first. Inside a type, questions come in seeded-rank order.
+  Because each place is added on top of the previous ones, growing N never
+  takes a place away from a type (a largest-remainder split can: the Alabama
+  paradox).
+
+The returned rows are always in source order, so only membership is nested,
+not the position of a row in the output.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import logging
 import os
-import random
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from .jsonl import DataError, iter_jsonl
+from .settings import default
 
 log = logging.getLogger(__name__)
 
@@ -195,13 +221,32 @@ def _as_text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+COUNT_KEYS = (
+    "read",
+    "dropped_empty",
+    "dropped_not_text",
+    "dropped_short",
+    "dropped_long",
+    "dropped_duplicate",
+    "dropped_duplicate_exact",
+    "category_guessed",
+    "kept",
+)
+
+
 def clean_and_dedupe(
-    rows: Iterable[dict[str, Any]], *, source: str, min_chars: int
+    rows: Iterable[dict[str, Any]], *, source: str, min_chars: int, max_chars: int | None = None
 ) -> tuple[list[dict], dict]:
-    """Clean, drop short/empty/duplicate questions, assign ids and categories.
+    """Clean, drop unusable and duplicate questions, assign ids and categories.
+
+    A question that is missing or blank counts as ``dropped_empty``; one that is
+    not a string at all (a number, a list, a dict, ...) as ``dropped_not_text``.
+    Lengths are measured after white space is folded: below ``min_chars`` is
+    ``dropped_short``, above ``max_chars`` (when given) is ``dropped_long``.
 
     Returns ``(questions, counts)``; questions keep source order and the first
-    occurrence of each duplicate.
+    occurrence of each duplicate. ``counts`` has the keys of ``COUNT_KEYS``, in
+    that order.
     """
     counts: Counter = Counter()
     seen: set[str] = set()
@@ -209,13 +254,21 @@ def clean_and_dedupe(
     out: list[dict] = []
     for row in rows:
         counts["read"] += 1
-        raw_question = _as_text(row.get("question"))
+        raw_question = row.get("question")
+        if raw_question is None:
+            raw_question = ""
+        elif not isinstance(raw_question, str):
+            counts["dropped_not_text"] += 1
+            continue
         question = clean_text(raw_question)
         if not question:
             counts["dropped_empty"] += 1
             continue
         if len(question) < min_chars:
             counts["dropped_short"] += 1
+            continue
+        if max_chars is not None and len(question) > max_chars:
+            counts["dropped_long"] += 1
             continue
         key = normalise_question(question)
         exact_repeat = raw_question in seen_exact
@@ -242,49 +295,96 @@ def clean_and_dedupe(
             record[column] = None if value is None else clean_text(str(value)) or None
         out.append(record)
     counts["kept"] = len(out)
-    return out, {
-        key: counts.get(key, 0)
-        for key in (
-            "read",
-            "dropped_empty",
-            "dropped_short",
-            "dropped_duplicate",
-            "dropped_duplicate_exact",
-            "category_guessed",
-            "kept",
-        )
-    }
+    return out, {key: counts.get(key, 0) for key in COUNT_KEYS}
 
 
-def _quotas(sizes: dict[str, int], n: int, weights: dict[str, float]) -> dict[str, int]:
-    """Split n over groups in proportion to ``weights``, never above a group's size.
+# --------------------------------------------------------------------------- selection
 
-    Largest-remainder rounding; what a full group cannot take is spread over the
-    others in the same proportions. Ties break on the group name, so the result
-    is deterministic.
+
+def seeded_rank(seed: int, row_id: str) -> bytes:
+    """Sort key of a question for ``seed``: SHA-256 of ``"<seed>|<id>"``.
+
+    It depends only on the seed and the question's own id, so adding or removing
+    other questions never reorders the ones already there.
     """
-    quota = {group: 0 for group in sizes}
-    open_groups = {g for g in sizes if sizes[g] > 0}
-    remaining = n
-    while remaining > 0 and open_groups:
-        total = sum(weights[g] for g in open_groups)
-        exact = {g: remaining * weights[g] / total for g in open_groups}
-        share = {g: min(int(exact[g]), sizes[g] - quota[g]) for g in open_groups}
-        leftover = remaining - sum(share.values())
-        by_remainder = sorted(open_groups, key=lambda g: (-(exact[g] - int(exact[g])), g))
-        for g in by_remainder:
-            if leftover == 0:
-                break
-            if quota[g] + share[g] < sizes[g]:
-                share[g] += 1
-                leftover -= 1
-        for g, k in share.items():
-            quota[g] += k
-        remaining = n - sum(quota.values())
-        open_groups = {g for g in open_groups if quota[g] < sizes[g]}
-        if not any(share.values()):
-            break
-    return quota
+    return hashlib.sha256(f"{seed}|{row_id}".encode()).digest()
+
+
+def _rank_order(questions: Sequence[dict], indices: Iterable[int], seed: int) -> list[int]:
+    """``indices`` sorted by seeded rank (the source index settles a hash tie)."""
+    return sorted(indices, key=lambda i: (seeded_rank(seed, questions[i]["id"]), i))
+
+
+def _place_sequence(sizes: dict[str, int], n: int, stratify: str) -> list[str]:
+    """Which group receives each of the first ``n`` places, one place at a time.
+
+    ``proportional``: the Sainte-Lague/Webster divisor method; the next place
+    goes to the group with the largest ``size / (places + 0.5)``, compared as
+    exact fractions. ``equal``: the group with the fewest places so far. A group
+    leaves the running once it holds as many places as it has questions, and
+    equal priorities go to the group name that sorts first. Every place is added
+    to the ones before it, so the sequence for n is a prefix of the one for n + 1.
+    A heap over the groups makes each place cost O(log groups).
+    """
+    if stratify == "proportional":
+
+        def priority(group: str, places: int) -> Any:
+            # heapq pops the smallest key: negate the Webster quotient.
+            return -Fraction(2 * sizes[group], 2 * places + 1)
+
+    elif stratify == "equal":
+
+        def priority(group: str, places: int) -> Any:
+            return places
+
+    else:
+        raise DataError(
+            f"config key questions.stratify: unknown value {stratify!r}; use 'proportional' or 'equal'"
+        )
+    places = dict.fromkeys(sizes, 0)
+    heap = [(priority(group, 0), group) for group, size in sizes.items() if size > 0]
+    heapq.heapify(heap)
+    sequence: list[str] = []
+    while heap and len(sequence) < n:
+        _, group = heapq.heappop(heap)
+        sequence.append(group)
+        places[group] += 1
+        if places[group] < sizes[group]:
+            heapq.heappush(heap, (priority(group, places[group]), group))
+    return sequence
+
+
+def selection_order(
+    questions: Sequence[dict],
+    mode: str,
+    seed: int,
+    stratify: str = "proportional",
+    n: int | None = None,
+) -> list[int]:
+    """Source indices of ``questions`` in the order ``mode`` picks them.
+
+    ``select_questions(questions, k, ...)`` is exactly the first k of this order
+    (put back into source order), which is what makes selections nested. With
+    ``n`` only the first ``n`` are worked out; without it, all of them.
+    """
+    if mode not in SELECTION_MODES:
+        raise DataError(
+            f"config key questions.selection: unknown mode {mode!r}; use one of {SELECTION_MODES}"
+        )
+    if n is not None and n < 0:
+        raise DataError(f"config key questions.n: must be 0 or more, got {n}")
+    limit = len(questions) if n is None else min(n, len(questions))
+    if mode == "first":
+        return list(range(limit))
+    if mode == "random":
+        return _rank_order(questions, range(len(questions)), seed)[:limit]
+    groups: dict[str, list[int]] = defaultdict(list)
+    for index, row in enumerate(questions):
+        groups[row["category"]].append(index)
+    sequence = _place_sequence({g: len(idx) for g, idx in groups.items()}, limit, stratify)
+    wanted = Counter(sequence)
+    ranked = {g: iter(_rank_order(questions, groups[g], seed)[: wanted[g]]) for g in wanted}
+    return [next(ranked[g]) for g in sequence]
 
 
 def select_questions(
@@ -292,44 +392,35 @@ def select_questions(
 ) -> list[dict]:
     """Pick n questions deterministically; the result keeps source order.
 
+    The pick is the first n of ``selection_order`` (see the module docstring),
+    so for a fixed seed and input the questions picked for n are a subset of
+    those picked for any larger n:
+
     * ``first``: the first n in source order.
-    * ``random``: a uniform sample seeded by ``seed``.
-    * ``stratified``: per ``question_type`` (its normalised category), either in
-      proportion to the type's size (``proportional``) or as evenly as the types
-      allow (``equal``); a seeded sample inside each type.
+    * ``random``: the n questions with the lowest seeded rank.
+    * ``stratified``: places handed to the ``question_type`` categories one at a
+      time, by Webster's divisor method (``proportional``) or round robin
+      (``equal``), each type capped at its size; the lowest seeded ranks inside
+      each type.
     """
     if mode not in SELECTION_MODES:
         raise DataError(
             f"config key questions.selection: unknown mode {mode!r}; use one of {SELECTION_MODES}"
         )
+    if mode == "stratified" and stratify not in ("proportional", "equal"):
+        raise DataError(
+            f"config key questions.stratify: unknown value {stratify!r}; use 'proportional' or 'equal'"
+        )
     if n is None:
         return list(questions)
+    if n < 0:
+        raise DataError(f"config key questions.n: must be 0 or more, got {n}")
     if n > len(questions):
         raise DataError(
             f"config key questions.n: asked for {n} questions but only {len(questions)} remain "
             "after cleaning and de-duplication"
         )
-    if mode == "first":
-        return list(questions[:n])
-    rng = random.Random(seed)
-    if mode == "random":
-        return [questions[i] for i in sorted(rng.sample(range(len(questions)), n))]
-    groups: dict[str, list[int]] = defaultdict(list)
-    for index, row in enumerate(questions):
-        groups[row["category"]].append(index)
-    sizes = {g: len(idx) for g, idx in groups.items()}
-    if stratify == "proportional":
-        weights = {g: float(s) for g, s in sizes.items()}
-    elif stratify == "equal":
-        weights = {g: 1.0 for g in sizes}
-    else:
-        raise DataError(
-            f"config key questions.stratify: unknown value {stratify!r}; use 'proportional' or 'equal'"
-        )
-    quota = _quotas(sizes, n, weights)
-    picked: list[int] = []
-    for group in sorted(groups):
-        picked.extend(rng.sample(groups[group], quota[group]))
+    picked = selection_order(questions, mode, seed, stratify, n=n)
     return [questions[i] for i in sorted(picked)]
 
 
@@ -337,17 +428,23 @@ def build_questions(
     dataset: str,
     *,
     n: int | None,
-    selection: str = "first",
-    seed: int = 0,
-    min_chars: int = 10,
-    stratify: str = "proportional",
-    split: str = "train",
-    revision: str | None = None,
+    selection: str = default("questions.selection"),
+    seed: int = default("questions.seed"),
+    min_chars: int = default("questions.min_chars"),
+    max_chars: int | None = default("questions.max_chars"),
+    stratify: str = default("questions.stratify"),
+    split: str = default("source.split"),
+    revision: str | None = default("source.revision"),
     source_name: str | None = None,
 ) -> tuple[list[dict], dict]:
-    """Load, clean, de-duplicate and select; returns ``(rows, stats)``."""
+    """Load, clean, de-duplicate and select; returns ``(rows, stats)``.
+
+    ``max_chars`` of None means no upper limit on a question's length.
+    """
     raw, fingerprint = load_source_rows(dataset, split=split, revision=revision)
-    questions, counts = clean_and_dedupe(raw, source=source_name or dataset, min_chars=min_chars)
+    questions, counts = clean_and_dedupe(
+        raw, source=source_name or dataset, min_chars=min_chars, max_chars=max_chars
+    )
     picked = select_questions(questions, n, selection, seed, stratify)
     stats = {
         "source": source_name or dataset,

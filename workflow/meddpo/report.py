@@ -91,7 +91,9 @@ def build_stats(
     stages = {
         "questions_read": (question_stats or {}).get("read"),
         "dropped_empty_question": (question_stats or {}).get("dropped_empty"),
+        "dropped_not_text_question": (question_stats or {}).get("dropped_not_text"),
         "dropped_short_question": (question_stats or {}).get("dropped_short"),
+        "dropped_long_question": (question_stats or {}).get("dropped_long"),
         "dropped_duplicate_question": (question_stats or {}).get("dropped_duplicate"),
         "after_cleaning_and_dedupe": (question_stats or {}).get("kept"),
         "picked": picked,
