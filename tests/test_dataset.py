@@ -73,6 +73,10 @@ def test_every_output_goes_where_the_rule_says(tmp_path):
         parquet=tmp_path / "pairs.parquet",
         train=tmp_path / "split" / "train.jsonl",
         test=tmp_path / "split" / "test.jsonl",
+        conversational_train=tmp_path / "split" / "conv-train.jsonl",
+        conversational_test=tmp_path / "split" / "conv-test.jsonl",
+        parquet_train=tmp_path / "split" / "train.parquet",
+        parquet_test=tmp_path / "split" / "test.parquet",
     )
     stats = _build(rows, paths, test_fraction=0.25)
 
@@ -90,6 +94,12 @@ def test_every_output_goes_where_the_rule_says(tmp_path):
     assert sorted(r["id"] for r in train + test) == sorted(r["id"] for r in kept)
     assert {r["id"] for r in test} == {r["id"] for r in kept if in_test_split(r["id"], 0.25)}
     assert 4 <= len(test) <= 16  # 40 ids at a 25% share
+    # every format follows the same assignment: no test row leaks into another format's train split
+    for fmt_train, fmt_test in ((paths.conversational_train, paths.conversational_test),):
+        assert [r["id"] for r in read_jsonl(fmt_train)] == [r["id"] for r in train]
+        assert [r["id"] for r in read_jsonl(fmt_test)] == [r["id"] for r in test]
+    assert [r["id"] for r in pq.read_table(paths.parquet_train).to_pylist()] == [r["id"] for r in train]
+    assert [r["id"] for r in pq.read_table(paths.parquet_test).to_pylist()] == [r["id"] for r in test]
 
     conv = read_jsonl(paths.conversational)
     assert conv[0] == {
@@ -122,7 +132,20 @@ def test_every_output_goes_where_the_rule_says(tmp_path):
                 {"split": "test", "path": "split/test.jsonl"},
             ],
         },
-        {"config_name": "conversational", "data_files": [{"split": "train", "path": "conv.jsonl"}]},
+        {
+            "config_name": "conversational",
+            "data_files": [
+                {"split": "train", "path": "split/conv-train.jsonl"},
+                {"split": "test", "path": "split/conv-test.jsonl"},
+            ],
+        },
+        {
+            "config_name": "parquet",
+            "data_files": [
+                {"split": "train", "path": "split/train.parquet"},
+                {"split": "test", "path": "split/test.parquet"},
+            ],
+        },
     ]
 
 
@@ -142,7 +165,7 @@ def test_optional_outputs_are_written_only_when_asked(tmp_path):
 
 
 def test_a_split_without_its_paths_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="split paths"):
+    with pytest.raises(ValueError, match="default split paths"):
         _build([_row(1)], _paths(tmp_path), test_fraction=0.5)
 
 
@@ -177,3 +200,23 @@ def test_card_of_a_run_lists_the_models_it_used(tmp_path):
     assert "`Qwen/Qwen2.5-7B-Instruct`: released under the Apache 2.0 licence" in card
     assert "`my-org/loose-model`: terms not known to this workflow" in card
     assert "Mistral" not in card and "Gemini" not in card
+
+
+def test_validate_accounts_for_every_question(tmp_path):
+    from meddpo.jsonl import write_jsonl
+    from meddpo.validate import check_against_questions
+
+    rows = [_row(i) for i in range(6)]
+    questions = [{"id": r["id"], "question": r["question"]} for r in rows]
+    write_jsonl(tmp_path / "q.jsonl", questions)
+    write_jsonl(tmp_path / "pairs.jsonl", rows[:4])
+    write_jsonl(tmp_path / "dropped.jsonl", rows[4:5])
+    pairs, q, dropped = tmp_path / "pairs.jsonl", tmp_path / "q.jsonl", tmp_path / "dropped.jsonl"
+    assert check_against_questions(pairs, q, dropped, left_out=1) == []
+    assert check_against_questions(pairs, q, dropped, left_out=0) == [
+        f"6 questions in {q}: 1 have no pair, but the pairs step left out 0; an answer or pair file lost rows"
+    ]
+    write_jsonl(pairs, rows[:4] + [{**_row(99)}])
+    assert check_against_questions(pairs, q, dropped) == [
+        f"{pairs}, line 5 (id mq-0099): not a question of {q}"
+    ]

@@ -240,14 +240,14 @@ def test_cli_killed_mid_shard_rerun_requests_only_what_was_missing(tmp_path):
         )
         deadline = time.monotonic() + 120
         while job.poll() is None and time.monotonic() < deadline:
-            if sum(len(read_jsonl_tolerant(p)) for p in store.rglob("*.jsonl")) >= 30:
+            if sum(len(read_jsonl_tolerant(p)) for p in store.glob("*/*/*.jsonl")) >= 30:
                 os.kill(job.pid, signal.SIGKILL)
                 break
             time.sleep(0.01)
         job.wait(timeout=60)
         assert job.returncode == -signal.SIGKILL, "the job finished before it could be killed"
         assert not (tmp_path / "chosen" / "shard-000.jsonl").exists()
-        stored = {row["id"] for p in store.rglob("*.jsonl") for row in read_jsonl_tolerant(p)}
+        stored = {row["id"] for p in store.glob("*/*/*.jsonl") for row in read_jsonl_tolerant(p)}
         before = Counter(server.requests)
 
         rerun = subprocess.run(
@@ -265,23 +265,104 @@ def test_cli_killed_mid_shard_rerun_requests_only_what_was_missing(tmp_path):
     rows = read_jsonl(tmp_path / "chosen" / "shard-000.jsonl")
     assert [r["id"] for r in rows] == [q["id"] for q in questions]
     usage = json.loads((tmp_path / "chosen" / "shard-000.usage.json").read_text())
-    assert usage["reused_from_store"] == len(stored) and usage["requests"] == len(missing)
+    assert usage["reused_from_store"] == len(stored) and usage["requests_this_job"] == len(missing)
+    # every request ever sent for the shard, the killed job's included, up to the 4 it had in flight
+    seen_by_server = sum(server.requests.values())
+    assert seen_by_server - 4 <= usage["requests"] <= seen_by_server
 
 
-def test_cli_too_many_failures_fails_the_job_and_lists_them(tmp_path):
+def test_cli_too_many_failures_fails_the_job_and_the_list_survives_it(tmp_path):
     shard = tmp_path / "shard.jsonl"
     write_jsonl(shard, QUESTIONS)
     with GeminiTestServer() as server:
-        server.script = {q["question"]: ["blocked"] for q in QUESTIONS[:3]}
+        server.script = {q["question"]: ["503"] * 6 for q in QUESTIONS[:3]}
         result = subprocess.run(
-            _cli(shard, tmp_path, "--max-failed-fraction", "0.1"),
+            _cli(shard, tmp_path, "--max-failed-fraction", "0.1", "--max-attempts", "2"),
             env=_env(server),
             capture_output=True,
             text=True,
             timeout=120,
         )
     assert result.returncode == 3
-    assert "3 of 12 questions failed" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "3 of 12 questions failed" in errors[0]
     assert not (tmp_path / "chosen" / "shard-000.jsonl").exists()
-    failures = read_jsonl(tmp_path / "chosen" / "shard-000.failures.jsonl")
-    assert [f["id"] for f in failures] == ["q000", "q001", "q002"]
+    # the list is kept beside the store, where Snakemake's clean-up of a failed job cannot reach it
+    kept = errors[0].split("the list is kept in ")[1].split(". Rerun")[0]
+    assert kept.startswith(str(tmp_path / "store")) and kept.endswith("failures/shard-000.jsonl")
+    assert [(f["id"], f["reason"]) for f in read_jsonl(kept)] == [
+        (q["id"], "retries_exhausted:503 UNAVAILABLE") for q in QUESTIONS[:3]
+    ]
+
+
+def test_refusals_are_final_counted_and_only_warn_by_default(tmp_path):
+    shard = tmp_path / "shard.jsonl"
+    write_jsonl(shard, QUESTIONS)
+    with GeminiTestServer() as server:
+        server.script = {QUESTIONS[0]["question"]: ["blocked"], QUESTIONS[1]["question"]: ["safety"]}
+        first = subprocess.run(
+            _cli(shard, tmp_path), env=_env(server), capture_output=True, text=True, timeout=120
+        )
+        assert first.returncode == 0, first.stderr
+        assert "2 of 12 questions were refused" in first.stderr  # above 5%: a warning, not a failure
+        left_out = read_jsonl(tmp_path / "chosen" / "shard-000.failures.jsonl")
+        assert [(r["id"], r["reason"], r["kind"]) for r in left_out] == [
+            ("q000", "prompt_blocked:SAFETY", "refused"),
+            ("q001", "finish_reason:SAFETY", "refused"),
+        ]
+        assert len(read_jsonl(tmp_path / "chosen" / "shard-000.jsonl")) == 10
+        sent = sum(server.requests.values())
+
+        # a rerun (a Snakemake retry, --forcerun) asks nothing again: refusals are final
+        again = subprocess.run(
+            _cli(shard, tmp_path), env=_env(server), capture_output=True, text=True, timeout=120
+        )
+        assert again.returncode == 0 and sum(server.requests.values()) == sent
+        assert len(read_jsonl(tmp_path / "chosen" / "shard-000.failures.jsonl")) == 2
+
+        # unless the user asks for it; an answer then wins over the stored refusal
+        server.script = {}
+        asked = subprocess.run(
+            _cli(shard, tmp_path, "--ask-refused-again"),
+            env=_env(server),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert asked.returncode == 0 and sum(server.requests.values()) == sent + 2
+        assert read_jsonl(tmp_path / "chosen" / "shard-000.failures.jsonl") == []
+        assert len(read_jsonl(tmp_path / "chosen" / "shard-000.jsonl")) == 12
+
+        # a user who wants a high refusal rate to stop the run says so
+        others = [{"id": f"s{i}", "question": f"{q['question']} (again)"} for i, q in enumerate(QUESTIONS)]
+        write_jsonl(shard, others)
+        server.script = {others[2]["question"]: ["blocked"], others[3]["question"]: ["empty"]}
+        strict = subprocess.run(
+            _cli(shard, tmp_path / "strict", "--too-many-refusals", "fail"),
+            env=_env(server),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert strict.returncode == 3
+    assert "2 of 12 questions were refused" in strict.stderr and "error" in strict.stderr
+
+
+def test_a_400_on_one_question_is_that_questions_failure(tmp_path):
+    with GeminiTestServer() as server:
+        server.script = {QUESTIONS[5]["question"]: ["400"]}
+        rows, left_out, usage = run(
+            answer_with_gemini(QUESTIONS, "Be careful.", fast(server), KEY, store_root=tmp_path)
+        )
+    assert len(rows) == 11
+    assert [(r["id"], r["reason"], r["kind"]) for r in left_out] == [
+        ("q005", "client_error:400 INVALID_ARGUMENT", "failed")
+    ]
+    assert usage["requests"] == 12  # a 400 is not retried
+
+
+def test_the_same_400_on_every_first_request_stops_the_job():
+    with GeminiTestServer(default_step="400") as server:
+        with pytest.raises(HardGeminiError, match="400 INVALID_ARGUMENT"):
+            run(answer_with_gemini(QUESTIONS * 10, "x", fast(server, concurrency=2), KEY))
+        assert sum(server.requests.values()) < 12

@@ -2,7 +2,7 @@ import pytest
 
 from conftest import DPO_ROW_FIELDS
 from meddpo.jsonl import DataError
-from meddpo.pairs import build_pairs, merge_pair_shards
+from meddpo.pairs import build_pairs, check_complete, merge_pair_shards
 
 SYSTEM = "Be careful."
 
@@ -35,7 +35,7 @@ def test_pairs_join_by_id_and_count_what_is_left_out():
     chosen = [_answer(i, f"good {i}", "teacher") for i in (1, 3, 4)] + [
         _answer(2, "  \n", "teacher")
     ]  # 5 missing, 2 empty
-    failures = [{"id": "mq-5", "reason": "prompt_blocked:SAFETY"}]
+    failures = [{"id": "mq-5", "reason": "prompt_blocked:SAFETY", "kind": "refused"}]
     pairs, stats = build_pairs(questions, rejected, chosen, SYSTEM, chosen_failures=failures)
     assert [p["id"] for p in pairs] == ["mq-1", "mq-3"]
     assert stats == {
@@ -46,6 +46,7 @@ def test_pairs_join_by_id_and_count_what_is_left_out():
         "empty_chosen": 1,
         "pairs": 2,
         "chosen_failure_reasons": {"prompt_blocked:SAFETY": 1},
+        "chosen_left_out": {"refused": 1},
     }
     row = pairs[0]
     assert list(row) == DPO_ROW_FIELDS
@@ -73,3 +74,18 @@ def test_merge_sorts_checks_ids_and_adds_up_stats():
     assert stats["shards"] == 2
     with pytest.raises(DataError, match="two shards"):
         merge_pair_shards([(a, sa), (a, sa)])
+
+
+def test_an_answer_file_that_misses_ids_is_named_with_how_to_redo_the_shard():
+    questions = [_question(i) for i in range(1, 22)]
+    chosen = [_answer(i, "good", "teacher") for i in range(1, 11)]
+    with pytest.raises(DataError) as caught:
+        check_complete(questions, chosen, "results/chosen/shard-001.jsonl")
+    assert str(caught.value) == (
+        "results/chosen/shard-001.jsonl: 11 of 21 ids missing (the file was cut or is stale); "
+        "redo this shard with: snakemake --forcerun results/chosen/shard-001.jsonl"
+    )
+    refused = [{"id": f"mq-{i}", "reason": "prompt_blocked:SAFETY", "kind": "refused"} for i in range(11, 22)]
+    check_complete(questions, chosen, "chosen.jsonl", accounted=refused)  # refusals account for the rest
+    with pytest.raises(DataError, match="1 ids that are not in this shard"):
+        check_complete(questions[:9], chosen, "chosen.jsonl")

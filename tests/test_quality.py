@@ -105,7 +105,9 @@ def test_stats_add_up_and_report_and_card_render(tmp_path):
     assert "| pairs dropped | 1 |" in report and "prompt_blocked:SAFETY" in report
     card = render_card(
         n_rows=len(kept),
-        data_files={"train": "stage2_med_pairs.jsonl"},
+        configs=[
+            {"config_name": "default", "data_files": [{"split": "train", "path": "stage2_med_pairs.jsonl"}]}
+        ],
         stats=stats,
         settings={"prompts": {"training": "Be careful."}},
         provenance={"config_sha256": "abc"},

@@ -13,7 +13,7 @@ from meddpo.jsonl import read_jsonl, read_jsonl_tolerant, write_jsonl
 
 
 def _store_rows(store):
-    return [row for path in sorted(store.rglob("*.jsonl")) for row in read_jsonl_tolerant(path)]
+    return [row for path in sorted(store.glob("*/*/*.jsonl")) for row in read_jsonl_tolerant(path)]
 
 
 def test_kill_9_mid_shard_then_rerun(tmp_path, tiny_mistral):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_workflow import SNAKEMAKE, _copy_workflow, _env, job_counts
 
 from conftest import REPO
+from test_workflow import SNAKEMAKE, _copy_workflow, _env, job_counts
 
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 ACCOUNT = "meddpo-test"

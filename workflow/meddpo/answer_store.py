@@ -2,8 +2,19 @@
 
 Layout under the store root (``{output.dir}/answer_store`` in the workflow)::
 
-    <model slug>/<fingerprint>/settings.json      what the fingerprint stands for
-    <model slug>/<fingerprint>/<part>.jsonl       answers appended by one job, one row per line
+    <model slug>/<fingerprint>/settings.json          what the fingerprint stands for
+    <model slug>/<fingerprint>/<part>.jsonl           outcomes appended by one job, one row per line
+    <model slug>/<fingerprint>/failures/<part>.jsonl  questions that got no answer (may be asked again)
+    <model slug>/<fingerprint>/requests/<part>.jsonl  one line per request sent to a paid API
+
+An outcome row is an answer (it has ``text``) or a refusal (it has ``refused``,
+the reason): a teacher that declined the question for good under these settings
+(a blocked prompt, a SAFETY stop, an empty answer). A refusal is final for the
+fingerprint: it is not asked again unless the user says so, and an answer for
+the same question always wins over it. Failures (retries run out, a request the
+API turned down) are kept for the record and asked again on every later run.
+The request log lets the usage of a shard add up every request ever sent for it,
+killed and failed jobs included.
 
 The fingerprint hashes everything that changes the text: model and revision, dtype,
 system prompt and the sampling settings (token caps and seed included). The shard
@@ -45,23 +56,69 @@ class AnswerStore:
         self.folder = Path(root) / model_slug(str(self.settings.get("model", "model"))) / self.key
         self.part = self.folder / f"{part}.jsonl"
 
+    def _rows(self) -> Iterable[dict]:
+        if not self.folder.is_dir():
+            return
+        for path in sorted(self.folder.glob("*.jsonl")):
+            yield from read_jsonl_tolerant(path)
+
     def load(self) -> dict[str, dict]:
         """Every answer already made under these settings, by question id (first one wins)."""
         done: dict[str, dict] = {}
-        if not self.folder.is_dir():
-            return done
-        for path in sorted(self.folder.glob("*.jsonl")):
-            for row in read_jsonl_tolerant(path):
+        for row in self._rows():
+            if "refused" not in row:
                 done.setdefault(row["id"], row)
         return done
 
-    def _open_for_append(self):
-        self.folder.mkdir(parents=True, exist_ok=True)
+    def load_refusals(self) -> dict[str, dict]:
+        """Every refusal under these settings, by question id, for questions with no answer."""
+        refused: dict[str, dict] = {}
+        answered: set[str] = set()
+        for row in self._rows():
+            if "refused" in row:
+                refused.setdefault(row["id"], row)
+            else:
+                answered.add(row["id"])
+        return {key: row for key, row in refused.items() if key not in answered}
+
+    def log_path(self, kind: str) -> Path:
+        """This job's side log of ``kind`` (``failures`` or ``requests``)."""
+        return self.folder / kind / self.part.name
+
+    def read_log(self, kind: str) -> list[dict]:
+        """The side log of ``kind`` of every job under these settings."""
+        folder = self.folder / kind
+        if not folder.is_dir():
+            return []
+        return [row for path in sorted(folder.glob("*.jsonl")) for row in read_jsonl_tolerant(path)]
+
+    def append(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Append outcome rows and force them to disk before returning."""
+        self._write_settings()
+        append_rows(self.part, rows)
+
+    def append_log(self, kind: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Append rows to this job's side log of ``kind``, on disk before returning."""
+        self._write_settings()
+        append_rows(self.log_path(kind), rows)
+
+    def _write_settings(self) -> None:
         settings_file = self.folder / "settings.json"
         if not settings_file.exists():
+            self.folder.mkdir(parents=True, exist_ok=True)
             write_json(settings_file, self.settings)
-        handle = open(self.part, "a+b")
-        # Cut off a torn last line left by a killed job before appending after it.
+
+
+def append_rows(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Append JSONL rows to an append-only file and fsync them.
+
+    A torn last line left by a killed writer is cut off first.
+    """
+    payload = "".join(dumps(row) + "\n" for row in rows).encode("utf-8")
+    if not payload:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
         size = handle.seek(0, os.SEEK_END)
         if size:
             handle.seek(max(0, size - 1))
@@ -70,14 +127,6 @@ class AnswerStore:
                 data = handle.read()
                 handle.truncate(data.rfind(b"\n") + 1)
         handle.seek(0, os.SEEK_END)
-        return handle
-
-    def append(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Append rows and force them to disk before returning."""
-        payload = "".join(dumps(row) + "\n" for row in rows).encode("utf-8")
-        if not payload:
-            return
-        with self._open_for_append() as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -74,18 +75,19 @@ def _questions(args: argparse.Namespace) -> None:
 
 
 def _shard(args: argparse.Namespace) -> None:
-    from .shards import shard_rows
+    from .shards import read_shard, shard_rows
 
-    rows = shard_rows(read_jsonl(args.questions, required=("id", "question")), args.n_shards, args.index)
+    rows = shard_rows(read_shard(args.questions), args.n_shards, args.index)
     write_jsonl(args.out, rows)
     log.info("shard %d of %d: %d questions -> %s", args.index, args.n_shards, len(rows), args.out)
 
 
 def _generate(args: argparse.Namespace) -> None:
     from .local_generation import answer_shard
+    from .shards import read_shard
 
     rows = answer_shard(
-        read_jsonl(args.shard, required=("id", "question")),
+        read_shard(args.shard),
         {key: getattr(args, key) for key in schema.section("local_model")["properties"]},
         system_prompt=args.system_prompt,
         device=args.device,
@@ -101,39 +103,37 @@ def _generate(args: argparse.Namespace) -> None:
 def _gemini(args: argparse.Namespace) -> int | None:
     import dataclasses
 
-    from .gemini_teacher import GeminiSettings, answer_shard, too_many_failures
+    from .gemini_teacher import GeminiSettings, answer_shard
+    from .shards import read_shard
 
     settings = GeminiSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(GeminiSettings)})
-    questions = read_jsonl(args.shard, required=("id", "question"))
-    rows, failures, usage = answer_shard(
-        questions,
+    rows, left_out, usage, problem = answer_shard(
+        read_shard(args.shard),
         args.system_prompt,
         settings,
         store_root=args.store,
         store_part=args.out.stem,
         progress_every_s=args.progress_every,
     )
-    write_jsonl(args.failures, failures)
-    write_json(args.usage, usage)
-    problem = too_many_failures(len(questions), usage, settings)
     if problem:
-        print(
-            f"meddpo gemini: error: {problem}; see {args.failures}. "
-            "Rerun to ask again for the failed ones only.",
-            file=sys.stderr,
-        )
+        print(f"meddpo gemini: error: {problem}", file=sys.stderr)
         return 3
+    write_jsonl(args.failures, left_out)
+    write_json(args.usage, usage)
     write_jsonl(args.out, rows)
     return None
 
 
 def _pairs(args: argparse.Namespace) -> None:
-    from .pairs import ANSWER_FIELDS, QUESTION_FIELDS, build_pairs
+    from .pairs import ANSWER_FIELDS, QUESTION_FIELDS, build_pairs, check_complete
+    from .shards import read_shard
 
-    questions = read_jsonl(args.questions, required=QUESTION_FIELDS)
+    questions = read_shard(args.questions, required=QUESTION_FIELDS)
     rejected = read_jsonl(args.rejected, required=ANSWER_FIELDS)
     chosen = read_jsonl(args.chosen, required=ANSWER_FIELDS)
     failures = [row for path in args.chosen_failures for row in read_jsonl(path, required=("id", "reason"))]
+    check_complete(questions, rejected, args.rejected)
+    check_complete(questions, chosen, args.chosen, accounted=failures)
     pairs, stats = build_pairs(questions, rejected, chosen, args.system_prompt, chosen_failures=failures)
     write_jsonl(args.out, pairs)
     write_json(args.stats, stats)
@@ -183,6 +183,10 @@ def _finalize(args: argparse.Namespace) -> None:
         parquet=args.out_parquet,
         train=args.out_train,
         test=args.out_test,
+        conversational_train=args.out_conversational_train,
+        conversational_test=args.out_conversational_test,
+        parquet_train=args.out_parquet_train,
+        parquet_test=args.out_parquet_test,
     )
     throughput = throughput_per_shard(
         {"rejected": args.rejected_benchmarks, "chosen": args.chosen_benchmarks},
@@ -232,9 +236,15 @@ def _report(args: argparse.Namespace) -> None:
 
 def _validate(args: argparse.Namespace) -> int | None:
     from .jsonl import atomic_open
-    from .validate import validate_pairs
+    from .validate import check_against_questions, validate_pairs
 
     rows, problems = validate_pairs(args.pairs, legacy=args.legacy)
+    if args.questions:
+        left_out = None
+        if args.pair_stats:
+            stats = _load_json(args.pair_stats)
+            left_out = stats["questions"] - stats["pairs"]
+        problems += check_against_questions(args.pairs, args.questions, args.dropped, left_out)
     if problems:
         print(f"{args.pairs}: {len(problems)} problem(s) in {rows} rows:", file=sys.stderr)
         for text in problems:
@@ -340,6 +350,9 @@ def _gemini_options(p: argparse.ArgumentParser) -> None:
         p, g + "price_output_per_million", "--output-price", type=float, help="USD per million output tokens"
     )
     _setting(p, g + "max_failed_fraction", type=float)
+    _setting(p, g + "ask_refused_again")
+    _setting(p, g + "max_refused_fraction", type=float)
+    _setting(p, g + "too_many_refusals")
 
 
 def _finalize_options(p: argparse.ArgumentParser) -> None:
@@ -358,13 +371,21 @@ def _finalize_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--settings", default="{}", help="JSON: prompts, source, selection, sampling (for the card)"
     )
-    p.add_argument("--workflow-commit", default="unknown")
-    p.add_argument("--config-hash", default="unknown")
+    # provenance comes through the environment in the workflow (never a rule's params)
+    p.add_argument("--workflow-commit", default=os.environ.get("MEDDPO_WORKFLOW_COMMIT", "unknown"))
+    p.add_argument("--config-hash", default=os.environ.get("MEDDPO_CONFIG_SHA256", "unknown"))
     for name in ("pairs", "dropped", "stats", "report", "card"):
         p.add_argument(f"--out-{name}", required=True, type=Path)
     p.add_argument("--out-plots", required=True, type=Path, help="folder for the report's plots")
-    for name in ("conversational", "parquet", "train", "test"):
-        p.add_argument(f"--out-{name}", type=Path, help="written only when given")
+    for fmt in ("", "conversational-", "parquet-"):
+        for split in ("train", "test"):
+            p.add_argument(
+                f"--out-{fmt}{split}", type=Path, help="this split of this format (test_fraction > 0)"
+            )
+    for fmt in ("conversational", "parquet"):
+        p.add_argument(
+            f"--out-{fmt}", type=Path, help="every kept pair in this format; written only when given"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -456,6 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--legacy", action="store_true", help="the older layout: meta with only the two model names"
     )
     p.add_argument("--out", type=Path, help="write the OK line here when the file passes")
+    p.add_argument("--questions", type=Path, help="the question set: every question must be accounted for")
+    p.add_argument("--dropped", type=Path, help="with --questions: the dropped pairs of the same run")
+    p.add_argument(
+        "--pair-stats", type=Path, help="with --questions: all_pairs.stats.json (questions left out)"
+    )
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("tiny-models", help="build the demo's tiny Mistral and Qwen2 checkpoints")

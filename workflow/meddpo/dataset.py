@@ -47,8 +47,13 @@ class DatasetPaths:
     plots: Path  # a folder
     conversational: Path | None = None
     parquet: Path | None = None
+    # the train/test split, in each format that is written (test_fraction > 0)
     train: Path | None = None
     test: Path | None = None
+    conversational_train: Path | None = None
+    conversational_test: Path | None = None
+    parquet_train: Path | None = None
+    parquet_test: Path | None = None
 
 
 def provenance(
@@ -138,28 +143,42 @@ def build_dataset(
     )
     write_jsonl(paths.pairs, kept)
     write_jsonl(paths.dropped, dropped)
-    card_folder = paths.card.parent
-    data_files = {"train": _relative(paths.pairs, card_folder)}
-    if test_fraction > 0:
-        if paths.train is None or paths.test is None:
-            raise ValueError("a test_fraction above 0 needs both split paths")
-        write_jsonl(paths.train, [r for r in kept if not in_test_split(r["id"], test_fraction)])
-        write_jsonl(paths.test, [r for r in kept if in_test_split(r["id"], test_fraction)])
-        data_files = {
-            "train": _relative(paths.train, card_folder),
-            "test": _relative(paths.test, card_folder),
-        }
-    extra_configs = []
-    if paths.conversational is not None:
-        write_jsonl(paths.conversational, conversational(kept, settings["prompts"]["training"]))
-        extra_configs.append(
+    training_prompt = settings["prompts"]["training"]
+    formats = {
+        "default": (paths.pairs, paths.train, paths.test, write_jsonl),
+        "conversational": (
+            paths.conversational,
+            paths.conversational_train,
+            paths.conversational_test,
+            lambda path, rows: write_jsonl(path, conversational(rows, training_prompt)),
+        ),
+        "parquet": (paths.parquet, paths.parquet_train, paths.parquet_test, write_parquet),
+    }
+    test_ids = {r["id"] for r in kept if in_test_split(r["id"], test_fraction)}
+    configs = []
+    for name, (whole, train, test, write) in formats.items():
+        if whole is None:
+            continue
+        if name != "default":
+            write(whole, kept)
+        if test_fraction > 0:
+            if train is None or test is None:
+                raise ValueError(f"a test_fraction above 0 needs the {name} split paths")
+            # one assignment for every format: a row is in the same split whatever the file
+            write(train, [r for r in kept if r["id"] not in test_ids])
+            write(test, [r for r in kept if r["id"] in test_ids])
+            files = {"train": train, "test": test}
+        else:
+            files = {"train": whole}
+        configs.append(
             {
-                "config_name": "conversational",
-                "data_files": [{"split": "train", "path": _relative(paths.conversational, card_folder)}],
+                "config_name": name,
+                "data_files": [
+                    {"split": split, "path": _relative(path, paths.card.parent)}
+                    for split, path in files.items()
+                ],
             }
         )
-    if paths.parquet is not None:
-        write_parquet(paths.parquet, kept)
     stats["quality_settings"] = {
         "near_identical_threshold": near_identical_threshold,
         "min_plain_share": min_plain_share,
@@ -167,14 +186,7 @@ def build_dataset(
     write_report(
         kept, dropped, stats, stats_path=paths.stats, report_path=paths.report, plots_dir=paths.plots
     )
-    card = render_card(
-        n_rows=len(kept),
-        data_files=data_files,
-        stats=stats,
-        settings=settings,
-        provenance=origin,
-        extra_configs=extra_configs,
-    )
+    card = render_card(n_rows=len(kept), configs=configs, stats=stats, settings=settings, provenance=origin)
     with atomic_open(paths.card) as handle:
         handle.write(card)
     log.info(

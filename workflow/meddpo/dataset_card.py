@@ -52,13 +52,12 @@ def size_category(n: int) -> str:
 def render_card(
     *,
     n_rows: int,
-    data_files: Mapping[str, str],
+    configs: Sequence[Mapping],
     stats: Mapping,
     settings: Mapping,
     provenance: Mapping,
-    extra_configs: Sequence[Mapping] = (),
 ) -> str:
-    """``data_files``: split name -> file name in the dataset folder."""
+    """``configs``: the Hugging Face ``configs`` entries (name, data files per split, relative paths)."""
     header = {
         "license": "cc-by-4.0",
         "language": ["en"],
@@ -66,13 +65,7 @@ def render_card(
         "size_categories": [size_category(n_rows)],
         "tags": ["dpo", "preference", "medical", "safety", "synthetic"],
         "pretty_name": "Stage 2 medical-safety DPO pairs",
-        "configs": [
-            {
-                "config_name": "default",
-                "data_files": [{"split": split, "path": path} for split, path in data_files.items()],
-            },
-            *extra_configs,
-        ],
+        "configs": list(configs),
     }
     prompts = settings.get("prompts", {})
     policy = stats.get("policy") or {}

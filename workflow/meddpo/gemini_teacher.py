@@ -5,21 +5,31 @@ One async client per job, kept for the job's length. Every question is one
 ``system_instruction``; at most ``concurrency`` calls are in flight and calls
 start no faster than ``requests_per_minute`` allows (retries count too).
 
-Errors:
+Outcomes of a question:
 
-* 429, 5xx, time-outs and connection errors are retried by tenacity with
-  exponential back-off and jitter, up to ``max_attempts`` tries; a 429 that
-  carries a RetryInfo delay waits at least that long. A question whose tries
-  run out is a per-question failure.
-* 400 / 401 / 403 / 404 (bad key, no permission, unknown model) mean no question
-  can succeed: the job stops at once with one line (HardGeminiError) and writes
-  no output.
-* A blocked prompt, a candidate stopped for SAFETY / PROHIBITED_CONTENT /
-  RECITATION / ..., or an empty answer is a per-question failure with that
-  reason. MAX_TOKENS keeps the (cut) answer with finish_reason "length".
+* **answer**: STOP, or MAX_TOKENS (the cut answer is kept with finish_reason
+  "length").
+* **refusal**, final for the settings that produced it: a blocked prompt, a
+  candidate stopped for SAFETY / PROHIBITED_CONTENT / RECITATION / ..., no
+  candidate, or an empty answer. It is stored with its reason and never asked
+  again (on a rerun, a Snakemake retry or ``--forcerun``) unless
+  ``ask_refused_again`` is set; the question is left out of the pairs.
+* **failure**, not final: 429, 5xx, time-outs and dropped connections are
+  retried by tenacity with exponential back-off and jitter, up to
+  ``max_attempts`` tries (a 429 with a RetryInfo delay waits at least that
+  long); a question whose tries run out, or one whose own request the API turns
+  down (a 400 on one question while others succeed), is a failure: kept in the
+  store's failures log and asked again on every later run. The job fails when
+  more than ``max_failed_fraction`` of its questions fail.
 
-Every answer is appended to the answer store as it arrives, so a rerun asks
-only for the questions that are missing or failed.
+Errors no request can escape stop the job at once with one line
+(HardGeminiError) and no output: 401 / 403 (key, permission), 404 (unknown
+model), a 400 that names the API key, or the same 400 on the first requests
+with no success yet.
+
+Every answer and refusal is appended to the answer store as it arrives, and
+every request sent (with its tokens) to the store's request log, so a rerun asks
+only for what is missing or failed and the usage adds up every request ever sent.
 """
 
 from __future__ import annotations
@@ -35,13 +45,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .answer_store import AnswerStore
 from .resume import ResumableJob
 from .settings import defaults
 
 log = logging.getLogger(__name__)
 
-HARD_ERROR_CODES = {400, 401, 403, 404}
+HARD_ERROR_CODES = {401, 403, 404}
 RETRY_CODES = {408, 429, 500, 502, 503, 504}
+# the same 400 on this many requests before any success: it is not about one question
+ALIKE_CLIENT_ERRORS_TO_STOP = 3
 KEY_VARIABLES = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 
 
@@ -76,6 +89,9 @@ class GeminiSettings:
     price_input_per_million: float = _DEFAULTS["price_input_per_million"]
     price_output_per_million: float = _DEFAULTS["price_output_per_million"]
     max_failed_fraction: float = _DEFAULTS["max_failed_fraction"]
+    ask_refused_again: bool = _DEFAULTS["ask_refused_again"]
+    max_refused_fraction: float = _DEFAULTS["max_refused_fraction"]
+    too_many_refusals: str = _DEFAULTS["too_many_refusals"]
 
     # The settings that change the answer text (the rest only change speed and cost).
     TEXT_KEYS: ClassVar[tuple[str, ...]] = ("model", "temperature", "max_output_tokens", "thinking_budget")
@@ -204,8 +220,10 @@ class _RetryWait:
 
 @dataclass
 class Outcome:
-    row: dict | None = None
-    failure: dict | None = None
+    row: dict | None = None  # an answer
+    refusal: dict | None = None  # {id, refused: reason}: final for these settings
+    failure: dict | None = None  # {id, reason}: asked again on a later run
+    client_error: BaseException | None = None  # a 4xx that may concern this question alone
     usage: Counter | None = None
     attempts: int = 0
 
@@ -224,25 +242,26 @@ def _usage(response) -> Counter:
 
 
 def interpret_response(question_id: str, response, settings: GeminiSettings) -> Outcome:
-    """Turn one generateContent response into an answer row or a failure."""
+    """Turn one generateContent response into an answer row or a refusal."""
     usage = _usage(response)
+
+    def refused(reason: str) -> Outcome:
+        return Outcome(refusal={"id": question_id, "refused": reason, "model": settings.model}, usage=usage)
+
     feedback = getattr(response, "prompt_feedback", None)
     if feedback is not None and feedback.block_reason:
-        return Outcome(
-            failure={"id": question_id, "reason": f"prompt_blocked:{_enum_name(feedback.block_reason)}"},
-            usage=usage,
-        )
+        return refused(f"prompt_blocked:{_enum_name(feedback.block_reason)}")
     candidates = response.candidates or []
     if not candidates:
-        return Outcome(failure={"id": question_id, "reason": "no_candidates"}, usage=usage)
+        return refused("no_candidates")
     candidate = candidates[0]
     reason = _enum_name(candidate.finish_reason) if candidate.finish_reason else "STOP"
     parts = candidate.content.parts if candidate.content and candidate.content.parts else []
     text = "".join(part.text or "" for part in parts if not getattr(part, "thought", False)).strip()
     if reason not in _FINISH_REASONS:
-        return Outcome(failure={"id": question_id, "reason": f"finish_reason:{reason}"}, usage=usage)
+        return refused(f"finish_reason:{reason}")
     if not text:
-        return Outcome(failure={"id": question_id, "reason": "empty_text"}, usage=usage)
+        return refused("empty_text")
     row = {
         "id": question_id,
         "text": text,
@@ -266,7 +285,15 @@ def _enum_name(value) -> str:
     return getattr(value, "name", None) or str(value)
 
 
-async def _ask(client, limiter: RateLimiter, settings: GeminiSettings, config, question: dict) -> Outcome:
+async def _ask(
+    client,
+    limiter: RateLimiter,
+    settings: GeminiSettings,
+    config,
+    question: dict,
+    log_request: Callable[[dict], None],
+) -> Outcome:
+    """One question, retried on transient errors; every request sent goes to ``log_request``."""
     import tenacity
 
     attempts = 0
@@ -275,9 +302,15 @@ async def _ask(client, limiter: RateLimiter, settings: GeminiSettings, config, q
         nonlocal attempts
         attempts += 1
         await limiter.acquire()
-        return await client.aio.models.generate_content(
-            model=settings.model, contents=question["question"], config=config
-        )
+        try:
+            response = await client.aio.models.generate_content(
+                model=settings.model, contents=question["question"], config=config
+            )
+        except Exception as error:  # noqa: BLE001 - logged as a request that cost no tokens, then re-raised
+            log_request({"id": question["id"], "attempt": attempts, "error": _error_reason(error)})
+            raise
+        log_request({"id": question["id"], "attempt": attempts, **_usage(response)})
+        return response
 
     retrying = tenacity.AsyncRetrying(
         stop=tenacity.stop_after_attempt(settings.max_attempts),
@@ -287,30 +320,51 @@ async def _ask(client, limiter: RateLimiter, settings: GeminiSettings, config, q
     )
     try:
         response = await retrying(call)
-    except Exception as error:  # noqa: BLE001 - sorted into hard, exhausted and unexpected below
+    except Exception as error:  # noqa: BLE001 - sorted into hard, per-question and exhausted below
         code = getattr(error, "code", None)
         if code in HARD_ERROR_CODES:
-            message = getattr(error, "message", None) or str(error)
-            raise HardGeminiError(
-                f"Gemini refused the request ({code} {getattr(error, 'status', '')}): {message}".replace(
-                    "\n", " "
-                )
-            ) from None
+            raise HardGeminiError(_describe(error)) from None
+        if isinstance(code, int) and 400 <= code < 500 and not _is_transient(error):
+            failure = {"id": question["id"], "reason": f"client_error:{_error_reason(error)}"}
+            return Outcome(failure=failure, client_error=error, attempts=attempts)
         if not _is_transient(error):
             raise
-        return Outcome(
-            failure={
-                "id": question["id"],
-                "reason": f"retries_exhausted:{_error_reason(error)}",
-                "attempts": attempts,
-            },
-            attempts=attempts,
-        )
+        failure = {"id": question["id"], "reason": f"retries_exhausted:{_error_reason(error)}"}
+        return Outcome(failure=failure, attempts=attempts)
     outcome = interpret_response(question["id"], response, settings)
     outcome.attempts = attempts
-    if outcome.failure is not None:
-        outcome.failure["attempts"] = attempts
     return outcome
+
+
+def _describe(error: BaseException) -> str:
+    message = getattr(error, "message", None) or str(error)
+    code, status = getattr(error, "code", ""), getattr(error, "status", "")
+    return f"Gemini refused the request ({code} {status}): {message}".replace("\n", " ")
+
+
+class ClientErrorWatch:
+    """Tells a 4xx about one question from one that no request can escape.
+
+    A 400 that names the API key, or the same 400 on the first
+    ``ALIKE_CLIENT_ERRORS_TO_STOP`` requests while none has succeeded yet, stops
+    the job; any other 4xx is that question's failure.
+    """
+
+    def __init__(self) -> None:
+        self.successes = 0
+        self.alike: Counter = Counter()
+
+    def success(self) -> None:
+        self.successes += 1
+
+    def is_fatal(self, error: BaseException) -> bool:
+        message = str(getattr(error, "message", None) or error)
+        if "api key" in message.lower():
+            return True
+        if self.successes:
+            return False
+        self.alike[(getattr(error, "code", None), message)] += 1
+        return max(self.alike.values()) >= ALIKE_CLIENT_ERRORS_TO_STOP
 
 
 def make_client(api_key: str, settings: GeminiSettings):
@@ -351,10 +405,12 @@ async def answer_with_gemini(
     limiter: RateLimiter | None = None,
     progress_every_s: float = 30.0,
 ) -> tuple[list[dict], list[dict], dict]:
-    """Answer every question not yet in the store. Returns ``(rows, failures, usage)``.
+    """Answer every question not yet answered or refused. Returns ``(rows, left_out, usage)``.
 
-    ``rows`` follow the order of ``questions`` (answered ones only); ``usage``
-    counts requests and tokens of this job (answers reused from the store cost nothing).
+    ``rows`` are the answers in question order; ``left_out`` lists each question
+    without one as ``{id, reason, kind}``, kind ``refused`` (final, this job's or
+    an earlier one's) or ``failed`` (asked again next time); ``usage`` counts the
+    requests and tokens of this job.
     """
     job = ResumableJob(
         questions,
@@ -362,6 +418,7 @@ async def answer_with_gemini(
         store_root=store_root,
         store_part=store_part,
         progress_every_s=progress_every_s,
+        ask_refused_again=settings.ask_refused_again,
     )
     log.info(
         "Gemini %s: %d questions to request, %d in flight at most, %.0f requests/min",
@@ -376,17 +433,31 @@ async def answer_with_gemini(
     semaphore = asyncio.Semaphore(settings.concurrency)
     usage: Counter = Counter()
     failures: list[dict] = []
+    watch = ClientErrorWatch()
+
+    def log_request(record: dict) -> None:
+        usage["requests"] += 1
+        usage.update({k: v for k, v in record.items() if k.endswith("_tokens")})
+        if job.store:
+            job.store.append_log("requests", [record])
 
     async def one(question: dict) -> None:
         async with semaphore:
-            outcome = await _ask(client, limiter, settings, config, question)
-        usage["requests"] += outcome.attempts
-        usage.update(outcome.usage or Counter())
+            outcome = await _ask(client, limiter, settings, config, question, log_request)
+        if outcome.client_error is not None and watch.is_fatal(outcome.client_error):
+            raise HardGeminiError(_describe(outcome.client_error))
         if outcome.row is not None:
+            watch.success()
             job.record([outcome.row])
+        elif outcome.refusal is not None:
+            watch.success()
+            job.record_refusal({**outcome.refusal, "attempts": outcome.attempts})
         else:
-            failures.append(outcome.failure)
-            job.record_failed()
+            failure = {**outcome.failure, "attempts": outcome.attempts}
+            if outcome.client_error is not None:
+                log.warning("question %s: %s", question["id"], _describe(outcome.client_error))
+            failures.append(failure)
+            job.record_failed([failure])
 
     tasks = [asyncio.create_task(one(q)) for q in job.todo]
     try:
@@ -399,10 +470,45 @@ async def answer_with_gemini(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await client.aio.aclose()
-    order = {q["id"]: i for i, q in enumerate(questions)}
-    failures.sort(key=lambda f: order[f["id"]])
+    rows = job.rows()
+    failed = {f["id"]: f for f in failures}
+    refused = {r["id"]: r for r in job.refusals()}
+    left_out = []
+    for question in questions:
+        if question["id"] in refused:
+            row = refused[question["id"]]
+            left_out.append(
+                {
+                    "id": row["id"],
+                    "reason": row["refused"],
+                    "kind": "refused",
+                    "attempts": row.get("attempts"),
+                }
+            )
+        elif question["id"] in failed:
+            left_out.append({**failed[question["id"]], "kind": "failed"})
     usage["reused_from_store"] = len(questions) - len(job.todo)
-    return job.rows(), failures, dict(usage)
+    usage["log"] = str(job.store.log_path("failures")) if job.store else None
+    return rows, left_out, dict(usage)
+
+
+USAGE_COUNTS = ("requests", "input_tokens", "output_tokens", "thinking_tokens")
+
+
+def shard_usage(store: AnswerStore | None, question_ids: set[str], this_job: dict) -> dict:
+    """Requests and tokens of every job that ever asked these questions under these settings.
+
+    From the store's request log (killed and failed jobs included); without a
+    store, this job's own counts.
+    """
+    if store is None:
+        return {key: this_job.get(key, 0) for key in USAGE_COUNTS}
+    totals: Counter = Counter()
+    for record in store.read_log("requests"):
+        if record["id"] in question_ids:
+            totals["requests"] += 1
+            totals.update({key: record.get(key, 0) for key in USAGE_COUNTS[1:]})
+    return {key: totals.get(key, 0) for key in USAGE_COUNTS}
 
 
 def answer_shard(
@@ -413,14 +519,17 @@ def answer_shard(
     store_root: str | os.PathLike | None,
     store_part: str,
     progress_every_s: float = 30.0,
-) -> tuple[list[dict], list[dict], dict]:
-    """One shard job: the key, the answers, the failures and a usage summary with the estimated cost."""
-    import asyncio
+) -> tuple[list[dict], list[dict], dict, str | None]:
+    """One shard job: ``(answers, left_out, usage, problem)``.
 
+    ``usage`` adds up every request ever sent for the shard's questions (with the
+    estimated cost); ``problem`` is the one-line reason the job must fail (too
+    many failures, or too many refusals when that is set to fail), else None.
+    """
     for name in ("httpx", "google_genai"):
         logging.getLogger(name).setLevel(logging.WARNING)
     api_key = load_api_key(settings.secrets_file)
-    rows, failures, usage = asyncio.run(
+    rows, left_out, this_job = asyncio.run(
         answer_with_gemini(
             questions,
             system_prompt,
@@ -431,6 +540,12 @@ def answer_shard(
             progress_every_s=progress_every_s,
         )
     )
+    store = (
+        AnswerStore(store_root, settings.text_settings(system_prompt), store_part)
+        if store_root is not None
+        else None
+    )
+    usage = shard_usage(store, {q["id"] for q in questions}, this_job)
     usage["estimated_cost_usd"] = estimate_cost(
         usage,
         {
@@ -438,36 +553,62 @@ def answer_shard(
             "output_per_million": settings.price_output_per_million,
         },
     )
+    refused = [r for r in left_out if r["kind"] == "refused"]
+    failed = [r for r in left_out if r["kind"] == "failed"]
     usage.update(
+        requests_this_job=this_job.get("requests", 0),
+        reused_from_store=this_job["reused_from_store"],
         questions=len(questions),
         answered=len(rows),
-        failed=len(failures),
-        failure_reasons=summarise_failures(failures),
+        refused=len(refused),
+        failed=len(failed),
+        refusal_reasons=summarise_failures(refused),
+        failure_reasons=summarise_failures(failed),
         model=settings.model,
     )
     log.info(
-        "%d answered, %d failed %s; %d requests, tokens in/out/thinking %d/%d/%d, estimated $%.4f",
+        "%d answered, %d refused %s, %d failed %s; %d requests (%d by this job), tokens in/out/thinking "
+        "%d/%d/%d, estimated $%.4f",
         len(rows),
-        len(failures),
+        len(refused),
+        usage["refusal_reasons"],
+        len(failed),
         usage["failure_reasons"],
-        usage.get("requests", 0),
-        usage.get("input_tokens", 0),
-        usage.get("output_tokens", 0),
-        usage.get("thinking_tokens", 0),
+        usage["requests"],
+        usage["requests_this_job"],
+        usage["input_tokens"],
+        usage["output_tokens"],
+        usage["thinking_tokens"],
         usage["estimated_cost_usd"],
     )
-    return rows, failures, usage
+    return rows, left_out, usage, shard_problem(usage, settings, this_job.get("log"))
 
 
-def too_many_failures(questions: int, usage: dict, settings: GeminiSettings) -> str | None:
-    """The error line when more than ``max_failed_fraction`` of a shard's questions failed."""
-    failed = usage.get("failed", 0)
-    if not questions or failed / questions <= settings.max_failed_fraction:
+def shard_problem(usage: dict, settings: GeminiSettings, failures_log: str | None) -> str | None:
+    """Why the shard job must fail, in one line, or None.
+
+    Failures (not final) above ``max_failed_fraction`` always fail it; refusals
+    above ``max_refused_fraction`` only warn unless ``too_many_refusals`` is ``fail``.
+    """
+    questions = usage["questions"]
+    if not questions:
         return None
-    return (
-        f"{failed} of {questions} questions failed ({usage['failure_reasons']}), more than "
-        f"max_failed_fraction {settings.max_failed_fraction}"
-    )
+    where = f"; the list is kept in {failures_log}" if failures_log else ""
+    if usage["failed"] / questions > settings.max_failed_fraction:
+        return (
+            f"{usage['failed']} of {questions} questions failed ({usage['failure_reasons']}), more than "
+            f"max_failed_fraction {settings.max_failed_fraction}{where}. "
+            "Rerun to ask again for the failed ones only."
+        )
+    if usage["refused"] / questions > settings.max_refused_fraction:
+        message = (
+            f"{usage['refused']} of {questions} questions were refused ({usage['refusal_reasons']}), more "
+            f"than max_refused_fraction {settings.max_refused_fraction}"
+        )
+        if settings.too_many_refusals == "fail":
+            return message + "; refusals are final: see README 'Gemini teacher' to ask again"
+        log.warning("%s: they are left out of the pairs", message)
+    return None
 
 
 def estimate_cost(usage: dict, prices: dict) -> float:

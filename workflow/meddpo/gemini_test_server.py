@@ -19,18 +19,38 @@ with a 503, the third normally, and any later one normally. Steps:
     429 500 503    an error with that status (429 carries a RetryInfo delay)
     403 400 404    a hard error
     timeout   no answer for ``hang_s`` seconds
+    drop      the connection is closed without a reply
     blocked   promptFeedback.blockReason = SAFETY, no candidates
     empty     a candidate with no text
     safety    a candidate with finishReason SAFETY and no text
 
 ``default_step`` applies to questions without a script (``"403"`` makes every
-request fail, as a bad key would). ``requests`` counts requests per question.
+request fail, as a bad key would). ``requests`` counts requests per question;
+``in_flight`` is the number of requests being served now and ``max_in_flight``
+the most served at once since start (or since ``reset_max_in_flight()``), so a
+caller can check that a client really had N requests open together.
+
+Each connection gets its own (daemon) thread, and the listen backlog is
+``BACKLOG`` rather than ``socketserver``'s 5, so a client that opens dozens of
+connections at once is not refused (a refused connection costs the client a
+retry and its back-off, and a benchmark would measure that instead). Replies
+go out with TCP_NODELAY: headers and body are two writes, and with Nagle's
+algorithm the body waited for the client's delayed ACK, 40 ms on every request.
+
+``python -m meddpo.gemini_test_server --latency 0.2`` serves from a process of
+its own (benchmarks use it so the server's Python does not share the client's
+GIL): it prints ``{"base_url": ...}`` once listening, serves until its stdin
+closes, then prints ``stats()`` and exits.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import re
+import socket
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -46,6 +66,12 @@ STATUS_NAMES = {
     503: "UNAVAILABLE",
 }
 _PATH = re.compile(r"^/(?P<version>v[^/]+)/models/(?P<model>[^/:]+):generateContent$")
+BACKLOG = 1024  # listen() backlog; the kernel caps it at net.core.somaxconn
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = BACKLOG  # socketserver's default of 5 drops simultaneous connections
+    daemon_threads = True  # a hung handler ("timeout" step) never blocks shutdown
 
 
 class GeminiTestServer:
@@ -69,12 +95,37 @@ class GeminiTestServer:
         self.requests: Counter = Counter()
         self.bodies: list[dict] = []
         self.keys_seen: set[str] = set()
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._steps_used: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
         self._timer: threading.Timer | None = None
 
     # -- what the handler asks ------------------------------------------------------------
+    def _enter(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def stats(self) -> dict[str, int]:
+        """The requests counted in ``requests`` (all questions), those in flight now, the most at once."""
+        with self._lock:
+            return {
+                "requests": sum(self.requests.values()),
+                "in_flight": self.in_flight,
+                "max_in_flight": self.max_in_flight,
+            }
+
+    def reset_max_in_flight(self) -> None:
+        """Start counting ``max_in_flight`` afresh (from the requests open now)."""
+        with self._lock:
+            self.max_in_flight = self.in_flight
+
     def _next_step(self, question: str) -> str:
         with self._lock:
             self.requests[question] += 1
@@ -85,7 +136,7 @@ class GeminiTestServer:
             return self.default_step
         return steps[index] if index < len(steps) else "ok"
 
-    def _handle(self, handler: BaseHTTPRequestHandler) -> tuple[int, dict]:
+    def _handle(self, handler: BaseHTTPRequestHandler) -> tuple[int | None, dict | None]:
         match = _PATH.match(handler.path.split("?", 1)[0])
         if not match:
             return 404, _error(404, f"no route for {handler.path}")
@@ -107,6 +158,8 @@ class GeminiTestServer:
         if step == "timeout":
             time.sleep(self.hang_s)
             step = "ok"
+        if step == "drop":
+            return None, None
         if step.isdigit():
             code = int(step)
             return code, _error(
@@ -140,11 +193,24 @@ class GeminiTestServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else each reply's body waits 40 ms for a delayed ACK
 
             def do_POST(self):  # noqa: N802 - http.server's naming
+                owner._enter()
+                try:
+                    self._serve()
+                finally:
+                    owner._leave()
+
+            def _serve(self) -> None:
                 try:
                     code, payload = owner._handle(self)
                 except (BrokenPipeError, ConnectionResetError):
+                    return
+                if code is None:  # "drop": close the connection without a reply
+                    self.close_connection = True
+                    with contextlib.suppress(OSError):
+                        self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 data = json.dumps(payload).encode("utf-8")
                 try:
@@ -159,8 +225,7 @@ class GeminiTestServer:
             def log_message(self, *args):  # keep test output clean
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         self._timer = threading.Timer(self.lifetime_s, self.stop)
         self._timer.daemon = True
@@ -182,6 +247,25 @@ class GeminiTestServer:
         self.stop()
 
 
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve until stdin closes, then print the stats.")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--default-step", default="ok")
+    parser.add_argument("--lifetime", type=float, default=600.0, help="stop after this many seconds")
+    args = parser.parse_args(argv)
+    server = GeminiTestServer(
+        latency_s=args.latency, default_step=args.default_step, lifetime_s=args.lifetime
+    ).start()
+    print(json.dumps({"base_url": server.base_url}), flush=True)
+    # serve until the parent closes our stdin (or dies) or the lifetime runs out
+    reader = threading.Thread(target=sys.stdin.read, daemon=True)
+    reader.start()
+    reader.join(args.lifetime)
+    stats = server.stats()
+    server.stop()
+    print(json.dumps(stats), flush=True)
+
+
 def _error(code: int, message: str, retry_delay_s: float | None = None) -> dict:
     error: dict[str, Any] = {"code": code, "message": message, "status": STATUS_NAMES.get(code, "UNKNOWN")}
     if retry_delay_s is not None:
@@ -189,3 +273,7 @@ def _error(code: int, message: str, retry_delay_s: float | None = None) -> dict:
             {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_delay_s}s"}
         ]
     return {"error": error}
+
+
+if __name__ == "__main__":
+    main()

@@ -90,6 +90,13 @@ def read_jsonl_tolerant(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """Open a temporary sibling of ``path``; rename it over ``path`` on success.
@@ -100,6 +107,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        # mkstemp makes the file private (0600); give it what a plain open() would under this
+        # umask, so teammates on shared project storage can read the dataset
+        os.fchmod(fd, 0o666 & ~current_umask())
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding) as handle:
             yield handle

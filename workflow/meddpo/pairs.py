@@ -110,8 +110,33 @@ def build_pairs(
     counts["pairs"] = len(pairs)
     pairs.sort(key=lambda row: row["id"])
     stats = {key: counts.get(key, 0) for key in STAT_KEYS}
+    chosen_failures = list(chosen_failures)
     stats["chosen_failure_reasons"] = dict(sorted(Counter(f["reason"] for f in chosen_failures).items()))
+    stats["chosen_left_out"] = dict(sorted(Counter(f.get("kind", "failed") for f in chosen_failures).items()))
     return pairs, stats
+
+
+def check_complete(
+    questions: Sequence[dict], answers: Iterable[dict], path: str, accounted: Iterable[dict] = ()
+) -> None:
+    """Every question of the shard has a row in the answer file (or a recorded refusal or failure).
+
+    A shortfall means the file was cut or belongs to another run: one line naming
+    the file and saying how to redo that shard.
+    """
+    wanted = {q["id"] for q in questions}
+    have = {row["id"] for row in answers} | {row["id"] for row in accounted}
+    missing, foreign = wanted - have, have - wanted
+    if missing:
+        raise DataError(
+            f"{path}: {len(missing)} of {len(wanted)} ids missing (the file was cut or is stale); "
+            f"redo this shard with: snakemake --forcerun {path}"
+        )
+    if foreign:
+        raise DataError(
+            f"{path}: {len(foreign)} ids that are not in this shard (e.g. {sorted(foreign)[0]}); "
+            f"redo this shard with: snakemake --forcerun {path}"
+        )
 
 
 USAGE_KEYS = (
@@ -119,7 +144,10 @@ USAGE_KEYS = (
     "input_tokens",
     "output_tokens",
     "thinking_tokens",
+    "requests_this_job",
     "reused_from_store",
+    "refused",
+    "failed",
     "estimated_cost_usd",
 )
 
@@ -142,10 +170,11 @@ def merge_pair_shards(
         totals.update({key: stats.get(key, 0) for key in STAT_KEYS})
     stats = {key: totals.get(key, 0) for key in STAT_KEYS}
     stats["shards"] = len(shards)
-    reasons = Counter()
-    for _, shard_stats in shards:
-        reasons.update(shard_stats.get("chosen_failure_reasons", {}))
-    stats["chosen_failure_reasons"] = dict(sorted(reasons.items()))
+    for key in ("chosen_failure_reasons", "chosen_left_out"):
+        reasons = Counter()
+        for _, shard_stats in shards:
+            reasons.update(shard_stats.get(key, {}))
+        stats[key] = dict(sorted(reasons.items()))
     if teacher_usage:
         totals = Counter()
         for usage in teacher_usage:

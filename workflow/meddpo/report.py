@@ -169,6 +169,7 @@ def build_stats(
         ),
         "policy": (quality_counts or {}).get("policy"),
         "chosen_failure_reasons": (pair_stats or {}).get("chosen_failure_reasons", {}),
+        "chosen_left_out": (pair_stats or {}).get("chosen_left_out", {}),
         "teacher_usage": (pair_stats or {}).get("teacher_usage"),
         "models": models,
         "lengths": lengths,
@@ -278,6 +279,10 @@ def _table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
     return "\n".join(lines)
 
 
+def _left_out_line(kinds: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "none"
+
+
 def render_report(
     stats: Mapping, title: str = "Stage 2 medical-safety DPO pairs", plots_dir: str = "plots"
 ) -> str:
@@ -312,7 +317,11 @@ def render_report(
     ]
     if s.get("chosen_failure_reasons"):
         parts += [
-            "## Teacher failures (left out)",
+            "## Questions the teacher did not answer (left out)",
+            "",
+            "Refusals (a blocked prompt, a SAFETY stop, an empty answer) are final for the settings that "
+            "produced them and are not asked again; failures (retries run out, a request turned down) are "
+            f"asked again on the next run. Left out: {_left_out_line(s.get('chosen_left_out') or {})}.",
             "",
             _table(("reason", "questions"), s["chosen_failure_reasons"].items()),
             "",

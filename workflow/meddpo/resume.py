@@ -56,7 +56,7 @@ class Progress:
         remaining = self.total - self.already_done - finished
         rate = finished / elapsed
         eta = remaining / rate if rate else float("inf")
-        failed_note = f", {self.failed} failed" if self.failed else ""
+        failed_note = f", {self.failed} failed or refused" if self.failed else ""
         log.info(
             "%d/%d answers (%d from the store%s), %.2f rows/s, %.0f new tokens/s, ETA %s",
             self.already_done + self.done,
@@ -80,21 +80,27 @@ class ResumableJob:
         store_root: str | os.PathLike | None,
         store_part: str,
         progress_every_s: float = 30.0,
+        ask_refused_again: bool = False,
     ):
         self.questions = list(questions)
         self.store = AnswerStore(store_root, settings, store_part) if store_root is not None else None
         self.stored = self.store.load() if self.store else {}
-        self.todo = [q for q in self.questions if q["id"] not in self.stored]
+        # a refusal is final for these settings: not asked again unless the user says so
+        self.refused = self.store.load_refusals() if self.store and not ask_refused_again else {}
+        self.todo = [q for q in self.questions if q["id"] not in self.stored and q["id"] not in self.refused]
         self.new: dict[str, dict] = {}
         already = len(self.questions) - len(self.todo)
         if self.store:
+            refused = sum(q["id"] in self.refused for q in self.questions)
             log.info(
                 "answer store %s: %d of %d answers already there, %d to generate",
                 self.store.folder,
-                already,
+                already - refused,
                 len(self.questions),
                 len(self.todo),
             )
+            if refused:
+                log.info("%d questions were refused before under these settings: not asked again", refused)
         self.progress = Progress(total=len(self.questions), already_done=already, every_s=progress_every_s)
 
     def record(self, rows: Sequence[dict]) -> None:
@@ -104,9 +110,26 @@ class ResumableJob:
         self.new.update((row["id"], row) for row in rows)
         self.progress.update(rows)
 
-    def record_failed(self, count: int = 1) -> None:
-        """Questions that got no answer in this job (counted in the progress lines)."""
-        self.progress.update(failed=count)
+    def record_refusal(self, row: dict) -> None:
+        """A final refusal (``row`` has ``id`` and ``refused``): stored at once, never asked again."""
+        if self.store:
+            self.store.append([row])
+        self.refused[row["id"]] = row
+        self.progress.update(failed=1)
+
+    def record_failed(self, rows: Sequence[dict]) -> None:
+        """Questions that got no answer in this job: kept in the store's failures log, asked again later."""
+        if self.store:
+            self.store.append_log("failures", rows)
+        self.progress.update(failed=len(rows))
+
+    def refusals(self) -> list[dict]:
+        """The refusals of this job's questions (earlier jobs' included), in question order."""
+        return [
+            self.refused[q["id"]]
+            for q in self.questions
+            if q["id"] in self.refused and q["id"] not in self.new
+        ]
 
     def rows(self) -> list[dict]:
         """Every answer, stored or new, in question order; unanswered questions are left out."""

@@ -29,6 +29,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from .jsonl import current_umask
+
 # Our own templates, written to behave like the real models' ones.
 MISTRAL_STYLE_TEMPLATE = (
     "{{ bos_token }}"
@@ -172,6 +174,11 @@ def _save(model, tokenizer, eos_ids: Sequence[int], out_dir: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    # mkdtemp (and the weights writer) make private files: give them what the umask asks for
+    mask = current_umask()
+    os.chmod(tmp, 0o777 & ~mask)
+    for path in tmp.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
     if out_dir.exists():
         import shutil
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .jsonl import iter_jsonl, read_jsonl
 from .pairs import PAIR_FIELDS
 from .quality import FLAGS
 
@@ -86,3 +87,37 @@ def validate_pairs(
     if rows == 0:
         problems.append("the file holds no rows")
     return rows, problems
+
+
+def check_against_questions(
+    pairs_path: str | Path,
+    questions_path: str | Path,
+    dropped_path: str | Path | None = None,
+    left_out: int | None = None,
+) -> list[str]:
+    """Problems when a dataset does not account for its question set.
+
+    Every pair (and dropped pair) must be one of the questions, with its text;
+    with ``left_out`` (the questions the pairs step counted as unanswered), the
+    questions with neither a pair nor a dropped pair must number exactly that:
+    a shard file that lost rows shows up here as a shortfall.
+    """
+    questions = {q["id"]: q["question"] for q in read_jsonl(questions_path, required=("id", "question"))}
+    problems = []
+    placed: set[str] = set()
+    for path in [pairs_path] + ([dropped_path] if dropped_path else []):
+        for line, row in iter_jsonl(path, required=("id", "question")):
+            if row["id"] not in questions:
+                problems.append(f"{path}, line {line} (id {row['id']}): not a question of {questions_path}")
+            elif row["question"] != questions[row["id"]]:
+                problems.append(
+                    f"{path}, line {line} (id {row['id']}): question text differs from {questions_path}"
+                )
+            placed.add(row["id"])
+    unplaced = len(set(questions) - placed)
+    if left_out is not None and unplaced != left_out:
+        problems.append(
+            f"{len(questions)} questions in {questions_path}: {unplaced} have no pair, but the pairs step "
+            f"left out {left_out}; an answer or pair file lost rows"
+        )
+    return problems

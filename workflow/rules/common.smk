@@ -26,11 +26,6 @@ PAIRS_FILE = f"{DATASET}/stage2_med_pairs.jsonl"
 # that this works both in the project's venv (where meddpo is installed) and in
 # the conda environment of envs/meddpo.yaml (which holds only its dependencies).
 PACKAGE_DIR = shlex.quote(os.path.join(workflow.basedir, "workflow"))
-# (shell.prefix is formatted like a shell command, hence the doubled braces)
-shell.prefix(
-    "set -euo pipefail; export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; "
-    % PACKAGE_DIR.replace("{", "{{").replace("}", "}}")
-)
 CONDA_ENV = "../../envs/meddpo.yaml"
 
 
@@ -119,8 +114,13 @@ def dataset_outputs():
     if config["output"]["parquet"]:
         outputs["parquet"] = f"{DATASET}/stage2_med_pairs.parquet"
     if config["output"]["test_fraction"] > 0:
+        # one train/test assignment, in every format that is written
         outputs["train"] = f"{DATASET}/splits/train.jsonl"
         outputs["test"] = f"{DATASET}/splits/test.jsonl"
+        for fmt, ext in (("conversational", "jsonl"), ("parquet", "parquet")):
+            if config["output"][fmt]:
+                for split in ("train", "test"):
+                    outputs[f"{fmt}_{split}"] = f"{DATASET}/splits/{fmt}-{split}.{ext}"
     return outputs
 
 
@@ -184,3 +184,18 @@ def workflow_commit():
 CONFIG_HASH = hashlib.sha256(
     json.dumps(config, sort_keys=True, default=str).encode()
 ).hexdigest()[:16]
+# Provenance goes into the outputs, never into `params` or a rule's command: a commit,
+# a README edit or another config file layout must not rerun the dataset. Every job
+# gets it through the environment (the shell prefix, which Snakemake does not compare
+# between runs); `meddpo finalize` reads MEDDPO_WORKFLOW_COMMIT and MEDDPO_CONFIG_SHA256.
+# (shell.prefix is formatted like a shell command, hence the doubled braces)
+shell.prefix(
+    (
+        "set -euo pipefail; export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; "
+        "export MEDDPO_WORKFLOW_COMMIT=%s MEDDPO_CONFIG_SHA256=%s; "
+    )
+    % tuple(
+        word.replace("{", "{{").replace("}", "}}")
+        for word in (PACKAGE_DIR, shlex.quote(workflow_commit()), CONFIG_HASH)
+    )
+)

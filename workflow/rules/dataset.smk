@@ -36,21 +36,21 @@ rule finalize:
             test_fraction=config["output"]["test_fraction"],
             settings=card_settings(),
         ),
-        provenance=cli_options(
-            workflow_commit=workflow_commit(), config_hash=CONFIG_HASH
-        ),
         outputs=cli_options(**{f"out_{k}": v for k, v in dataset_outputs().items()}),
     shell:
         "python -m meddpo finalize --pairs {input.pairs:q} --pair-stats {input.pair_stats:q}"
         " --question-stats {input.question_stats:q}"
         " --rejected-answers {input.rejected:q} --chosen-answers {input.chosen:q}"
         " --rejected-benchmarks {input.rejected_benchmarks:q} --chosen-benchmarks {input.chosen_benchmarks:q}"
-        " {params.options} {params.provenance} {params.outputs} 2> {log:q}"
+        " {params.options} {params.outputs} 2> {log:q}"
 
 
 rule validate:
     input:
-        PAIRS_FILE,
+        pairs=PAIRS_FILE,
+        dropped=dataset_outputs()["dropped"],
+        questions=f"{OUT}/questions/questions.jsonl",
+        pair_stats=ALL_PAIRS_STATS,
     output:
         f"{DATASET}/validation.txt",
     log:
@@ -58,4 +58,5 @@ rule validate:
     conda:
         CONDA_ENV
     shell:
-        "python -m meddpo validate {input:q} --out {output:q} 2> {log:q}"
+        "python -m meddpo validate {input.pairs:q} --questions {input.questions:q} --dropped {input.dropped:q}"
+        " --pair-stats {input.pair_stats:q} --out {output:q} 2> {log:q}"

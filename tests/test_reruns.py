@@ -1,0 +1,212 @@
+"""Reruns a user can trust, on the real demo DAG: the umask is honoured, provenance never forces a
+rerun, one shard can be redone, and a cut shard file stops the run naming it."""
+
+import json
+import os
+import stat
+import subprocess
+
+import pytest
+
+from conftest import REPO
+from test_workflow import DEMO, SNAKEMAKE, _copy_workflow, _env, job_counts
+
+pytestmark = pytest.mark.slow
+
+
+def _run(workdir, *args, umask=None, timeout=600):
+    return subprocess.run(
+        [*SNAKEMAKE, *args],
+        cwd=workdir,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=(lambda: os.umask(umask)) if umask is not None else None,
+    )
+
+
+def _git(workdir, *args):
+    subprocess.run(["git", *args], cwd=workdir, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The demo, built once under umask 027 in a copy that is its own git repository."""
+    workdir = _copy_workflow(tmp_path_factory.mktemp("reruns"))
+    _git(workdir, "init", "-q")
+    _git(workdir, "add", "-A")
+    _git(workdir, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "demo")
+    run = _run(workdir, "--cores", "2", *DEMO, umask=0o027)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return workdir
+
+
+def test_every_output_honours_the_umask(built):
+    out = built / "results" / "demo"
+    modes = {}
+    for path in out.rglob("*"):
+        modes.setdefault(stat.S_IMODE(path.stat().st_mode) if path.is_file() else "dir", []).append(path)
+    files = {mode: len(paths) for mode, paths in modes.items() if mode != "dir"}
+    assert files == {0o640: len([p for p in out.rglob("*") if p.is_file()])}, {
+        oct(m): [str(p.relative_to(out)) for p in paths[:3]] for m, paths in modes.items() if m != "dir"
+    }
+    folders = {stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_dir()}
+    assert folders == {0o750}
+
+
+def test_provenance_is_recorded_but_never_forces_a_rerun(built):
+    stats = json.loads((built / "results" / "demo" / "dataset" / "stage2_med_pairs.stats.json").read_text())
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=built, capture_output=True, text=True
+    ).stdout.strip()
+    assert stats["provenance"]["workflow_commit"] == head
+
+    # an edit of the workflow's files (the tree is dirty), then a commit: nothing to do either way
+    snakefile = built / "Snakefile"
+    snakefile.write_text(snakefile.read_text() + "\n# a comment that changes nothing\n")
+    dry = _run(built, "-n", *DEMO)
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-2000:]
+    _git(built, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "edit")
+    dry = _run(built, "-n", *DEMO)
+    assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-2000:]
+
+    # the README's advice: --summary shows every output as it stands ...
+    summary = _run(built, "--summary", *DEMO)
+    assert summary.returncode == 0 and "stage2_med_pairs.jsonl" in summary.stdout
+    # ... and a changed setting makes -n list exactly the jobs it affects, with the reason
+    overlay = built / "warmer.yaml"
+    overlay.write_text("teacher:\n  local:\n    temperature: 0.95\n")
+    dry = _run(built, "-n", "--configfile", "demo/config.yaml", str(overlay))
+    assert job_counts(dry.stdout) == {
+        "chosen_local": 3,
+        "pairs": 3,
+        "merge_pairs": 1,
+        "finalize": 1,
+        "validate": 1,
+        "all": 1,
+        "total": 10,
+    }
+    assert "Params have changed since last execution" in dry.stdout
+
+
+def test_redo_one_shard_reuses_the_store(built):
+    target = "results/demo/rejected/shard-001.jsonl"
+    run = _run(built, "--cores", "2", *DEMO, "--forcerun", target)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert job_counts(run.stdout + run.stderr) == {
+        "rejected": 1,
+        "pairs": 1,
+        "merge_pairs": 1,
+        "finalize": 1,
+        "validate": 1,
+        "all": 1,
+        "total": 6,
+    }
+    log = (built / "results" / "demo" / "logs" / "rejected" / "shard-001.log").read_text()
+    assert "21 of 21 answers already there, 0 to generate" in log
+
+
+def test_a_cut_shard_file_fails_the_run_naming_it(built):
+    cut = built / "results" / "demo" / "chosen" / "shard-001.jsonl"
+    lines = cut.read_text().splitlines(keepends=True)
+    assert len(lines) == 21
+    cut.write_text("".join(lines[:10]))  # cut at a line boundary: every line left is valid
+    run = _run(built, "--cores", "2", *DEMO)
+    assert run.returncode != 0
+    log = (built / "results" / "demo" / "logs" / "pairs" / "shard-001.log").read_text()
+    errors = [line for line in log.splitlines() if "error" in line]
+    assert errors == [
+        "meddpo pairs: error: results/demo/chosen/shard-001.jsonl: 11 of 21 ids missing (the file was cut "
+        "or is stale); redo this shard with: snakemake --forcerun results/demo/chosen/shard-001.jsonl"
+    ]
+    assert not (built / "results" / "demo" / "pairs" / "shard-001.jsonl").exists()
+
+
+def test_the_readme_gives_the_commands_these_tests_use():
+    readme = (REPO / "README.md").read_text()
+    assert "snakemake --forcerun results/rejected/shard-001.jsonl" in readme
+    assert "`snakemake --summary`" in readme and "--list-changes params" not in readme.replace(
+        "(Skip `--list-changes params`", ""
+    )
+
+
+def test_refusals_and_transient_errors_through_snakemake_with_the_cluster_retry_setting(tmp_path):
+    """~6% permanent refusals, ~30% transient errors: exit 0, every other question answered, each
+    refusal asked once and recorded once, and a --forcerun of the teacher sends nothing."""
+    import yaml
+
+    from meddpo.gemini_test_server import GeminiTestServer
+    from meddpo.questions import clean_and_dedupe
+
+    workdir = _copy_workflow(tmp_path / "wf")
+    overlay = tmp_path / "gemini.yaml"
+    overlay.write_text(
+        "teacher:\n  backend: gemini\n  gemini:\n    concurrency: 8\n    requests_per_minute: 1000000\n"
+        "    initial_backoff_s: 0.001\n    max_backoff_s: 0.01\n"
+    )
+    retries = yaml.safe_load((REPO / "profiles" / "bridges2" / "config.yaml").read_text())["retries"]
+    rows = [json.loads(line) for line in (REPO / "demo" / "medquad_demo.jsonl").open()]
+    questions = [q["question"] for q in clean_and_dedupe(rows, source="demo", min_chars=10)[0]]
+    assert len(questions) == 63
+    refusals = {
+        questions[3]: "blocked",
+        questions[10]: "safety",
+        questions[20]: "empty",
+        questions[40]: "blocked",
+    }
+    transient = [
+        ["429", "ok"],
+        ["503", "503", "ok"],
+        ["500", "ok"],
+        ["drop", "ok"],
+        ["429", "drop", "503", "ok"],
+    ]
+    script = {q: [step] for q, step in refusals.items()}
+    others = [q for q in questions if q not in refusals]
+    for index, question in enumerate(others[::3]):  # 20 of 63: about 30%
+        script[question] = transient[index % len(transient)]
+    key = "test-key-for-the-refusal-run"
+    command = ["--cores", "2", "--retries", str(retries), "--configfile", "demo/config.yaml", str(overlay)]
+    with GeminiTestServer(expected_key=key) as server:
+        server.script = script
+        env = {**_env(), "GEMINI_API_KEY": key, "GOOGLE_GEMINI_BASE_URL": server.base_url}
+        run = subprocess.run(
+            [*SNAKEMAKE, *command], cwd=workdir, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        sent = sum(server.requests.values())
+        assert all(server.requests[q] == 1 for q in refusals), "a refused question was asked again"
+        assert all(server.requests[q] == len(steps) for q, steps in script.items() if q not in refusals)
+
+        forced = subprocess.run(
+            [*SNAKEMAKE, *command, "--forcerun", "chosen_gemini"],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert forced.returncode == 0, forced.stderr[-3000:]
+        assert sum(server.requests.values()) == sent, "--forcerun of the teacher paid for something"
+
+    out = workdir / "results" / "demo"
+    stats = json.loads((out / "pairs" / "all_pairs.stats.json").read_text())
+    assert stats["pairs"] == 59 and stats["chosen_left_out"] == {"refused": 4}
+    assert stats["chosen_failure_reasons"] == {
+        "empty_text": 1,
+        "finish_reason:SAFETY": 1,
+        "prompt_blocked:SAFETY": 2,
+    }
+    assert stats["teacher_usage"]["requests"] == sent and stats["teacher_usage"]["refused"] == 4
+    stored = [
+        json.loads(line)
+        for part in (out / "answer_store").glob("gemini-2.5-flash/*/shard-*.jsonl")
+        for line in part.read_text().splitlines()
+    ]
+    assert sorted(r["refused"] for r in stored if "refused" in r) == sorted(
+        ["prompt_blocked:SAFETY", "finish_reason:SAFETY", "empty_text", "prompt_blocked:SAFETY"]
+    )
+    assert len([r for r in stored if "text" in r]) == 59
+    report = (out / "dataset" / "report.md").read_text()
+    assert "Left out: 4 refused." in report
