@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 from . import settings as schema
@@ -39,9 +38,8 @@ log = logging.getLogger("meddpo")
 
 
 def _questions(args: argparse.Namespace) -> None:
-    from .questions import build_questions
+    from .questions import build_questions, summary_line
 
-    started = time.perf_counter()
     rows, stats = build_questions(
         args.dataset,
         n=args.n,
@@ -54,24 +52,9 @@ def _questions(args: argparse.Namespace) -> None:
         revision=args.revision,
         source_name=args.name,
     )
-    stats["seconds"] = round(time.perf_counter() - started, 2)
     write_jsonl(args.out, rows)
     write_json(args.stats, stats)
-    log.info(
-        "read %d rows: %d empty, %d not text, %d short, %d long, %d duplicates (%d exact) dropped; "
-        "picked %d (%s) in %.1fs -> %s",
-        stats["read"],
-        stats["dropped_empty"],
-        stats["dropped_not_text"],
-        stats["dropped_short"],
-        stats["dropped_long"],
-        stats["dropped_duplicate"],
-        stats["dropped_duplicate_exact"],
-        stats["picked"],
-        args.selection,
-        stats["seconds"],
-        args.out,
-    )
+    log.info("%s -> %s", summary_line(stats), args.out)
 
 
 def _shard(args: argparse.Namespace) -> None:
@@ -169,25 +152,12 @@ def _merge(args: argparse.Namespace) -> None:
 
 
 def _finalize(args: argparse.Namespace) -> None:
+    import dataclasses
+
     from .dataset import DatasetPaths, build_dataset
     from .report import throughput_per_shard
 
-    paths = DatasetPaths(
-        pairs=args.out_pairs,
-        dropped=args.out_dropped,
-        stats=args.out_stats,
-        report=args.out_report,
-        card=args.out_card,
-        plots=args.out_plots,
-        conversational=args.out_conversational,
-        parquet=args.out_parquet,
-        train=args.out_train,
-        test=args.out_test,
-        conversational_train=args.out_conversational_train,
-        conversational_test=args.out_conversational_test,
-        parquet_train=args.out_parquet_train,
-        parquet_test=args.out_parquet_test,
-    )
+    paths = DatasetPaths(**{f.name: getattr(args, f"out_{f.name}") for f in dataclasses.fields(DatasetPaths)})
     throughput = throughput_per_shard(
         {"rejected": args.rejected_benchmarks, "chosen": args.chosen_benchmarks},
         {"rejected": args.rejected_answers, "chosen": args.chosen_answers},
@@ -388,13 +358,7 @@ def _finalize_options(p: argparse.ArgumentParser) -> None:
         )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="meddpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_questions(sub) -> None:
     p = sub.add_parser("questions", help="build the Stage 2A question set")
     _setting(p, "source.dataset", "--source", help="hub id (lavita/MedQuAD) or local .parquet/.jsonl/.csv")
     _setting(p, "source.name", "--source-name", help="value of the 'source' column")
@@ -412,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", required=True, type=Path)
     p.set_defaults(func=_questions)
 
+
+def _add_shard(sub) -> None:
     p = sub.add_parser("shard", help="write shard INDEX of N-SHARDS")
     p.add_argument("--questions", required=True, type=Path)
     p.add_argument("--n-shards", required=True, type=int)
@@ -419,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=_shard)
 
+
+def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="answer a shard with a local transformers model")
     p.add_argument("--shard", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
@@ -429,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress lines")
     p.set_defaults(func=_generate)
 
+
+def _add_gemini(sub) -> None:
     p = sub.add_parser(
         "gemini", help="answer a shard with Gemini (key from GEMINI_API_KEY or --secrets-file)"
     )
@@ -442,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress-every", type=float, default=30.0)
     p.set_defaults(func=_gemini)
 
+
+def _add_pairs(sub) -> None:
     p = sub.add_parser("pairs", help="join one shard's questions and answers into DPO rows")
     p.add_argument("--questions", required=True, type=Path)
     p.add_argument("--rejected", required=True, type=Path)
@@ -452,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", required=True, type=Path)
     p.set_defaults(func=_pairs)
 
+
+def _add_merge(sub) -> None:
     p = sub.add_parser("merge", help="merge pair shards")
     p.add_argument("--pairs", nargs="+", required=True, type=Path)
     p.add_argument("--shard-stats", nargs="+", required=True, type=Path)
@@ -460,17 +434,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", required=True, type=Path)
     p.set_defaults(func=_merge)
 
+
+def _add_finalize(sub) -> None:
     p = sub.add_parser(
         "finalize", help="flag and filter the pairs; write the dataset, stats, report and card"
     )
     _finalize_options(p)
     p.set_defaults(func=_finalize)
 
+
+def _add_report(sub) -> None:
     p = sub.add_parser("report", help="stats, plots and a report of any pairs file (older layouts too)")
     p.add_argument("--pairs", required=True, type=Path)
     p.add_argument("--out-dir", required=True, type=Path)
     p.set_defaults(func=_report)
 
+
+def _add_validate(sub) -> None:
     p = sub.add_parser("validate", help="check a pairs file; exit 1 with a list of problems")
     p.add_argument("pairs", type=Path)
     p.add_argument(
@@ -484,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_validate)
 
+
+def _add_tiny_models(sub) -> None:
     p = sub.add_parser("tiny-models", help="build the demo's tiny Mistral and Qwen2 checkpoints")
     p.add_argument("--texts", required=True, type=Path, help="JSONL with 'question' (and 'answer')")
     p.add_argument("--mistral-out", required=True, type=Path)
@@ -492,6 +474,25 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(p, "demo.mistral_eos_rate", type=float)
     _setting(p, "demo.qwen_eos_rate", type=float)
     p.set_defaults(func=_tiny_models)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meddpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    _add_questions(sub)
+    _add_shard(sub)
+    _add_generate(sub)
+    _add_gemini(sub)
+    _add_pairs(sub)
+    _add_merge(sub)
+    _add_finalize(sub)
+    _add_report(sub)
+    _add_validate(sub)
+    _add_tiny_models(sub)
     return parser
 
 

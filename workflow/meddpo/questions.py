@@ -51,6 +51,7 @@ import heapq
 import logging
 import os
 import re
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from fractions import Fraction
@@ -441,6 +442,7 @@ def build_questions(
 
     ``max_chars`` of None means no upper limit on a question's length.
     """
+    started = time.perf_counter()
     raw, fingerprint = load_source_rows(dataset, split=split, revision=revision)
     questions, counts = clean_and_dedupe(
         raw, source=source_name or dataset, min_chars=min_chars, max_chars=max_chars
@@ -457,4 +459,16 @@ def build_questions(
         "picked": len(picked),
         "picked_per_category": dict(sorted(Counter(r["category"] for r in picked).items())),
     }
+    stats["seconds"] = round(time.perf_counter() - started, 2)
     return picked, stats
+
+
+def summary_line(stats: dict) -> str:
+    """What question building did, in one log line."""
+    s = stats
+    return (
+        f"read {s['read']} rows: {s['dropped_empty']} empty, {s['dropped_not_text']} not text, "
+        f"{s['dropped_short']} short, {s['dropped_long']} long, {s['dropped_duplicate']} duplicates "
+        f"({s['dropped_duplicate_exact']} exact) dropped; picked {s['picked']} ({s['selection']}) "
+        f"in {s['seconds']:.1f}s"
+    )
