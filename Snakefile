@@ -26,6 +26,12 @@ include: "workflow/rules/pairs.smk"
 include: "workflow/rules/dataset.smk"
 
 
+# Before the first job of a real run (dry runs skip it): models, source, key, output
+# folder, Slurm account and GPU are checked, and the cost is printed (meddpo.preflight).
+onstart:
+    run_preflight()
+
+
 # Seconds of work each: never worth a cluster job.
 localrules:
     all,

@@ -190,6 +190,36 @@ def test_bridges2_profile_on_a_real_slurm(slurm_cluster, tmp_path):
     assert KEY not in submit_lines and "GPU-shared" in submit_lines
 
 
+@pytest.mark.slow
+def test_bridges2_profile_with_a_missing_model_submits_nothing(slurm_cluster, tmp_path):
+    workdir = _copy_workflow(tmp_path / "wf")
+    profile = _test_profile(tmp_path / "profile")
+    overlay = tmp_path / "missing-model.yaml"
+    overlay.write_text(
+        yaml.safe_dump(
+            {"demo": {"build_tiny_models": False}, "rejected": {"model": "/project/models/no-such-mistral"}}
+        )
+    )
+    env = {**_env(), "SBATCH_ACCOUNT": ACCOUNT}
+    before = _all_jobs()
+    run = subprocess.run(
+        [*SNAKEMAKE, "--profile", str(profile), "--configfile", "demo/config.yaml", str(overlay)],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 2, run.stdout[-3000:] + run.stderr[-3000:]
+    errors = [line for line in run.stderr.splitlines() if "error:" in line]
+    assert errors[0] == (
+        "meddpo preflight: error: rejected.model /project/models/no-such-mistral: no such folder; "
+        "point rejected.model at a checkpoint folder or a hub id"
+    )
+    assert _all_jobs() == before, "a Slurm job was submitted"
+    assert not (workdir / "results" / "demo" / "questions").exists()
+
+
 def test_bridges2_dry_run_needs_no_slurm_daemons(tmp_path):
     workdir = _copy_workflow(tmp_path / "wf")
     env = _env()

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import UserError
 
-class ChatTemplateError(Exception):
+
+class ChatTemplateError(UserError):
     """The model's chat template cannot carry the prompt (names the model)."""
 
 

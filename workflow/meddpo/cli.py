@@ -181,7 +181,9 @@ def _finalize(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from .quality import FLAGS, apply_policy
     from .report import build_stats, write_report
+    from .validate import require_pairs_file
 
+    require_pairs_file(args.pairs)
     rows = read_jsonl(args.pairs)
     kept, dropped, quality_counts = apply_policy(rows, {flag: "flag" for flag in FLAGS})
     stats = build_stats(kept, dropped, quality_counts=quality_counts, provenance={"file": str(args.pairs)})
@@ -206,8 +208,9 @@ def _report(args: argparse.Namespace) -> None:
 
 def _validate(args: argparse.Namespace) -> int | None:
     from .jsonl import atomic_open
-    from .validate import check_against_questions, validate_pairs
+    from .validate import check_against_questions, require_pairs_file, validate_pairs
 
+    require_pairs_file(args.pairs)
     rows, problems = validate_pairs(args.pairs, legacy=args.legacy)
     if args.questions:
         left_out = None
@@ -239,6 +242,35 @@ def _tiny_models(args: argparse.Namespace) -> None:
     build_tiny_mistral(texts, args.mistral_out, seed=args.seed, eos_rate=args.mistral_eos_rate)
     build_tiny_qwen2(texts, args.qwen_out, seed=args.seed, eos_rate=args.qwen_eos_rate)
     log.info("built tiny checkpoints %s and %s", args.mistral_out, args.qwen_out)
+
+
+def _preflight(args: argparse.Namespace) -> int | None:
+    from .preflight import preflight, report, slurm_account_from_profile
+    from .settings import load_config
+
+    config = load_config(args.configfile, base=args.base_config)
+    cluster = args.profile is not None and _profile_executor(args.profile) not in (None, "local")
+    account = slurm_account_from_profile(args.profile) if cluster else None
+    ok = report(config, preflight(config, cluster=cluster, slurm_account=account), stream=sys.stdout)
+    return None if ok else 2
+
+
+def _profile_executor(profile: Path) -> str | None:
+    import yaml
+
+    try:
+        settings = yaml.safe_load((profile / "config.yaml").read_text(encoding="utf-8")) or {}
+    except OSError as err:
+        raise DataError(f"{profile}: not a Snakemake profile folder ({err.strerror})") from None
+    return settings.get("executor")
+
+
+def _status(args: argparse.Namespace) -> None:
+    from .settings import load_config
+    from .status import render, shard_status
+
+    for line in render(shard_status(load_config(args.configfile, base=args.base_config))):
+        print(line)
 
 
 # --------------------------------------------------------------------------- options
@@ -476,6 +508,34 @@ def _add_tiny_models(sub) -> None:
     p.set_defaults(func=_tiny_models)
 
 
+def _add_preflight(sub) -> None:
+    p = sub.add_parser(
+        "preflight", help="check models, data, key, output and cluster settings; print the cost"
+    )
+    _config_files(p)
+    p.add_argument(
+        "--profile", type=Path, help="the Snakemake profile the run will use (e.g. profiles/bridges2)"
+    )
+    p.set_defaults(func=_preflight)
+
+
+def _add_status(sub) -> None:
+    p = sub.add_parser("status", help="answers in the store per model and shard, against the questions")
+    _config_files(p)
+    p.set_defaults(func=_status)
+
+
+def _config_files(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--configfile",
+        nargs="*",
+        default=[],
+        type=Path,
+        help="config files layered over config.yaml, in order",
+    )
+    p.add_argument("--base-config", type=Path, default=Path("config.yaml"), help="the workflow's own config")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meddpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -493,6 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_validate(sub)
     _add_tiny_models(sub)
+    _add_preflight(sub)
+    _add_status(sub)
     return parser
 
 
@@ -504,14 +566,21 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%Y-%m-%d %H:%M:%S",
         stream=sys.stderr,
     )
-    from .chat_format import ChatTemplateError
-    from .gemini_teacher import HardGeminiError, MissingKeyError
+    from .errors import UserError
 
     try:
         return args.func(args) or 0
-    except (DataError, ChatTemplateError, HardGeminiError, MissingKeyError) as err:
+    except UserError as err:
         print(f"meddpo {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except FileNotFoundError as err:
+        print(f"meddpo {args.command}: error: {err.filename}: no such file", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"meddpo {args.command}: interrupted; what was finished is kept (rerun to go on)", file=sys.stderr
+        )
+        return 130
 
 
 if __name__ == "__main__":

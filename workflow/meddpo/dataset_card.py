@@ -81,6 +81,16 @@ def render_card(
         "MedQuAD, a **chosen** answer from a careful teacher model and a **rejected** answer from a "
         "deliberately loose, over-confident model, with the training prompt ready to use.",
         "",
+        *(
+            [
+                "> **Demo data: the answers are noise.** Both models are tiny random-weight stand-ins built "
+                "on the spot by the offline demo, so every answer is random text. The file shows the "
+                "workflow's machinery and layout, not a dataset to train on.",
+                "",
+            ]
+            if settings.get("demo")
+            else []
+        ),
         "> **Not medical advice.** The answers were written by language models, none of them checked by a "
         "clinician; the rejected answers were made to be worse on purpose. Use the data to train and "
         "evaluate models, never to answer a person's health question.",

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .answer_store import AnswerStore
+from .errors import UserError
 from .resume import ResumableJob
 from .settings import defaults
 
@@ -58,11 +59,11 @@ ALIKE_CLIENT_ERRORS_TO_STOP = 3
 KEY_VARIABLES = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 
 
-class HardGeminiError(Exception):
+class HardGeminiError(UserError):
     """An error no retry can fix (bad key, permission, unknown model)."""
 
 
-class MissingKeyError(Exception):
+class MissingKeyError(UserError):
     """No API key in the environment or the secrets file."""
 
 
@@ -606,7 +607,7 @@ def shard_problem(usage: dict, settings: GeminiSettings, failures_log: str | Non
             f"than max_refused_fraction {settings.max_refused_fraction}"
         )
         if settings.too_many_refusals == "fail":
-            return message + "; refusals are final: see README 'Gemini teacher' to ask again"
+            return message + "; refusals are final: see docs/gemini.md to ask again"
         log.warning("%s: they are left out of the pairs", message)
     return None
 

@@ -15,8 +15,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import UserError
 
-class DataError(Exception):
+
+class DataError(UserError):
     """Bad input that the user must fix; the message names file, line and field."""
 
 

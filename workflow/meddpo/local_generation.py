@@ -308,16 +308,18 @@ def answer_questions(
     store_root: str | os.PathLike | None = None,
     store_part: str = "answers",
     progress_every_s: float = 30.0,
+    job: ResumableJob | None = None,
 ) -> list[dict]:
     """Answer every question; rows come back in the order of ``questions``.
 
-    Answers already in the store are reused (see resume.ResumableJob); new ones
-    are stored as each batch finishes.
+    Answers already in the store are reused (see resume.ResumableJob; pass
+    ``job`` when the caller opened it already); new ones are stored as each batch
+    finishes.
     """
     if engine not in ("padded", "continuous"):
         raise ValueError(f"unknown engine {engine!r}; use 'padded' or 'continuous'")
     spec = generator.spec
-    job = ResumableJob(
+    job = job or ResumableJob(
         questions,
         text_settings(spec, system_prompt, sampling),
         store_root=store_root,
@@ -378,21 +380,8 @@ def quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-def answer_shard(
-    questions: Sequence[dict],
-    model_settings: Mapping[str, Any],
-    *,
-    system_prompt: str,
-    device: str = "auto",
-    store_root: str | os.PathLike | None = None,
-    store_part: str = "answers",
-    progress_every_s: float = 30.0,
-) -> list[dict]:
-    """One shard job: load the model of ``model_settings`` (a config local-model block) and answer."""
-    if not questions:
-        log.info("empty shard, nothing to generate")
-        return []
-    quiet_transformers()
+def model_and_sampling(model_settings: Mapping[str, Any], device: str = "auto") -> tuple[ModelSpec, Sampling]:
+    """The loading and decoding settings of a config local-model block (``rejected``, ``teacher.local``)."""
     m = {**_DEFAULTS, **model_settings}
     spec = ModelSpec(
         name=m["model"],
@@ -408,6 +397,40 @@ def answer_shard(
         seed=m["seed"],
         min_new_tokens=m["min_new_tokens"],
     )
+    return spec, sampling
+
+
+def answer_shard(
+    questions: Sequence[dict],
+    model_settings: Mapping[str, Any],
+    *,
+    system_prompt: str,
+    device: str = "auto",
+    store_root: str | os.PathLike | None = None,
+    store_part: str = "answers",
+    progress_every_s: float = 30.0,
+) -> list[dict]:
+    """One shard job of a config local-model block: answers from the store, the rest generated.
+
+    The model is loaded only when something is left to generate, so a shard that
+    is already answered (after a re-shard, say) costs seconds, not a model load.
+    """
+    if not questions:
+        log.info("empty shard, nothing to generate")
+        return []
+    spec, sampling = model_and_sampling(model_settings, device)
+    job = ResumableJob(
+        questions,
+        text_settings(spec, system_prompt, sampling),
+        store_root=store_root,
+        store_part=store_part,
+        progress_every_s=progress_every_s,
+    )
+    if not job.todo:
+        log.info("every answer of the shard is in the answer store: the model is not loaded")
+        return job.rows()
+    quiet_transformers()
+    m = {**_DEFAULTS, **model_settings}
     return answer_questions(
         LocalGenerator(spec),
         questions,
@@ -416,7 +439,5 @@ def answer_shard(
         m["batch_size"],
         max_batch_tokens=m["max_batch_tokens"],
         engine=m["engine"],
-        store_root=store_root,
-        store_part=store_part,
-        progress_every_s=progress_every_s,
+        job=job,
     )

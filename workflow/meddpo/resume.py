@@ -104,7 +104,13 @@ class ResumableJob:
         self.progress = Progress(total=len(self.questions), already_done=already, every_s=progress_every_s)
 
     def record(self, rows: Sequence[dict]) -> None:
-        """Finished answers: into the store (on disk before this returns), then into the result."""
+        """Finished answers: into the store (on disk before this returns), then into the result.
+
+        Each row gets ``created`` (Unix time), so a report can tell the answers a job
+        made from the ones it took from the store.
+        """
+        now = round(time.time(), 3)
+        rows = [{**row, "created": now} for row in rows]
         if self.store:
             self.store.append(rows)
         self.new.update((row["id"], row) for row in rows)

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import functools
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .errors import UserError
 
 SCHEMA_FILE = "config.schema.yaml"
 _NO_DEFAULT = object()
@@ -80,3 +83,110 @@ def choices(path: str) -> tuple[Any, ...]:
     """The allowed values of an enum setting."""
     parent, _, key = path.rpartition(".")
     return tuple(_resolve(section(parent)["properties"][key])["enum"])
+
+
+# --------------------------------------------------------------------------- config files
+
+
+class ConfigError(UserError):
+    """A config file that cannot be read or a value the schema refuses (one line, with the key)."""
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """One YAML config file; a syntax error names the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file ({err.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "not valid YAML"
+        raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Layer ``update`` over ``base`` as Snakemake layers config files.
+
+    Mappings merge key by key; anything else is replaced.
+    """
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _where(files: dict[str, dict], path: list) -> str:
+    """The last config file that sets ``path`` (the one whose value counts)."""
+    found = None
+    for name, data in files.items():
+        node: Any = data
+        for part in path:
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            found = name
+    return f" (set in {found})" if found else ""
+
+
+def check_config(config: dict[str, Any], files: dict[str, dict] | None = None) -> None:
+    """Raise ConfigError with the key, the bad value and the file, for the first problem the schema finds."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(
+        validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(e.absolute_path))
+    )
+    if not errors:
+        return
+    error = errors[0]
+    path = list(error.absolute_path)
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        key = ".".join(str(p) for p in [*path, extra[0]]) if extra else ".".join(map(str, path))
+        known = ", ".join(sorted(error.schema.get("properties", {})))
+        message = (
+            f"config key {key}: unknown key{_where(files or {}, [*path, extra[0]] if extra else path)}; "
+        )
+        message += f"the keys here are: {known}"
+        raise ConfigError(message)
+    key = ".".join(str(p) for p in path) or "(top level)"
+    value = error.instance if not isinstance(error.instance, dict) else "{...}"
+    raise ConfigError(
+        f"config key {key}: {value!r} is not allowed: {error.message}{_where(files or {}, path)}"
+    )
+
+
+def fill_defaults(config: dict[str, Any], node: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A copy of ``config`` with the schema's defaults filled in, as Snakemake's validate does."""
+    node = _resolve(node if node is not None else schema())
+    out = dict(config)
+    for key, sub in node.get("properties", {}).items():
+        sub = _resolve(sub)
+        if key not in out and "default" in sub:
+            out[key] = sub["default"]
+        if isinstance(out.get(key), dict) and "properties" in sub:
+            out[key] = fill_defaults(out[key], sub)
+    return out
+
+
+def load_config(configfiles: list[str | Path], base: str | Path = "config.yaml") -> dict[str, Any]:
+    """``base`` then each of ``configfiles``, layered, checked and with the defaults filled in."""
+    files = {str(path): read_config_file(path) for path in [base, *configfiles]}
+    config: dict[str, Any] = {}
+    for data in files.values():
+        config = merge(config, data)
+    check_config(config, files)
+    return fill_defaults(config)

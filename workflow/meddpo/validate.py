@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .jsonl import iter_jsonl, read_jsonl
+from .jsonl import DataError, iter_jsonl, read_jsonl
 from .pairs import PAIR_FIELDS
 from .quality import FLAGS
 
@@ -32,6 +32,9 @@ def validate_pairs(
 
     with open(path, "rb") as handle:
         for line, raw in enumerate(handle, start=1):
+            if len(problems) >= max_problems:
+                problems.append(f"... stopped after {max_problems} problems")
+                return rows, problems
             if not raw.strip():
                 continue
             rows += 1
@@ -81,9 +84,6 @@ def validate_pairs(
                     reason = meta.get(f"{role}_finish_reason")
                     if reason == "stop" and f"{role}_truncated" in flags:
                         problem(line, row_id, f"flag {role}_truncated but {role} finish reason is 'stop'")
-            if len(problems) >= max_problems:
-                problems.append(f"... stopped after {max_problems} problems")
-                return rows, problems
     if rows == 0:
         problems.append("the file holds no rows")
     return rows, problems
@@ -121,3 +121,16 @@ def check_against_questions(
             f"left out {left_out}; an answer or pair file lost rows"
         )
     return problems
+
+
+def require_pairs_file(path: str | Path) -> None:
+    """Stop with one line when ``path`` is not a file of DPO pairs at all (its first row has none of
+    prompt, chosen, rejected), instead of listing every row's missing fields."""
+    for line, row in iter_jsonl(path):
+        if not any(field in row for field in ("prompt", "chosen", "rejected")):
+            raise DataError(
+                f"{path}, line {line}: not a pairs file (a DPO row has prompt, chosen and rejected; "
+                f"this one has {', '.join(sorted(row)[:6]) or 'no fields'})"
+            )
+        return
+    raise DataError(f"{path}: the file holds no rows")

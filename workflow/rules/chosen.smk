@@ -22,7 +22,7 @@ if config["teacher"]["backend"] == "local":
             f"{BENCHMARKS}/chosen/shard-{{shard}}.tsv"
         resources:
             gpu=1,
-            runtime=runtime_minutes(10),
+            runtime=runtime("chosen_local"),
         params:
             options=generation_options(
                 config["teacher"]["local"], config["prompts"]["teacher"]
@@ -46,7 +46,7 @@ if config["teacher"]["backend"] == "gemini":
             CONDA_ENV
         resources:
             gemini_jobs=1,
-            runtime=runtime_minutes(2),
+            runtime=runtime("chosen_gemini"),
         params:
             # the teacher.gemini block as it is (never the key itself: it stays out of command lines)
             options=cli_options(

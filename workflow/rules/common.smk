@@ -6,10 +6,30 @@ import math
 import os
 import shlex
 import subprocess
+import sys
 
 from snakemake.utils import validate
 
-validate(config, schema="../meddpo/config.schema.yaml")
+# The package's own modules that need only the standard library and PyYAML (which
+# Snakemake has) are imported here: the config check, the preflight, the job plan.
+sys.path.insert(0, os.path.join(workflow.basedir, "workflow"))
+from meddpo.plan import questions_per_shard, runtime_minutes
+from meddpo.settings import ConfigError, check_config, read_config_file
+
+
+def _check_config():
+    """A bad config stops the parse with the key, the value and the file, in one line."""
+    cli_files = list(workflow.overwrite_configfiles or [])
+    ordered = [f for f in workflow.configfiles if f not in cli_files] + cli_files
+    try:
+        check_config(config, {str(f): read_config_file(f) for f in ordered})
+    except ConfigError as err:
+        print(f"meddpo: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+_check_config()
+validate(config, schema="../meddpo/config.schema.yaml")  # fills in the defaults
 
 OUT = config["output"]["dir"].rstrip("/")
 LOGS = f"{OUT}/logs"
@@ -35,18 +55,14 @@ wildcard_constraints:
 
 # Portable time limits (minutes) for the generation jobs, sized from the shard and
 # grown with each retry (Slurm kills a job at its limit; the retry resumes from the
-# answer store). Cluster names stay in profiles/.
-QUESTIONS_PER_SHARD = math.ceil(
-    (config["questions"]["n"] or 50000) / config["n_shards"]
-)
+# answer store). The formula is meddpo.plan's, which the preflight prints too.
+QUESTIONS_PER_SHARD = questions_per_shard(config)
 
 
-def runtime_minutes(minutes_per_100_questions, start_up=15, cap=480):
-    def runtime(wildcards, attempt):
-        estimate = start_up + minutes_per_100_questions * QUESTIONS_PER_SHARD / 100
-        return min(cap, math.ceil(estimate * attempt))
-
-    return runtime
+def runtime(rule_name):
+    return lambda wildcards, attempt: runtime_minutes(
+        rule_name, QUESTIONS_PER_SHARD, attempt
+    )
 
 
 def local_source(source):
@@ -139,6 +155,7 @@ def card_settings():
         {
             "prompts": config["prompts"],
             "source_name": config["source"]["name"],
+            "demo": config["demo"]["build_tiny_models"],
             "selection": config["questions"]["selection"],
             "seed": config["questions"]["seed"],
             "chosen_sampling": {k: teacher[k] for k in sampling_keys if k in teacher},
@@ -189,13 +206,47 @@ CONFIG_HASH = hashlib.sha256(
 # gets it through the environment (the shell prefix, which Snakemake does not compare
 # between runs); `meddpo finalize` reads MEDDPO_WORKFLOW_COMMIT and MEDDPO_CONFIG_SHA256.
 # (shell.prefix is formatted like a shell command, hence the doubled braces)
+# Jobs run `python` from the interpreter that runs Snakemake (so `.venv/bin/snakemake`
+# works without activating the venv), unless a conda environment is in use.
+from snakemake.settings.types import DeploymentMethod
+
+USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+PYTHON_PATH = "" if USE_CONDA else shlex.quote(os.path.dirname(sys.executable)) + ":"
 shell.prefix(
     (
-        "set -euo pipefail; export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; "
+        "set -euo pipefail; export PATH=%s$PATH PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; "
         "export MEDDPO_WORKFLOW_COMMIT=%s MEDDPO_CONFIG_SHA256=%s; "
     )
     % tuple(
         word.replace("{", "{{").replace("}", "}}")
-        for word in (PACKAGE_DIR, shlex.quote(workflow_commit()), CONFIG_HASH)
+        for word in (
+            PYTHON_PATH,
+            PACKAGE_DIR,
+            shlex.quote(workflow_commit()),
+            CONFIG_HASH,
+        )
     )
 )
+
+
+def slurm_account():
+    """The account the cluster profile asks for (its default resources), else $SBATCH_ACCOUNT."""
+    value = ""
+    try:
+        item = workflow.resource_settings.default_resources.get("slurm_account")
+        value = str(item.value) if item is not None else ""
+    except Exception:  # noqa: BLE001 - the environment variable below is the fallback
+        value = ""
+    return value.strip("'\"") or os.environ.get("SBATCH_ACCOUNT")
+
+
+def run_preflight():
+    """The preflight of a real run (dry runs never get here): stop before any job on an error."""
+    from meddpo.preflight import preflight, report
+
+    if str(workflow.exec_mode) != "default":
+        return  # a job's own Snakemake process on a cluster node
+    cluster = workflow.executor_plugin.common_settings.non_local_exec
+    findings = preflight(config, cluster=cluster, slurm_account=slurm_account())
+    if not report(config, findings):
+        sys.exit(2)

@@ -19,7 +19,7 @@ rule rejected:
         CONDA_ENV
     resources:
         gpu=1,
-        runtime=runtime_minutes(4),
+        runtime=runtime("rejected"),
     params:
         options=generation_options(config["rejected"], config["prompts"]["rejected"]),
     shell:

@@ -1,0 +1,104 @@
+"""What a run will do and ask for: jobs per rule, time limits, GPU-hours and API dollars.
+
+The workflow's rules take their portable time limits from ``runtime_minutes``
+(so the limits the preflight prints are the ones Slurm is asked for), and the
+preflight prints ``estimate`` before any job is submitted. Standard library only:
+the Snakefile imports this module.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+# Minutes per 100 questions of a shard job (before the start-up allowance), by rule.
+# Guesses until a GPU benchmark and a real cluster run replace them (benchmarks/README.md).
+MINUTES_PER_100_QUESTIONS = {"rejected": 4, "chosen_local": 10, "chosen_gemini": 2}
+START_UP_MINUTES = 15
+MAX_RUNTIME_MINUTES = 480
+QUESTIONS_WHEN_ALL = 50_000  # questions.n null: about MedQuAD's size after cleaning
+
+
+def questions_per_shard(config: dict[str, Any]) -> int:
+    return math.ceil((config["questions"]["n"] or QUESTIONS_WHEN_ALL) / config["n_shards"])
+
+
+def runtime_minutes(rule: str, per_shard: int, attempt: int = 1) -> int:
+    """The time limit of one shard job of ``rule``; it grows with each retry."""
+    estimate = START_UP_MINUTES + MINUTES_PER_100_QUESTIONS[rule] * per_shard / 100
+    return min(MAX_RUNTIME_MINUTES, math.ceil(estimate * attempt))
+
+
+def teacher_rule(config: dict[str, Any]) -> str:
+    return "chosen_gemini" if config["teacher"]["backend"] == "gemini" else "chosen_local"
+
+
+def job_counts(config: dict[str, Any]) -> dict[str, int]:
+    """Jobs per rule of a full run from nothing."""
+    shards = config["n_shards"]
+    counts = {"questions": 1, "shard": shards, "rejected": shards, teacher_rule(config): shards}
+    counts.update(pairs=shards, merge_pairs=1, finalize=1, validate=1)
+    if config["demo"]["build_tiny_models"]:
+        counts = {"tiny_models": 1, **counts}
+    return counts
+
+
+def _approx_tokens(text: str) -> int:
+    return math.ceil(len(text) / 4)  # about four characters a token in English
+
+
+def estimate(config: dict[str, Any]) -> dict[str, Any]:
+    """Jobs, time limits, GPU-hours and Gemini dollars of a full run, with the assumptions used."""
+    n = config["questions"]["n"] or QUESTIONS_WHEN_ALL
+    per_shard = questions_per_shard(config)
+    speed = config["estimate"]["tokens_per_second_per_gpu"]
+    start_up = config["estimate"]["model_start_up_minutes"]
+    local = {"rejected": config["rejected"]}
+    if config["teacher"]["backend"] == "local":
+        local["chosen_local"] = config["teacher"]["local"]
+    gpu_hours = {}
+    for rule, model in local.items():
+        tokens = n * model["max_new_tokens"]
+        gpu_hours[rule] = round(tokens / speed / 3600 + config["n_shards"] * start_up / 60, 2)
+    out: dict[str, Any] = {
+        "questions": n,
+        "questions_per_shard": per_shard,
+        "jobs": job_counts(config),
+        "time_limit_minutes": {
+            rule: runtime_minutes(rule, per_shard) for rule in ("rejected", teacher_rule(config))
+        },
+        "gpu_hours_at_most": gpu_hours,
+        "assumed_tokens_per_second_per_gpu": speed,
+        "assumed_model_start_up_minutes": start_up,
+    }
+    if config["teacher"]["backend"] == "gemini":
+        gemini = config["teacher"]["gemini"]
+        prompt = _approx_tokens(config["prompts"]["teacher"]) + 30  # a MedQuAD question: ~30 tokens
+        dollars = n * (
+            prompt * gemini["price_input_per_million"]
+            + gemini["max_output_tokens"] * gemini["price_output_per_million"]
+        )
+        out["gemini_usd_at_most"] = round(dollars / 1e6, 2)
+    return out
+
+
+def render_estimate(plan: dict[str, Any]) -> list[str]:
+    """The estimate as lines a person reads."""
+    lines = [
+        f"{plan['questions']} questions, {plan['questions_per_shard']} per shard; jobs: "
+        + ", ".join(f"{rule} {count}" for rule, count in plan["jobs"].items()),
+        "time limit per shard job (first try; each retry asks for more): "
+        + ", ".join(f"{rule} {minutes} min" for rule, minutes in plan["time_limit_minutes"].items()),
+    ]
+    if plan["gpu_hours_at_most"]:
+        total = sum(plan["gpu_hours_at_most"].values())
+        lines.append(
+            f"GPU-hours at most {total:.1f} ("
+            + ", ".join(f"{rule} {hours}" for rule, hours in plan["gpu_hours_at_most"].items())
+            + f"): every answer at its token cap, {plan['assumed_tokens_per_second_per_gpu']} new tokens/s "
+            f"per GPU and {plan['assumed_model_start_up_minutes']} min to load a model per job (assumed: "
+            "config estimate.*)"
+        )
+    if "gemini_usd_at_most" in plan:
+        lines.append(f"Gemini at most ${plan['gemini_usd_at_most']:.2f} (every answer at max_output_tokens)")
+    return lines

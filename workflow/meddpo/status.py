@@ -1,0 +1,77 @@
+"""``meddpo status``: how far each shard job has got, read from the answer store.
+
+Meant for the login node while a cluster run goes on: per model and shard, the
+answers already in the store (they are appended as they are made) against the
+shard's questions, the refusals a teacher gave, and whether the shard's output
+file is written. Only shards 000 .. n_shards-1 of the config count; files left by
+an earlier, larger ``n_shards`` are ignored, as the workflow ignores them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .answer_store import AnswerStore
+from .jsonl import read_jsonl_tolerant
+
+ROLES = {"rejected": "rejected", "chosen": "chosen"}  # role -> output folder
+
+
+def store_settings(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The answer store key of each role, exactly as its jobs compute it."""
+    from .local_generation import model_and_sampling, text_settings
+
+    prompts = config["prompts"]
+    spec, sampling = model_and_sampling(config["rejected"])
+    out = {"rejected": text_settings(spec, prompts["rejected"], sampling)}
+    if config["teacher"]["backend"] == "local":
+        spec, sampling = model_and_sampling(config["teacher"]["local"])
+        out["chosen"] = text_settings(spec, prompts["teacher"], sampling)
+    else:
+        from .gemini_teacher import GeminiSettings
+
+        out["chosen"] = GeminiSettings(**config["teacher"]["gemini"]).text_settings(prompts["teacher"])
+    return out
+
+
+def shard_status(config: dict[str, Any]) -> list[dict[str, Any]]:
+    out = Path(config["output"]["dir"])
+    rows = []
+    for role, settings in store_settings(config).items():
+        store = AnswerStore(out / "answer_store", settings, "status")
+        answers, refused = store.load(), store.load_refusals()
+        for index in range(config["n_shards"]):
+            name = f"shard-{index:03d}"
+            shard = out / "shards" / f"{name}.jsonl"
+            row: dict[str, Any] = {"role": role, "shard": name, "questions": None}
+            if shard.is_file():
+                ids = [q["id"] for q in read_jsonl_tolerant(shard)]
+                row.update(
+                    questions=len(ids),
+                    answered=sum(i in answers for i in ids),
+                    refused=sum(i in refused for i in ids),
+                    done=(out / ROLES[role] / f"{name}.jsonl").is_file(),
+                )
+            rows.append(row)
+    return rows
+
+
+def render(rows: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for row in rows:
+        if row["questions"] is None:
+            lines.append(f"{row['role']:<9} {row['shard']}  not sharded yet")
+            continue
+        refused = f", {row['refused']} refused" if row["refused"] else ""
+        state = "done" if row["done"] else "in the store so far"
+        counts = f"{row['answered']}/{row['questions']} answered{refused}"
+        lines.append(f"{row['role']:<9} {row['shard']}  {counts}  {state}")
+    for role in dict.fromkeys(r["role"] for r in rows):
+        mine = [r for r in rows if r["role"] == role and r["questions"] is not None]
+        total = sum(r["questions"] for r in mine)
+        answered = sum(r["answered"] for r in mine)
+        done = sum(r["done"] for r in mine)
+        shards = sum(1 for r in rows if r["role"] == role)
+        lines.append(f"{role}: {answered}/{total} answered; {done} of {shards} shard files written")
+    return lines
