@@ -22,6 +22,17 @@ MEDQUAD = SHARED_DATA / "medquad" / "train-00000-of-00001.parquet"
 DEMO_QUESTIONS = REPO / "demo" / "medquad_demo.jsonl"
 # The DPO row layout TRL's DPOTrainer and the training code read, in this order (written out
 # here, not taken from the package, so a change to the package's layout fails the tests).
+# The jobs Snakemake runs to redo one rejected shard of the demo: that shard, its pairs, and the
+# steps after them (written out, so that a change to the DAG shows in the tests).
+ONE_REJECTED_SHARD_REDONE = {
+    "rejected": 1,
+    "pairs": 1,
+    "merge_pairs": 1,
+    "finalize": 1,
+    "validate": 1,
+    "all": 1,
+    "total": 6,
+}
 DPO_ROW_FIELDS = "id source category question_type question prompt chosen rejected meta".split()
 
 

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO
+from conftest import ONE_REJECTED_SHARD_REDONE, REPO
 from test_workflow import DEMO, SNAKEMAKE, _copy_workflow, _env, job_counts
 
 pytestmark = pytest.mark.slow
@@ -78,15 +78,8 @@ def test_provenance_is_recorded_but_never_forces_a_rerun(built):
     overlay = built / "warmer.yaml"
     overlay.write_text("teacher:\n  local:\n    temperature: 0.95\n")
     dry = _run(built, "-n", "--configfile", "demo/config.yaml", str(overlay))
-    assert job_counts(dry.stdout) == {
-        "chosen_local": 3,
-        "pairs": 3,
-        "merge_pairs": 1,
-        "finalize": 1,
-        "validate": 1,
-        "all": 1,
-        "total": 10,
-    }
+    counts = job_counts(dry.stdout)  # (test_workflow checks the whole list)
+    assert counts["chosen_local"] == 3 and "rejected" not in counts
     assert "Params have changed since last execution" in dry.stdout
 
 
@@ -94,15 +87,7 @@ def test_redo_one_shard_reuses_the_store(built):
     target = "results/demo/rejected/shard-001.jsonl"
     run = _run(built, "--cores", "2", *DEMO, "--forcerun", target)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert job_counts(run.stdout + run.stderr) == {
-        "rejected": 1,
-        "pairs": 1,
-        "merge_pairs": 1,
-        "finalize": 1,
-        "validate": 1,
-        "all": 1,
-        "total": 6,
-    }
+    assert job_counts(run.stdout + run.stderr) == ONE_REJECTED_SHARD_REDONE
     log = (built / "results" / "demo" / "logs" / "rejected" / "shard-001.log").read_text()
     assert "21 of 21 answers already there, 0 to generate" in log
 
