@@ -1,3 +1,5 @@
+import pytest
+
 from meddpo.answer_store import AnswerStore, fingerprint, model_slug
 from meddpo.jsonl import read_jsonl_tolerant
 
@@ -27,3 +29,18 @@ def test_append_after_a_torn_line_cuts_it_off(tmp_path):
     store.append([{"id": "c", "text": "3"}])
     assert [row["id"] for row in read_jsonl_tolerant(store.part)] == ["a", "c"]
     assert store.part.read_bytes().endswith(b"\n")
+
+
+def test_a_second_job_on_the_same_shard_stops_with_one_line(tmp_path):
+    from meddpo.jsonl import DataError
+
+    first = AnswerStore(tmp_path, {"model": "m", "seed": 1}, "shard-001")
+    first.lock()
+    second = AnswerStore(tmp_path, {"model": "m", "seed": 1}, "shard-001")
+    with pytest.raises(DataError, match="another job is answering this shard right now") as caught:
+        second.lock()
+    assert "\n" not in str(caught.value)
+    AnswerStore(tmp_path, {"model": "m", "seed": 1}, "shard-002").lock()  # other shards go on
+    first.unlock()
+    second.lock()  # free again once the first job is over
+    second.unlock()

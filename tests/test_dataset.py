@@ -8,7 +8,7 @@ import yaml
 
 from meddpo.dataset import DatasetPaths, build_dataset, conversational, in_test_split
 from meddpo.dataset_card import model_terms
-from meddpo.jsonl import read_jsonl
+from meddpo.jsonl import DataError, read_jsonl
 
 TRAINING = "Be a careful assistant."
 GOOD = "Rest and fluids help most people. See a doctor if the fever lasts more than three days."
@@ -165,7 +165,7 @@ def test_optional_outputs_are_written_only_when_asked(tmp_path):
 
 
 def test_a_split_without_its_paths_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="default split paths"):
+    with pytest.raises(DataError, match="needs the split paths"):
         _build([_row(1)], _paths(tmp_path), test_fraction=0.5)
 
 

@@ -82,8 +82,9 @@ def test_an_answer_file_that_misses_ids_is_named_with_how_to_redo_the_shard():
     with pytest.raises(DataError) as caught:
         check_complete(questions, chosen, "results/chosen/shard-001.jsonl")
     assert str(caught.value) == (
-        "results/chosen/shard-001.jsonl: 11 of 21 ids missing (the file was cut or is stale); "
-        "redo this shard with: snakemake --forcerun results/chosen/shard-001.jsonl"
+        "results/chosen/shard-001.jsonl: 11 of 21 ids missing (the file was cut or is stale, or a "
+        "teacher's failures file was not given); redo this shard with: "
+        "snakemake --forcerun results/chosen/shard-001.jsonl"
     )
     refused = [{"id": f"mq-{i}", "reason": "prompt_blocked:SAFETY", "kind": "refused"} for i in range(11, 22)]
     check_complete(questions, chosen, "chosen.jsonl", accounted=refused)  # refusals account for the rest

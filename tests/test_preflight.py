@@ -343,3 +343,11 @@ def test_the_venvs_snakemake_runs_the_demo_one_gpu_job_at_a_time_and_status_repo
     assert "rejected  shard-001  21/21 answered  done" in status.stdout
     card = (workdir / "results" / "demo" / "dataset" / "README.md").read_text()
     assert "Demo data: the answers are noise." in card
+
+
+def test_a_rerun_of_the_dataset_step_alone_needs_no_model_or_key(tmp_path, monkeypatch):
+    config = load_config([], base=REPO / "config.yaml")
+    config["rejected"]["model"] = str(tmp_path / "gone")
+    config["output"]["dir"] = str(tmp_path / "results")
+    assert any("rejected.model" in f.text for f in pf.preflight(config))
+    assert not any("model" in f.text for f in pf.preflight(config, pending={"finalize", "validate", "all"}))

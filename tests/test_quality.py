@@ -5,6 +5,7 @@ import yaml
 
 from conftest import SHARED_DATA
 from meddpo.dataset_card import render_card
+from meddpo.jsonl import DataError
 from meddpo.quality import FLAGS, apply_policy, pair_flags
 from meddpo.report import build_stats, render_report, write_plots
 from meddpo.validate import validate_pairs
@@ -75,7 +76,7 @@ def test_policy_drops_flags_or_ignores_and_nothing_disappears():
     assert kept_ids == {"mq-0000": [], "mq-0004": ["rejected_truncated"], "mq-0007": []}
     assert all(r["meta"]["drop_reasons"] for r in dropped)
     assert counts["dropped_by_reason"]["rejected_refusal"] == 1
-    with pytest.raises(ValueError, match="unknown action"):
+    with pytest.raises(DataError, match="unknown action"):
         apply_policy(rows, {"near_identical": "maybe"})
 
 

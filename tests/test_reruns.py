@@ -103,7 +103,8 @@ def test_a_cut_shard_file_fails_the_run_naming_it(built):
     errors = [line for line in log.splitlines() if "error" in line]
     assert errors == [
         "meddpo pairs: error: results/demo/chosen/shard-001.jsonl: 11 of 21 ids missing (the file was cut "
-        "or is stale); redo this shard with: snakemake --forcerun results/demo/chosen/shard-001.jsonl"
+        "or is stale, or a teacher's failures file was not given); redo this shard with: "
+        "snakemake --forcerun results/demo/chosen/shard-001.jsonl"
     ]
     assert not (built / "results" / "demo" / "pairs" / "shard-001.jsonl").exists()
 

@@ -130,3 +130,30 @@ def test_the_real_config_sets_on_purpose_what_differs_from_the_defaults():
     assert config["rejected"]["batch_size"] == 64 and config["questions"]["seed"] == 2025
     # the quality policy of the real run is the schema's, not a copy of it
     assert config["quality"]["policy"] == {}
+
+
+def test_whole_numbers_and_null_words_reach_the_step_as_the_config_meant():
+    args = build_parser().parse_args(
+        ["generate", "--shard", "s", "--out", "o", "--model", "m", "--max-new-tokens", "1000.0"]
+        + ["--temperature", "1", "--system-prompt", "p", "--revision", "all", "--max-batch-tokens", "none"]
+    )
+    assert (args.max_new_tokens, args.revision, args.max_batch_tokens) == (1000, "all", None)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(
+            ["generate", "--shard", "s", "--out", "o", "--model", "m"] + ["--max-new-tokens", "7.5"]
+        )
+
+
+def test_the_store_key_does_not_depend_on_how_yaml_wrote_a_number():
+    from meddpo.answer_store import fingerprint
+    from meddpo.gemini_teacher import GeminiSettings
+    from meddpo.local_generation import model_and_sampling, text_settings
+
+    def local_key(**numbers):
+        spec, sampling = model_and_sampling({"model": "m", "max_new_tokens": 8, **numbers})
+        return fingerprint(text_settings(spec, "p", sampling))
+
+    assert local_key(temperature=1, top_p=1) == local_key(temperature=1.0, top_p=1.0)
+    assert fingerprint(GeminiSettings(temperature=1).text_settings("p")) == fingerprint(
+        GeminiSettings(temperature=1.0).text_settings("p")
+    )

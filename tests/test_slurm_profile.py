@@ -192,7 +192,11 @@ def test_bridges2_profile_with_a_missing_model_submits_nothing(slurm_cluster, tm
             {"demo": {"build_tiny_models": False}, "rejected": {"model": "/project/models/no-such-mistral"}}
         )
     )
-    env = {**_env(), "SBATCH_ACCOUNT": ACCOUNT}
+    # the account written in the profile itself (no SBATCH_ACCOUNT): the preflight must read it
+    settings = yaml.safe_load((profile / "config.yaml").read_text())
+    settings["default-resources"]["slurm_account"] = f"'{ACCOUNT}'"
+    (profile / "config.yaml").write_text(yaml.safe_dump(settings))
+    env = {k: v for k, v in _env().items() if k != "SBATCH_ACCOUNT"}
     before = _all_jobs()
     run = subprocess.run(
         [*SNAKEMAKE, "--profile", str(profile), "--configfile", "demo/config.yaml", str(overlay)],
@@ -208,6 +212,7 @@ def test_bridges2_profile_with_a_missing_model_submits_nothing(slurm_cluster, tm
         "meddpo preflight: error: rejected.model /project/models/no-such-mistral: no such folder; "
         "point rejected.model at a checkpoint folder or a hub id"
     )
+    assert not any("Slurm account" in line for line in errors), errors
     assert _all_jobs() == before, "a Slurm job was submitted"
     assert not (workdir / "results" / "demo" / "questions").exists()
 

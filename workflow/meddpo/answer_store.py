@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .jsonl import dumps, read_jsonl_tolerant, write_json
+from .jsonl import DataError, dumps, read_jsonl_tolerant, write_json
 
 
 def fingerprint(settings: Mapping[str, Any]) -> str:
@@ -101,6 +101,37 @@ class AnswerStore:
         """Append rows to this job's side log of ``kind``, on disk before returning."""
         self._write_settings()
         append_rows(self.log_path(kind), rows)
+
+    def lock(self) -> None:
+        """Hold this part for the job's life: a second job on the same shard stops at once.
+
+        Two jobs answering one shard (an orphaned cluster job and a rerun, say)
+        would pay twice and could tear each other's lines. The lock is an
+        ``flock`` on ``<part>.lock``, released by ``unlock`` or when the process
+        ends; on a file system without ``flock`` it is skipped.
+        """
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handle = open(self.part.with_suffix(".lock"), "a")  # held until unlock()
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise DataError(
+                f"{self.part}: another job is answering this shard right now; wait for it to end, or "
+                "cancel it (squeue / scancel on a cluster) before running this one"
+            ) from None
+        except OSError:  # no flock on this file system
+            handle.close()
+            return
+        self._lock_handle = handle
+
+    def unlock(self) -> None:
+        handle = getattr(self, "_lock_handle", None)
+        if handle is not None:
+            handle.close()
+            self._lock_handle = None
 
     def _write_settings(self) -> None:
         settings_file = self.folder / "settings.json"

@@ -249,8 +249,9 @@ def _preflight(args: argparse.Namespace) -> int | None:
     from .settings import load_config
 
     config = load_config(args.configfile, base=args.base_config)
-    cluster = args.profile is not None and _profile_executor(args.profile) not in (None, "local")
-    account = slurm_account_from_profile(args.profile) if cluster else None
+    executor = _profile_executor(args.profile) if args.profile is not None else None
+    cluster = executor not in (None, "local")
+    account = slurm_account_from_profile(args.profile) if executor == "slurm" else "not-needed"
     ok = report(config, preflight(config, cluster=cluster, slurm_account=account), stream=sys.stdout)
     return None if ok else 2
 
@@ -276,11 +277,22 @@ def _status(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- options
 
 
-def _nullable(kind):
-    """An option type where ``none`` (or ``null``, ``all``) stands for None."""
+def _integer(text: str) -> int:
+    """An integer option; a whole number written as a float (YAML's ``1000.0``) is accepted too."""
+    try:
+        return int(text)
+    except ValueError:
+        number = float(text)
+        if not number.is_integer():
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        return int(number)
+
+
+def _nullable(kind, words=("none", "null")):
+    """An option type where ``none`` (or ``null``; for a count, ``all`` too) stands for None."""
 
     def parse(text: str):
-        return None if text.lower() in {"none", "null", "all"} else kind(text)
+        return None if text.lower() in words else kind(text)
 
     parse.__name__ = kind.__name__
     return parse
@@ -316,18 +328,18 @@ def _local_model_options(p: argparse.ArgumentParser) -> None:
     _setting(p, "local_model.trust_remote_code")
     _setting(p, "local_model.dtype")
     _setting(p, "local_model.engine")
-    _setting(p, "local_model.batch_size", type=int, help="prompts per generate() call at most")
+    _setting(p, "local_model.batch_size", type=_integer, help="prompts per generate() call at most")
     _setting(
         p,
         "local_model.max_batch_tokens",
-        type=_nullable(int),
+        type=_nullable(_integer),
         help="padded tokens (prompts x (longest prompt + max new tokens)) per batch at most",
     )
-    _setting(p, "local_model.max_new_tokens", type=int, required=True)
-    _setting(p, "local_model.min_new_tokens", type=int)
+    _setting(p, "local_model.max_new_tokens", type=_integer, required=True)
+    _setting(p, "local_model.min_new_tokens", type=_integer)
     _setting(p, "local_model.temperature", type=float, required=True)
     _setting(p, "local_model.top_p", type=float)
-    _setting(p, "local_model.seed", type=int)
+    _setting(p, "local_model.seed", type=_integer)
 
 
 def _gemini_options(p: argparse.ArgumentParser) -> None:
@@ -335,11 +347,11 @@ def _gemini_options(p: argparse.ArgumentParser) -> None:
     g = "teacher.gemini."
     _setting(p, g + "model")
     _setting(p, g + "temperature", type=float)
-    _setting(p, g + "max_output_tokens", type=int)
-    _setting(p, g + "thinking_budget", type=_nullable(int), help="none = the model's default")
-    _setting(p, g + "concurrency", type=int)
+    _setting(p, g + "max_output_tokens", type=_integer)
+    _setting(p, g + "thinking_budget", type=_nullable(_integer), help="none = the model's default")
+    _setting(p, g + "concurrency", type=_integer)
     _setting(p, g + "requests_per_minute", type=float)
-    _setting(p, g + "max_attempts", type=int)
+    _setting(p, g + "max_attempts", type=_integer)
     _setting(p, g + "initial_backoff_s", "--initial-backoff", type=float)
     _setting(p, g + "max_backoff_s", "--max-backoff", type=float)
     _setting(p, g + "timeout_s", "--timeout", type=float, help="seconds per request")
@@ -396,13 +408,22 @@ def _add_questions(sub) -> None:
     _setting(p, "source.name", "--source-name", help="value of the 'source' column")
     _setting(p, "source.split")
     _setting(p, "source.revision", type=_nullable(str), help="hub revision of the dataset")
-    _setting(p, "questions.n", type=_nullable(int), required=True, help="number of questions, or 'all'")
+    _setting(
+        p,
+        "questions.n",
+        type=_nullable(_integer, ("none", "null", "all")),
+        required=True,
+        help="number of questions, or 'all'",
+    )
     _setting(p, "questions.selection")
     _setting(p, "questions.stratify")
-    _setting(p, "questions.seed", type=int)
-    _setting(p, "questions.min_chars", type=int)
+    _setting(p, "questions.seed", type=_integer)
+    _setting(p, "questions.min_chars", type=_integer)
     _setting(
-        p, "questions.max_chars", type=_nullable(int), help="longer questions are dropped (none: no limit)"
+        p,
+        "questions.max_chars",
+        type=_nullable(_integer),
+        help="longer questions are dropped (none: no limit)",
     )
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--stats", required=True, type=Path)
@@ -412,8 +433,8 @@ def _add_questions(sub) -> None:
 def _add_shard(sub) -> None:
     p = sub.add_parser("shard", help="write shard INDEX of N-SHARDS")
     p.add_argument("--questions", required=True, type=Path)
-    p.add_argument("--n-shards", required=True, type=int)
-    p.add_argument("--index", required=True, type=int)
+    p.add_argument("--n-shards", required=True, type=_integer)
+    p.add_argument("--index", required=True, type=_integer)
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=_shard)
 
@@ -502,7 +523,7 @@ def _add_tiny_models(sub) -> None:
     p.add_argument("--texts", required=True, type=Path, help="JSONL with 'question' (and 'answer')")
     p.add_argument("--mistral-out", required=True, type=Path)
     p.add_argument("--qwen-out", required=True, type=Path)
-    _setting(p, "demo.seed", type=int)
+    _setting(p, "demo.seed", type=_integer)
     _setting(p, "demo.mistral_eos_rate", type=float)
     _setting(p, "demo.qwen_eos_rate", type=float)
     p.set_defaults(func=_tiny_models)

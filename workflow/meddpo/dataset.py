@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .dataset_card import render_card
-from .jsonl import atomic_open, write_jsonl
+from .jsonl import DataError, atomic_open, write_jsonl
 from .quality import apply_policy
 from .report import build_stats, write_report
 
@@ -141,6 +141,8 @@ def build_dataset(
         throughput=throughput,
         provenance=origin,
     )
+    if test_fraction > 0 and (paths.train is None or paths.test is None):
+        raise DataError("a test_fraction above 0 needs the split paths (--out-train, --out-test)")
     write_jsonl(paths.pairs, kept)
     write_jsonl(paths.dropped, dropped)
     training_prompt = settings["prompts"]["training"]
@@ -163,7 +165,7 @@ def build_dataset(
             write(whole, kept)
         if test_fraction > 0:
             if train is None or test is None:
-                raise ValueError(f"a test_fraction above 0 needs the {name} split paths")
+                raise DataError(f"a test_fraction above 0 needs the {name} split paths")
             # one assignment for every format: a row is in the same split whatever the file
             write(train, [r for r in kept if r["id"] not in test_ids])
             write(test, [r for r in kept if r["id"] in test_ids])

@@ -98,11 +98,15 @@ class GeminiSettings:
     TEXT_KEYS: ClassVar[tuple[str, ...]] = ("model", "temperature", "max_output_tokens", "thinking_budget")
 
     def text_settings(self, system_prompt: str) -> dict[str, Any]:
-        """What changes the answer text: the answer store's key."""
+        """What changes the answer text: the answer store's key (numbers typed as the CLI types them)."""
+        budget = self.thinking_budget
         return {
             "backend": "gemini",
             "system_prompt": system_prompt,
-            **{key: getattr(self, key) for key in self.TEXT_KEYS},
+            "model": self.model,
+            "temperature": float(self.temperature),
+            "max_output_tokens": int(self.max_output_tokens),
+            "thinking_budget": None if budget is None else int(budget),
         }
 
 
@@ -262,7 +266,8 @@ def interpret_response(question_id: str, response, settings: GeminiSettings) -> 
     if reason not in _FINISH_REASONS:
         return refused(f"finish_reason:{reason}")
     if not text:
-        return refused("empty_text")
+        # an empty MAX_TOKENS answer ran out of budget (thinking can use it all): say so
+        return refused("empty_text" if reason == "STOP" else f"empty_text:{reason}")
     row = {
         "id": question_id,
         "text": text,
@@ -471,6 +476,7 @@ async def answer_with_gemini(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await client.aio.aclose()
+        job.close()
     rows = job.rows()
     failed = {f["id"]: f for f in failures}
     refused = {r["id"]: r for r in job.refusals()}

@@ -93,7 +93,15 @@ def read_jsonl_tolerant(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def current_umask() -> int:
-    """The process's umask (read by setting it and putting it straight back)."""
+    """The process's umask: from /proc where Linux has it (no change even for a moment), else by
+    setting it and putting it straight back."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

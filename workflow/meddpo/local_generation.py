@@ -352,23 +352,26 @@ def answer_questions(
     def seed_batch(ids: list[str]) -> None:
         generator._torch.manual_seed(batch_seed(sampling.seed, ids))
 
-    if engine == "continuous" and todo:
-        seed_batch([questions[i]["id"] for i in todo])
-        record(todo, generator.generate_continuous([prompt_ids[i] for i in todo], sampling))
-    elif engine == "padded":
-        lengths = [len(prompt_ids[i]) for i in todo]
-        for batch in plan_batches(lengths, batch_size, sampling.max_new_tokens, max_batch_tokens):
-            indices = [todo[b] for b in batch]
-            record(
-                indices,
-                generate_with_oom_split(
-                    generator.generate_padded,
-                    [prompt_ids[i] for i in indices],
-                    [questions[i]["id"] for i in indices],
-                    sampling,
-                    seed_batch,
-                ),
-            )
+    try:
+        if engine == "continuous" and todo:
+            seed_batch([questions[i]["id"] for i in todo])
+            record(todo, generator.generate_continuous([prompt_ids[i] for i in todo], sampling))
+        elif engine == "padded":
+            lengths = [len(prompt_ids[i]) for i in todo]
+            for batch in plan_batches(lengths, batch_size, sampling.max_new_tokens, max_batch_tokens):
+                indices = [todo[b] for b in batch]
+                record(
+                    indices,
+                    generate_with_oom_split(
+                        generator.generate_padded,
+                        [prompt_ids[i] for i in indices],
+                        [questions[i]["id"] for i in indices],
+                        sampling,
+                        seed_batch,
+                    ),
+                )
+    finally:
+        job.close()
     return job.rows()
 
 
@@ -390,12 +393,13 @@ def model_and_sampling(model_settings: Mapping[str, Any], device: str = "auto") 
         device=device,
         trust_remote_code=m["trust_remote_code"],
     )
+    # typed as the command line types them, so every caller computes the same store key
     sampling = Sampling(
-        max_new_tokens=m["max_new_tokens"],
-        temperature=m["temperature"],
-        top_p=m["top_p"],
-        seed=m["seed"],
-        min_new_tokens=m["min_new_tokens"],
+        max_new_tokens=int(m["max_new_tokens"]),
+        temperature=float(m["temperature"]),
+        top_p=float(m["top_p"]),
+        seed=int(m["seed"]),
+        min_new_tokens=int(m["min_new_tokens"]),
     )
     return spec, sampling
 

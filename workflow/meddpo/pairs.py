@@ -129,8 +129,8 @@ def check_complete(
     missing, foreign = wanted - have, have - wanted
     if missing:
         raise DataError(
-            f"{path}: {len(missing)} of {len(wanted)} ids missing (the file was cut or is stale); "
-            f"redo this shard with: snakemake --forcerun {path}"
+            f"{path}: {len(missing)} of {len(wanted)} ids missing (the file was cut or is stale, or a "
+            f"teacher's failures file was not given); redo this shard with: snakemake --forcerun {path}"
         )
     if foreign:
         raise DataError(

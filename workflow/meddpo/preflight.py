@@ -220,7 +220,7 @@ def check_output(folder: str, need: int) -> list[Finding]:
 
 
 def check_slurm(account: str | None) -> list[Finding]:
-    if account and not account.startswith("$"):
+    if account and not account.strip("'\"").startswith("$"):
         return []
     return [
         Finding(
@@ -260,20 +260,37 @@ def check_gpu(config: dict[str, Any]) -> list[Finding]:
 
 
 def preflight(
-    config: dict[str, Any], *, cluster: bool = False, slurm_account: str | None = None
+    config: dict[str, Any],
+    *,
+    cluster: bool = False,
+    slurm_account: str | None = None,
+    pending: set[str] | None = None,
 ) -> list[Finding]:
-    """Every problem found with this (validated, defaults filled) config."""
+    """Every problem found with this (validated, defaults filled) config.
+
+    ``pending``: the rules of the jobs the run will start (None: all). A rerun
+    that only redoes the dataset step needs no model, key or GPU, so those
+    checks are skipped for it.
+    """
+
+    def needed(*rules: str) -> bool:
+        return pending is None or any(rule in pending for rule in rules)
+
     built = config["demo"]["build_tiny_models"]
-    findings = check_model("rejected.model", config["rejected"], built)
-    if config["teacher"]["backend"] == "local":
+    findings: list[Finding] = []
+    if needed("rejected"):
+        findings += check_model("rejected.model", config["rejected"], built)
+    if config["teacher"]["backend"] == "local" and needed("chosen_local"):
         findings += check_model("teacher.local.model", config["teacher"]["local"], built)
-    findings += check_source(config["source"])
-    findings += check_gemini(config)
+    if needed("questions"):
+        findings += check_source(config["source"])
+    if needed("chosen_gemini"):
+        findings += check_gemini(config)
     plan = estimate(config)
     findings += check_output(config["output"]["dir"], needed_bytes(config, plan["questions"]))
     if cluster:
         findings += check_slurm(slurm_account)
-    else:
+    elif needed("rejected", "chosen_local"):
         findings += check_gpu(config)
     return findings
 

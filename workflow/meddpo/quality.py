@@ -28,6 +28,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
+from .jsonl import DataError
 from .settings import defaults
 
 FLAGS = (
@@ -122,9 +123,9 @@ def resolve_policy(policy: Mapping[str, str] | None) -> dict[str, str]:
     merged = {**DEFAULT_POLICY, **(policy or {})}
     for flag, action in merged.items():
         if flag not in FLAGS:
-            raise ValueError(f"quality policy: unknown flag {flag!r}; flags are {', '.join(FLAGS)}")
+            raise DataError(f"quality policy: unknown flag {flag!r}; flags are {', '.join(FLAGS)}")
         if action not in ACTIONS:
-            raise ValueError(f"quality policy: {flag}: unknown action {action!r}; use keep, flag or drop")
+            raise DataError(f"quality policy: {flag}: unknown action {action!r}; use keep, flag or drop")
     return merged
 
 

@@ -84,6 +84,8 @@ class ResumableJob:
     ):
         self.questions = list(questions)
         self.store = AnswerStore(store_root, settings, store_part) if store_root is not None else None
+        if self.store:
+            self.store.lock()
         self.stored = self.store.load() if self.store else {}
         # a refusal is final for these settings: not asked again unless the user says so
         self.refused = self.store.load_refusals() if self.store and not ask_refused_again else {}
@@ -137,8 +139,17 @@ class ResumableJob:
             if q["id"] in self.refused and q["id"] not in self.new
         ]
 
+    def close(self) -> None:
+        """The job is over: another job may take this shard's part of the store."""
+        if self.store:
+            self.store.unlock()
+
     def rows(self) -> list[dict]:
-        """Every answer, stored or new, in question order; unanswered questions are left out."""
+        """Every answer, stored or new, in question order; unanswered questions are left out.
+
+        Called when the job is done: it also releases the job's hold on the store.
+        """
+        self.close()
         self.progress.update(force=True)
         found = (self.new.get(q["id"]) or self.stored.get(q["id"]) for q in self.questions)
         return [row for row in found if row is not None]

@@ -234,10 +234,13 @@ def slurm_account():
     value = ""
     try:
         item = workflow.resource_settings.default_resources.get("slurm_account")
-        value = str(item.value) if item is not None else ""
+        # the unevaluated expression (its value can only be had inside a rule)
+        value = str(getattr(item, "raw", None) or "") if item is not None else ""
     except Exception:  # noqa: BLE001 - the environment variable below is the fallback
         value = ""
-    return value.strip("'\"") or os.environ.get("SBATCH_ACCOUNT")
+    return os.path.expandvars(value.strip().strip("'\"")) or os.environ.get(
+        "SBATCH_ACCOUNT"
+    )
 
 
 def run_preflight():
@@ -246,7 +249,18 @@ def run_preflight():
 
     if str(workflow.exec_mode) != "default":
         return  # a job's own Snakemake process on a cluster node
-    cluster = workflow.executor_plugin.common_settings.non_local_exec
-    findings = preflight(config, cluster=cluster, slurm_account=slurm_account())
+    plugin = workflow.executor_plugin
+    cluster = plugin.common_settings.non_local_exec
+    slurm = cluster and "slurm" in str(getattr(plugin, "name", ""))
+    try:  # the rules of the jobs this run will start: checks for other stages are skipped
+        pending = {job.rule.name for job in workflow.dag.needrun_jobs()}
+    except Exception:  # noqa: BLE001 - check everything when the DAG cannot say
+        pending = None
+    findings = preflight(
+        config,
+        cluster=cluster,
+        slurm_account=slurm_account() if slurm else "not-needed",
+        pending=pending,
+    )
     if not report(config, findings):
         sys.exit(2)
