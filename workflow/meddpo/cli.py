@@ -557,12 +557,19 @@ def _config_files(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-config", type=Path, default=Path("config.yaml"), help="the workflow's own config")
 
 
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meddpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # no abbreviations: Snakemake's `--config` must not pass for `--configfile`
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     _add_questions(sub)
     _add_shard(sub)

@@ -62,6 +62,7 @@ def estimate(config: dict[str, Any]) -> dict[str, Any]:
         gpu_hours[rule] = round(tokens / speed / 3600 + config["n_shards"] * start_up / 60, 2)
     out: dict[str, Any] = {
         "questions": n,
+        "questions_assumed": config["questions"]["n"] is None,
         "questions_per_shard": per_shard,
         "jobs": job_counts(config),
         "time_limit_minutes": {
@@ -84,8 +85,9 @@ def estimate(config: dict[str, Any]) -> dict[str, Any]:
 
 def render_estimate(plan: dict[str, Any]) -> list[str]:
     """The estimate as lines a person reads."""
+    assumed = " (questions.n is null: assumed, about MedQuAD's size)" if plan.get("questions_assumed") else ""
     lines = [
-        f"{plan['questions']} questions, {plan['questions_per_shard']} per shard; jobs: "
+        f"{plan['questions']} questions{assumed}, {plan['questions_per_shard']} per shard; jobs: "
         + ", ".join(f"{rule} {count}" for rule, count in plan["jobs"].items()),
         "time limit per shard job (first try; each retry asks for more): "
         + ", ".join(f"{rule} {minutes} min" for rule, minutes in plan["time_limit_minutes"].items()),
