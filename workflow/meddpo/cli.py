@@ -2,7 +2,7 @@
 
     meddpo questions    build the Stage 2A question set
     meddpo shard        write one shard of it
-    meddpo generate     answer a shard with a local transformers model
+    meddpo generate     answer a shard with a local model (transformers or vLLM)
     meddpo gemini       answer a shard with Gemini
     meddpo pairs        join a shard's questions and answers into DPO rows
     meddpo merge        concatenate the pair shards
@@ -77,6 +77,8 @@ def _generate(args: argparse.Namespace) -> None:
         store_root=args.store,
         store_part=args.out.stem,
         progress_every_s=args.progress_every,
+        vllm=args.vllm,
+        server_log=args.server_log,
     )
     write_jsonl(args.out, rows)
     stops = sum(row["finish_reason"] == "stop" for row in rows)
@@ -308,6 +310,22 @@ def _policy(text: str) -> dict:
     return value
 
 
+def _vllm_block(text: str) -> dict:
+    """The config's vllm block as JSON, checked against the schema."""
+    import jsonschema
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err.msg}") from None
+    try:
+        jsonschema.validate(value, schema.section("vllm"))
+    except jsonschema.ValidationError as err:
+        where = ".".join(str(part) for part in err.absolute_path) or "the block"
+        raise argparse.ArgumentTypeError(f"vllm {where}: {err.message}") from None
+    return value
+
+
 def _setting(parser: argparse.ArgumentParser, path: str, *aliases: str, **kwargs) -> None:
     """An option for the config setting ``path``, named after its key; default and choices from the schema."""
     key = path.rpartition(".")[2]
@@ -440,11 +458,13 @@ def _add_shard(sub) -> None:
 
 
 def _add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="answer a shard with a local transformers model")
+    p = sub.add_parser("generate", help="answer a shard with a local model (transformers, or a vLLM server)")
     p.add_argument("--shard", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
     _local_model_options(p)
     p.add_argument("--device", default="auto", help="auto = cuda when available, else cpu")
+    p.add_argument("--vllm", type=_vllm_block, default={}, help="engine vllm: the config's vllm block, JSON")
+    p.add_argument("--server-log", type=Path, help="engine vllm: the server's log file")
     p.add_argument("--system-prompt", required=True)
     p.add_argument("--store", type=Path, help="answer store folder: reuse earlier answers, keep new ones")
     p.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress lines")

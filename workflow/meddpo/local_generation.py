@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 
 _DEFAULTS = defaults("local_model")
+ENGINES = ("padded", "continuous", "vllm")
 
 
 @dataclass(frozen=True)
@@ -104,36 +105,74 @@ def _resolve_dtype(dtype: str, device: str):
         raise ValueError(f"unknown dtype {dtype!r}; use auto, bfloat16, float16 or float32") from None
 
 
+def load_tokenizer(spec: ModelSpec):
+    """The model's tokenizer, left-padding, with a pad token (EOS when it has none)."""
+    from transformers import AutoTokenizer
+
+    # huggingface_hub reads HF_TOKEN itself; passing it explicitly documents the
+    # one place a gated model's token is used. It is never logged.
+    tokenizer = AutoTokenizer.from_pretrained(
+        spec.name,
+        revision=spec.revision,
+        trust_remote_code=spec.trust_remote_code,
+        token=os.environ.get("HF_TOKEN") or None,
+    )
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def eos_token_ids(name: str, tokenizer, generation_config) -> set[int]:
+    """Every id that ends an answer: the generation config's EOS ids and the tokenizer's."""
+    ids: set[int] = set()
+    configured = generation_config.eos_token_id if generation_config is not None else None
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    if not ids:
+        raise ValueError(f"{name}: neither the tokenizer nor the generation config names an EOS token")
+    return ids
+
+
+def decode_answer(tokenizer, eos_ids: set[int], generated_ids: Sequence[int], prompt_tokens: int) -> Answer:
+    """An answer from the ids a model generated: cut at the first EOS (counted), decoded."""
+    stop_at = next((i for i, token in enumerate(generated_ids) if token in eos_ids), None)
+    if stop_at is None:
+        kept, reason, count = list(generated_ids), "length", len(generated_ids)
+    else:
+        kept, reason, count = list(generated_ids[:stop_at]), "stop", stop_at + 1
+    text = tokenizer.decode(kept, skip_special_tokens=True).strip()
+    return Answer(text=text, finish_reason=reason, new_tokens=count, prompt_tokens=int(prompt_tokens))
+
+
 class LocalGenerator:
     """A causal LM and its tokenizer, loaded once, answering batches of questions."""
 
+    engine_family = "transformers"
+
     def __init__(self, spec: ModelSpec):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         self.spec = spec
         self.device = _resolve_device(spec.device)
         self.dtype = _resolve_dtype(spec.dtype, self.device)
-        # huggingface_hub reads HF_TOKEN itself; passing it explicitly documents the
-        # one place a gated model's token is used. It is never logged.
-        token = os.environ.get("HF_TOKEN") or None
         started = time.perf_counter()
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            spec.name, revision=spec.revision, trust_remote_code=spec.trust_remote_code, token=token
-        )
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = load_tokenizer(spec)
         self.model = AutoModelForCausalLM.from_pretrained(
             spec.name,
             revision=spec.revision,
             trust_remote_code=spec.trust_remote_code,
-            token=token,
+            token=os.environ.get("HF_TOKEN") or None,
             dtype=self.dtype,
             attn_implementation="sdpa",
         )
         self.model.to(self.device).eval()
-        self.eos_ids = self._eos_ids()
+        self.eos_ids = eos_token_ids(spec.name, self.tokenizer, self.model.generation_config)
         self.resolved_revision = getattr(self.model.config, "_commit_hash", None) or spec.revision
         self._torch = torch
         log.info(
@@ -145,21 +184,6 @@ class LocalGenerator:
             time.perf_counter() - started,
             sorted(self.eos_ids),
         )
-
-    def _eos_ids(self) -> set[int]:
-        ids: set[int] = set()
-        configured = self.model.generation_config.eos_token_id
-        if isinstance(configured, int):
-            ids.add(configured)
-        elif configured:
-            ids.update(configured)
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        if not ids:
-            raise ValueError(
-                f"{self.spec.name}: neither the tokenizer nor the generation config names an EOS token"
-            )
-        return ids
 
     def render(self, system_prompt: str, question: str) -> tuple[str, bool]:
         rendered = render_chat_prompt(self.tokenizer, system_prompt, question, model_name=self.spec.name)
@@ -179,13 +203,7 @@ class LocalGenerator:
         return kwargs
 
     def _answer(self, generated_ids: Sequence[int], prompt_tokens: int) -> Answer:
-        stop_at = next((i for i, token in enumerate(generated_ids) if token in self.eos_ids), None)
-        if stop_at is None:
-            kept, reason, count = list(generated_ids), "length", len(generated_ids)
-        else:
-            kept, reason, count = list(generated_ids[:stop_at]), "stop", stop_at + 1
-        text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
-        return Answer(text=text, finish_reason=reason, new_tokens=count, prompt_tokens=int(prompt_tokens))
+        return decode_answer(self.tokenizer, self.eos_ids, generated_ids, prompt_tokens)
 
     def generate_padded(self, prompt_ids: Sequence[Sequence[int]], sampling: Sampling) -> list[Answer]:
         """Answer tokenized prompts in one left-padded ``generate()`` call."""
@@ -297,7 +315,7 @@ def text_settings(spec: ModelSpec, system_prompt: str, sampling: Sampling) -> di
 
 
 def answer_questions(
-    generator: LocalGenerator,
+    generator,
     questions: Sequence[dict],
     system_prompt: str,
     sampling: Sampling,
@@ -312,12 +330,14 @@ def answer_questions(
 ) -> list[dict]:
     """Answer every question; rows come back in the order of ``questions``.
 
-    Answers already in the store are reused (see resume.ResumableJob; pass
-    ``job`` when the caller opened it already); new ones are stored as each batch
-    finishes.
+    ``generator`` is a LocalGenerator (engines padded and continuous) or a
+    vllm_engine.VllmGenerator (engine vllm). Answers already in the store are
+    reused (see resume.ResumableJob; pass ``job`` when the caller opened it
+    already); new ones are stored as each batch finishes, or with vLLM as each
+    request returns.
     """
-    if engine not in ("padded", "continuous"):
-        raise ValueError(f"unknown engine {engine!r}; use 'padded' or 'continuous'")
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
     spec = generator.spec
     job = job or ResumableJob(
         questions,
@@ -330,6 +350,7 @@ def answer_questions(
     questions = job.todo
     rendered = {i: generator.render(system_prompt, questions[i]["question"]) for i in todo}
     prompt_ids = {i: generator.tokenizer(rendered[i][0], add_special_tokens=False)["input_ids"] for i in todo}
+    seeds: dict[str, int] = {}
 
     def record(indices: Sequence[int], answers: Sequence[Answer]) -> None:
         job.record(
@@ -343,6 +364,8 @@ def answer_questions(
                     "model": spec.name,
                     "revision": generator.resolved_revision,
                     "sampling": asdict(sampling),
+                    "engine": engine,
+                    "seed": seeds[questions[i]["id"]],
                     "system_in_user_turn": rendered[i][1],
                 }
                 for i, a in zip(indices, answers, strict=True)
@@ -350,10 +373,23 @@ def answer_questions(
         )
 
     def seed_batch(ids: list[str]) -> None:
-        generator._torch.manual_seed(batch_seed(sampling.seed, ids))
+        seed = batch_seed(sampling.seed, ids)
+        seeds.update(dict.fromkeys(ids, seed))
+        generator._torch.manual_seed(seed)
 
     try:
-        if engine == "continuous" and todo:
+        if engine == "vllm":
+            # one request per question, each seeded by its own id; stored as it returns
+            for i in todo:
+                seeds[questions[i]["id"]] = batch_seed(sampling.seed, [questions[i]["id"]])
+            for i, answer in generator.generate_stream(
+                {i: prompt_ids[i] for i in todo},
+                {i: seeds[questions[i]["id"]] for i in todo},
+                sampling,
+                {i: questions[i]["id"] for i in todo},
+            ):
+                record([i], [answer])
+        elif engine == "continuous" and todo:
             seed_batch([questions[i]["id"] for i in todo])
             record(todo, generator.generate_continuous([prompt_ids[i] for i in todo], sampling))
         elif engine == "padded":
@@ -413,11 +449,15 @@ def answer_shard(
     store_root: str | os.PathLike | None = None,
     store_part: str = "answers",
     progress_every_s: float = 30.0,
+    vllm: Mapping[str, Any] | None = None,
+    server_log: str | os.PathLike | None = None,
 ) -> list[dict]:
     """One shard job of a config local-model block: answers from the store, the rest generated.
 
-    The model is loaded only when something is left to generate, so a shard that
-    is already answered (after a re-shard, say) costs seconds, not a model load.
+    The model is loaded (or, with engine vllm, its server started) only when
+    something is left to generate, so a shard that is already answered (after a
+    re-shard, say) costs seconds, not a model load. ``vllm`` is the config's vllm
+    block and ``server_log`` the server's log file (engine vllm only).
     """
     if not questions:
         log.info("empty shard, nothing to generate")
@@ -435,13 +475,24 @@ def answer_shard(
         return job.rows()
     quiet_transformers()
     m = {**_DEFAULTS, **model_settings}
-    return answer_questions(
-        LocalGenerator(spec),
-        questions,
-        system_prompt,
-        sampling,
-        m["batch_size"],
-        max_batch_tokens=m["max_batch_tokens"],
-        engine=m["engine"],
-        job=job,
-    )
+
+    def answer(generator) -> list[dict]:
+        return answer_questions(
+            generator,
+            questions,
+            system_prompt,
+            sampling,
+            m["batch_size"],
+            max_batch_tokens=m["max_batch_tokens"],
+            engine=m["engine"],
+            job=job,
+        )
+
+    if m["engine"] != "vllm":
+        return answer(LocalGenerator(spec))
+    from .vllm_engine import serve_and_answer
+
+    try:
+        return serve_and_answer(spec, m, vllm, server_log or f"vllm-{store_part}.log", answer)
+    finally:
+        job.close()

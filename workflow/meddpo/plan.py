@@ -47,19 +47,39 @@ def _approx_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)  # about four characters a token in English
 
 
+def engine_speed(config: dict[str, Any], model: dict[str, Any]) -> tuple[float, float]:
+    """Assumed new tokens/s per GPU and start-up minutes per job of a local model's engine."""
+    assumed = config["estimate"]
+    if model["engine"] == "vllm":
+        return assumed["vllm_tokens_per_second_per_gpu"], assumed["vllm_start_up_minutes"]
+    return assumed["tokens_per_second_per_gpu"], assumed["model_start_up_minutes"]
+
+
+def most_shards_for_start_up(generation_minutes: float, start_up_minutes: float, share: float = 0.1) -> int:
+    """The most shards that keep start-up at or under ``share`` of the GPU time of a model's jobs."""
+    if start_up_minutes <= 0:
+        return 999
+    return max(1, math.floor(generation_minutes * share / (1 - share) / start_up_minutes))
+
+
 def estimate(config: dict[str, Any]) -> dict[str, Any]:
     """Jobs, time limits, GPU-hours and Gemini dollars of a full run, with the assumptions used."""
     n = config["questions"]["n"] or QUESTIONS_WHEN_ALL
     per_shard = questions_per_shard(config)
-    speed = config["estimate"]["tokens_per_second_per_gpu"]
-    start_up = config["estimate"]["model_start_up_minutes"]
     local = {"rejected": config["rejected"]}
     if config["teacher"]["backend"] == "local":
         local["chosen_local"] = config["teacher"]["local"]
-    gpu_hours = {}
+    gpu_hours, start_up_share, assumed = {}, {}, {}
     for rule, model in local.items():
-        tokens = n * model["max_new_tokens"]
-        gpu_hours[rule] = round(tokens / speed / 3600 + config["n_shards"] * start_up / 60, 2)
+        speed, start_up = engine_speed(config, model)
+        generation_minutes = n * model["max_new_tokens"] / speed / 60
+        start_ups = config["n_shards"] * start_up
+        gpu_hours[rule] = round((generation_minutes + start_ups) / 60, 2)
+        start_up_share[rule] = {
+            "share": round(start_ups / (generation_minutes + start_ups), 3) if start_ups else 0.0,
+            "most_shards_for_10_percent": most_shards_for_start_up(generation_minutes, start_up),
+        }
+        assumed[rule] = {"engine": model["engine"], "tokens_per_second": speed, "start_up_minutes": start_up}
     out: dict[str, Any] = {
         "questions": n,
         "questions_assumed": config["questions"]["n"] is None,
@@ -69,8 +89,8 @@ def estimate(config: dict[str, Any]) -> dict[str, Any]:
             rule: runtime_minutes(rule, per_shard) for rule in ("rejected", teacher_rule(config))
         },
         "gpu_hours_at_most": gpu_hours,
-        "assumed_tokens_per_second_per_gpu": speed,
-        "assumed_model_start_up_minutes": start_up,
+        "start_up": start_up_share,
+        "assumed_per_rule": assumed,
     }
     if config["teacher"]["backend"] == "gemini":
         gemini = config["teacher"]["gemini"]
@@ -97,9 +117,12 @@ def render_estimate(plan: dict[str, Any]) -> list[str]:
         lines.append(
             f"GPU-hours at most {total:.1f} ("
             + ", ".join(f"{rule} {hours}" for rule, hours in plan["gpu_hours_at_most"].items())
-            + f"): every answer at its token cap, {plan['assumed_tokens_per_second_per_gpu']} new tokens/s "
-            f"per GPU and {plan['assumed_model_start_up_minutes']} min to load a model per job (assumed: "
-            "config estimate.*)"
+            + "): every answer at its token cap; assumed (config estimate.*): "
+            + ", ".join(
+                f"{rule} {a['engine']} {a['tokens_per_second']:g} new tokens/s per GPU and "
+                f"{a['start_up_minutes']:g} min start-up per job"
+                for rule, a in plan["assumed_per_rule"].items()
+            )
         )
     if "gemini_usd_at_most" in plan:
         lines.append(f"Gemini at most ${plan['gemini_usd_at_most']:.2f} (every answer at max_output_tokens)")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -259,6 +260,49 @@ def check_gpu(config: dict[str, Any]) -> list[Finding]:
     ]
 
 
+def vllm_rules(config: dict[str, Any]) -> list[str]:
+    """The rules whose model runs with engine vllm."""
+    models = {"rejected": config["rejected"]}
+    if config["teacher"]["backend"] == "local":
+        models["chosen_local"] = config["teacher"]["local"]
+    return [rule for rule, model in models.items() if model["engine"] == "vllm"]
+
+
+def check_vllm(config: dict[str, Any]) -> list[Finding]:
+    """engine vllm: the server command exists and can import vllm."""
+    command = config["vllm"]["command"]
+    executable = shlex.split(command)[0]
+    fix = "build the vLLM environment with `make vllm-env` or set vllm.command (docs/engines.md)"
+    if not (Path(executable).is_file() or shutil.which(executable)):
+        return [Finding("error", f"vllm.command: {executable} not found; {fix}")]
+    if "python" in Path(executable).name:
+        probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
+        try:
+            found = subprocess.run([executable, "-c", probe], capture_output=True, timeout=60).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            found = False
+        if not found:
+            return [Finding("error", f"vllm.command: {executable} cannot import vllm; {fix}")]
+    return []
+
+
+def check_start_up(plan: dict[str, Any], rules: list[str], n_shards: int) -> list[Finding]:
+    """A warning where loading the model costs more than a tenth of a model's GPU time."""
+    findings = []
+    for rule in rules:
+        start_up = plan["start_up"][rule]
+        if start_up["share"] > 0.1 and n_shards > start_up["most_shards_for_10_percent"]:
+            findings.append(
+                Finding(
+                    "warning",
+                    f"{rule}: starting the model is about {start_up['share']:.0%} of its GPU time with "
+                    f"n_shards {n_shards}; n_shards {start_up['most_shards_for_10_percent']} keeps it "
+                    "under 10% (a failure still costs only the answers in flight: docs/engines.md)",
+                )
+            )
+    return findings
+
+
 def preflight(
     config: dict[str, Any],
     *,
@@ -287,6 +331,10 @@ def preflight(
     if needed("chosen_gemini"):
         findings += check_gemini(config)
     plan = estimate(config)
+    served = [rule for rule in vllm_rules(config) if needed(rule)]
+    if served:
+        findings += check_vllm(config)
+    findings += check_start_up(plan, served, config["n_shards"])
     findings += check_output(config["output"]["dir"], needed_bytes(config, plan["questions"]))
     if cluster:
         findings += check_slurm(slurm_account)

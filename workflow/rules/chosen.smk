@@ -17,7 +17,8 @@ if config["teacher"]["backend"] == "local":
         output:
             f"{OUT}/chosen/shard-{{shard}}.jsonl",
         log:
-            f"{LOGS}/chosen/shard-{{shard}}.log",
+            job=f"{LOGS}/chosen/shard-{{shard}}.log",
+            server=f"{LOGS}/chosen/shard-{{shard}}.vllm.log",
         benchmark:
             f"{BENCHMARKS}/chosen/shard-{{shard}}.tsv"
         resources:

@@ -77,9 +77,14 @@ def tiny_model_input(model_settings):
 
 
 def generation_options(model_settings, system_prompt):
-    """`meddpo generate` options: a local-model block of the config and the system prompt."""
+    """`meddpo generate` options: a local-model block of the config and the system prompt.
+
+    The vllm block goes only to jobs of engine vllm, so a change to it reruns no
+    transformers job.
+    """
+    vllm = {"vllm": config["vllm"]} if model_settings["engine"] == "vllm" else {}
     return cli_options(
-        **model_settings, system_prompt=system_prompt, store=ANSWER_STORE
+        **model_settings, **vllm, system_prompt=system_prompt, store=ANSWER_STORE
     )
 
 

@@ -1,0 +1,196 @@
+"""Engine ``vllm``: a shard answered through a vLLM server that the job starts and stops.
+
+Same prompts, same facts, same store as the transformers engines:
+
+* the prompt of each question is rendered and tokenized here, exactly as the
+  transformers engine does it (our chat rendering, the system text folded into
+  the user turn where the template refuses a system role, no second BOS), and
+  sent as token ids: the server never applies a template or adds special tokens.
+  Each reply carries the ids the server actually used (``return_token_ids``),
+  and a reply whose ids differ from the ones sent stops the job;
+* the generated ids are cut at the first end-of-answer id and decoded with our
+  tokenizer (local_generation.decode_answer), so finish reasons and token counts
+  mean what they mean for the transformers engines;
+* each question is one request with a seed of its own (from the configured seed
+  and its id), so its answer does not depend on what else was in flight;
+* many requests are kept in flight (``vllm.requests_in_flight``) so the server's
+  continuous batching always has work, and each answer is appended to the answer
+  store as it returns: a killed job loses only the requests in flight.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from .chat_format import render_chat_prompt
+from .local_generation import Answer, ModelSpec, Sampling, decode_answer, eos_token_ids, load_tokenizer
+from .settings import defaults
+from .vllm_server import ServerError, VllmServer, server_arguments
+
+log = logging.getLogger(__name__)
+
+
+def vllm_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The config's ``vllm`` block with the schema's defaults filled in."""
+    return {**defaults("vllm"), **(settings or {})}
+
+
+def server_dtype(dtype: str) -> str:
+    """Our dtype setting as vLLM's: auto is bfloat16 with a GPU and float32 without, as for transformers."""
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
+class VllmGenerator:
+    """The tokenizer of a model, and a running vLLM server of the same model to generate with."""
+
+    def __init__(self, spec: ModelSpec, server: VllmServer, settings: Mapping[str, Any]):
+        from transformers import AutoConfig, GenerationConfig
+
+        self.spec = spec
+        self.server = server
+        self.requests_in_flight = int(settings["requests_in_flight"])
+        self.request_timeout_s = float(settings["request_timeout_s"])
+        self.tokenizer = load_tokenizer(spec)
+        options = dict(
+            revision=spec.revision,
+            trust_remote_code=spec.trust_remote_code,
+            token=os.environ.get("HF_TOKEN") or None,
+        )
+        try:
+            generation_config = GenerationConfig.from_pretrained(spec.name, **options)
+        except OSError:  # a checkpoint without generation_config.json
+            generation_config = None
+        self.eos_ids = eos_token_ids(spec.name, self.tokenizer, generation_config)
+        config = AutoConfig.from_pretrained(spec.name, **options)
+        self.resolved_revision = getattr(config, "_commit_hash", None) or spec.revision
+        self._local = threading.local()
+
+    def render(self, system_prompt: str, question: str) -> tuple[str, bool]:
+        rendered = render_chat_prompt(self.tokenizer, system_prompt, question, model_name=self.spec.name)
+        return rendered.text, rendered.system_in_user_turn
+
+    def request_body(self, prompt_ids: list[int], seed: int, sampling: Sampling) -> dict[str, Any]:
+        """One completion request: token ids in, token ids out, the job's own sampling."""
+        body: dict[str, Any] = {
+            "model": "model",
+            "prompt": list(prompt_ids),
+            "max_tokens": sampling.max_new_tokens,
+            "min_tokens": sampling.min_new_tokens,
+            "seed": seed,
+            "stop_token_ids": sorted(self.eos_ids),
+            "return_token_ids": True,
+        }
+        if sampling.do_sample:
+            # top_k 0 = off, as the transformers engine sets it (a model's generation config may say 20)
+            body.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+        else:
+            body.update(temperature=0.0)
+        return body
+
+    def _connection(self) -> http.client.HTTPConnection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = http.client.HTTPConnection(
+                "127.0.0.1", self.server.port, timeout=self.request_timeout_s
+            )
+            self._local.connection = connection
+        return connection
+
+    def complete(self, question_id: str, prompt_ids: list[int], seed: int, sampling: Sampling) -> Answer:
+        """Send one question to the server; its answer, or a one-line ServerError."""
+        payload = json.dumps(self.request_body(prompt_ids, seed, sampling))
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self.server.api_key}"}
+        connection = self._connection()
+        try:
+            connection.request("POST", "/v1/completions", body=payload, headers=headers)
+            response = connection.getresponse()
+            status, text = response.status, response.read().decode("utf-8", "replace")
+        except (OSError, http.client.HTTPException) as err:
+            connection.close()
+            self._local.connection = None
+            state = "is running" if self.server.running() else "has stopped"
+            raise ServerError(
+                f"question {question_id}: no answer from the vLLM server ({type(err).__name__}); "
+                f"the server {state}; see {self.server.log_path}"
+            ) from None
+        if status != 200:
+            raise ServerError(
+                f"question {question_id}: the vLLM server answered HTTP {status}: {_message(text)} "
+                f"(see {self.server.log_path})"
+            )
+        reply = json.loads(text)
+        choice = reply["choices"][0]
+        if choice.get("prompt_token_ids") != list(prompt_ids):
+            raise ServerError(
+                f"question {question_id}: the vLLM server used other prompt token ids than the ones sent "
+                f"({len(choice.get('prompt_token_ids') or [])} instead of {len(prompt_ids)})"
+            )
+        return decode_answer(
+            self.tokenizer, self.eos_ids, choice["token_ids"], reply["usage"]["prompt_tokens"]
+        )
+
+    def generate_stream(
+        self,
+        prompt_ids: Mapping[int, list[int]],
+        seeds: Mapping[int, int],
+        sampling: Sampling,
+        names: Mapping[int, str],
+    ) -> Iterator[tuple[int, Answer]]:
+        """(key, answer) pairs as the server returns them, ``requests_in_flight`` at a time.
+
+        ``names`` are the question ids that errors name.
+        """
+        if not prompt_ids:
+            return
+        pool = ThreadPoolExecutor(
+            max_workers=min(self.requests_in_flight, len(prompt_ids)), thread_name_prefix="vllm-request"
+        )
+        futures = {
+            pool.submit(self.complete, names[key], ids_, seeds[key], sampling): key
+            for key, ids_ in prompt_ids.items()
+        }
+        try:
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _message(text: str) -> str:
+    try:
+        error = json.loads(text)
+        return str(error.get("error", {}).get("message") or error.get("message") or text)[:300]
+    except (ValueError, AttributeError):
+        return text[:300]
+
+
+def serve_and_answer(
+    spec: ModelSpec,
+    model_settings: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    server_log: str | os.PathLike,
+    answer: Any,
+) -> list[dict]:
+    """Start the server of ``spec``, hand ``answer(generator)`` a VllmGenerator; the server always stops."""
+    settings = vllm_settings(settings)
+    arguments = server_arguments(model_settings, settings, server_dtype(spec.dtype))
+    with VllmServer(
+        settings["command"],
+        arguments,
+        Path(server_log),
+        env=settings["env"],
+        startup_timeout_s=float(settings["startup_timeout_s"]),
+    ) as server:
+        return answer(VllmGenerator(spec, server, settings))
