@@ -13,6 +13,13 @@ own code (``answer_questions``; vLLM from .venv-vllm, started as a job starts it
 * fixed: every answer exactly ``--fixed-tokens`` long (min = max new tokens), so
   both engines compute the same tokens and only the engines' own speed differs.
 
+Each engine runs as it would in a job on this machine: the padded engine's torch
+uses every core; vLLM's CPU build binds its worker to one core and keeps the
+other for its front end (and this script's client). The job keeps a few more
+requests open than vLLM decodes at once (``max_num_seqs`` + 8): each open request
+is a client thread, and on 2 cores 128 of them slowed vLLM down tenfold in one
+try. Each engine answers a few warm-up questions before it is timed.
+
 Prints useful new tokens/s (tokens of answers, padding not counted) of both
 engines, the start-up of each (model load; server start to /health), and the
 lines ``ratio realistic: X`` and ``ratio fixed: Y`` (vLLM / transformers).
@@ -95,6 +102,7 @@ def main() -> None:
     systems = {"rejected": config["prompts"]["rejected"], "chosen": config["prompts"]["teacher"]}
     prompts = questions(args.prompts)
     fixed_prompts = questions(args.prompts, start=args.prompts)
+    warm_up = questions(8, start=2 * args.prompts)
     texts = [q["question"] for q in questions(64)]
     settings = vllm_settings(
         {
@@ -102,7 +110,7 @@ def main() -> None:
             "enforce_eager": True,
             "max_model_len": 2048,
             "max_num_seqs": args.batch_size,
-            "requests_in_flight": 2 * args.batch_size,
+            "requests_in_flight": args.batch_size + 8,
             "max_num_batched_tokens": 2 * args.batch_size * 256,
             "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
             "startup_timeout_s": 600,
@@ -128,6 +136,7 @@ def main() -> None:
             started = time.perf_counter()
             transformers_engine = LocalGenerator(spec)
             result[f"{side}_start_up_s_transformers"] = round(time.perf_counter() - started, 2)
+            run(transformers_engine, "padded", warm_up, systems[side], fixed, args.batch_size)
             measured = {
                 "transformers": run(
                     transformers_engine, "padded", prompts, systems[side], realistic, args.batch_size
@@ -146,6 +155,7 @@ def main() -> None:
             ) as server:
                 result[f"{side}_start_up_s_vllm"] = round(server.startup_s, 2)
                 vllm_engine = VllmGenerator(spec, server, settings)
+                run(vllm_engine, "vllm", warm_up, systems[side], fixed, args.batch_size)
                 measured["vllm"] = run(
                     vllm_engine, "vllm", prompts, systems[side], realistic, args.batch_size
                 )
@@ -165,7 +175,7 @@ def main() -> None:
     result["realistic_tokens_per_s"] = {engine: round(value, 1) for engine, value in speed.items()}
     ratio_realistic = speed["vllm"] / speed["transformers"]
     ratio_fixed = result["fixed_vllm"]["tokens_per_s"] / result["fixed_transformers"]["tokens_per_s"]
-    print(json.dumps(result, indent=1))
+    print(json.dumps(result))
     for side in WORKLOADS:
         print(
             f"{side}: transformers {result[f'{side}_transformers']['tokens_per_s']} new tokens/s, "

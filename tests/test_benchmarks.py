@@ -53,3 +53,18 @@ def test_gemini_concurrency_benchmark_measures_the_client():
     assert summary["retries"] == 0
     # 4 in flight against 50 ms replies: ~3.5x here; under 1.5 the concurrency is not working
     assert summary["ratio"] > 1.5
+
+
+def test_gpu_benchmark_compares_the_engines_and_says_when_vllm_did_not_run(tmp_path):
+    missing = tmp_path / "no-vllm" / "bin" / "python"
+    summary = run_benchmark(
+        "gpu_engine.py", "--engines", "--tiny", "--device", "cpu", "--prompts", "6", "--padded-batch", "4",
+        "--vllm-python", str(missing),
+    )  # fmt: skip
+    assert summary["vllm"] == {"not_run": f"no vLLM environment at {missing} (make vllm-env)"}
+    for side in ("rejected", "chosen"):
+        padded = summary["padded"][side]
+        assert padded["useful_tokens"] == summary["useful_tokens"][side]
+        # 6 prompts in batches of 4 and 2: each batch decodes until its longest answer ends
+        assert summary["useful_tokens"][side] / 4 <= padded["decode_steps"] <= summary["useful_tokens"][side]
+    assert set(summary["padded"]["projected_gpu_hours"]) == {"20_shards", "2_shards"}

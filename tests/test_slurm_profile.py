@@ -255,6 +255,13 @@ def test_a_shard_killed_by_its_slurm_time_limit_resumes_on_the_rerun(slurm_clust
             {"n_shards": 1, "rejected": {"batch_size": 1, "max_new_tokens": 2000, "min_new_tokens": 2000}}
         )
     )
+    # the rerun batches what is left: batch_size only sets the speed, so the store's answers still count
+    faster = tmp_path / "faster.yaml"
+    faster.write_text(
+        yaml.safe_dump(
+            {"n_shards": 1, "rejected": {"batch_size": 64, "max_new_tokens": 2000, "min_new_tokens": 2000}}
+        )
+    )
     target = "results/demo/rejected/shard-000.jsonl"
     env = _env()
     env["SBATCH_ACCOUNT"] = ACCOUNT
@@ -276,7 +283,7 @@ def test_a_shard_killed_by_its_slurm_time_limit_resumes_on_the_rerun(slurm_clust
     assert 0 < len(done) < 63, len(done)
 
     second = subprocess.run(
-        [*SNAKEMAKE, target, "--profile", str(normal), "--configfile", "demo/config.yaml", str(overlay)],
+        [*SNAKEMAKE, target, "--profile", str(normal), "--configfile", "demo/config.yaml", str(faster)],
         cwd=workdir,
         env=env,
         capture_output=True,

@@ -10,6 +10,7 @@ engine and worker processes, so their command lines cannot be matched).
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,7 +30,7 @@ CPU_SETTINGS = {
     "enforce_eager": True,
     "max_model_len": 1024,
     "max_num_seqs": 32,
-    "requests_in_flight": 32,
+    "requests_in_flight": 40,
     "max_num_batched_tokens": 16384,
     "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
     "startup_timeout_s": 300,
@@ -123,6 +124,7 @@ def test_requests_need_the_jobs_key(server):
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     connection.request("POST", "/v1/completions", body="{}", headers={"Content-Type": "application/json"})
     assert connection.getresponse().status == 401
+    assert server.api_key not in server.log_path.read_text()  # the key is in no log or command line
 
 
 def test_vllm_rows_have_the_layout_and_facts_of_the_transformers_rows(server, mistral, questions, tmp_path):
@@ -414,3 +416,29 @@ def test_the_demo_through_snakemake_with_engine_vllm(vllm_env, tmp_path):
         assert "vLLM server ready on 127.0.0.1:" in log
         assert "Application startup complete" in (out / "logs" / side / "shard-000.vllm.log").read_text()
     assert _gone(marker) == []
+
+
+def test_both_benchmarks_run_both_engines_on_the_cpu_build(vllm_env):
+    from test_benchmarks import run_benchmark
+
+    summary = run_benchmark(
+        "gpu_engine.py", "--engines", "--tiny", "--device", "cpu", "--prompts", "6", "--padded-batch", "4"
+    )
+    for side in ("rejected", "chosen"):
+        assert summary["vllm"][side]["useful_tokens"] == summary["padded"][side]["useful_tokens"]
+        assert summary["vllm"][side]["useful_tokens"] == summary["useful_tokens"][side]
+    assert 1 < summary["vllm"]["start_up_s"] < 300
+
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "vllm_cpu.py"), "--prompts", "8", "--batch-size", "4",
+         "--fixed-tokens", "8", "--scale", "0.05"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    result = json.loads(next(line for line in lines if line.startswith("{")))
+    # fixed lengths: both engines made exactly 8 answers of 8 tokens
+    assert result["fixed_transformers"]["tokens"] == result["fixed_vllm"]["tokens"] == 64
+    # the figures themselves are recorded in benchmarks/README.md, never asserted (timing)
+    assert re.fullmatch(r"ratio realistic: \d+\.\d\d", lines[-2])
+    assert re.fullmatch(r"ratio fixed: \d+\.\d\d", lines[-1])

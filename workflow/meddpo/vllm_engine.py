@@ -99,27 +99,38 @@ class VllmGenerator:
             body.update(temperature=0.0)
         return body
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's connection to the server, and whether it has carried a request before."""
         connection = getattr(self._local, "connection", None)
         if connection is None:
             connection = http.client.HTTPConnection(
                 "127.0.0.1", self.server.port, timeout=self.request_timeout_s
             )
             self._local.connection = connection
-        return connection
+            return connection, False
+        return connection, True
+
+    def _post(self, payload: str, headers: dict[str, str]) -> tuple[int, str]:
+        """POST one completion; a kept-alive connection the server has closed is reopened once."""
+        while True:
+            connection, reused = self._connection()
+            try:
+                connection.request("POST", "/v1/completions", body=payload, headers=headers)
+                response = connection.getresponse()
+                return response.status, response.read().decode("utf-8", "replace")
+            except (OSError, http.client.HTTPException) as err:
+                connection.close()
+                self._local.connection = None
+                if not reused or isinstance(err, TimeoutError):  # a slow answer is not asked twice
+                    raise
 
     def complete(self, question_id: str, prompt_ids: list[int], seed: int, sampling: Sampling) -> Answer:
         """Send one question to the server; its answer, or a one-line ServerError."""
         payload = json.dumps(self.request_body(prompt_ids, seed, sampling))
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self.server.api_key}"}
-        connection = self._connection()
         try:
-            connection.request("POST", "/v1/completions", body=payload, headers=headers)
-            response = connection.getresponse()
-            status, text = response.status, response.read().decode("utf-8", "replace")
+            status, text = self._post(payload, headers)
         except (OSError, http.client.HTTPException) as err:
-            connection.close()
-            self._local.connection = None
             state = "is running" if self.server.running() else "has stopped"
             raise ServerError(
                 f"question {question_id}: no answer from the vLLM server ({type(err).__name__}); "

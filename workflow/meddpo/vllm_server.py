@@ -155,7 +155,9 @@ class VllmServer:
                 return
 
     def _launch(self) -> None:
-        env = {**os.environ, **self.env, "VLLM_API_KEY": self.api_key}
+        # the job keeps a connection per request slot open: no closing it after vLLM's default 5 s idle
+        keep_alive = {"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "3600"}
+        env = {**os.environ, **keep_alive, **self.env, "VLLM_API_KEY": self.api_key}
         command = [*self.command, *self.arguments, "--host", "127.0.0.1", "--port", str(self.port)]
         log.info("starting the vLLM server: %s (log %s)", shlex.join(command), self.log_path)
         self._guard = subprocess.Popen(
