@@ -24,7 +24,7 @@ from conftest import REPO
 
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 COMMAND = f"{VLLM_PYTHON} -m vllm.entrypoints.openai.api_server"
-# the CPU settings of demo/vllm.yaml
+# CPU settings like demo/vllm.yaml's (smaller: the tests send fewer and shorter requests)
 CPU_SETTINGS = {
     "command": COMMAND,
     "enforce_eager": True,
@@ -242,7 +242,8 @@ def _wait_for(predicate, within_s: float, what: str) -> None:
 def _stored(tmp_path) -> list[dict]:
     rows = []
     for part in (tmp_path / "store").glob("*/*/*.jsonl"):
-        rows += [json.loads(line) for line in part.read_text().splitlines() if line.strip()]
+        # only whole lines: the job may be appending one right now
+        rows += [json.loads(line) for line in part.read_text().split("\n")[:-1] if line.strip()]
     return rows
 
 
@@ -291,9 +292,8 @@ def test_kill_9_mid_shard_loses_no_stored_answer_duplicates_none_and_leaves_no_s
 def test_sigterm_stops_the_job_and_its_server(vllm_env, tiny_mistral, shard, tmp_path):
     job, marker, stderr = _job(tmp_path, tiny_mistral, shard, max_new_tokens=200)
     try:
-        _wait_for(
-            lambda: "vLLM server ready" in stderr.read_text() or job.poll() is not None, 300, "the server"
-        )
+        # mid-shard: answers are coming back and more requests are in flight
+        _wait_for(lambda: len(_stored(tmp_path)) >= 1 or job.poll() is not None, 300, "a stored answer")
         assert job.poll() is None, stderr.read_text()
         job.send_signal(signal.SIGTERM)  # what Slurm sends at a time limit or a cancel
         assert job.wait(timeout=60) == 128 + signal.SIGTERM

@@ -29,6 +29,7 @@ left padding and pad = EOS the prompt holds EOS ids.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -382,13 +383,15 @@ def answer_questions(
             # one request per question, each seeded by its own id; stored as it returns
             for i in todo:
                 seeds[questions[i]["id"]] = batch_seed(sampling.seed, [questions[i]["id"]])
-            for i, answer in generator.generate_stream(
+            stream = generator.generate_stream(
                 {i: prompt_ids[i] for i in todo},
                 {i: seeds[questions[i]["id"]] for i in todo},
                 sampling,
                 {i: questions[i]["id"] for i in todo},
-            ):
-                record([i], [answer])
+            )
+            with contextlib.closing(stream):  # a failed record stops the requests still queued
+                for i, answer in stream:
+                    record([i], [answer])
         elif engine == "continuous" and todo:
             seed_batch([questions[i]["id"] for i in todo])
             record(todo, generator.generate_continuous([prompt_ids[i] for i in todo], sampling))

@@ -141,16 +141,21 @@ class VllmGenerator:
                 f"question {question_id}: the vLLM server answered HTTP {status}: {_message(text)} "
                 f"(see {self.server.log_path})"
             )
-        reply = json.loads(text)
-        choice = reply["choices"][0]
+        try:
+            reply = json.loads(text)
+            choice = reply["choices"][0]
+            generated, prompt_tokens = choice["token_ids"], reply["usage"]["prompt_tokens"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise ServerError(
+                f"question {question_id}: the vLLM server's reply has no token ids (a vLLM without "
+                f"return_token_ids?): {_message(text)}"
+            ) from None
         if choice.get("prompt_token_ids") != list(prompt_ids):
             raise ServerError(
                 f"question {question_id}: the vLLM server used other prompt token ids than the ones sent "
                 f"({len(choice.get('prompt_token_ids') or [])} instead of {len(prompt_ids)})"
             )
-        return decode_answer(
-            self.tokenizer, self.eos_ids, choice["token_ids"], reply["usage"]["prompt_tokens"]
-        )
+        return decode_answer(self.tokenizer, self.eos_ids, generated, prompt_tokens)
 
     def generate_stream(
         self,
@@ -180,11 +185,13 @@ class VllmGenerator:
 
 
 def _message(text: str) -> str:
+    """The server's error message, on one line."""
     try:
         error = json.loads(text)
-        return str(error.get("error", {}).get("message") or error.get("message") or text)[:300]
+        message = str(error.get("error", {}).get("message") or error.get("message") or text)
     except (ValueError, AttributeError):
-        return text[:300]
+        message = text
+    return " ".join(message.split())[:300]
 
 
 def serve_and_answer(

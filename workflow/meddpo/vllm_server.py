@@ -160,15 +160,23 @@ class VllmServer:
         env = {**os.environ, **keep_alive, **self.env, "VLLM_API_KEY": self.api_key}
         command = [*self.command, *self.arguments, "--host", "127.0.0.1", "--port", str(self.port)]
         log.info("starting the vLLM server: %s (log %s)", shlex.join(command), self.log_path)
-        self._guard = subprocess.Popen(
-            [sys.executable, str(GUARD), str(os.getpid()), str(self.stop_grace_s), str(self.log_path), "--"]
-            + command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
+        with open(self.log_path, "ab") as server_log:  # the guard's own errors land in the server's log
+            self._guard = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(GUARD),
+                    str(os.getpid()),
+                    str(self.stop_grace_s),
+                    str(self.log_path),
+                    "--",
+                ]
+                + command,
+                stdin=subprocess.PIPE,
+                stdout=server_log,
+                stderr=server_log,
+                env=env,
+                start_new_session=True,
+            )
 
     def _wait_until_ready(self, offset: int, attempt: int) -> bool:
         """True once /health answers; False when the port was taken (try another); else raises."""
@@ -204,7 +212,8 @@ class VllmServer:
             connection.close()
 
     def running(self) -> bool:
-        return self._guard is not None and self._guard.poll() is None
+        guard = self._guard  # read once: the main thread may be stopping it
+        return guard is not None and guard.poll() is None
 
     def stop(self) -> None:
         """Stop the server and every process it started; safe to call twice."""
@@ -233,5 +242,9 @@ def _kill_group(pgid: int) -> None:
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM (Slurm's time limit, a cancel) unwinds the job, so the server is stopped on the way out."""
+    """SIGTERM (Slurm's time limit, a cancel) unwinds the job, so the server is stopped on the way out.
+
+    Once only: a second SIGTERM while the server is being stopped must not cut that short.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise SystemExit(128 + signum)
