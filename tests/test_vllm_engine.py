@@ -262,8 +262,8 @@ def test_kill_9_mid_shard_loses_no_stored_answer_duplicates_none_and_leaves_no_s
     vllm_env, tiny_mistral, shard, tmp_path
 ):
     n = len(shard.read_text().splitlines())
-    # tiny_mistral never ends an answer by itself: every answer takes 200 steps
-    job, marker, stderr = _job(tmp_path, tiny_mistral, shard, max_new_tokens=200)
+    # tiny_mistral never ends an answer by itself: every answer takes 120 steps
+    job, marker, stderr = _job(tmp_path, tiny_mistral, shard, max_new_tokens=120)
     try:
         _wait_for(lambda: len(_stored(tmp_path)) >= 5, 300, "five stored answers")
         assert len(_marked(marker)) >= 4  # the job, the guard, vLLM's API server, engine core and worker
@@ -276,7 +276,7 @@ def test_kill_9_mid_shard_loses_no_stored_answer_duplicates_none_and_leaves_no_s
     before = {row["id"]: row for row in _stored(tmp_path)}
     assert 5 <= len(before) < n
 
-    rerun, marker, stderr = _job(tmp_path, tiny_mistral, shard, max_new_tokens=200)
+    rerun, marker, stderr = _job(tmp_path, tiny_mistral, shard, max_new_tokens=120)
     assert rerun.wait(timeout=600) == 0, stderr.read_text()
     assert f"{len(before)} of {n} answers already there, {n - len(before)} to generate" in stderr.read_text()
     stored = _stored(tmp_path)
@@ -290,7 +290,7 @@ def test_kill_9_mid_shard_loses_no_stored_answer_duplicates_none_and_leaves_no_s
 
 
 def test_sigterm_stops_the_job_and_its_server(vllm_env, tiny_mistral, shard, tmp_path):
-    job, marker, stderr = _job(tmp_path, tiny_mistral, shard, max_new_tokens=200)
+    job, marker, stderr = _job(tmp_path, tiny_mistral, shard, max_new_tokens=120)
     try:
         # mid-shard: answers are coming back and more requests are in flight
         _wait_for(lambda: len(_stored(tmp_path)) >= 1 or job.poll() is not None, 300, "a stored answer")
@@ -431,7 +431,7 @@ def test_both_benchmarks_run_both_engines_on_the_cpu_build(vllm_env):
 
     run = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "vllm_cpu.py"), "--prompts", "8", "--batch-size", "4",
-         "--fixed-tokens", "8", "--scale", "0.05"],
+         "--fixed-tokens", "8", "--scale", "0.05", "--workloads", "rejected"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
