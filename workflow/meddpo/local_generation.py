@@ -153,8 +153,6 @@ def decode_answer(tokenizer, eos_ids: set[int], generated_ids: Sequence[int], pr
 class LocalGenerator:
     """A causal LM and its tokenizer, loaded once, answering batches of questions."""
 
-    engine_family = "transformers"
-
     def __init__(self, spec: ModelSpec):
         import torch
         from transformers import AutoModelForCausalLM

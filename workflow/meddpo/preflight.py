@@ -272,9 +272,11 @@ def check_vllm(config: dict[str, Any]) -> list[Finding]:
     """engine vllm: the server command exists and can import vllm."""
     command = config["vllm"]["command"]
     executable = shlex.split(command)[0]
-    fix = "build the vLLM environment with `make vllm-env` or set vllm.command (docs/engines.md)"
-    if not (Path(executable).is_file() or shutil.which(executable)):
-        return [Finding("error", f"vllm.command: {executable} not found; {fix}")]
+    from .vllm_server import BUILD_IT, missing_command
+
+    problem = missing_command(command)
+    if problem:
+        return [Finding("error", problem)]
     if "python" in Path(executable).name:
         probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
         try:
@@ -282,7 +284,7 @@ def check_vllm(config: dict[str, Any]) -> list[Finding]:
         except (OSError, subprocess.SubprocessError):
             found = False
         if not found:
-            return [Finding("error", f"vllm.command: {executable} cannot import vllm; {fix}")]
+            return [Finding("error", f"vllm.command: {executable} cannot import vllm; {BUILD_IT}")]
     return []
 
 

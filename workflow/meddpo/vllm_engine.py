@@ -30,8 +30,15 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from .chat_format import render_chat_prompt
-from .local_generation import Answer, ModelSpec, Sampling, decode_answer, eos_token_ids, load_tokenizer
+from .local_generation import (
+    Answer,
+    LocalGenerator,
+    ModelSpec,
+    Sampling,
+    decode_answer,
+    eos_token_ids,
+    load_tokenizer,
+)
 from .settings import defaults
 from .vllm_server import ServerError, VllmServer, server_arguments
 
@@ -77,9 +84,7 @@ class VllmGenerator:
         self.resolved_revision = getattr(config, "_commit_hash", None) or spec.revision
         self._local = threading.local()
 
-    def render(self, system_prompt: str, question: str) -> tuple[str, bool]:
-        rendered = render_chat_prompt(self.tokenizer, system_prompt, question, model_name=self.spec.name)
-        return rendered.text, rendered.system_in_user_turn
+    render = LocalGenerator.render  # the same prompts as the transformers engines (tokenizer, spec)
 
     def request_body(self, prompt_ids: list[int], seed: int, sampling: Sampling) -> dict[str, Any]:
         """One completion request: token ids in, token ids out, the job's own sampling."""

@@ -45,6 +45,17 @@ PORT_TRIES = 3
 PORT_TAKEN = ("address already in use", "errno 98")
 
 
+BUILD_IT = "build the vLLM environment with `make vllm-env` or set vllm.command (docs/engines.md)"
+
+
+def missing_command(command: str | Sequence[str]) -> str | None:
+    """The one-line problem when ``vllm.command``'s program does not exist, else None."""
+    executable = (shlex.split(command) if isinstance(command, str) else list(command))[0]
+    if Path(executable).is_file() or shutil.which(executable):
+        return None
+    return f"vllm.command: {executable} not found; {BUILD_IT}"
+
+
 class ServerError(UserError):
     """The vLLM server did not start, or stopped answering; the message names its log."""
 
@@ -135,12 +146,9 @@ class VllmServer:
         self.stop()
 
     def start(self) -> None:
-        executable = self.command[0]
-        if not Path(executable).exists() and not shutil.which(executable):
-            raise ServerError(
-                f"vllm.command: {executable} not found; build the vLLM environment with `make vllm-env` "
-                "or set vllm.command (docs/engines.md)"
-            )
+        problem = missing_command(self.command)
+        if problem:
+            raise ServerError(problem)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         for attempt in range(1, PORT_TRIES + 1):
