@@ -17,7 +17,9 @@ the weights: hidden dimension 0 is held at a constant in the residual stream
 (every token embedding carries it and no layer writes to it) and the EOS row of
 the output projection reads it, so EOS gets a fixed logit at every step while
 the other tokens stay near-uniform. ``eos_rate`` is then roughly the per-step
-chance of stopping at temperature 1.
+chance of stopping at temperature 1. ``eos_rate=0`` means never: left alone, a
+random EOS row would still be sampled now and then (about one step in the
+vocabulary size), and how often depends on the tokenizer trained on the spot.
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+
+# EOS logit for eos_rate=0: e**-40 per step, against near-uniform logits around 0
+NEVER_LOGIT = -40.0
 
 # Two heads of 32: vLLM's CPU attention kernels refuse head sizes under 32.
 TINY_SHAPE = dict(
@@ -155,9 +160,13 @@ def _bias_towards_eos(model, eos_ids: Sequence[int], eos_rate: float, probe_ids)
             layer.self_attn.o_proj.weight[0, :] = 0.0
             layer.mlp.down_proj.weight[0, :] = 0.0
         model.lm_head.weight[:, 0] = 0.0
-        if eos_rate <= 0:
-            return
         anchor = inner(input_ids=probe_ids).last_hidden_state[..., 0].mean().item()
+        if eos_rate <= 0:
+            # never: EOS reads dimension 0 only, at a logit no sampler ever picks
+            for eos in eos_ids:
+                model.lm_head.weight[eos, :] = 0.0
+                model.lm_head.weight[eos, 0] = NEVER_LOGIT / anchor
+            return
         vocab = model.lm_head.weight.shape[0]
         logit = math.log(eos_rate / len(eos_ids) * (vocab - 1) / (1.0 - eos_rate))
         for eos in eos_ids:
