@@ -65,6 +65,31 @@ def render_chat_prompt(tokenizer, system: str, user: str, *, model_name: str = "
     return RenderedPrompt(text=text, system_in_user_turn=True)
 
 
+def render_conversation(
+    tokenizer, messages: list[dict], *, model_name: str = "model", add_generation_prompt: bool = False
+) -> str:
+    """A whole conversation through the model's chat template.
+
+    For checkpoints whose template builds its own task prompt from the messages
+    and ends it where the verdict starts (the safety classifiers: their model
+    cards call ``apply_chat_template(messages)`` with no generation prompt):
+    nothing is added or folded here.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ChatTemplateError(
+            f"{model_name}: the tokenizer has no chat template; refusing to guess a prompt format"
+        )
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    except Exception as err:  # noqa: BLE001 - jinja's TemplateError and friends
+        message = " ".join(str(err).split())
+        raise ChatTemplateError(
+            f"{model_name}: chat template failed on a user/assistant exchange: {message}"
+        ) from None
+
+
 def training_prompt(system: str, question: str) -> str:
     """The ``prompt`` column of a DPO row: system text, a blank line, then the question.
 

@@ -97,6 +97,12 @@ class GeminiSettings:
     # The settings that change the answer text (the rest only change speed and cost).
     TEXT_KEYS: ClassVar[tuple[str, ...]] = ("model", "temperature", "max_output_tokens", "thinking_budget")
 
+    def prices(self) -> dict[str, float]:
+        return {
+            "input_per_million": self.price_input_per_million,
+            "output_per_million": self.price_output_per_million,
+        }
+
     def text_settings(self, system_prompt: str) -> dict[str, Any]:
         """What changes the answer text: the answer store's key (numbers typed as the CLI types them)."""
         budget = self.thinking_budget
@@ -387,7 +393,8 @@ def make_client(api_key: str, settings: GeminiSettings):
     return genai.Client(api_key=api_key, http_options=options)
 
 
-def generation_config(settings: GeminiSettings, system_prompt: str):
+def generation_config(settings: GeminiSettings, system_prompt: str, response_schema: dict | None = None):
+    """The request's config; ``response_schema`` (a JSON schema) asks for JSON output in that shape."""
     from google.genai import types
 
     kwargs: dict[str, Any] = dict(
@@ -395,6 +402,8 @@ def generation_config(settings: GeminiSettings, system_prompt: str):
         temperature=settings.temperature,
         max_output_tokens=settings.max_output_tokens,
     )
+    if response_schema is not None:
+        kwargs.update(response_mime_type="application/json", response_json_schema=response_schema)
     if settings.thinking_budget is not None:
         kwargs["thinking_config"] = types.ThinkingConfig(thinking_budget=settings.thinking_budget)
     return types.GenerateContentConfig(**kwargs)
@@ -410,17 +419,23 @@ async def answer_with_gemini(
     store_part: str = "answers",
     limiter: RateLimiter | None = None,
     progress_every_s: float = 30.0,
+    response_schema: dict | None = None,
+    key_extra: dict | None = None,
+    max_usd: float | None = None,
 ) -> tuple[list[dict], list[dict], dict]:
     """Answer every question not yet answered or refused. Returns ``(rows, left_out, usage)``.
 
     ``rows`` are the answers in question order; ``left_out`` lists each question
     without one as ``{id, reason, kind}``, kind ``refused`` (final, this job's or
     an earlier one's) or ``failed`` (asked again next time); ``usage`` counts the
-    requests and tokens of this job.
+    requests and tokens of this job. ``response_schema`` asks for JSON output;
+    ``key_extra`` joins the answer store's key (a judge's own settings);
+    ``max_usd`` stops the job, with what it has kept, once every request logged
+    under these settings (this job's and earlier ones') has cost that much.
     """
     job = ResumableJob(
         questions,
-        settings.text_settings(system_prompt),
+        {**settings.text_settings(system_prompt), **(key_extra or {})},
         store_root=store_root,
         store_part=store_part,
         progress_every_s=progress_every_s,
@@ -434,12 +449,16 @@ async def answer_with_gemini(
         settings.requests_per_minute,
     )
     limiter = limiter or RateLimiter(settings.requests_per_minute)
-    config = generation_config(settings, system_prompt)
+    config = generation_config(settings, system_prompt, response_schema)
     client = make_client(api_key, settings)
     semaphore = asyncio.Semaphore(settings.concurrency)
     usage: Counter = Counter()
     failures: list[dict] = []
     watch = ClientErrorWatch()
+    prices = settings.prices()
+    spent_before = 0.0
+    if max_usd is not None and job.store:
+        spent_before = estimate_cost(_add_up(job.store.read_log("requests")), prices)
 
     def log_request(record: dict) -> None:
         usage["requests"] += 1
@@ -447,8 +466,15 @@ async def answer_with_gemini(
         if job.store:
             job.store.append_log("requests", [record])
 
+    capped: list[float] = []  # the spend when the cap stopped new requests (those in flight finish)
+
     async def one(question: dict) -> None:
         async with semaphore:
+            if max_usd is not None:
+                spent = spent_before + estimate_cost(usage, prices)
+                if capped or spent >= max_usd:
+                    capped.append(spent)
+                    return
             outcome = await _ask(client, limiter, settings, config, question, log_request)
         if outcome.client_error is not None and watch.is_fatal(outcome.client_error):
             raise HardGeminiError(_describe(outcome.client_error))
@@ -471,6 +497,11 @@ async def answer_with_gemini(
             # the first hard error cancels everything else at once
             for future in asyncio.as_completed(tasks):
                 await future
+        if capped:
+            raise HardGeminiError(
+                f"the cost cap is reached: about ${max(capped):.4f} spent under these settings, max_usd is "
+                f"${max_usd:g}; what was answered is kept: raise max_usd and rerun to go on"
+            )
     finally:
         for task in tasks:
             task.cancel()
@@ -510,11 +541,15 @@ def shard_usage(store: AnswerStore | None, question_ids: set[str], this_job: dic
     """
     if store is None:
         return {key: this_job.get(key, 0) for key in USAGE_COUNTS}
+    return _add_up(record for record in store.read_log("requests") if record["id"] in question_ids)
+
+
+def _add_up(records) -> dict:
+    """Requests and tokens of request-log records."""
     totals: Counter = Counter()
-    for record in store.read_log("requests"):
-        if record["id"] in question_ids:
-            totals["requests"] += 1
-            totals.update({key: record.get(key, 0) for key in USAGE_COUNTS[1:]})
+    for record in records:
+        totals["requests"] += 1
+        totals.update({key: record.get(key, 0) for key in USAGE_COUNTS[1:]})
     return {key: totals.get(key, 0) for key in USAGE_COUNTS}
 
 
@@ -526,6 +561,9 @@ def answer_shard(
     store_root: str | os.PathLike | None,
     store_part: str,
     progress_every_s: float = 30.0,
+    response_schema: dict | None = None,
+    key_extra: dict | None = None,
+    max_usd: float | None = None,
 ) -> tuple[list[dict], list[dict], dict, str | None]:
     """One shard job: ``(answers, left_out, usage, problem)``.
 
@@ -533,7 +571,7 @@ def answer_shard(
     estimated cost); ``problem`` is the one-line reason the job must fail (too
     many failures, or too many refusals when that is set to fail), else None.
     """
-    for name in ("httpx", "google_genai"):
+    for name in ("httpx", "httpx2", "google_genai"):
         logging.getLogger(name).setLevel(logging.WARNING)
     api_key = load_api_key(settings.secrets_file)
     rows, left_out, this_job = asyncio.run(
@@ -545,21 +583,18 @@ def answer_shard(
             store_root=store_root,
             store_part=store_part,
             progress_every_s=progress_every_s,
+            response_schema=response_schema,
+            key_extra=key_extra,
+            max_usd=max_usd,
         )
     )
     store = (
-        AnswerStore(store_root, settings.text_settings(system_prompt), store_part)
+        AnswerStore(store_root, {**settings.text_settings(system_prompt), **(key_extra or {})}, store_part)
         if store_root is not None
         else None
     )
     usage = shard_usage(store, {q["id"] for q in questions}, this_job)
-    usage["estimated_cost_usd"] = estimate_cost(
-        usage,
-        {
-            "input_per_million": settings.price_input_per_million,
-            "output_per_million": settings.price_output_per_million,
-        },
-    )
+    usage["estimated_cost_usd"] = estimate_cost(usage, settings.prices())
     refused = [r for r in left_out if r["kind"] == "refused"]
     failed = [r for r in left_out if r["kind"] == "failed"]
     usage.update(

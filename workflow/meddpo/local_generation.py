@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .chat_format import render_chat_prompt
+from .chat_format import render_chat_prompt, render_conversation
 from .resume import ResumableJob
 from .settings import defaults
 
@@ -308,9 +308,25 @@ def generate_with_oom_split(
     ) + generate_with_oom_split(generate, prompt_ids[half:], ids[half:], sampling, seed_batch)
 
 
-def text_settings(spec: ModelSpec, system_prompt: str, sampling: Sampling) -> dict[str, Any]:
-    """What changes a local model's text: the answer store's key."""
-    return {**spec.text_settings(), "system_prompt": system_prompt, **asdict(sampling)}
+def text_settings(
+    spec: ModelSpec, system_prompt: str, sampling: Sampling, key_extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """What changes a local model's text: the answer store's key (``key_extra``: a judge's own settings)."""
+    return {**spec.text_settings(), "system_prompt": system_prompt, **asdict(sampling), **(key_extra or {})}
+
+
+def render_item(generator, system_prompt: str, item: Mapping[str, Any]) -> tuple[str, bool]:
+    """The prompt text of one item: a question under the system prompt, or a whole ``conversation``.
+
+    A ``conversation`` (a list of chat messages, e.g. the user's question and the
+    answer to classify) goes through the checkpoint's own chat template as it is:
+    that is how safety classifiers such as Llama Guard and Qwen3Guard are prompted.
+    """
+    if "conversation" in item:
+        return render_conversation(
+            generator.tokenizer, item["conversation"], model_name=generator.spec.name
+        ), False
+    return generator.render(system_prompt, item["question"])
 
 
 def answer_questions(
@@ -347,7 +363,7 @@ def answer_questions(
     )
     todo = list(range(len(job.todo)))
     questions = job.todo
-    rendered = {i: generator.render(system_prompt, questions[i]["question"]) for i in todo}
+    rendered = {i: render_item(generator, system_prompt, questions[i]) for i in todo}
     prompt_ids = {i: generator.tokenizer(rendered[i][0], add_special_tokens=False)["input_ids"] for i in todo}
     seeds: dict[str, int] = {}
 
@@ -452,6 +468,7 @@ def answer_shard(
     progress_every_s: float = 30.0,
     vllm: Mapping[str, Any] | None = None,
     server_log: str | os.PathLike | None = None,
+    key_extra: Mapping[str, Any] | None = None,
 ) -> list[dict]:
     """One shard job of a config local-model block: answers from the store, the rest generated.
 
@@ -466,7 +483,7 @@ def answer_shard(
     spec, sampling = model_and_sampling(model_settings, device)
     job = ResumableJob(
         questions,
-        text_settings(spec, system_prompt, sampling),
+        text_settings(spec, system_prompt, sampling, key_extra),
         store_root=store_root,
         store_part=store_part,
         progress_every_s=progress_every_s,
