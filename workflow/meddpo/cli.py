@@ -9,6 +9,7 @@
     meddpo finalize     flag and filter the pairs; write the dataset, stats, report and card
     meddpo report       stats, plots and a report of any pairs file
     meddpo validate     check a pairs file
+    meddpo judge        grade both answers of every pair for medical safety (any pairs file)
     meddpo tiny-models  build the two tiny checkpoints of the offline demo
 
 Options that are config settings carry the config key's name (``--batch-size``
@@ -133,6 +134,7 @@ def _load_json(path: Path | None) -> dict | None:
 
 
 def _merge(args: argparse.Namespace) -> None:
+    from .judge import VERDICT_FIELDS
     from .pairs import PAIR_FIELDS, merge_pair_shards
 
     if len(args.pairs) != len(args.shard_stats):
@@ -141,7 +143,12 @@ def _merge(args: argparse.Namespace) -> None:
         (read_jsonl(pairs_path, required=PAIR_FIELDS), _load_json(stats_path))
         for pairs_path, stats_path in zip(args.pairs, args.shard_stats, strict=True)
     ]
-    rows, stats = merge_pair_shards(shards, teacher_usage=[_load_json(path) for path in args.usage])
+    rows, stats = merge_pair_shards(
+        shards,
+        teacher_usage=[_load_json(path) for path in args.usage],
+        judge_verdicts={str(path): read_jsonl(path, required=VERDICT_FIELDS) for path in args.verdicts},
+        judge_usage=[_load_json(path) for path in args.judge_usage],
+    )
     write_jsonl(args.out, rows)
     write_json(args.stats, stats)
     log.info(
@@ -170,6 +177,7 @@ def _finalize(args: argparse.Namespace) -> None:
         policy=args.policy,
         near_identical_threshold=args.near_identical_threshold,
         min_plain_share=args.min_plain_share,
+        judge_min_margin=args.min_margin,
         test_fraction=args.test_fraction,
         settings=json.loads(args.settings),
         question_stats=_load_json(args.question_stats),
@@ -230,6 +238,52 @@ def _validate(args: argparse.Namespace) -> int | None:
     if args.out:
         with atomic_open(args.out) as handle:
             handle.write(message + "\n")
+    return None
+
+
+def _judge(args: argparse.Namespace) -> int | None:
+    from .judge import attach, judge_summary, run_judge
+
+    pairs = read_jsonl(args.pairs, required=("id", "question", "chosen", "rejected"))
+    pairs = [{**pair, "meta": pair.get("meta") or {}} for pair in pairs]
+    config = {
+        "backend": args.backend,
+        "local": args.local,
+        "gemini": args.gemini,
+        "classifier": args.classifier,
+        "classifier_format": args.classifier_format,
+        "max_usd": args.max_usd,
+    }
+    verdicts, usage, problem = run_judge(
+        pairs,
+        args.kind,
+        config,
+        store_root=args.store,
+        store_part=args.out.stem,
+        device=args.device,
+        vllm=args.vllm,
+        server_log=args.server_log,
+        progress_every_s=args.progress_every,
+    )
+    if problem:
+        print(f"meddpo judge: error: {problem}", file=sys.stderr)
+        return 3
+    judged = attach(pairs, {str(args.out): verdicts})
+    if args.judged_pairs:
+        write_jsonl(args.judged_pairs, judged)
+    if args.usage:
+        write_json(args.usage, usage)
+    write_jsonl(args.out, verdicts)
+    summary = judge_summary(judged, args.min_margin)
+    line = f"chosen judged safer: {summary['chosen_safer']} of {summary['with_verdict']}"
+    log.info(
+        "%s (equal %d, less safe %d; %s)",
+        line,
+        summary["equal"],
+        summary["chosen_less_safe"],
+        summary["status"],
+    )
+    print(json.dumps({**summary, "usage": usage}))
     return None
 
 
@@ -310,20 +364,29 @@ def _policy(text: str) -> dict:
     return value
 
 
-def _vllm_block(text: str) -> dict:
-    """The config's vllm block as JSON, checked against the schema."""
-    import jsonschema
+def _block(path: str):
+    """An option type: the config block at ``path`` as JSON, checked against the schema."""
 
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not JSON: {err.msg}") from None
-    try:
-        jsonschema.validate(value, schema.section("vllm"))
-    except jsonschema.ValidationError as err:
-        where = ".".join(str(part) for part in err.absolute_path) or "the block"
-        raise argparse.ArgumentTypeError(f"vllm {where}: {err.message}") from None
-    return value
+    def parse(text: str) -> dict:
+        import jsonschema
+
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise argparse.ArgumentTypeError(f"not JSON: {err.msg}") from None
+        node = schema.section(path)
+        try:
+            jsonschema.validate(value, {**node, "$defs": schema.schema()["$defs"]})
+        except jsonschema.ValidationError as err:
+            where = ".".join(str(part) for part in err.absolute_path) or "the block"
+            raise argparse.ArgumentTypeError(f"{path} {where}: {err.message}") from None
+        return value
+
+    parse.__name__ = f"{path} block"
+    return parse
+
+
+_vllm_block = _block("vllm")
 
 
 def _setting(parser: argparse.ArgumentParser, path: str, *aliases: str, **kwargs) -> None:
@@ -399,6 +462,7 @@ def _finalize_options(p: argparse.ArgumentParser) -> None:
     )
     _setting(p, "quality.near_identical_threshold", type=float)
     _setting(p, "quality.min_plain_share", type=float)
+    _setting(p, "judge.min_margin", type=float, help="|judge margin| under this is a tie (judge_tie)")
     _setting(p, "output.test_fraction", type=float, help="> 0: also write a deterministic train/test split")
     p.add_argument(
         "--settings", default="{}", help="JSON: prompts, source, selection, sampling (for the card)"
@@ -503,6 +567,10 @@ def _add_merge(sub) -> None:
     p.add_argument("--pairs", nargs="+", required=True, type=Path)
     p.add_argument("--shard-stats", nargs="+", required=True, type=Path)
     p.add_argument("--usage", nargs="*", default=[], type=Path, help="Gemini usage files to add up")
+    p.add_argument(
+        "--verdicts", nargs="*", default=[], type=Path, help="the judges' verdict files (meddpo judge)"
+    )
+    p.add_argument("--judge-usage", nargs="*", default=[], type=Path, help="the judges' usage files")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--stats", required=True, type=Path)
     p.set_defaults(func=_merge)
@@ -536,6 +604,36 @@ def _add_validate(sub) -> None:
         "--pair-stats", type=Path, help="with --questions: all_pairs.stats.json (questions left out)"
     )
     p.set_defaults(func=_validate)
+
+
+def _add_judge(sub) -> None:
+    p = sub.add_parser(
+        "judge", help="grade both answers of every pair of a pairs file for medical safety (docs/judge.md)"
+    )
+    p.add_argument(
+        "--pairs", required=True, type=Path, help="a pairs file (this run's, or any of the same layout)"
+    )
+    p.add_argument("--kind", required=True, choices=("classifier", "rubric"), help="which judge")
+    p.add_argument("--out", required=True, type=Path, help="JSONL of verdicts, one row per pair")
+    p.add_argument(
+        "--usage", type=Path, help="JSON: requests, tokens and cost (Gemini), or answers and tokens"
+    )
+    p.add_argument("--judged-pairs", type=Path, help="also write the pairs with meta.judge here")
+    _setting(p, "judge.backend", help="the rubric judge's backend")
+    p.add_argument(
+        "--local", type=_block("local_model"), help="the judge.local block as JSON (backend local)"
+    )
+    p.add_argument("--gemini", type=_block("judge.gemini"), default={}, help="the judge.gemini block as JSON")
+    p.add_argument("--classifier", type=_block("local_model"), help="the judge.classifier block as JSON")
+    _setting(p, "judge.classifier_format")
+    _setting(p, "judge.min_margin", type=float, help="for the printed summary: |margin| under it is a tie")
+    _setting(p, "judge.max_usd", type=_nullable(float), help="an API judge stops at this cost (none: no cap)")
+    p.add_argument("--vllm", type=_vllm_block, default={}, help="engine vllm: the config's vllm block, JSON")
+    p.add_argument("--server-log", type=Path, help="engine vllm: the server's log file")
+    p.add_argument("--device", default="auto", help="auto = cuda when available, else cpu")
+    p.add_argument("--store", type=Path, help="answer store folder: reuse earlier verdicts, keep new ones")
+    p.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress lines")
+    p.set_defaults(func=_judge)
 
 
 def _add_tiny_models(sub) -> None:
@@ -600,6 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finalize(sub)
     _add_report(sub)
     _add_validate(sub)
+    _add_judge(sub)
     _add_tiny_models(sub)
     _add_preflight(sub)
     _add_status(sub)

@@ -31,6 +31,7 @@ from .dataset_card import render_card
 from .jsonl import DataError, atomic_open, write_jsonl
 from .quality import apply_policy
 from .report import build_stats, write_report
+from .settings import default
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ def build_dataset(
     near_identical_threshold: float,
     min_plain_share: float,
     test_fraction: float,
+    judge_min_margin: float = default("judge.min_margin"),
     settings: Mapping[str, Any],
     question_stats: Mapping | None = None,
     pair_stats: Mapping | None = None,
@@ -128,7 +130,11 @@ def build_dataset(
 ) -> dict:
     """Filter the pairs and write every output of ``paths``; returns the stats."""
     kept, dropped, quality_counts = apply_policy(
-        rows, policy, near_identical_threshold=near_identical_threshold, min_plain_share=min_plain_share
+        rows,
+        policy,
+        near_identical_threshold=near_identical_threshold,
+        min_plain_share=min_plain_share,
+        judge_min_margin=judge_min_margin,
     )
     every = kept + dropped
     origin = provenance(every, question_stats, workflow_commit=workflow_commit, config_hash=config_hash)
@@ -140,6 +146,8 @@ def build_dataset(
         quality_counts=quality_counts,
         throughput=throughput,
         provenance=origin,
+        judge_min_margin=judge_min_margin,
+        judge_settings=settings.get("judge"),
     )
     if test_fraction > 0 and (paths.train is None or paths.test is None):
         raise DataError("a test_fraction above 0 needs the split paths (--out-train, --out-test)")
@@ -184,6 +192,7 @@ def build_dataset(
     stats["quality_settings"] = {
         "near_identical_threshold": near_identical_threshold,
         "min_plain_share": min_plain_share,
+        "judge_min_margin": judge_min_margin,
     }
     write_report(
         kept, dropped, stats, stats_path=paths.stats, report_path=paths.report, plots_dir=paths.plots

@@ -37,6 +37,30 @@ def model_terms(models: Sequence[str]) -> list[str]:
     return lines
 
 
+def judge_lines(judge: Mapping | None) -> list[str]:
+    """How the pairs were judged, and what the judge could not see."""
+    if not judge:
+        return ["- **Judge**: none ran; nothing in this set checks that the chosen answer is the safer one."]
+    summary = judge["summary"]
+    who = ", ".join(f"{kind} `{j['model']}` ({j['version']})" for kind, j in sorted(judge["judges"].items()))
+    lines = [
+        f"- **Judge**: {who} graded each answer on its own (never beside the other answer of its pair), at "
+        "temperature 0. The margin in `meta.judge` is the chosen answer's score minus the rejected one's "
+        f"(-1 to 1); under {judge['min_margin']} either way is a tie. Chosen judged safer in "
+        f"{summary['chosen_safer']} of {summary['with_verdict']} pairs with a margin, equal in "
+        f"{summary['equal']}, less safe in {summary['chosen_less_safe']}; "
+        f"{summary['status']['unparseable']} pairs had an unreadable verdict and "
+        f"{summary['status']['failed']} none.",
+        "  The judge sees only the question and one answer: not the person asking, their history or what "
+        "they will do with the answer, and it has no way to check facts beyond what it knows. A judge model "
+        "has its own blind spots and biases (towards longer answers, or answers written like its own); its "
+        "verdict "
+        "is a check on the pairs, not a clinician's review.",
+    ]
+    lines += [f"  {note}" for note in judge.get("notes") or []]
+    return lines
+
+
 def size_category(n: int) -> str:
     for limit, name in (
         (1_000, "n<1K"),
@@ -113,6 +137,7 @@ def render_card(
         f"rejected {lengths['rejected']['median_chars']} (ratio {lengths['ratio_of_medians_chars']}×); "
         f"{trunc['chosen']['truncated']} chosen and {trunc['rejected']['truncated']} rejected answers hit "
         "their token cap.",
+        *judge_lines(stats.get("judge")),
         "",
         "### System prompts",
         "",
@@ -140,7 +165,8 @@ def render_card(
         "| `prompt` | training system prompt, a blank line, `User question:`, a newline, the question |",
         "| `chosen` / `rejected` | the preferred and the dispreferred answer |",
         "| `meta` | models and revisions, finish reasons (`stop` / `length`), token counts, sampling, "
-        "`flags` |",
+        "`flags`, `judge` (the verdicts on both answers and their margin; `status` `off` when no judge "
+        "ran) |",
         "",
         "## Use",
         "",

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 
 from .chat_format import training_prompt
 from .jsonl import DataError
+from .judge import attach
 
 PAIR_FIELDS = (
     "id",
@@ -152,15 +153,39 @@ USAGE_KEYS = (
 )
 
 
+def add_up_usage(usages: Sequence[dict]) -> dict:
+    """Usage summaries of several jobs of one judge: numbers added up, names kept, counts merged."""
+    total: dict = {}
+    for usage in usages:
+        for key, value in usage.items():
+            if isinstance(value, bool) or value is None:
+                continue
+            if isinstance(value, (int, float)):
+                total[key] = round(total.get(key, 0) + value, 6)
+            elif isinstance(value, dict):
+                merged = Counter(total.get(key) or {})
+                merged.update({k: v for k, v in value.items() if isinstance(v, int)})
+                total[key] = dict(sorted(merged.items()))
+            elif isinstance(value, str) and key in ("kind", "model", "backend"):
+                total[key] = value
+    return total
+
+
 def merge_pair_shards(
-    shards: Sequence[tuple[list[dict], dict]], teacher_usage: Sequence[dict] = ()
+    shards: Sequence[tuple[list[dict], dict]],
+    teacher_usage: Sequence[dict] = (),
+    judge_verdicts: dict[str, list[dict]] | None = None,
+    judge_usage: Sequence[dict] = (),
 ) -> tuple[list[dict], dict]:
     """Concatenate per-shard pairs (sorted by id, ids checked unique) and add up their stats.
 
     ``teacher_usage`` (one Gemini usage summary per shard) adds requests, tokens
-    and estimated cost of the run to the stats.
+    and estimated cost of the run to the stats. ``judge_verdicts`` (verdict rows
+    by file name) puts ``meta.judge`` on every pair (status ``off`` without a
+    judge); ``judge_usage`` adds up each judge's usage.
     """
     rows = [row for shard_rows, _ in shards for row in shard_rows]
+    rows = attach(rows, judge_verdicts or {})
     rows.sort(key=lambda row: row["id"])
     for before, after in zip(rows, rows[1:], strict=False):
         if before["id"] == after["id"]:
@@ -180,6 +205,11 @@ def merge_pair_shards(
         for usage in teacher_usage:
             totals.update({key: usage.get(key, 0) for key in USAGE_KEYS})
         stats["teacher_usage"] = {key: round(totals[key], 6) for key in USAGE_KEYS}
+    if judge_usage:
+        kinds = sorted({usage["kind"] for usage in judge_usage})
+        stats["judge_usage"] = {
+            kind: add_up_usage([usage for usage in judge_usage if usage["kind"] == kind]) for kind in kinds
+        }
     stats["finish_reasons"] = {
         role: dict(sorted(Counter(row["meta"][f"{role}_finish_reason"] for row in rows).items()))
         for role in ("chosen", "rejected")

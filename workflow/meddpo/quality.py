@@ -15,6 +15,10 @@ Every pair gets ``meta.flags``: the names of the checks it trips.
                                            plain English text (ASCII letters, digits, punctuation,
                                            white space), or under half of the words are
                                            alphabetic: another language, or noise
+    judge_inverted                         the judge's margin (meta.judge) is at or under
+                                           -``judge_min_margin``: chosen judged less safe
+    judge_tie                              |margin| under ``judge_min_margin``: about as safe
+                                           (pairs without a judged margin get neither flag)
 
 The policy gives each flag one of: ``keep`` (ignore the check), ``flag`` (record
 it in ``meta.flags`` and keep the pair) or ``drop`` (move the pair to the dropped
@@ -29,7 +33,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from .jsonl import DataError
-from .settings import defaults
+from .judge import margin_side
+from .settings import default, defaults
 
 FLAGS = (
     "chosen_empty",
@@ -40,6 +45,8 @@ FLAGS = (
     "rejected_refusal",
     "chosen_garbled",
     "rejected_garbled",
+    "judge_inverted",
+    "judge_tie",
 )
 ACTIONS = ("keep", "flag", "drop")
 
@@ -99,7 +106,11 @@ def truncated(row: Mapping, role: str) -> bool:
 
 
 def pair_flags(
-    row: Mapping, *, near_identical_threshold: float = 0.9, min_plain_share: float = 0.9
+    row: Mapping,
+    *,
+    near_identical_threshold: float = 0.9,
+    min_plain_share: float = 0.9,
+    judge_min_margin: float = default("judge.min_margin"),
 ) -> list[str]:
     """The flags of one pair, in FLAGS order."""
     chosen, rejected = row.get("chosen") or "", row.get("rejected") or ""
@@ -116,6 +127,11 @@ def pair_flags(
         found.add("near_identical")
     if rejected.strip() and is_refusal(rejected):
         found.add("rejected_refusal")
+    judge = (row.get("meta") or {}).get("judge") or {}
+    if judge.get("status") == "judged":
+        side = margin_side(judge["margin"], judge_min_margin)
+        if side != "safer":
+            found.add("judge_inverted" if side == "inverted" else "judge_tie")
     return [flag for flag in FLAGS if flag in found]
 
 

@@ -14,9 +14,15 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from .judge import KINDS, judge_summary, self_judging
 from .quality import FLAGS, truncated
+from .settings import default
 
 PLOTS = ("lengths.png", "truncation_by_category.png", "drops_by_category.png")
+# drawn only when some pair has a judged margin
+MARGIN_PLOT = "judge_margins.png"
+# under this share of pairs with a margin, the report says the verdicts were mostly unreadable
+FEW_VERDICTS = 0.1
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -82,6 +88,66 @@ def throughput_per_shard(
     return rows
 
 
+def _answer_verdicts(rows: Sequence[dict], kind: str) -> dict:
+    """Per role: verdicts of one judge by status, unsafe labels and the mean score of the judged ones."""
+    out = {}
+    for role in ("chosen", "rejected"):
+        verdicts = [((r.get("meta") or {}).get("judge") or {}).get(role, {}).get(kind) for r in rows]
+        verdicts = [v for v in verdicts if v]
+        judged = [v for v in verdicts if v["status"] == "judged"]
+        out[role] = {
+            "answers": len(verdicts),
+            "judged": len(judged),
+            "unparseable": sum(v["status"] == "unparseable" for v in verdicts),
+            "failed": sum(v["status"] == "failed" for v in verdicts),
+            "mean_score": round(statistics.mean(v["score"] for v in judged), 3) if judged else None,
+        }
+        if kind == "classifier":
+            out[role]["unsafe"] = sum(v.get("label") == "unsafe" for v in judged)
+            out[role]["controversial"] = sum(v.get("label") == "controversial" for v in judged)
+    return out
+
+
+def judge_stats(
+    every: Sequence[dict],
+    min_margin: float,
+    pair_stats: Mapping | None = None,
+    judge_settings: Mapping | None = None,
+) -> dict | None:
+    """What the judge found, for the report; None when no pair was judged (judge off, or an older file)."""
+    judged_rows = [
+        r for r in every if ((r.get("meta") or {}).get("judge") or {}).get("status", "off") != "off"
+    ]
+    if not judged_rows:
+        return None
+    judges: dict[str, dict] = {}
+    for row in judged_rows:
+        judges.update(row["meta"]["judge"].get("judges") or {})
+
+    def grouped(field: str) -> dict:
+        names = sorted({r.get(field) or "unknown" for r in every})
+        return {
+            name: judge_summary([r for r in every if (r.get(field) or "unknown") == name], min_margin)
+            for name in names
+        }
+
+    teachers = sorted({(r.get("meta") or {}).get("teacher_model") for r in every} - {None})
+    return {
+        "min_margin": min_margin,
+        "judges": judges,
+        "summary": judge_summary(every, min_margin),
+        "per_category": grouped("category"),
+        "per_question_type": grouped("question_type"),
+        "answers": {kind: _answer_verdicts(every, kind) for kind in KINDS if kind in judges},
+        "margins": sorted(
+            r["meta"]["judge"]["margin"] for r in judged_rows if r["meta"]["judge"]["status"] == "judged"
+        ),
+        "usage": (pair_stats or {}).get("judge_usage"),
+        "settings": dict(judge_settings or {}),
+        "notes": self_judging(teachers, judges),
+    }
+
+
 def build_stats(
     kept: Sequence[dict],
     dropped: Sequence[dict] = (),
@@ -91,6 +157,8 @@ def build_stats(
     quality_counts: Mapping | None = None,
     throughput: Sequence[dict] = (),
     provenance: Mapping | None = None,
+    judge_min_margin: float = default("judge.min_margin"),
+    judge_settings: Mapping | None = None,
 ) -> dict:
     """Everything the report shows, as one JSON-able dict."""
     every = list(kept) + list(dropped)
@@ -188,6 +256,7 @@ def build_stats(
         "per_category": per_category,
         "kept_per_question_type": dict(sorted(per_question_type.items())),
         "throughput_per_shard": list(throughput),
+        "judge": judge_stats(every, judge_min_margin, pair_stats, judge_settings),
         "provenance": dict(provenance or {}),
     }
 
@@ -277,6 +346,21 @@ def write_plots(kept: Sequence[dict], dropped: Sequence[dict], stats: Mapping, f
     paths.append(folder / PLOTS[2])
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
+
+    judge = stats.get("judge")
+    if judge and judge["margins"]:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        ax.hist(judge["margins"], bins=np.linspace(-1, 1, 21), color="#1b9e77")
+        for edge in (-judge["min_margin"], judge["min_margin"]):
+            ax.axvline(edge, color="#666666", linestyle="--", linewidth=1)
+        ax.set_xlim(-1, 1)
+        ax.set_xlabel("margin: chosen score minus rejected score (dashed: the tie band)")
+        ax.set_ylabel("pairs")
+        ax.set_title(f"Judge margins ({len(judge['margins'])} pairs with a verdict on both answers)")
+        fig.tight_layout()
+        paths.append(folder / MARGIN_PLOT)
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
     return paths
 
 
@@ -420,6 +504,8 @@ def render_report(
         _table(("question type", "pairs"), s["kept_per_question_type"].items()),
         "",
     ]
+    if s.get("judge"):
+        parts += _judge_section(s["judge"], plots_dir)
     if s["throughput_per_shard"]:
         parts += [
             "## Generation throughput per shard job",
@@ -454,6 +540,99 @@ def render_report(
     if s["provenance"]:
         parts += ["## Provenance", "", _table(("what", "value"), s["provenance"].items()), ""]
     return "\n".join(parts)
+
+
+def _of(part: int, whole: int) -> str:
+    return f"{part} of {whole}"
+
+
+def _judge_section(j: Mapping, plots_dir: str) -> list[str]:
+    """The report's judge section: safer / equal / less safe, per category and type, rates, usage."""
+    summary = j["summary"]
+    b, n = summary["with_verdict"], summary["pairs"]
+    status = summary["status"]
+    who = "; ".join(
+        f"{kind}: {judge['model']} ({judge['backend']}"
+        + (f", {judge['format']} format" if judge.get("format") else "")
+        + f", {judge['version']})"
+        for kind, judge in sorted(j["judges"].items())
+    )
+    parts = [
+        "## Judge: is the chosen answer safer?",
+        "",
+        f"Judges: {who}. Each answer was graded on its own; the margin is the chosen answer's score minus "
+        "the "
+        "rejected one's (from -1 to 1; with two judges, the mean of their margins). A margin under "
+        f"{j['min_margin']} either way counts as equal.",
+        "",
+        f"- **chosen judged safer: {_of(summary['chosen_safer'], b)}**",
+        f"- chosen judged equal: {_of(summary['equal'], b)}",
+        f"- chosen judged less safe: {_of(summary['chosen_less_safe'], b)}",
+        f"- pairs without a margin: {status['unparseable']} unparseable, {status['failed']} failed "
+        f"(of {n} pairs; an unparseable verdict is counted, never guessed)",
+        "",
+    ]
+    for kind, roles in sorted(j["answers"].items()):
+        line = f"{kind} verdicts: " + "; ".join(
+            f"{role} {v['judged']} judged, {v['unparseable']} unparseable, {v['failed']} failed"
+            + (f", mean score {v['mean_score']}" if v["mean_score"] is not None else "")
+            for role, v in roles.items()
+        )
+        parts += [line + ".", ""]
+        if kind == "classifier":
+            parts += [
+                "Unsafe rate (classifier, of the answers it judged): chosen "
+                f"{_of(roles['chosen']['unsafe'], roles['chosen']['judged'])}, rejected "
+                f"{_of(roles['rejected']['unsafe'], roles['rejected']['judged'])}.",
+                "",
+            ]
+    if j["margins"] and b >= FEW_VERDICTS * n:
+        parts += [f"![Judge margins]({plots_dir}/{MARGIN_PLOT})", ""]
+    elif j["margins"]:
+        parts += [
+            f"Only {b} of {n} pairs have a margin: most verdicts could not be read, so the plot "
+            f"([{MARGIN_PLOT}]({plots_dir}/{MARGIN_PLOT})) says little.",
+            "",
+        ]
+    else:
+        parts += [
+            f"No pair has a margin ({status['unparseable']} unparseable, {status['failed']} failed): "
+            "nothing to plot. A judge that writes noise (the demo's random-weight models) gives this.",
+            "",
+        ]
+    for title, field in (("category", "per_category"), ("question type", "per_question_type")):
+        parts += [
+            _table(
+                (
+                    title,
+                    "pairs",
+                    "with a margin",
+                    "chosen safer",
+                    "equal",
+                    "less safe",
+                    "unparseable",
+                    "failed",
+                ),
+                [
+                    (
+                        name,
+                        v["pairs"],
+                        v["with_verdict"],
+                        v["chosen_safer"],
+                        v["equal"],
+                        v["chosen_less_safe"],
+                        v["status"]["unparseable"],
+                        v["status"]["failed"],
+                    )
+                    for name, v in j[field].items()
+                ],
+            ),
+            "",
+        ]
+    for kind, usage in sorted((j.get("usage") or {}).items()):
+        parts += [f"Judge usage ({kind}):", "", _table(("what", "amount"), usage.items()), ""]
+    parts += [f"Note: {note}" for note in j["notes"]] + ([""] if j["notes"] else [])
+    return parts
 
 
 def write_report(

@@ -14,6 +14,7 @@ Settings are named by their dotted config path: ``teacher.gemini.concurrency``,
 from __future__ import annotations
 
 import functools
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,12 @@ def check_config(config: dict[str, Any], files: dict[str, dict] | None = None) -
         )
         message += f"the keys here are: {known}"
         raise ConfigError(message)
+    if error.validator == "required":
+        missing = re.search(r"'([^']+)' is a required property", error.message)
+        name = ".".join(str(p) for p in [*path, missing.group(1) if missing else "?"])
+        raise ConfigError(
+            f"config key {name}: missing, and these settings need it{_where(files or {}, path)}"
+        )
     key = ".".join(str(p) for p in path) or "(top level)"
     value = error.instance if not isinstance(error.instance, dict) else "{...}"
     raise ConfigError(
