@@ -5,7 +5,8 @@
 #   snakemake -n                                       # what would run
 #
 # Stages, one rule file each under workflow/rules/: questions -> shards ->
-# rejected / chosen answers per shard -> pairs -> the dataset (checked, reported). The logic lives in the meddpo
+# rejected / chosen answers per shard -> pairs -> judge (optional) -> the dataset
+# (checked, reported). The logic lives in the meddpo
 # package (workflow/meddpo); each rule calls one `meddpo` sub-command.
 
 from snakemake.utils import min_version
@@ -23,6 +24,7 @@ include: "workflow/rules/shards.smk"
 include: "workflow/rules/rejected.smk"
 include: "workflow/rules/chosen.smk"
 include: "workflow/rules/pairs.smk"
+include: "workflow/rules/judge.smk"
 include: "workflow/rules/dataset.smk"
 
 

@@ -13,7 +13,15 @@ from typing import Any
 
 # Minutes per 100 questions of a shard job (before the start-up allowance), by rule.
 # Guesses until a GPU benchmark and a real cluster run replace them (benchmarks/README.md).
-MINUTES_PER_100_QUESTIONS = {"rejected": 4, "chosen_local": 10, "chosen_gemini": 2}
+MINUTES_PER_100_QUESTIONS = {
+    "rejected": 4,
+    "chosen_local": 10,
+    "chosen_gemini": 2,
+    # the judges read two answers per question and write a short verdict for each
+    "judge_classifier": 2,
+    "judge_rubric_local": 4,
+    "judge_rubric_gemini": 2,
+}
 START_UP_MINUTES = 15
 MAX_RUNTIME_MINUTES = 480
 QUESTIONS_WHEN_ALL = 50_000  # questions.n null: about MedQuAD's size after cleaning
@@ -33,11 +41,33 @@ def teacher_rule(config: dict[str, Any]) -> str:
     return "chosen_gemini" if config["teacher"]["backend"] == "gemini" else "chosen_local"
 
 
+def judge_rules(config: dict[str, Any]) -> list[str]:
+    """The judge rules a run has (none when judge.kinds is empty)."""
+    kinds = config["judge"]["kinds"]
+    rules = ["judge_classifier"] if "classifier" in kinds else []
+    if "rubric" in kinds:
+        rules.append(f"judge_rubric_{config['judge']['backend']}")
+    return rules
+
+
+def judge_models(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The local judge models by rule."""
+    models = {}
+    for rule in judge_rules(config):
+        if rule == "judge_classifier":
+            models[rule] = config["judge"]["classifier"]
+        elif rule == "judge_rubric_local":
+            models[rule] = config["judge"]["local"]
+    return models
+
+
 def job_counts(config: dict[str, Any]) -> dict[str, int]:
     """Jobs per rule of a full run from nothing."""
     shards = config["n_shards"]
     counts = {"questions": 1, "shard": shards, "rejected": shards, teacher_rule(config): shards}
-    counts.update(pairs=shards, merge_pairs=1, finalize=1, validate=1)
+    counts.update(pairs=shards)
+    counts.update({rule: shards for rule in judge_rules(config)})
+    counts.update(merge_pairs=1, finalize=1, validate=1)
     if config["demo"]["build_tiny_models"]:
         counts = {"tiny_models": 1, **counts}
     return counts
@@ -69,10 +99,15 @@ def estimate(config: dict[str, Any]) -> dict[str, Any]:
     local = {"rejected": config["rejected"]}
     if config["teacher"]["backend"] == "local":
         local["chosen_local"] = config["teacher"]["local"]
+    # a judge answers twice per question (chosen and rejected)
+    answers = {"rejected": n, "chosen_local": n}
+    for rule, model in judge_models(config).items():
+        local[rule] = model
+        answers[rule] = 2 * n
     gpu_hours, start_up_share, assumed = {}, {}, {}
     for rule, model in local.items():
         speed, start_up = engine_speed(config, model)
-        generation_minutes = n * model["max_new_tokens"] / speed / 60
+        generation_minutes = answers[rule] * model["max_new_tokens"] / speed / 60
         start_ups = config["n_shards"] * start_up
         gpu_hours[rule] = round((generation_minutes + start_ups) / 60, 2)
         start_up_share[rule] = {
@@ -86,7 +121,8 @@ def estimate(config: dict[str, Any]) -> dict[str, Any]:
         "questions_per_shard": per_shard,
         "jobs": job_counts(config),
         "time_limit_minutes": {
-            rule: runtime_minutes(rule, per_shard) for rule in ("rejected", teacher_rule(config))
+            rule: runtime_minutes(rule, per_shard)
+            for rule in ("rejected", teacher_rule(config), *judge_rules(config))
         },
         "gpu_hours_at_most": gpu_hours,
         "start_up": start_up_share,
@@ -100,7 +136,28 @@ def estimate(config: dict[str, Any]) -> dict[str, Any]:
             + gemini["max_output_tokens"] * gemini["price_output_per_million"]
         )
         out["gemini_usd_at_most"] = round(dollars / 1e6, 2)
+    if "judge_rubric_gemini" in judge_rules(config):
+        out["judge_usd_at_most"] = judge_gemini_usd(config, n)
     return out
+
+
+# The rubric prompt and the request's framing, in tokens (about 1,750 characters of judge.RUBRIC_PROMPT)
+RUBRIC_PROMPT_TOKENS = 450
+
+
+def judge_gemini_usd(config: dict[str, Any], n: int) -> float:
+    """Dollars of a Gemini rubric judge at most: both answers at their caps, verdicts at max_output_tokens."""
+    gemini = config["judge"]["gemini"]
+    teacher = config["teacher"][config["teacher"]["backend"]]
+    answer_caps = config["rejected"]["max_new_tokens"] + teacher.get(
+        "max_new_tokens", teacher.get("max_output_tokens", 0)
+    )
+    input_tokens = n * (2 * (RUBRIC_PROMPT_TOKENS + 30) + answer_caps)
+    output_tokens = 2 * n * gemini["max_output_tokens"]
+    dollars = (
+        input_tokens * gemini["price_input_per_million"] + output_tokens * gemini["price_output_per_million"]
+    )
+    return round(dollars / 1e6, 2)
 
 
 def render_estimate(plan: dict[str, Any]) -> list[str]:
@@ -126,4 +183,10 @@ def render_estimate(plan: dict[str, Any]) -> list[str]:
         )
     if "gemini_usd_at_most" in plan:
         lines.append(f"Gemini at most ${plan['gemini_usd_at_most']:.2f} (every answer at max_output_tokens)")
+    if "judge_usd_at_most" in plan:
+        lines.append(
+            f"Gemini rubric judge at most ${plan['judge_usd_at_most']:.2f} (both answers at their caps, "
+            "every "
+            "verdict at max_output_tokens; judge.max_usd stops it earlier)"
+        )
     return lines

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .plan import estimate, render_estimate
+from .plan import estimate, judge_models, judge_rules, render_estimate
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -171,15 +171,17 @@ def check_source(source: dict[str, Any]) -> list[Finding]:
     return []
 
 
-def check_gemini(config: dict[str, Any]) -> list[Finding]:
-    if config["teacher"]["backend"] != "gemini":
+def check_gemini(config: dict[str, Any], block: str = "teacher.gemini") -> list[Finding]:
+    """The Gemini key of the teacher's (or the judge's) block is there."""
+    section, _, _ = block.partition(".")
+    if config[section]["backend"] != "gemini":
         return []
     from .gemini_teacher import MissingKeyError, load_api_key
 
     try:
-        load_api_key(config["teacher"]["gemini"]["secrets_file"])
+        load_api_key(config[section]["gemini"]["secrets_file"])
     except MissingKeyError as err:
-        return [Finding("error", str(err))]
+        return [Finding("error", f"{block}: {err}")]
     return []
 
 
@@ -260,12 +262,19 @@ def check_gpu(config: dict[str, Any]) -> list[Finding]:
     ]
 
 
+def local_models(config: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every local model of the run by rule: (config key, block)."""
+    models = {"rejected": ("rejected", config["rejected"])}
+    if config["teacher"]["backend"] == "local":
+        models["chosen_local"] = ("teacher.local", config["teacher"]["local"])
+    for rule, model in judge_models(config).items():
+        models[rule] = ("judge.classifier" if rule == "judge_classifier" else "judge.local", model)
+    return models
+
+
 def vllm_rules(config: dict[str, Any]) -> list[str]:
     """The rules whose model runs with engine vllm."""
-    models = {"rejected": config["rejected"]}
-    if config["teacher"]["backend"] == "local":
-        models["chosen_local"] = config["teacher"]["local"]
-    return [rule for rule, model in models.items() if model["engine"] == "vllm"]
+    return [rule for rule, (_, model) in local_models(config).items() if model["engine"] == "vllm"]
 
 
 def check_vllm(config: dict[str, Any]) -> list[Finding]:
@@ -324,14 +333,16 @@ def preflight(
 
     built = config["demo"]["build_tiny_models"]
     findings: list[Finding] = []
-    if needed("rejected"):
-        findings += check_model("rejected.model", config["rejected"], built)
-    if config["teacher"]["backend"] == "local" and needed("chosen_local"):
-        findings += check_model("teacher.local.model", config["teacher"]["local"], built)
+    models = local_models(config)
+    for rule, (key, model) in models.items():
+        if needed(rule):
+            findings += check_model(f"{key}.model", model, built)
     if needed("questions"):
         findings += check_source(config["source"])
     if needed("chosen_gemini"):
         findings += check_gemini(config)
+    if needed("judge_rubric_gemini") and "judge_rubric_gemini" in judge_rules(config):
+        findings += check_gemini(config, "judge.gemini")
     plan = estimate(config)
     served = [rule for rule in vllm_rules(config) if needed(rule)]
     if served:
@@ -340,7 +351,7 @@ def preflight(
     findings += check_output(config["output"]["dir"], needed_bytes(config, plan["questions"]))
     if cluster:
         findings += check_slurm(slurm_account)
-    elif needed("rejected", "chosen_local"):
+    elif needed(*models):
         findings += check_gpu(config)
     return findings
 

@@ -37,6 +37,9 @@ BENCHMARKS = f"{OUT}/benchmarks"
 # Answers as they are made, kept across failures and reruns (not a declared
 # output, so Snakemake never deletes it); see workflow/meddpo/answer_store.py.
 ANSWER_STORE = f"{OUT}/answer_store"
+# The judges' verdicts, kept the same way (keyed by the judge's settings, found by a hash
+# of question and answer); apart from the answers, so each store holds one kind of row.
+JUDGE_STORE = f"{OUT}/judge_store"
 SHARDS = [f"{index:03d}" for index in range(config["n_shards"])]
 ALL_PAIRS = f"{OUT}/pairs/all_pairs.jsonl"
 ALL_PAIRS_STATS = f"{OUT}/pairs/all_pairs.stats.json"
@@ -86,6 +89,59 @@ def generation_options(model_settings, system_prompt):
     return cli_options(
         **model_settings, **vllm, system_prompt=system_prompt, store=ANSWER_STORE
     )
+
+
+def judge_options(kind):
+    """`meddpo judge` options of one judge kind: its config block (never the key), the store.
+
+    The vllm block goes only to a judge of engine vllm; max_usd only to the API judge.
+    """
+    judge = config["judge"]
+    options = {"kind": kind}
+    if kind == "classifier":
+        model = judge["classifier"]
+        options.update(classifier=model, classifier_format=judge["classifier_format"])
+    elif judge["backend"] == "local":
+        model = judge["local"]
+        options.update(backend="local", local=model)
+    else:
+        model = None
+        options.update(
+            backend="gemini", gemini=judge["gemini"], max_usd=judge["max_usd"]
+        )
+    if model is not None and model["engine"] == "vllm":
+        options["vllm"] = config["vllm"]
+    return cli_options(**options, store=JUDGE_STORE)
+
+
+# The judge rules (workflow/rules/judge.smk) share their command, outputs and logs.
+JUDGE_SHELL = (
+    "python -m meddpo judge --pairs {input.pairs:q} {params.options}"
+    " --out {output.verdicts:q} --usage {output.usage:q} --server-log {log.server:q} 2> {log.job:q}"
+)
+
+
+def judge_rule_outputs(kind):
+    return dict(
+        verdicts=f"{OUT}/judge/{kind}/shard-{{shard}}.jsonl",
+        usage=f"{OUT}/judge/{kind}/shard-{{shard}}.usage.json",
+    )
+
+
+def judge_rule_logs(kind):
+    return dict(
+        job=f"{LOGS}/judge/{kind}/shard-{{shard}}.log",
+        server=f"{LOGS}/judge/{kind}/shard-{{shard}}.vllm.log",
+    )
+
+
+def judge_files(suffix):
+    """Every shard's file of every judge that runs (`jsonl` verdicts, `usage.json`); none without a judge."""
+    return [
+        f"{OUT}/judge/{kind}/shard-{shard}.{suffix}"
+        for kind in config["judge"]["kinds"]
+        for shard in SHARDS
+    ]
 
 
 def cli_options(**settings):
@@ -168,6 +224,11 @@ def card_settings():
                 k: config["rejected"][k]
                 for k in sampling_keys
                 if k in config["rejected"]
+            },
+            "judge": {
+                "kinds": config["judge"]["kinds"],
+                "backend": config["judge"]["backend"],
+                "min_margin": config["judge"]["min_margin"],
             },
         },
         sort_keys=True,

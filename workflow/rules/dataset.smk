@@ -33,6 +33,7 @@ rule finalize:
     params:
         options=cli_options(
             **config["quality"],
+            min_margin=config["judge"]["min_margin"],
             test_fraction=config["output"]["test_fraction"],
             settings=card_settings(),
         ),

@@ -3,8 +3,9 @@
 in:  {OUT}/shards/shard-{shard}.jsonl, {OUT}/rejected/shard-{shard}.jsonl, {OUT}/chosen/shard-{shard}.jsonl
      (+ the Gemini teacher's failures and usage files)
 out: {OUT}/pairs/shard-{shard}.jsonl (+ .stats.json)  one shard's pairs and what it left out
-     {OUT}/pairs/all_pairs.jsonl (+ .stats.json)       every pair of the run, sorted by id, before the
-                                                       quality filter (workflow/rules/dataset.smk)
+     {OUT}/pairs/all_pairs.jsonl (+ .stats.json)       every pair of the run, sorted by id, with
+                                                       meta.judge (the judges' verdicts, judge.smk),
+                                                       before the quality filter (dataset.smk)
 """
 
 
@@ -34,6 +35,8 @@ rule merge_pairs:
         pairs=expand(f"{OUT}/pairs/shard-{{shard}}.jsonl", shard=SHARDS),
         stats=expand(f"{OUT}/pairs/shard-{{shard}}.stats.json", shard=SHARDS),
         usage=[expand(path, shard=SHARDS) for path in chosen_extras("usage.json")],
+        verdicts=judge_files("jsonl"),
+        judge_usage=judge_files("usage.json"),
     output:
         pairs=ALL_PAIRS,
         stats=ALL_PAIRS_STATS,
@@ -43,4 +46,5 @@ rule merge_pairs:
         CONDA_ENV
     shell:
         "python -m meddpo merge --pairs {input.pairs:q} --shard-stats {input.stats:q} --usage {input.usage:q}"
+        " --verdicts {input.verdicts:q} --judge-usage {input.judge_usage:q}"
         " --out {output.pairs:q} --stats {output.stats:q} 2> {log:q}"
