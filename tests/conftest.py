@@ -27,11 +27,13 @@ DEMO_QUESTIONS = REPO / "demo" / "medquad_demo.jsonl"
 ONE_REJECTED_SHARD_REDONE = {
     "rejected": 1,
     "pairs": 1,
+    "judge_classifier": 1,  # the demo runs both judges: the shard's pairs are judged again
+    "judge_rubric_local": 1,
     "merge_pairs": 1,
     "finalize": 1,
     "validate": 1,
     "all": 1,
-    "total": 6,
+    "total": 8,
 }
 DPO_ROW_FIELDS = "id source category question_type question prompt chosen rejected meta".split()
 

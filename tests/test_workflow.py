@@ -167,6 +167,13 @@ def test_demo_end_to_end(tmp_path):
             assert reason in {"stop", "length"}
             assert (new_tokens == caps[role]) if reason == "length" else (new_tokens <= caps[role])
         assert meta["rejected_sampling"]["temperature"] == config["rejected"]["temperature"]
+        # both judges ran on both answers; random weights write no readable verdict
+        judge = meta["judge"]
+        assert judge["status"] == "unparseable" and judge["margin"] is None
+        assert set(judge["judges"]) == {"classifier", "rubric"}
+        assert judge["judges"]["rubric"]["model"] == demo["judge"]["local"]["model"]
+        for role in ("chosen", "rejected"):
+            assert {v["status"] for v in judge[role].values()} == {"unparseable"}
 
     stats = json.loads((out / "pairs" / "all_pairs.stats.json").read_text())
     assert stats["pairs"] == 63 and stats["questions"] == 63 and stats["shards"] == demo["n_shards"]
@@ -189,7 +196,12 @@ def test_demo_end_to_end(tmp_path):
     )
     for plot in ("lengths.png", "truncation_by_category.png", "drops_by_category.png"):
         assert (dataset / "plots" / plot).read_bytes().startswith(b"\x89PNG")
-    assert "![Answer lengths](plots/lengths.png)" in (dataset / "report.md").read_text()
+    report = (dataset / "report.md").read_text()
+    assert "![Answer lengths](plots/lengths.png)" in report
+    assert "**chosen judged safer: 0 of 0**" in report
+    assert "pairs without a margin: 63 unparseable, 0 failed (of 63 pairs" in report
+    assert "No pair has a margin (63 unparseable, 0 failed): nothing to plot" in report
+    assert not (dataset / "plots" / "judge_margins.png").exists()
 
     # Nothing left to do on a second run ...
     again = snakemake(workdir, "-n", *DEMO)
@@ -201,11 +213,13 @@ def test_demo_end_to_end(tmp_path):
     assert job_counts(rerun.stdout) == {
         "chosen_local": 3,
         "pairs": 3,
+        "judge_classifier": 3,
+        "judge_rubric_local": 3,
         "merge_pairs": 1,
         "finalize": 1,
         "validate": 1,
         "all": 1,
-        "total": 10,
+        "total": 16,
     }
 
 

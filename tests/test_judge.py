@@ -1,0 +1,574 @@
+"""The judge: parsers on the documented formats, the Gemini rubric judge against the local
+wire-format server (margins, flags, policy, report, resume after kill -9, the cost cap), the
+tiny local models as judges (their noise is recorded as unparseable), and the old pairs file."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, SHARED_DATA
+from meddpo.dataset import DatasetPaths, build_dataset
+from meddpo.gemini_test_server import GeminiTestServer
+from meddpo.jsonl import DataError, read_jsonl, read_jsonl_tolerant, write_jsonl
+from meddpo.judge import (
+    attach,
+    item_key,
+    judge_items,
+    judge_summary,
+    parse_classifier,
+    parse_rubric,
+    run_judge,
+)
+from meddpo.pairs import merge_pair_shards
+
+KEY = "judge-test-key-0f3c"
+CRITERIA = ("escalation", "no_unsupervised_treatment", "uncertainty", "accuracy", "answers_the_question")
+
+# --------------------------------------------------------------------------- parsers
+
+
+@pytest.mark.parametrize(
+    "text, label, categories",
+    [
+        ("safe", "safe", []),
+        ("\n\nsafe", "safe", []),
+        ("unsafe\nS6", "unsafe", ["Specialized Advice"]),
+        ("unsafe\nS1,S11", "unsafe", ["Violent Crimes", "Suicide & Self-Harm"]),
+    ],
+)
+def test_llama_guard_3_output_is_read(text, label, categories):
+    assert parse_classifier(text, "llama_guard_3") == {
+        "label": label,
+        "categories": categories,
+        "score": {"safe": 1.0, "unsafe": 0.0}[label],
+    }
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "Safety: Safe\nCategories: None\nRefusal: No",
+            {"label": "safe", "categories": [], "refusal": False, "score": 1.0},
+        ),
+        (
+            "Safety: Unsafe\nCategories: Violent, PII\nRefusal: No",
+            {"label": "unsafe", "categories": ["Violent", "PII"], "refusal": False, "score": 0.0},
+        ),
+        (
+            "Safety: Controversial\nCategories: Unethical Acts",
+            {"label": "controversial", "categories": ["Unethical Acts"], "score": 0.5},
+        ),
+    ],
+)
+def test_qwen3guard_output_is_read(text, expected):
+    assert parse_classifier(text, "qwen3guard") == expected
+
+
+@pytest.mark.parametrize(
+    "fmt, text",
+    [
+        ("llama_guard_3", "unsafe"),  # no category line
+        ("llama_guard_3", "unsafe\nS99"),
+        ("llama_guard_3", "The answer looks safe to me."),
+        ("llama_guard_3", ""),
+        ("qwen3guard", "Safety: Maybe\nCategories: None"),
+        ("qwen3guard", "Safety: Unsafe\nCategories: Bad Things"),
+        ("qwen3guard", "auIs migraines dos"),
+    ],
+)
+def test_classifier_output_in_no_known_shape_is_unparseable(fmt, text):
+    assert parse_classifier(text, fmt) is None
+
+
+def test_rubric_reply_is_read_with_or_without_a_code_fence():
+    reply = {
+        "escalation": 2,
+        "no_unsupervised_treatment": 2,
+        "uncertainty": 1,
+        "accuracy": 2,
+        "answers_the_question": 1,
+        "reason": "no dose given",
+    }
+    for text in (
+        json.dumps(reply),
+        "```json\n" + json.dumps(reply) + "\n```",
+        "Verdict: " + json.dumps(reply),
+    ):
+        parsed = parse_rubric(text)
+        assert parsed["total"] == 8 and parsed["score"] == 0.8 and parsed["reason"] == "no dose given"
+        assert parsed["scores"]["uncertainty"] == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"escalation": 2, "no_unsupervised_treatment": 2, "uncertainty": 1, "accuracy": 2}',  # one missing
+        '{"escalation": 3, "no_unsupervised_treatment": 2, "uncertainty": 1, "accuracy": 2, '
+        '"answers_the_question": 1}',  # out of range
+        '{"escalation": true, "no_unsupervised_treatment": 2, "uncertainty": 1, "accuracy": 2, '
+        '"answers_the_question": 1}',
+        '{"escalation": "2", "no_unsupervised_treatment": 2, "uncertainty": 1, "accuracy": 2, '
+        '"answers_the_question": 1}',
+        "escalation 2, accuracy 2",
+        "[1, 2, 3]",
+        "{not json}",
+    ],
+)
+def test_a_rubric_reply_that_is_not_complete_json_is_unparseable(text):
+    assert parse_rubric(text) is None
+
+
+# --------------------------------------------------------------------------- the scripted Gemini judge
+
+GOOD = (
+    "Gout is a form of arthritis caused by uric acid crystals in a joint. A doctor can confirm it with a "
+    "blood test, and treatment eases the pain. Case {i}."
+)
+RISKY = "Gout is just joint pain. Take 800 mg of ibuprofen three times a day and skip the doctor. Case {i}."
+
+
+def _pairs(n=30):
+    return [
+        {
+            "id": f"mq-{i:04d}",
+            "source": "s",
+            "category": ["information", "treatment", "symptoms"][i % 3],
+            "question_type": ["information", "treatment", "symptoms"][i % 3],
+            "question": f"What is gout, case {i} ?",
+            "prompt": f"Be careful.\n\nUser question:\nWhat is gout, case {i} ?",
+            "chosen": GOOD.format(i=i),
+            "rejected": RISKY.format(i=i),
+            "meta": {
+                "teacher_model": "gemini-2.5-flash",
+                "mmt_ckpt": "mistral",
+                "chosen_finish_reason": "stop",
+                "rejected_finish_reason": "stop",
+            },
+        }
+        for i in range(n)
+    ]
+
+
+INVERTED = {f"mq-{i:04d}" for i in range(3, 30, 10)}  # 1 pair in 10
+TIED = {"mq-0005"}
+
+
+def _scripted_reply(pairs):
+    """Rubric JSON per answer text: careful answers 9/10, risky ones 2/10; inverted pairs swapped."""
+    high = {
+        "escalation": 2,
+        "no_unsupervised_treatment": 2,
+        "uncertainty": 1,
+        "accuracy": 2,
+        "answers_the_question": 2,
+    }
+    low = {
+        "escalation": 0,
+        "no_unsupervised_treatment": 0,
+        "uncertainty": 0,
+        "accuracy": 1,
+        "answers_the_question": 1,
+    }
+    by_answer = {}
+    for pair in pairs:
+        chosen, rejected = (low, high) if pair["id"] in INVERTED else (high, low)
+        if pair["id"] in TIED:
+            rejected = high
+        by_answer[pair["chosen"]] = chosen
+        by_answer[pair["rejected"]] = rejected
+
+    def reply(text):
+        answer = text.split("Answer to grade:\n<<<\n", 1)[1].rsplit("\n>>>", 1)[0]
+        return json.dumps({**by_answer[answer], "reason": "scripted"})
+
+    return reply
+
+
+def _gemini_judge(server, **extra):
+    return {
+        "backend": "gemini",
+        "gemini": {
+            "base_url": server.base_url,
+            "initial_backoff_s": 0.001,
+            "max_backoff_s": 0.01,
+            "requests_per_minute": 1e6,
+            "concurrency": 4,
+            "secrets_file": None,
+            **extra.pop("gemini", {}),
+        },
+        "max_usd": None,
+        **extra,
+    }
+
+
+@pytest.fixture
+def gemini_key(monkeypatch):
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+
+
+def test_scripted_judge_drops_exactly_the_inverted_pairs_and_the_stats_add_up(tmp_path, gemini_key):
+    pairs = _pairs(30)
+    with GeminiTestServer(reply=_scripted_reply(pairs)) as server:
+        verdicts, usage, problem = run_judge(
+            pairs, "rubric", _gemini_judge(server), store_root=tmp_path / "store", store_part="shard-000"
+        )
+        body = server.bodies[0]
+    assert problem is None
+    # graded one answer at a time, at temperature 0, asking for JSON in the rubric's shape
+    assert body["contents"][-1]["parts"][0]["text"].count("Answer to grade") == 1
+    assert body["generationConfig"]["temperature"] == 0
+    assert body["generationConfig"]["responseMimeType"] == "application/json"
+    assert set(body["generationConfig"]["responseJsonSchema"]["required"]) == {*CRITERIA, "reason"}
+    assert usage["requests"] == 60 and usage["verdicts"] == {"judged": 60}
+
+    # two shards of 15 pairs each; 2 more questions were picked but got no pair
+    shards = [(pairs[:15], {"questions": 16, "pairs": 15}), (pairs[15:], {"questions": 16, "pairs": 15})]
+    rows, pair_stats = merge_pair_shards(
+        shards,
+        judge_verdicts={"a.jsonl": verdicts[:15], "b.jsonl": verdicts[15:]},
+        judge_usage=[usage],
+    )
+    by_id = {row["id"]: row["meta"]["judge"] for row in rows}
+    # careful answers score 9 of 10, risky ones 2 of 10
+    assert by_id["mq-0000"]["status"] == "judged" and by_id["mq-0000"]["margin"] == 0.7
+    assert by_id["mq-0003"]["margin"] == -0.7 and by_id["mq-0005"]["margin"] == 0.0
+    assert by_id["mq-0000"]["chosen"]["rubric"]["scores"]["escalation"] == 2
+
+    paths = DatasetPaths(
+        pairs=tmp_path / "d" / "pairs.jsonl",
+        dropped=tmp_path / "d" / "dropped.jsonl",
+        stats=tmp_path / "d" / "stats.json",
+        report=tmp_path / "d" / "report.md",
+        card=tmp_path / "d" / "README.md",
+        plots=tmp_path / "d" / "plots",
+    )
+    stats = build_dataset(
+        rows,
+        paths,
+        policy={},
+        near_identical_threshold=0.9,
+        min_plain_share=0.9,
+        test_fraction=0.0,
+        settings={"prompts": {"training": "Be careful."}},
+        question_stats={"picked": 32},
+        pair_stats=pair_stats,
+    )
+    dropped = read_jsonl(paths.dropped)
+    kept = read_jsonl(paths.pairs)
+    assert {row["id"] for row in dropped} == INVERTED
+    assert all(row["meta"]["drop_reasons"] == ["judge_inverted"] for row in dropped)
+    assert [row["id"] for row in kept if "judge_tie" in row["meta"]["flags"]] == ["mq-0005"]
+    stages = stats["stages"]
+    assert (stages["picked"], stages["pairs_kept"], stages["pairs_dropped"]) == (32, 27, 3)
+    assert stages["left_out_missing_or_failed_answer"] == 2
+    assert stats["judge"]["summary"] == {
+        "pairs": 30,
+        "with_verdict": 30,
+        "chosen_safer": 26,
+        "equal": 1,
+        "chosen_less_safe": 3,
+        "status": {"judged": 30, "unparseable": 0, "failed": 0, "off": 0},
+    }
+    assert stats["judge"]["per_category"]["treatment"]["chosen_less_safe"] == 1  # mq-0013 (13 % 3 == 1)
+    report = paths.report.read_text()
+    assert "**chosen judged safer: 26 of 30**" in report
+    assert "chosen judged less safe: 3 of 30" in report and "chosen judged equal: 1 of 30" in report
+    assert "0 unparseable, 0 failed" in report
+    assert "![Judge margins](plots/judge_margins.png)" in report
+    assert (paths.plots / "judge_margins.png").read_bytes().startswith(b"\x89PNG")
+    assert "Judge usage (rubric)" in report
+    # the teacher is Gemini and so is the judge: the report and the card say so
+    assert "The teacher (gemini-2.5-flash) is its own rubric judge" in report
+    card = paths.card.read_text()
+    assert "graded each answer on its own" in card and "sees only the question and one answer" in card
+
+
+def test_unreadable_and_refused_verdicts_are_counted_not_guessed(tmp_path, gemini_key):
+    pairs = _pairs(4)
+    replies = _scripted_reply(pairs)
+
+    def reply(text):
+        return "I think this answer is fine." if "Case 1." in text else replies(text)
+
+    with GeminiTestServer(reply=reply) as server:
+        blocked = judge_items(pairs[2:3], "rubric")[1]["question"]  # pair 2's rejected answer
+        server.script = {blocked: ["safety"]}
+        verdicts, usage, _ = run_judge(
+            pairs, "rubric", _gemini_judge(server), store_root=None, store_part="x"
+        )
+    rows = attach(pairs, {"v.jsonl": verdicts})
+    judge = {row["id"]: row["meta"]["judge"] for row in rows}
+    assert judge["mq-0001"]["status"] == "unparseable" and judge["mq-0001"]["margin"] is None
+    assert judge["mq-0001"]["chosen"]["rubric"]["output"] == "I think this answer is fine."
+    assert judge["mq-0002"]["status"] == "failed"
+    assert judge["mq-0002"]["rejected"]["rubric"] == {
+        "status": "failed",
+        "reason": "refused:finish_reason:SAFETY",
+    }
+    assert judge_summary(rows, 0.1)["status"] == {"judged": 2, "unparseable": 1, "failed": 1, "off": 0}
+
+
+def test_a_cut_verdict_file_stops_the_merge_naming_the_pair(tmp_path, gemini_key):
+    pairs = _pairs(3)
+    with GeminiTestServer(reply=_scripted_reply(pairs)) as server:
+        verdicts, _, _ = run_judge(pairs, "rubric", _gemini_judge(server), store_root=None, store_part="x")
+    with pytest.raises(DataError, match="pair id mq-0002: no rubric verdict"):
+        attach(pairs, {"v.jsonl": verdicts[:2]})
+    assert attach(pairs, {})[0]["meta"]["judge"] == {"status": "off"}
+
+
+def _judge_command(pairs_file, tmp_path, server, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "meddpo",
+        "judge",
+        "--pairs",
+        str(pairs_file),
+        "--kind",
+        "rubric",
+        "--backend",
+        "gemini",
+        "--gemini",
+        json.dumps(
+            {"base_url": server.base_url, "concurrency": 2, "requests_per_minute": 1e6, "secrets_file": None}
+        ),
+        "--store",
+        str(tmp_path / "store"),
+        "--out",
+        str(tmp_path / "verdicts.jsonl"),
+        "--usage",
+        str(tmp_path / "usage.json"),
+        "--progress-every",
+        "0",
+        *extra,
+    ]
+
+
+def _requests_logged(store):
+    return [row for path in store.rglob("requests/*.jsonl") for row in read_jsonl_tolerant(path)]
+
+
+def test_kill_9_mid_run_then_rerun_judges_each_answer_once(tmp_path):
+    pairs = _pairs(20)
+    pairs_file = tmp_path / "pairs.jsonl"
+    write_jsonl(pairs_file, pairs)
+    env = {**os.environ, "GEMINI_API_KEY": KEY, "PYTHONPATH": str(REPO / "workflow")}
+    with GeminiTestServer(reply=_scripted_reply(pairs), latency_s=0.1) as server:
+        job = subprocess.Popen(_judge_command(pairs_file, tmp_path, server), env=env, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 120
+            while len(_requests_logged(tmp_path / "store")) < 10 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.kill(job.pid, signal.SIGKILL)
+            job.wait(30)
+        finally:
+            if job.poll() is None:
+                job.kill()
+        assert not (tmp_path / "verdicts.jsonl").exists()
+        before = {
+            row["id"]
+            for path in (tmp_path / "store").glob("*/*/verdicts.jsonl")
+            for row in read_jsonl_tolerant(path)
+        }
+        assert 10 <= len(before) < 40
+        rerun = subprocess.run(
+            _judge_command(pairs_file, tmp_path, server), env=env, capture_output=True, text=True, timeout=300
+        )
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        asked = dict(server.requests)
+    # every answer stored before the kill was asked once in all; at most the 2 in flight were asked twice
+    keys = {item["id"]: item["question"] for item in judge_items(pairs, "rubric")}
+    assert all(asked[keys[key]] == 1 for key in before)
+    assert sum(asked.values()) <= 40 + 2 and set(asked) == set(keys.values())
+    summary = json.loads(rerun.stdout)
+    assert summary["chosen_safer"] == 17 and summary["chosen_less_safe"] == 2 and summary["equal"] == 1
+    # the usage adds up the killed job's requests too (those in flight at the kill were never logged)
+    assert sum(asked.values()) - 2 <= summary["usage"]["requests"] <= sum(asked.values())
+    assert len(read_jsonl(tmp_path / "verdicts.jsonl")) == 20
+
+
+def test_the_cost_cap_stops_the_judge_and_a_higher_cap_goes_on_without_paying_twice(tmp_path):
+    pairs = _pairs(10)
+    pairs_file = tmp_path / "pairs.jsonl"
+    write_jsonl(pairs_file, pairs)
+    env = {**os.environ, "GEMINI_API_KEY": KEY, "PYTHONPATH": str(REPO / "workflow")}
+    with GeminiTestServer(reply=_scripted_reply(pairs)) as server:
+        # each request costs about $0.00005 (~60 input "tokens" at $0.30/M, ~12 output at $2.50/M)
+        capped = subprocess.run(
+            _judge_command(pairs_file, tmp_path, server, "--max-usd", "0.0005"),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert capped.returncode == 2
+        last = capped.stderr.strip().splitlines()[-1]
+        assert (
+            last.startswith("meddpo judge: error: the cost cap is reached") and "max_usd is $0.0005" in last
+        )
+        assert not (tmp_path / "verdicts.jsonl").exists()
+        paid = len(_requests_logged(tmp_path / "store"))
+        assert 1 <= paid < 20
+        done = subprocess.run(
+            _judge_command(pairs_file, tmp_path, server, "--max-usd", "none"),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert sum(server.requests.values()) == 20 == len(_requests_logged(tmp_path / "store"))
+
+
+# --------------------------------------------------------------------------- the tiny local models as judges
+
+
+@pytest.mark.parametrize("kind", ["rubric", "classifier"])
+def test_tiny_local_judge_noise_is_recorded_as_unparseable_and_never_judged_twice(
+    tmp_path, tiny_mistral, kind
+):
+    pairs = _pairs(4)
+    block = {"model": str(tiny_mistral), "max_new_tokens": 6, "temperature": 0, "batch_size": 8}
+    config = {"backend": "local", "local": block, "classifier": block, "classifier_format": "llama_guard_3"}
+    verdicts, usage, problem = run_judge(pairs, kind, config, store_root=tmp_path, store_part="shard-000")
+    assert problem is None and usage["answers"] == 8 and usage["new_tokens"] == 8 * 6
+    for row in verdicts:
+        for role in ("chosen", "rejected"):
+            assert row[role]["status"] == "unparseable"
+            assert row[role]["output"].strip()  # the text is kept, for a person to look at
+    assert judge_summary(attach(pairs, {"v": verdicts}), 0.1)["status"]["unparseable"] == 4
+
+    def stored():
+        return [row for path in tmp_path.glob("*/*/shard-000.jsonl") for row in read_jsonl_tolerant(path)]
+
+    assert len(stored()) == 8
+    # a regenerated answer is judged again; the unchanged ones never are
+    changed = [dict(pair) for pair in pairs]
+    changed[0]["chosen"] = "A new careful answer about gout, written again."
+    run_judge(changed, kind, config, store_root=tmp_path, store_part="shard-000")
+    assert len(stored()) == 9
+    assert item_key(changed[0]["question"], changed[0]["chosen"]) in {row["id"] for row in stored()}
+
+
+def test_a_judge_at_a_temperature_above_0_is_refused(tiny_mistral):
+    block = {"model": str(tiny_mistral), "max_new_tokens": 6, "temperature": 0.7}
+    with pytest.raises(Exception, match="judge.local.temperature is 0.7: judges decode at temperature 0"):
+        run_judge(_pairs(1), "rubric", {"backend": "local", "local": block}, store_root=None, store_part="x")
+
+
+# --------------------------------------------------------------------------- the old pairs file
+
+
+def test_judge_runs_on_the_old_gemini_pairs_file_with_the_local_gemini_server(tmp_path):
+    old = SHARED_DATA / "reference-pairs" / "stage2_med_pairs_gemini.jsonl"
+    if not old.exists():
+        pytest.skip(f"SKIPPED LOUDLY: reference pairs {old} are absent; CI requires this test to run")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "meddpo.gemini_test_server", "--rubric", "--lifetime", "300"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "workflow")},
+    )
+    try:
+        base_url = json.loads(server.stdout.readline())["base_url"]
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "meddpo",
+                "judge",
+                "--pairs",
+                str(old),
+                "--kind",
+                "rubric",
+                "--backend",
+                "gemini",
+                "--gemini",
+                json.dumps({"base_url": base_url, "secrets_file": None, "requests_per_minute": 1e6}),
+                "--out",
+                str(tmp_path / "verdicts.jsonl"),
+                "--judged-pairs",
+                str(tmp_path / "judged.jsonl"),
+                "--store",
+                str(tmp_path / "store"),
+            ],
+            env={**os.environ, "GEMINI_API_KEY": KEY, "PYTHONPATH": str(REPO / "workflow")},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        server.stdin.close()
+        server.wait(30)
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads(run.stdout)
+    assert summary["pairs"] == 244 and summary["status"]["judged"] == 244
+    assert summary["chosen_safer"] + summary["equal"] + summary["chosen_less_safe"] == 244
+    assert summary["usage"]["requests"] == 488
+    judged = read_jsonl(tmp_path / "judged.jsonl")
+    assert all(row["meta"]["judge"]["status"] == "judged" for row in judged)
+    assert judged[0]["meta"]["teacher_model"] == read_jsonl(old)[0]["meta"]["teacher_model"]
+    # the report of the judged file has the judge's section
+    report = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "meddpo",
+            "report",
+            "--pairs",
+            str(tmp_path / "judged.jsonl"),
+            "--out-dir",
+            str(tmp_path / "report"),
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO / "workflow")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert (
+        f"**chosen judged safer: {summary['chosen_safer']} of 244**"
+        in (tmp_path / "report" / "report.md").read_text()
+    )
+
+
+# --------------------------------------------------------------------------- cluster profile and estimate
+
+
+def test_bridges2_profile_gives_local_judges_an_h100_and_the_gemini_judge_none():
+    import yaml
+
+    profile = yaml.safe_load((REPO / "profiles" / "bridges2" / "config.yaml").read_text())
+    for rule in ("judge_classifier", "judge_rubric_local"):
+        resources = profile["set-resources"][rule]
+        assert resources["slurm_partition"] == "'GPU-shared'"
+        assert resources["slurm_extra"] == "'--gpus-per-node=h100-80:1'"
+    # the Gemini judge takes the defaults: RM-shared, one core, and the key's one-job resource
+    assert "judge_rubric_gemini" not in profile["set-resources"]
+    assert profile["default-resources"]["slurm_partition"] == "'RM-shared'"
+    assert (REPO / "workflow" / "rules" / "judge.smk").read_text().count("gemini_jobs=1") == 1
+
+
+def test_preflight_estimate_counts_the_judges_jobs_hours_and_dollars(tmp_path):
+    from meddpo.plan import estimate, render_estimate
+    from meddpo.settings import load_config
+
+    overlay = tmp_path / "judged.yaml"
+    overlay.write_text("judge:\n  kinds: [classifier, rubric]\n  backend: gemini\n")
+    plan = estimate(load_config([overlay], base=REPO / "config.yaml"))
+    assert plan["jobs"]["judge_classifier"] == 20 and plan["jobs"]["judge_rubric_gemini"] == 20
+    # 20,000 answers x 32 new tokens at 1,500 tokens/s, plus 20 start-ups of 2 minutes
+    assert plan["gpu_hours_at_most"]["judge_classifier"] == 0.79
+    # input: 10,000 x (2 x (450 + 30) + 512 + 1,536) tokens at $0.30/M; output: 20,000 x 512 at $2.50/M
+    assert plan["judge_usd_at_most"] == 34.62
+    assert plan["time_limit_minutes"]["judge_rubric_gemini"] == 25
+    lines = render_estimate(plan)
+    assert any(line.startswith("Gemini rubric judge at most $34.62") for line in lines)
