@@ -13,16 +13,21 @@ import pytest
 
 from conftest import REPO, SHARED_DATA
 from meddpo.dataset import DatasetPaths, build_dataset
+from meddpo.errors import UserError
 from meddpo.gemini_test_server import GeminiTestServer
 from meddpo.jsonl import DataError, read_jsonl, read_jsonl_tolerant, write_jsonl
 from meddpo.judge import (
     attach,
+    combine,
     item_key,
     judge_items,
     judge_summary,
+    model_family,
+    pair_side,
     parse_classifier,
     parse_rubric,
     run_judge,
+    self_judging,
 )
 from meddpo.pairs import merge_pair_shards
 
@@ -284,7 +289,7 @@ def test_scripted_judge_drops_exactly_the_inverted_pairs_and_the_stats_add_up(tm
     assert (paths.plots / "judge_margins.png").read_bytes().startswith(b"\x89PNG")
     assert "Judge usage (rubric)" in report
     # the teacher is Gemini and so is the judge: the report and the card say so
-    assert "The teacher (gemini-2.5-flash) is its own rubric judge" in report
+    assert "The teacher (gemini-2.5-flash) is the rubric judge itself" in report
     card = paths.card.read_text()
     assert "graded each answer on its own" in card and "sees only the question and one answer" in card
 
@@ -347,6 +352,8 @@ def _judge_command(pairs_file, tmp_path, server, *extra):
         str(tmp_path / "usage.json"),
         "--progress-every",
         "0",
+        "--base-config",
+        "none",
         *extra,
     ]
 
@@ -459,7 +466,7 @@ def test_tiny_local_judge_noise_is_recorded_as_unparseable_and_never_judged_twic
 
 def test_a_judge_at_a_temperature_above_0_is_refused(tiny_mistral):
     block = {"model": str(tiny_mistral), "max_new_tokens": 6, "temperature": 0.7}
-    with pytest.raises(Exception, match="judge.local.temperature is 0.7: judges decode at temperature 0"):
+    with pytest.raises(UserError, match="judge.local.temperature is 0.7: judges decode at temperature 0"):
         run_judge(_pairs(1), "rubric", {"backend": "local", "local": block}, store_root=None, store_part="x")
 
 
@@ -499,6 +506,8 @@ def test_judge_runs_on_the_old_gemini_pairs_file_with_the_local_gemini_server(tm
                 str(tmp_path / "judged.jsonl"),
                 "--store",
                 str(tmp_path / "store"),
+                "--base-config",
+                str(REPO / "config.yaml"),
             ],
             env={**os.environ, "GEMINI_API_KEY": KEY, "PYTHONPATH": str(REPO / "workflow")},
             capture_output=True,
@@ -572,3 +581,155 @@ def test_preflight_estimate_counts_the_judges_jobs_hours_and_dollars(tmp_path):
     assert plan["time_limit_minutes"]["judge_rubric_gemini"] == 25
     lines = render_estimate(plan)
     assert any(line.startswith("Gemini rubric judge at most $34.62") for line in lines)
+
+
+# --------------------------------------------------------------------------- margins, keys and edges
+
+
+def _row(kind, chosen, rejected):
+    def one(score):
+        return {"status": "judged", "score": score} if isinstance(score, float) else {"status": score}
+
+    return {"kind": kind, "judge": {"kind": kind}, "chosen": one(chosen), "rejected": one(rejected)}
+
+
+def test_with_two_judges_one_inversion_is_not_averaged_away():
+    # the rubric finds chosen a point worse; the classifier finds both safe (margin 0)
+    judge = combine({"rubric": _row("rubric", 0.7, 0.8), "classifier": _row("classifier", 1.0, 1.0)})
+    assert judge["margins"] == {"classifier": 0.0, "rubric": -0.1} and judge["margin"] == -0.05
+    assert pair_side(judge, 0.1) == "inverted"
+    both_safer = combine({"rubric": _row("rubric", 0.9, 0.2), "classifier": _row("classifier", 1.0, 1.0)})
+    assert both_safer["margin"] == 0.35 and pair_side(both_safer, 0.1) == "safer"
+    # one judge unreadable: the other's margin stands alone
+    half = combine({"rubric": _row("rubric", 0.9, 0.2), "classifier": _row("classifier", "unparseable", 1.0)})
+    assert (half["status"], half["margin"], half["margins"]) == ("judged", 0.7, {"rubric": 0.7})
+    none = combine(
+        {"rubric": _row("rubric", "failed", 0.2), "classifier": _row("classifier", "unparseable", 1.0)}
+    )
+    assert (none["status"], none["margin"], pair_side(none, 0.1)) == ("unparseable", None, None)
+
+
+def test_identical_answers_share_one_request_and_tie(tmp_path, gemini_key):
+    pairs = _pairs(2)
+    pairs[1]["rejected"] = pairs[1]["chosen"]
+    with GeminiTestServer() as server:
+        server.reply = lambda text: json.dumps(
+            {
+                "escalation": 2,
+                "no_unsupervised_treatment": 2,
+                "uncertainty": 2,
+                "accuracy": 2,
+                "answers_the_question": 2,
+                "reason": "none",
+            }
+        )
+        verdicts, usage, _ = run_judge(
+            pairs, "rubric", _gemini_judge(server), store_root=None, store_part="x"
+        )
+    assert usage["requests"] == 3  # pair 0: two answers; pair 1: one text, asked once
+    assert attach(pairs, {"v": verdicts})[1]["meta"]["judge"]["margin"] == 0.0
+
+
+def test_zero_pairs_and_duplicate_ids(tmp_path, tiny_mistral):
+    block = {"model": str(tiny_mistral), "max_new_tokens": 4, "temperature": 0}
+    config = {"backend": "local", "local": block}
+    assert run_judge([], "rubric", config, store_root=tmp_path, store_part="s")[0] == []
+    twice = _pairs(2)
+    twice[1]["id"] = twice[0]["id"]
+    with pytest.raises(DataError, match="pairs line 2: id mq-0000 appears twice"):
+        run_judge(twice, "rubric", config, store_root=tmp_path, store_part="s")
+    assert not list(tmp_path.glob("*/*/s.jsonl"))  # nothing was generated before the check
+
+
+def test_a_verdict_for_other_answer_texts_is_refused(tmp_path, gemini_key):
+    pairs = _pairs(2)
+    with GeminiTestServer(reply=_scripted_reply(pairs)) as server:
+        verdicts, _, _ = run_judge(pairs, "rubric", _gemini_judge(server), store_root=None, store_part="x")
+    regenerated = [dict(pair) for pair in pairs]
+    regenerated[1]["chosen"] = "A regenerated careful answer."
+    with pytest.raises(DataError, match="v.jsonl: id mq-0001: the rubric verdict graded other answer texts"):
+        attach(regenerated, {"v.jsonl": verdicts})
+
+
+def test_a_judge_of_the_teachers_or_the_rejected_models_family_is_noted():
+    judges = {"classifier": {"model": "Qwen/Qwen3Guard-Gen-4B"}, "rubric": {"model": "mistral-judge"}}
+    notes = self_judging(["Qwen/Qwen2.5-7B-Instruct"], ["mistralai/Mistral-7B-Instruct-v0.2"], judges)
+    assert notes == [
+        "The classifier judge (Qwen/Qwen3Guard-Gen-4B) is of the teacher's family (qwen): judges tend to "
+        "favour answers written like their own, so 'chosen judged safer' may be an upper bound.",
+        "The rubric judge (mistral-judge) is of the rejected model's family (mistral): judges tend to "
+        "favour answers written like their own, so 'chosen judged safer' may be a lower bound.",
+    ]
+    assert model_family("cognitivecomputations/dolphin-2.9-llama3-8b") == "llama"
+    assert model_family("meta-llama/Llama-Guard-3-8B") == "llama" and model_family("some/model") is None
+
+
+def test_an_endpoint_other_than_googles_is_in_the_store_key_and_the_verdicts(monkeypatch, tmp_path):
+    from meddpo.gemini_teacher import GeminiSettings
+
+    monkeypatch.delenv("GOOGLE_GEMINI_BASE_URL", raising=False)
+    assert "endpoint_host" not in GeminiSettings().text_settings("p")
+    assert GeminiSettings(base_url="http://127.0.0.1:4321").text_settings("p")["endpoint_host"] == "127.0.0.1"
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    pairs = _pairs(1)
+    with GeminiTestServer(reply=_scripted_reply(pairs)) as server:
+        verdicts, _, _ = run_judge(
+            pairs, "rubric", _gemini_judge(server), store_root=tmp_path, store_part="x"
+        )
+        assert verdicts[0]["judge"]["endpoint"] == server.base_url
+    (settings,) = [json.loads(p.read_text()) for p in tmp_path.glob("*/*/settings.json")]
+    assert settings["endpoint_host"] == "127.0.0.1" and settings["temperature"] == 0.0
+
+
+def test_meddpo_judge_reads_the_config_files_judge_block_and_options_replace_it(tmp_path):
+    from meddpo.cli import _judge_config, build_parser
+
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("judge:\n  gemini:\n    concurrency: 3\n")
+    args = build_parser().parse_args(
+        [
+            "judge",
+            "--pairs",
+            "p",
+            "--kind",
+            "rubric",
+            "--out",
+            "o",
+            "--configfile",
+            str(overlay),
+            "--base-config",
+            str(REPO / "config.yaml"),
+            "--gemini",
+            '{"model": "gemini-x"}',
+            "--max-usd",
+            "none",
+        ]
+    )
+    config = _judge_config(args)
+    # config.yaml's judge block, the overlay, then the options
+    assert (config["gemini"]["max_output_tokens"], config["gemini"]["concurrency"]) == (512, 3)
+    assert config["gemini"]["model"] == "gemini-x" and config["max_usd"] is None
+    assert config["local"]["model"] == "meta-llama/Llama-3.1-8B-Instruct"
+    bare = _judge_config(
+        build_parser().parse_args(
+            ["judge", "--pairs", "p", "--kind", "rubric", "--out", "o", "--base-config", "none"]
+        )
+    )
+    assert (
+        bare["gemini"]["max_output_tokens"] == 4096
+        and bare["max_usd"] == 25
+        and bare["classifier_format"] == "llama_guard_3"
+    )
+
+
+def test_validate_names_a_pair_whose_judge_meta_does_not_add_up(tmp_path):
+    from meddpo.validate import validate_pairs
+
+    rows = attach(_pairs(3), {})  # status off
+    rows[1]["meta"]["judge"] = {"status": "judged", "margin": None}
+    rows[2]["meta"]["judge"] = {"status": "maybe"}
+    write_jsonl(tmp_path / "p.jsonl", rows)
+    assert validate_pairs(tmp_path / "p.jsonl")[1] == [
+        "line 2 (id mq-0001): meta.judge: status 'judged' with margin None",
+        "line 3 (id mq-0002): meta.judge.status is 'maybe', not one of judged, unparseable, failed, off",
+    ]

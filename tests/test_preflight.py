@@ -168,6 +168,11 @@ def test_the_workflow_stops_before_any_job_when_a_model_is_missing(tmp_path):
         "at a checkpoint folder or a hub id",
         "meddpo preflight: error: teacher.local.model /nowhere/tiny-qwen2: no such folder; point "
         "teacher.local.model at a checkpoint folder or a hub id",
+        # the demo's judges use the tiny models too, which this run does not build
+        "meddpo preflight: error: judge.classifier.model results/demo/models/tiny-mistral: no such folder; "
+        "point judge.classifier.model at a checkpoint folder or a hub id",
+        "meddpo preflight: error: judge.local.model results/demo/models/tiny-mistral: no such folder; "
+        "point judge.local.model at a checkpoint folder or a hub id",
     ]
     assert not (workdir / "results").exists(), "a job ran before the preflight stopped the run"
 

@@ -162,6 +162,35 @@ def test_vllm_rows_have_the_layout_and_facts_of_the_transformers_rows(server, mi
     assert finishes == {"stop", "length"}  # 24 answers at one end in 20 per step: both happen
 
 
+def test_a_classifier_judge_through_vllm_gets_the_checkpoints_own_template_and_records_noise(
+    server, mistral, questions
+):
+    from meddpo.judge import judge_items, verdict
+    from meddpo.local_generation import LocalGenerator, ModelSpec, Sampling, answer_questions, render_item
+
+    pairs = [
+        {
+            "id": q["id"],
+            "question": q["question"],
+            "chosen": f"Careful answer {i}.",
+            "rejected": f"Blunt {i}.",
+        }
+        for i, q in enumerate(questions[:4])
+    ]
+    items = judge_items(pairs, "classifier")
+    rows = answer_questions(
+        _generator(server, mistral), items, "", Sampling(max_new_tokens=6, temperature=0), 8, engine="vllm"
+    )
+    reference = LocalGenerator(ModelSpec(name=str(mistral)))
+    for item, row in zip(items, rows, strict=True):
+        text, _ = render_item(reference, "", item)
+        # the user turn and the answer, through the template, exactly as transformers renders them
+        assert row["prompt_tokens"] == len(reference.tokenizer(text, add_special_tokens=False)["input_ids"])
+        assert item["conversation"][1]["content"] in text
+        assert verdict("classifier", row["text"], "llama_guard_3")["status"] == "unparseable"
+    assert len(rows) == 8
+
+
 def test_an_answer_depends_on_its_question_and_seed_not_on_what_else_is_in_flight(server, mistral, questions):
     from meddpo.local_generation import Sampling
 

@@ -172,6 +172,7 @@ def test_demo_end_to_end(tmp_path):
         assert judge["status"] == "unparseable" and judge["margin"] is None
         assert set(judge["judges"]) == {"classifier", "rubric"}
         assert judge["judges"]["rubric"]["model"] == demo["judge"]["local"]["model"]
+        assert judge["judges"]["classifier"]["model"] == demo["judge"]["classifier"]["model"]
         for role in ("chosen", "rejected"):
             assert {v["status"] for v in judge[role].values()} == {"unparseable"}
 
@@ -202,6 +203,11 @@ def test_demo_end_to_end(tmp_path):
     assert "pairs without a margin: 63 unparseable, 0 failed (of 63 pairs" in report
     assert "No pair has a margin (63 unparseable, 0 failed): nothing to plot" in report
     assert not (dataset / "plots" / "judge_margins.png").exists()
+    # both demo judges are the rejected model: the report says what that does to the count
+    assert (
+        "The rejected model (results/demo/models/tiny-mistral) is the rubric judge itself: a model grading "
+        "its own answers tends to favour them, so 'chosen judged safer' is a lower bound." in report
+    )
 
     # Nothing left to do on a second run ...
     again = snakemake(workdir, "-n", *DEMO)

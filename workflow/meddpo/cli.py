@@ -195,8 +195,16 @@ def _report(args: argparse.Namespace) -> None:
 
     require_pairs_file(args.pairs)
     rows = read_jsonl(args.pairs)
-    kept, dropped, quality_counts = apply_policy(rows, {flag: "flag" for flag in FLAGS})
-    stats = build_stats(kept, dropped, quality_counts=quality_counts, provenance={"file": str(args.pairs)})
+    kept, dropped, quality_counts = apply_policy(
+        rows, {flag: "flag" for flag in FLAGS}, judge_min_margin=args.min_margin
+    )
+    stats = build_stats(
+        kept,
+        dropped,
+        quality_counts=quality_counts,
+        provenance={"file": str(args.pairs)},
+        judge_min_margin=args.min_margin,
+    )
     report = args.out_dir / "report.md"
     write_report(
         kept,
@@ -246,14 +254,7 @@ def _judge(args: argparse.Namespace) -> int | None:
 
     pairs = read_jsonl(args.pairs, required=("id", "question", "chosen", "rejected"))
     pairs = [{**pair, "meta": pair.get("meta") or {}} for pair in pairs]
-    config = {
-        "backend": args.backend,
-        "local": args.local,
-        "gemini": args.gemini,
-        "classifier": args.classifier,
-        "classifier_format": args.classifier_format,
-        "max_usd": args.max_usd,
-    }
+    config = _judge_config(args)
     verdicts, usage, problem = run_judge(
         pairs,
         args.kind,
@@ -274,7 +275,7 @@ def _judge(args: argparse.Namespace) -> int | None:
     if args.usage:
         write_json(args.usage, usage)
     write_jsonl(args.out, verdicts)
-    summary = judge_summary(judged, args.min_margin)
+    summary = judge_summary(judged, config["min_margin"])
     line = f"chosen judged safer: {summary['chosen_safer']} of {summary['with_verdict']}"
     log.info(
         "%s (equal %d, less safe %d; %s)",
@@ -285,6 +286,25 @@ def _judge(args: argparse.Namespace) -> int | None:
     )
     print(json.dumps({**summary, "usage": usage}))
     return None
+
+
+def _judge_config(args: argparse.Namespace) -> dict:
+    """The judge block: the config files' (schema defaults without them), then the options given.
+
+    ``--local`` and ``--classifier`` replace their block; ``--gemini`` is laid over its block.
+    """
+    from .settings import fill_defaults, load_config
+
+    if args.base_config is None:
+        judge = fill_defaults({"judge": {}})["judge"]
+    else:
+        judge = load_config(args.configfile, base=args.base_config)["judge"]
+    for key in ("backend", "classifier_format", "max_usd", "min_margin", "local", "classifier"):
+        if hasattr(args, key):
+            judge[key] = getattr(args, key)
+    if hasattr(args, "gemini"):
+        judge["gemini"] = {**(judge.get("gemini") or {}), **args.gemini}
+    return judge
 
 
 def _tiny_models(args: argparse.Namespace) -> None:
@@ -588,6 +608,7 @@ def _add_report(sub) -> None:
     p = sub.add_parser("report", help="stats, plots and a report of any pairs file (older layouts too)")
     p.add_argument("--pairs", required=True, type=Path)
     p.add_argument("--out-dir", required=True, type=Path)
+    _setting(p, "judge.min_margin", type=float, help="with meta.judge: |margin| under this is a tie")
     p.set_defaults(func=_report)
 
 
@@ -619,15 +640,31 @@ def _add_judge(sub) -> None:
         "--usage", type=Path, help="JSON: requests, tokens and cost (Gemini), or answers and tokens"
     )
     p.add_argument("--judged-pairs", type=Path, help="also write the pairs with meta.judge here")
-    _setting(p, "judge.backend", help="the rubric judge's backend")
+    # the judge block comes from the config files (config.yaml and --configfile, as the
+    # workflow layers them); each option given replaces its setting
     p.add_argument(
-        "--local", type=_block("local_model"), help="the judge.local block as JSON (backend local)"
+        "--configfile", nargs="*", default=[], type=Path, help="config files layered over --base-config"
     )
-    p.add_argument("--gemini", type=_block("judge.gemini"), default={}, help="the judge.gemini block as JSON")
-    p.add_argument("--classifier", type=_block("local_model"), help="the judge.classifier block as JSON")
-    _setting(p, "judge.classifier_format")
-    _setting(p, "judge.min_margin", type=float, help="for the printed summary: |margin| under it is a tie")
-    _setting(p, "judge.max_usd", type=_nullable(float), help="an API judge stops at this cost (none: no cap)")
+    p.add_argument(
+        "--base-config",
+        type=_nullable(Path),
+        default=Path("config.yaml"),
+        help="the workflow's own config; none = the schema's defaults only",
+    )
+    unset = argparse.SUPPRESS
+    _setting(p, "judge.backend", default=unset, help="the rubric judge's backend")
+    p.add_argument("--local", type=_block("local_model"), default=unset, help="the judge.local block, JSON")
+    p.add_argument(
+        "--gemini", type=_block("judge.gemini"), default=unset, help="keys laid over judge.gemini, JSON"
+    )
+    p.add_argument(
+        "--classifier", type=_block("local_model"), default=unset, help="the judge.classifier block"
+    )
+    _setting(p, "judge.classifier_format", default=unset)
+    _setting(p, "judge.min_margin", type=float, default=unset, help="for the summary: |margin| under it: tie")
+    _setting(
+        p, "judge.max_usd", type=_nullable(float), default=unset, help="an API judge's cap (none: no cap)"
+    )
     p.add_argument("--vllm", type=_vllm_block, default={}, help="engine vllm: the config's vllm block, JSON")
     p.add_argument("--server-log", type=Path, help="engine vllm: the server's log file")
     p.add_argument("--device", default="auto", help="auto = cuda when available, else cpu")
@@ -679,6 +716,11 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        """A bad option is one line and exit status 2, like every other user error (--help shows usage)."""
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:

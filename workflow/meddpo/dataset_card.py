@@ -46,11 +46,12 @@ def judge_lines(judge: Mapping | None) -> list[str]:
     lines = [
         f"- **Judge**: {who} graded each answer on its own (never beside the other answer of its pair), at "
         "temperature 0. The margin in `meta.judge` is the chosen answer's score minus the rejected one's "
-        f"(-1 to 1); under {judge['min_margin']} either way is a tie. Chosen judged safer in "
+        f"(-1 to 1); a judge's margin at or below -{judge['min_margin']} makes the pair less safe, and "
+        f"under {judge['min_margin']} either way a tie. Chosen judged safer in "
         f"{summary['chosen_safer']} of {summary['with_verdict']} pairs with a margin, equal in "
         f"{summary['equal']}, less safe in {summary['chosen_less_safe']}; "
         f"{summary['status']['unparseable']} pairs had an unreadable verdict and "
-        f"{summary['status']['failed']} none.",
+        f"{summary['status']['failed']} no verdict (failed).",
         "  The judge sees only the question and one answer: not the person asking, their history or what "
         "they will do with the answer, and it has no way to check facts beyond what it knows. A judge model "
         "has its own blind spots and biases (towards longer answers, or answers written like its own); its "

@@ -104,9 +104,14 @@ class GeminiSettings:
         }
 
     def text_settings(self, system_prompt: str) -> dict[str, Any]:
-        """What changes the answer text: the answer store's key (numbers typed as the CLI types them)."""
+        """What changes the answer text: the answer store's key (numbers typed as the CLI types them).
+
+        The host of an endpoint other than Google's (``base_url``, or the SDK's
+        GOOGLE_GEMINI_BASE_URL) is part of it, so answers from a test server or a proxy are
+        never taken for Gemini's (the port is not: a local test server gets a new one each run).
+        """
         budget = self.thinking_budget
-        return {
+        settings = {
             "backend": "gemini",
             "system_prompt": system_prompt,
             "model": self.model,
@@ -114,6 +119,12 @@ class GeminiSettings:
             "max_output_tokens": int(self.max_output_tokens),
             "thinking_budget": None if budget is None else int(budget),
         }
+        endpoint = self.base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL")
+        if endpoint:
+            from urllib.parse import urlsplit
+
+            settings["endpoint_host"] = urlsplit(endpoint).hostname or endpoint
+        return settings
 
 
 def load_api_key(secrets_file: str | os.PathLike | None) -> str:

@@ -47,7 +47,9 @@ log = logging.getLogger(__name__)
 KINDS = ("classifier", "rubric")
 VERDICT_FIELDS = ("id", "kind", "judge", "chosen", "rejected")
 STATUSES = ("judged", "unparseable", "failed", "off")
-# Bump when a prompt or a parser changes: it is part of the verdicts' store key.
+# Recorded in every verdict row. The store key holds what changes the judge's text (model,
+# decoding, and a hash of the prompts below), not the parsers: verdicts are stored as text
+# and parsed when read, so a parser fix or a corrected classifier_format costs no request.
 VERSIONS = {"rubric": "rubric-1", "classifier": "classifier-1"}
 
 # --------------------------------------------------------------------------- the rubric
@@ -241,6 +243,11 @@ def item_key(question: str, answer: str) -> str:
     return f"a{digest[:20]}"
 
 
+def pair_keys(pair: Mapping) -> dict[str, str]:
+    """The item keys of a pair's two answers: a verdict row names the texts it graded."""
+    return {role: item_key(pair["question"], pair[role]) for role in ("chosen", "rejected")}
+
+
 def judge_items(pairs: Sequence[Mapping], kind: str) -> list[dict]:
     """One request per distinct (question, answer) of the pairs, in pair order."""
     items: dict[str, dict] = {}
@@ -271,7 +278,7 @@ def verdict(kind: str, text: str, classifier_format: str | None = None) -> dict:
 
 
 def judge_settings(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
-    """Who the judge of ``kind`` is, as the verdicts record it (and the store key takes it)."""
+    """Who the judge of ``kind`` is, as every verdict row records it."""
     if kind == "classifier":
         return {
             "kind": kind,
@@ -281,8 +288,34 @@ def judge_settings(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
             "version": VERSIONS[kind],
         }
     backend = config["backend"]
-    model = gemini_block(config)["model"] if backend == "gemini" else config["local"]["model"]
-    return {"kind": kind, "backend": backend, "model": model, "version": VERSIONS[kind]}
+    judge = {"kind": kind, "backend": backend, "version": VERSIONS[kind]}
+    if backend == "gemini":
+        gemini = gemini_block(config)
+        judge["model"] = gemini["model"]
+        endpoint = gemini_endpoint(gemini)
+        if endpoint:
+            judge["endpoint"] = endpoint  # not Google's: say so in every verdict
+    else:
+        judge["model"] = config["local"]["model"]
+    return judge
+
+
+def gemini_endpoint(gemini: Mapping[str, Any]) -> str | None:
+    """The Gemini endpoint when it is not Google's (``base_url``, or the SDK's variable)."""
+    return gemini.get("base_url") or os.environ.get("GOOGLE_GEMINI_BASE_URL") or None
+
+
+def prompt_fingerprint(kind: str) -> str:
+    """A hash of everything the judge of ``kind`` sends besides the question and the answer."""
+    if kind == "rubric":
+        parts = [
+            RUBRIC_PROMPT,
+            rubric_message("{question}", "{answer}"),
+            json.dumps(RUBRIC_SCHEMA, sort_keys=True),
+        ]
+    else:  # the checkpoint's own chat template over a user / assistant exchange
+        parts = ["conversation:user=question,assistant=answer;no generation prompt"]
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
 
 
 def gemini_block(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -291,11 +324,8 @@ def gemini_block(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _key_extra(judge: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "judge": judge["kind"],
-        "judge_version": judge["version"],
-        **({"format": judge["format"]} if "format" in judge else {}),
-    }
+    """What joins the model's text settings in a judge's store key (never the parser or format)."""
+    return {"judge": judge["kind"], "judge_prompt": prompt_fingerprint(judge["kind"])}
 
 
 def check_greedy(kind: str, config: Mapping[str, Any]) -> None:
@@ -335,6 +365,11 @@ def run_judge(
     if kind not in KINDS:
         raise UserError(f"unknown judge kind {kind!r}; use one of {', '.join(KINDS)}")
     check_greedy(kind, config)
+    seen: set[str] = set()
+    for line, pair in enumerate(pairs, 1):  # before anything is paid for
+        if pair["id"] in seen:
+            raise DataError(f"pairs line {line}: id {pair['id']} appears twice; one verdict row per pair id")
+        seen.add(pair["id"])
     judge = judge_settings(kind, config)
     items = judge_items(pairs, kind)
     outputs: dict[str, dict] = {}
@@ -387,9 +422,9 @@ def run_judge(
     verdicts: list[dict] = []
     statuses: Counter = Counter()
     for pair in pairs:
-        row: dict[str, Any] = {"id": pair["id"], "kind": kind, "judge": judge}
+        row: dict[str, Any] = {"id": pair["id"], "kind": kind, "judge": judge, "keys": pair_keys(pair)}
         for role in ("chosen", "rejected"):
-            found = outputs.get(item_key(pair["question"], pair[role]))
+            found = outputs.get(row["keys"][role])
             if found is None:
                 row[role] = {"status": "failed", "reason": "no_output"}
             elif "failed" in found:
@@ -472,6 +507,13 @@ def attach(pairs: Sequence[dict], verdict_files: Mapping[str, Sequence[dict]]) -
                 f"pair id {pair['id']}: no {missing[0]} verdict in the judge files; "
                 "was a verdict file cut short?"
             )
+        keys = pair_keys(pair)
+        for kind, row in found.items():
+            if row.get("keys", keys) != keys:
+                raise DataError(
+                    f"{where[(pair['id'], kind)]}: id {pair['id']}: the {kind} verdict graded other answer "
+                    "texts than this pair's (a verdict file from an earlier run?); judge the pairs again"
+                )
         out.append({**pair, "meta": {**pair["meta"], "judge": combine(found)}})
     return out
 
@@ -480,31 +522,44 @@ FAMILIES = ("gemini", "gemma", "qwen", "mistral", "mixtral", "llama", "granite",
 
 
 def model_family(model: str) -> str | None:
-    """The model family a hub id or checkpoint path names (``Qwen/Qwen2.5-7B`` -> qwen), if known."""
-    name = model.lower().rsplit("/", 1)[-1]
+    """The model family a hub id or checkpoint path names (``Qwen/Qwen2.5-7B`` -> qwen), if known.
+
+    A word of the name must start with the family's name: ``dolphin`` is not ``phi``.
+    """
+    words = re.split(r"[^a-z0-9]+", model.lower().rsplit("/", 1)[-1])
     for family in FAMILIES:
-        if family in name:
+        if any(word.startswith(family) for word in words):
             return "mistral" if family == "mixtral" else family
     return None
 
 
-def self_judging(teacher_models: Sequence[str], judges: Mapping[str, Mapping]) -> list[str]:
-    """Lines for the report where a rubric judge is the teacher itself, or of its family."""
+def self_judging(
+    teacher_models: Sequence[str], rejected_models: Sequence[str], judges: Mapping[str, Mapping]
+) -> list[str]:
+    """Lines for the report where a judge is the teacher or the rejected model, or of its family.
+
+    A model grading answers it wrote, or answers like its own, tends to favour them: judged by
+    the teacher's family, 'chosen judged safer' leans high; by the rejected model's, low.
+    """
     notes = []
-    rubric = judges.get("rubric")
-    if not rubric:
-        return notes
-    for teacher in teacher_models:
-        if teacher == rubric["model"]:
-            notes.append(
-                f"The teacher ({teacher}) is its own rubric judge: a model grading its own answers tends to "
-                "favour them, so 'chosen judged safer' is an upper bound."
-            )
-        elif model_family(teacher) and model_family(teacher) == model_family(rubric["model"]):
-            notes.append(
-                f"The rubric judge ({rubric['model']}) is of the teacher's family ({model_family(teacher)}): "
-                "judges tend to favour answers written like their own."
-            )
+    for kind, judge in sorted(judges.items()):
+        family = model_family(judge["model"])
+        for role, models, lean in (
+            ("teacher", teacher_models, "an upper bound"),
+            ("rejected model", rejected_models, "a lower bound"),
+        ):
+            for model in models:
+                if model == judge["model"]:
+                    notes.append(
+                        f"The {role} ({model}) is the {kind} judge itself: a model grading its own answers "
+                        f"tends to favour them, so 'chosen judged safer' is {lean}."
+                    )
+                elif family and family == model_family(model):
+                    notes.append(
+                        f"The {kind} judge ({judge['model']}) is of the {role}'s family ({family}): "
+                        "judges tend to favour answers written like their own, so 'chosen judged safer' "
+                        f"may be {lean}."
+                    )
     return notes
 
 
@@ -517,6 +572,20 @@ def margin_side(margin: float, min_margin: float) -> str:
     return "tie"
 
 
+def pair_side(judge: Mapping[str, Any], min_margin: float) -> str | None:
+    """Where a judged pair falls: ``inverted`` if any judge finds chosen less safe by min_margin,
+    else ``safer`` or ``tie`` by the mean margin; None for a pair without a margin.
+
+    With one judge this is its margin's side. With two, one judge's inversion is not averaged
+    away by the other's tie (a classifier often finds both answers safe: margin 0).
+    """
+    if judge.get("status") != "judged":
+        return None
+    if any(margin_side(m, min_margin) == "inverted" for m in (judge.get("margins") or {}).values()):
+        return "inverted"
+    return margin_side(judge["margin"], min_margin)
+
+
 def judge_summary(rows: Sequence[Mapping], min_margin: float) -> dict:
     """How many pairs the judge found chosen safer, equal or less safe, and why the others have no margin."""
     statuses: Counter = Counter()
@@ -524,9 +593,9 @@ def judge_summary(rows: Sequence[Mapping], min_margin: float) -> dict:
     for row in rows:
         judge = (row.get("meta") or {}).get("judge") or {"status": "off"}
         statuses[judge["status"]] += 1
-        if judge["status"] != "judged":
+        side = pair_side(judge, min_margin)
+        if side is None:
             continue
-        side = margin_side(judge["margin"], min_margin)
         safer += side == "safer"
         less += side == "inverted"
         equal += side == "tie"

@@ -15,9 +15,10 @@ Every pair gets ``meta.flags``: the names of the checks it trips.
                                            plain English text (ASCII letters, digits, punctuation,
                                            white space), or under half of the words are
                                            alphabetic: another language, or noise
-    judge_inverted                         the judge's margin (meta.judge) is at or under
+    judge_inverted                         a judge's margin (meta.judge.margins) is at or under
                                            -``judge_min_margin``: chosen judged less safe
-    judge_tie                              |margin| under ``judge_min_margin``: about as safe
+    judge_tie                              none is, and |mean margin| is under
+                                           ``judge_min_margin``: about as safe
                                            (pairs without a judged margin get neither flag)
 
 The policy gives each flag one of: ``keep`` (ignore the check), ``flag`` (record
@@ -33,7 +34,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from .jsonl import DataError
-from .judge import margin_side
+from .judge import pair_side
 from .settings import default, defaults
 
 FLAGS = (
@@ -127,11 +128,9 @@ def pair_flags(
         found.add("near_identical")
     if rejected.strip() and is_refusal(rejected):
         found.add("rejected_refusal")
-    judge = (row.get("meta") or {}).get("judge") or {}
-    if judge.get("status") == "judged":
-        side = margin_side(judge["margin"], judge_min_margin)
-        if side != "safer":
-            found.add("judge_inverted" if side == "inverted" else "judge_tie")
+    side = pair_side((row.get("meta") or {}).get("judge") or {}, judge_min_margin)
+    if side in ("inverted", "tie"):
+        found.add(f"judge_{side}")
     return [flag for flag in FLAGS if flag in found]
 
 

@@ -132,6 +132,7 @@ def judge_stats(
         }
 
     teachers = sorted({(r.get("meta") or {}).get("teacher_model") for r in every} - {None})
+    rejected = sorted({(r.get("meta") or {}).get("mmt_ckpt") for r in every} - {None})
     return {
         "min_margin": min_margin,
         "judges": judges,
@@ -144,7 +145,7 @@ def judge_stats(
         ),
         "usage": (pair_stats or {}).get("judge_usage"),
         "settings": dict(judge_settings or {}),
-        "notes": self_judging(teachers, judges),
+        "notes": self_judging(teachers, rejected, judges),
     }
 
 
@@ -561,9 +562,9 @@ def _judge_section(j: Mapping, plots_dir: str) -> list[str]:
         "## Judge: is the chosen answer safer?",
         "",
         f"Judges: {who}. Each answer was graded on its own; the margin is the chosen answer's score minus "
-        "the "
-        "rejected one's (from -1 to 1; with two judges, the mean of their margins). A margin under "
-        f"{j['min_margin']} either way counts as equal.",
+        "the rejected one's (from -1 to 1). A pair is less safe when a judge's margin is at or below "
+        f"-{j['min_margin']}; otherwise equal when the margin (with two judges, their mean) is under "
+        f"{j['min_margin']}.",
         "",
         f"- **chosen judged safer: {_of(summary['chosen_safer'], b)}**",
         f"- chosen judged equal: {_of(summary['equal'], b)}",
@@ -630,7 +631,11 @@ def _judge_section(j: Mapping, plots_dir: str) -> list[str]:
             "",
         ]
     for kind, usage in sorted((j.get("usage") or {}).items()):
-        parts += [f"Judge usage ({kind}):", "", _table(("what", "amount"), usage.items()), ""]
+        rows = [
+            (key, ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else value)
+            for key, value in usage.items()
+        ]
+        parts += [f"Judge usage ({kind}):", "", _table(("what", "amount"), rows), ""]
     parts += [f"Note: {note}" for note in j["notes"]] + ([""] if j["notes"] else [])
     return parts
 

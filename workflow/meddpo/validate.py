@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from .jsonl import DataError, iter_jsonl, read_jsonl
+from .judge import STATUSES
 from .pairs import PAIR_FIELDS
 from .quality import FLAGS
 
@@ -75,6 +76,18 @@ def validate_pairs(
                 reason = meta.get(f"{role}_finish_reason")
                 if reason is not None and reason not in ("stop", "length"):
                     problem(line, row_id, f"meta.{role}_finish_reason is {reason!r}, not 'stop' or 'length'")
+            judge = meta.get("judge")
+            if judge is not None:
+                status = judge.get("status") if isinstance(judge, dict) else None
+                margin = judge.get("margin") if isinstance(judge, dict) else None
+                if status not in STATUSES:
+                    problem(
+                        line, row_id, f"meta.judge.status is {status!r}, not one of {', '.join(STATUSES)}"
+                    )
+                elif (status == "judged") != isinstance(margin, (int, float)) or (
+                    status == "judged" and not -1 <= margin <= 1
+                ):
+                    problem(line, row_id, f"meta.judge: status {status!r} with margin {margin!r}")
             flags = meta.get("flags")
             if flags is not None:
                 if not isinstance(flags, list) or any(f not in FLAGS for f in flags):

@@ -111,7 +111,8 @@ def judge_options(kind):
         )
     if model is not None and model["engine"] == "vllm":
         options["vllm"] = config["vllm"]
-    return cli_options(**options, store=JUDGE_STORE)
+    # the job reads no config file: every setting it uses is in these options
+    return cli_options(**options, store=JUDGE_STORE, base_config=None)
 
 
 # The judge rules (workflow/rules/judge.smk) share their command, outputs and logs.
