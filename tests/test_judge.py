@@ -358,6 +358,10 @@ def _judge_command(pairs_file, tmp_path, server, *extra):
     ]
 
 
+def _run(command, env):
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
 def _requests_logged(store):
     return [row for path in store.rglob("requests/*.jsonl") for row in read_jsonl_tolerant(path)]
 
@@ -385,9 +389,7 @@ def test_kill_9_mid_run_then_rerun_judges_each_answer_once(tmp_path):
             for row in read_jsonl_tolerant(path)
         }
         assert 10 <= len(before) < 40
-        rerun = subprocess.run(
-            _judge_command(pairs_file, tmp_path, server), env=env, capture_output=True, text=True, timeout=300
-        )
+        rerun = _run(_judge_command(pairs_file, tmp_path, server), env)
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         asked = dict(server.requests)
     # every answer stored before the kill was asked once in all; at most the 2 in flight were asked twice
@@ -408,13 +410,7 @@ def test_the_cost_cap_stops_the_judge_and_a_higher_cap_goes_on_without_paying_tw
     env = {**os.environ, "GEMINI_API_KEY": KEY, "PYTHONPATH": str(REPO / "workflow")}
     with GeminiTestServer(reply=_scripted_reply(pairs)) as server:
         # each request costs about $0.00005 (~60 input "tokens" at $0.30/M, ~12 output at $2.50/M)
-        capped = subprocess.run(
-            _judge_command(pairs_file, tmp_path, server, "--max-usd", "0.0005"),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        capped = _run(_judge_command(pairs_file, tmp_path, server, "--max-usd", "0.0005"), env)
         assert capped.returncode == 2
         last = capped.stderr.strip().splitlines()[-1]
         assert (
@@ -423,13 +419,7 @@ def test_the_cost_cap_stops_the_judge_and_a_higher_cap_goes_on_without_paying_tw
         assert not (tmp_path / "verdicts.jsonl").exists()
         paid = len(_requests_logged(tmp_path / "store"))
         assert 1 <= paid < 20
-        done = subprocess.run(
-            _judge_command(pairs_file, tmp_path, server, "--max-usd", "none"),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        done = _run(_judge_command(pairs_file, tmp_path, server, "--max-usd", "none"), env)
         assert done.returncode == 0, done.stderr[-2000:]
         assert sum(server.requests.values()) == 20 == len(_requests_logged(tmp_path / "store"))
 

@@ -50,6 +50,8 @@ CRAFTED = {
     "rejected_refusal": pair(rejected="I'm sorry, but I can't provide medical advice about gout."),
     "chosen_garbled": pair(chosen="痛风是一种关节炎，由尿酸结晶引起。医生可以通过血液检查确认。"),
     "rejected_garbled": pair(rejected="xq zzv ▒▒▒ ��� 12#4 @@ ~~ qwpl ::: ;;; ^^ %%"),
+    "judge_inverted": pair(judge={"status": "judged", "margin": -0.5, "margins": {"rubric": -0.5}}),
+    "judge_tie": pair(judge={"status": "judged", "margin": 0.05, "margins": {"rubric": 0.05}}),
 }
 
 

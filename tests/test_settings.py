@@ -69,7 +69,10 @@ def test_documented_defaults():
         "rejected_refusal": "drop",
         "chosen_garbled": "drop",
         "rejected_garbled": "drop",
+        "judge_inverted": "drop",
+        "judge_tie": "flag",
     }
+    assert settings.default("judge.kinds") == [] and settings.default("judge.min_margin") == 0.1
 
 
 def test_dataclass_defaults_are_the_schema_defaults():
@@ -100,7 +103,7 @@ def test_dataclass_defaults_are_the_schema_defaults():
 
 def test_a_default_changed_in_the_schema_reaches_the_command_line(monkeypatch):
     changed = copy.deepcopy(settings.schema())
-    changed["properties"]["teacher"]["properties"]["gemini"]["properties"]["concurrency"]["default"] = 7
+    changed["$defs"]["gemini"]["properties"]["concurrency"]["default"] = 7
     changed["$defs"]["local_model"]["properties"]["batch_size"]["default"] = 3
     monkeypatch.setattr(settings, "schema", lambda: changed)
     assert _options("gemini")["concurrency"].default == 7
