@@ -295,7 +295,10 @@ def _judge_config(args: argparse.Namespace) -> dict:
     """
     from .settings import fill_defaults, load_config
 
-    if args.base_config is None:
+    default_missing = args.base_config == Path("config.yaml") and not args.base_config.exists()
+    if args.base_config is None or (default_missing and not args.configfile):
+        if args.base_config is not None:
+            log.info("no config.yaml here: the judge settings are the schema's defaults and the options")
         judge = fill_defaults({"judge": {}})["judge"]
     else:
         judge = load_config(args.configfile, base=args.base_config)["judge"]
