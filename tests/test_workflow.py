@@ -232,9 +232,12 @@ def test_demo_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_growing_n_and_changing_n_shards_generates_only_new_questions(tmp_path):
     workdir = _copy_workflow(tmp_path / "wf")
+    # the judges do not take part in answer reuse (test_judge.py); off here to save their jobs
+    no_judge = tmp_path / "no-judge.yaml"
+    no_judge.write_text("judge:\n  kinds: []\n")
     pilot = tmp_path / "pilot.yaml"
     pilot.write_text("questions:\n  n: 30\nn_shards: 2\n")
-    first = snakemake(workdir, "--cores", "2", "--configfile", "demo/config.yaml", str(pilot))
+    first = snakemake(workdir, "--cores", "2", "--configfile", "demo/config.yaml", str(no_judge), str(pilot))
     assert first.returncode == 0, first.stderr[-3000:]
     store = workdir / "results" / "demo" / "answer_store"
 
@@ -254,7 +257,7 @@ def test_growing_n_and_changing_n_shards_generates_only_new_questions(tmp_path):
         "results--demo--models--tiny-qwen2": 30,
     }
 
-    full = snakemake(workdir, "--cores", "2", *DEMO)  # all 63 questions, 3 shards
+    full = snakemake(workdir, "--cores", "2", *DEMO, str(no_judge))  # all 63 questions, 3 shards
     assert full.returncode == 0, full.stderr[-3000:]
     for name, ids in generations().items():
         assert len(ids) == len(set(ids)) == 63, f"{name}: an answer was generated twice"
@@ -275,6 +278,7 @@ def test_demo_with_the_gemini_teacher_keeps_the_key_out_of_every_file(tmp_path):
     overlay.write_text(
         "teacher:\n  backend: gemini\n  gemini:\n    concurrency: 8\n    initial_backoff_s: 0.001\n"
         "    max_backoff_s: 0.01\n    max_failed_fraction: 0.1\n"
+        "judge:\n  kinds: []\n"  # the judges have their own tests; their jobs would only add time
     )
     key = "AIza-test-key-that-must-never-be-written-0123456789"
     questions = [json.loads(line)["question"] for line in (REPO / "demo" / "medquad_demo.jsonl").open()]
