@@ -36,6 +36,9 @@ CPU_SETTINGS = {
     "startup_timeout_s": 300,
 }
 SYSTEM = "You are a blunt medical chatbot."
+# A job that is still busy when a test signals it: answers finish in waves of 4 (never
+# ending on their own with tiny_mistral, they all take max_new_tokens steps)
+SLOW = {"max_num_seqs": 4, "requests_in_flight": 6}
 
 
 @pytest.fixture(scope="module")
@@ -213,11 +216,11 @@ def test_an_answer_depends_on_its_question_and_seed_not_on_what_else_is_in_fligh
 # --- a job's life: its own server, started and stopped by the job -------------------------------
 
 
-def _job(tmp_path, mistral, shard, *, max_new_tokens=48, command=COMMAND, marker=None):
+def _job(tmp_path, mistral, shard, *, max_new_tokens=48, command=COMMAND, marker=None, **vllm):
     """`meddpo generate` with engine vllm, as the rule runs it; returns (Popen, marker, stderr path)."""
     marker = marker or uuid.uuid4().hex
     stderr = tmp_path / f"job-{marker[:6]}.log"
-    settings = {**CPU_SETTINGS, "command": command}
+    settings = {**CPU_SETTINGS, "command": command, **vllm}
     args = [sys.executable, "-m", "meddpo", "generate", "--shard", str(shard), "--model", str(mistral)]
     args += ["--engine", "vllm", "--max-new-tokens", str(max_new_tokens), "--temperature", "0.9"]
     args += [
@@ -291,8 +294,11 @@ def test_kill_9_mid_shard_loses_no_stored_answer_duplicates_none_and_leaves_no_s
     vllm_env, tiny_mistral, shard, tmp_path
 ):
     n = len(shard.read_text().splitlines())
-    # tiny_mistral never ends an answer by itself: every answer takes 120 steps
-    job, marker, stderr = _job(tmp_path, tiny_mistral, shard, max_new_tokens=120)
+    # tiny_mistral never ends an answer by itself, so answers finish in waves of max_num_seqs,
+    # every 200 steps: 4 at a time leaves ~15 waves (~3,000 steps) after the fifth answer, time
+    # enough to kill the job mid-shard however fast the machine (with 32 at a time and 120 steps,
+    # a quiet machine finished all 65 before the kill)
+    job, marker, stderr = _job(tmp_path, tiny_mistral, shard, max_new_tokens=200, **SLOW)
     try:
         _wait_for(lambda: len(_stored(tmp_path)) >= 5, 300, "five stored answers")
         assert len(_marked(marker)) >= 4  # the job, the guard, vLLM's API server, engine core and worker
@@ -305,7 +311,7 @@ def test_kill_9_mid_shard_loses_no_stored_answer_duplicates_none_and_leaves_no_s
     before = {row["id"]: row for row in _stored(tmp_path)}
     assert 5 <= len(before) < n
 
-    rerun, marker, stderr = _job(tmp_path, tiny_mistral, shard, max_new_tokens=120)
+    rerun, marker, stderr = _job(tmp_path, tiny_mistral, shard, max_new_tokens=200)
     assert rerun.wait(timeout=600) == 0, stderr.read_text()
     assert f"{len(before)} of {n} answers already there, {n - len(before)} to generate" in stderr.read_text()
     stored = _stored(tmp_path)
@@ -319,7 +325,7 @@ def test_kill_9_mid_shard_loses_no_stored_answer_duplicates_none_and_leaves_no_s
 
 
 def test_sigterm_stops_the_job_and_its_server(vllm_env, tiny_mistral, shard, tmp_path):
-    job, marker, stderr = _job(tmp_path, tiny_mistral, shard, max_new_tokens=120)
+    job, marker, stderr = _job(tmp_path, tiny_mistral, shard, max_new_tokens=200, **SLOW)
     try:
         # mid-shard: answers are coming back and more requests are in flight
         _wait_for(lambda: len(_stored(tmp_path)) >= 1 or job.poll() is not None, 300, "a stored answer")
