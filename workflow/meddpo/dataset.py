@@ -147,7 +147,6 @@ def build_dataset(
         throughput=throughput,
         provenance=origin,
         judge_min_margin=judge_min_margin,
-        judge_settings=settings.get("judge"),
     )
     if test_fraction > 0 and (paths.train is None or paths.test is None):
         raise DataError("a test_fraction above 0 needs the split paths (--out-train, --out-test)")

@@ -103,8 +103,13 @@ class GeminiSettings:
             "output_per_million": self.price_output_per_million,
         }
 
-    def text_settings(self, system_prompt: str) -> dict[str, Any]:
-        """What changes the answer text: the answer store's key (numbers typed as the CLI types them).
+    def endpoint(self) -> str | None:
+        """The endpoint when it is not Google's: ``base_url``, or the SDK's GOOGLE_GEMINI_BASE_URL."""
+        return self.base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or None
+
+    def text_settings(self, system_prompt: str, key_extra: dict | None = None) -> dict[str, Any]:
+        """What changes the answer text: the answer store's key (numbers typed as the CLI types them;
+        ``key_extra``: a judge's own settings).
 
         The host of an endpoint other than Google's (``base_url``, or the SDK's
         GOOGLE_GEMINI_BASE_URL) is part of it, so answers from a test server or a proxy are
@@ -119,12 +124,12 @@ class GeminiSettings:
             "max_output_tokens": int(self.max_output_tokens),
             "thinking_budget": None if budget is None else int(budget),
         }
-        endpoint = self.base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL")
+        endpoint = self.endpoint()
         if endpoint:
             from urllib.parse import urlsplit
 
             settings["endpoint_host"] = urlsplit(endpoint).hostname or endpoint
-        return settings
+        return {**settings, **(key_extra or {})}
 
 
 def load_api_key(secrets_file: str | os.PathLike | None) -> str:
@@ -446,7 +451,7 @@ async def answer_with_gemini(
     """
     job = ResumableJob(
         questions,
-        {**settings.text_settings(system_prompt), **(key_extra or {})},
+        settings.text_settings(system_prompt, key_extra),
         store_root=store_root,
         store_part=store_part,
         progress_every_s=progress_every_s,
@@ -600,7 +605,7 @@ def answer_shard(
         )
     )
     store = (
-        AnswerStore(store_root, {**settings.text_settings(system_prompt), **(key_extra or {})}, store_part)
+        AnswerStore(store_root, settings.text_settings(system_prompt, key_extra), store_part)
         if store_root is not None
         else None
     )

@@ -40,12 +40,11 @@ from typing import Any
 
 from .errors import UserError
 from .jsonl import DataError
-from .settings import defaults
 
 log = logging.getLogger(__name__)
 
 KINDS = ("classifier", "rubric")
-VERDICT_FIELDS = ("id", "kind", "judge", "chosen", "rejected")
+VERDICT_FIELDS = ("id", "kind", "judge", "keys", "chosen", "rejected")
 STATUSES = ("judged", "unparseable", "failed", "off")
 # Recorded in every verdict row. The store key holds what changes the judge's text (model,
 # decoding, and a hash of the prompts below), not the parsers: verdicts are stored as text
@@ -290,19 +289,14 @@ def judge_settings(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
     backend = config["backend"]
     judge = {"kind": kind, "backend": backend, "version": VERSIONS[kind]}
     if backend == "gemini":
-        gemini = gemini_block(config)
-        judge["model"] = gemini["model"]
-        endpoint = gemini_endpoint(gemini)
+        gemini = gemini_settings(config)
+        judge["model"] = gemini.model
+        endpoint = gemini.endpoint()
         if endpoint:
             judge["endpoint"] = endpoint  # not Google's: say so in every verdict
     else:
         judge["model"] = config["local"]["model"]
     return judge
-
-
-def gemini_endpoint(gemini: Mapping[str, Any]) -> str | None:
-    """The Gemini endpoint when it is not Google's (``base_url``, or the SDK's variable)."""
-    return gemini.get("base_url") or os.environ.get("GOOGLE_GEMINI_BASE_URL") or None
 
 
 def prompt_fingerprint(kind: str) -> str:
@@ -318,9 +312,11 @@ def prompt_fingerprint(kind: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
 
 
-def gemini_block(config: Mapping[str, Any]) -> dict[str, Any]:
-    """judge.gemini with the schema's defaults, at temperature 0."""
-    return {**defaults("judge.gemini"), **(config.get("gemini") or {}), "temperature": 0.0}
+def gemini_settings(config: Mapping[str, Any]):
+    """judge.gemini as Gemini settings (the schema's defaults for what it leaves out), at temperature 0."""
+    from .gemini_teacher import GeminiSettings
+
+    return GeminiSettings(**{**(config.get("gemini") or {}), "temperature": 0.0})
 
 
 def _key_extra(judge: Mapping[str, Any]) -> dict[str, Any]:
@@ -358,9 +354,10 @@ def run_judge(
 ) -> tuple[list[dict], dict, str | None]:
     """Judge every answer of ``pairs`` with the judge of ``kind``; ``(verdict rows, usage, problem)``.
 
-    A verdict row is ``{id, kind, judge, chosen, rejected}`` per pair, in pair
-    order; ``problem`` is the one-line reason the job must fail (too many
-    failed Gemini requests), else None. ``config`` is the config's judge block.
+    A verdict row is ``{id, kind, judge, keys, chosen, rejected}`` per pair, in pair
+    order (``keys``: the hashes of the two answer texts graded); ``problem`` is the
+    one-line reason the job must fail (too many failed Gemini requests), else None.
+    ``config`` is the config's judge block.
     """
     if kind not in KINDS:
         raise UserError(f"unknown judge kind {kind!r}; use one of {', '.join(KINDS)}")
@@ -376,16 +373,12 @@ def run_judge(
     problem = None
     usage: dict[str, Any] = {"kind": kind, "model": judge["model"], "backend": judge["backend"]}
     if kind == "rubric" and judge["backend"] == "gemini":
-        import dataclasses
+        from .gemini_teacher import answer_shard
 
-        from .gemini_teacher import GeminiSettings, answer_shard
-
-        names = {f.name for f in dataclasses.fields(GeminiSettings)}
-        settings = GeminiSettings(**{k: v for k, v in gemini_block(config).items() if k in names})
         rows, left_out, gemini_usage, problem = answer_shard(
             items,
             RUBRIC_PROMPT,
-            settings,
+            gemini_settings(config),
             store_root=store_root,
             store_part=store_part,
             progress_every_s=progress_every_s,
@@ -509,7 +502,7 @@ def attach(pairs: Sequence[dict], verdict_files: Mapping[str, Sequence[dict]]) -
             )
         keys = pair_keys(pair)
         for kind, row in found.items():
-            if row.get("keys", keys) != keys:
+            if row["keys"] != keys:
                 raise DataError(
                     f"{where[(pair['id'], kind)]}: id {pair['id']}: the {kind} verdict graded other answer "
                     "texts than this pair's (a verdict file from an earlier run?); judge the pairs again"

@@ -50,14 +50,16 @@ def judge_rules(config: dict[str, Any]) -> list[str]:
     return rules
 
 
-def judge_models(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The local judge models by rule."""
-    models = {}
-    for rule in judge_rules(config):
-        if rule == "judge_classifier":
-            models[rule] = config["judge"]["classifier"]
-        elif rule == "judge_rubric_local":
-            models[rule] = config["judge"]["local"]
+def local_models(config: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every local model of the run by rule: (its config key, its block)."""
+    models = {"rejected": ("rejected", config["rejected"])}
+    if config["teacher"]["backend"] == "local":
+        models["chosen_local"] = ("teacher.local", config["teacher"]["local"])
+    rules = judge_rules(config)
+    if "judge_classifier" in rules:
+        models["judge_classifier"] = ("judge.classifier", config["judge"]["classifier"])
+    if "judge_rubric_local" in rules:
+        models["judge_rubric_local"] = ("judge.local", config["judge"]["local"])
     return models
 
 
@@ -96,18 +98,11 @@ def estimate(config: dict[str, Any]) -> dict[str, Any]:
     """Jobs, time limits, GPU-hours and Gemini dollars of a full run, with the assumptions used."""
     n = config["questions"]["n"] or QUESTIONS_WHEN_ALL
     per_shard = questions_per_shard(config)
-    local = {"rejected": config["rejected"]}
-    if config["teacher"]["backend"] == "local":
-        local["chosen_local"] = config["teacher"]["local"]
-    # a judge answers twice per question (chosen and rejected)
-    answers = {"rejected": n, "chosen_local": n}
-    for rule, model in judge_models(config).items():
-        local[rule] = model
-        answers[rule] = 2 * n
     gpu_hours, start_up_share, assumed = {}, {}, {}
-    for rule, model in local.items():
+    for rule, (_, model) in local_models(config).items():
         speed, start_up = engine_speed(config, model)
-        generation_minutes = answers[rule] * model["max_new_tokens"] / speed / 60
+        answers = 2 * n if rule.startswith("judge_") else n  # a judge grades both answers of a pair
+        generation_minutes = answers * model["max_new_tokens"] / speed / 60
         start_ups = config["n_shards"] * start_up
         gpu_hours[rule] = round((generation_minutes + start_ups) / 60, 2)
         start_up_share[rule] = {
@@ -186,7 +181,6 @@ def render_estimate(plan: dict[str, Any]) -> list[str]:
     if "judge_usd_at_most" in plan:
         lines.append(
             f"Gemini rubric judge at most ${plan['judge_usd_at_most']:.2f} (both answers at their caps, "
-            "every "
-            "verdict at max_output_tokens; judge.max_usd stops it earlier)"
+            "every verdict at max_output_tokens; judge.max_usd stops it earlier)"
         )
     return lines

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .plan import estimate, judge_models, judge_rules, render_estimate
+from .plan import estimate, judge_rules, local_models, render_estimate
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -260,16 +260,6 @@ def check_gpu(config: dict[str, Any]) -> list[Finding]:
             "run on a GPU node or with the cluster profile",
         )
     ]
-
-
-def local_models(config: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Every local model of the run by rule: (config key, block)."""
-    models = {"rejected": ("rejected", config["rejected"])}
-    if config["teacher"]["backend"] == "local":
-        models["chosen_local"] = ("teacher.local", config["teacher"]["local"])
-    for rule, model in judge_models(config).items():
-        models[rule] = ("judge.classifier" if rule == "judge_classifier" else "judge.local", model)
-    return models
 
 
 def vllm_rules(config: dict[str, Any]) -> list[str]:

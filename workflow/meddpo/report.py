@@ -112,7 +112,6 @@ def judge_stats(
     every: Sequence[dict],
     min_margin: float,
     pair_stats: Mapping | None = None,
-    judge_settings: Mapping | None = None,
 ) -> dict | None:
     """What the judge found, for the report; None when no pair was judged (judge off, or an older file)."""
     judged_rows = [
@@ -144,7 +143,6 @@ def judge_stats(
             r["meta"]["judge"]["margin"] for r in judged_rows if r["meta"]["judge"]["status"] == "judged"
         ),
         "usage": (pair_stats or {}).get("judge_usage"),
-        "settings": dict(judge_settings or {}),
         "notes": self_judging(teachers, rejected, judges),
     }
 
@@ -159,7 +157,6 @@ def build_stats(
     throughput: Sequence[dict] = (),
     provenance: Mapping | None = None,
     judge_min_margin: float = default("judge.min_margin"),
-    judge_settings: Mapping | None = None,
 ) -> dict:
     """Everything the report shows, as one JSON-able dict."""
     every = list(kept) + list(dropped)
@@ -257,7 +254,7 @@ def build_stats(
         "per_category": per_category,
         "kept_per_question_type": dict(sorted(per_question_type.items())),
         "throughput_per_shard": list(throughput),
-        "judge": judge_stats(every, judge_min_margin, pair_stats, judge_settings),
+        "judge": judge_stats(every, judge_min_margin, pair_stats),
         "provenance": dict(provenance or {}),
     }
 

@@ -226,11 +226,6 @@ def card_settings():
                 for k in sampling_keys
                 if k in config["rejected"]
             },
-            "judge": {
-                "kinds": config["judge"]["kinds"],
-                "backend": config["judge"]["backend"],
-                "min_margin": config["judge"]["min_margin"],
-            },
         },
         sort_keys=True,
     )

@@ -5,7 +5,7 @@ models and none to an API client: judge_classifier (a safety classifier, local
 engines), judge_rubric_local or judge_rubric_gemini (the rubric, by judge.backend).
 
 in:  {OUT}/pairs/shard-{shard}.jsonl (+ the demo's tiny checkpoint when it builds one)
-out: {OUT}/judge/{kind}/shard-{shard}.jsonl       one verdict row per pair {id, kind, judge, chosen, rejected}
+out: {OUT}/judge/{kind}/shard-{shard}.jsonl       one verdict row per pair {id, kind, judge, keys, chosen, rejected}
      {OUT}/judge/{kind}/shard-{shard}.usage.json  answers and tokens, or Gemini requests and cost
 The verdicts join the pairs as meta.judge in merge_pairs (workflow/rules/pairs.smk).
 """
