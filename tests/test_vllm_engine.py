@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from meddpo.jsonl import read_jsonl
 
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 COMMAND = f"{VLLM_PYTHON} -m vllm.entrypoints.openai.api_server"
@@ -75,8 +76,6 @@ def server(vllm_env, mistral, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def questions():
-    from meddpo.jsonl import read_jsonl
-
     texts = [row["question"] for row in read_jsonl(REPO / "demo" / "medquad_demo.jsonl")]
     return [{"id": f"q{i:02d}", "question": text} for i, text in enumerate(texts) if len(text) >= 10][:24]
 
@@ -281,8 +280,6 @@ def _stored(tmp_path) -> list[dict]:
 
 @pytest.fixture()
 def shard(tmp_path):
-    from meddpo.jsonl import read_jsonl
-
     texts = [row["question"] for row in read_jsonl(REPO / "demo" / "medquad_demo.jsonl")]
     rows = [{"id": f"q{i:02d}", "question": text} for i, text in enumerate(texts) if len(text) >= 10]
     path = tmp_path / "shard.jsonl"
@@ -316,7 +313,7 @@ def test_kill_9_mid_shard_loses_no_stored_answer_duplicates_none_and_leaves_no_s
     assert f"{len(before)} of {n} answers already there, {n - len(before)} to generate" in stderr.read_text()
     stored = _stored(tmp_path)
     assert len(stored) == n and len({row["id"] for row in stored}) == n  # none lost, none twice
-    out = {row["id"]: row for row in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
+    out = {row["id"]: row for row in read_jsonl(tmp_path / "out.jsonl")}
     assert len(out) == n
     assert all(
         out[i]["text"] == row["text"] and out[i]["created"] == row["created"] for i, row in before.items()
@@ -436,15 +433,13 @@ def test_the_demo_through_snakemake_with_engine_vllm(vllm_env, tmp_path):
     )
     assert run.returncode == 0, run.stderr[-5000:]
     out = workdir / "results" / "demo-vllm"
-    pairs = [
-        json.loads(line) for line in (out / "dataset" / "stage2_med_pairs.jsonl").read_text().splitlines()
-    ]
+    pairs = [row for row in read_jsonl(out / "dataset" / "stage2_med_pairs.jsonl")]
     assert len(pairs) == 63  # every demo question (the demo flags its noise instead of dropping it)
     assert [list(p) for p in pairs][
         0
     ] == "id source category question_type question prompt chosen rejected meta".split()
     for side, model in (("rejected", "tiny-mistral"), ("chosen", "tiny-qwen2")):
-        rows = [json.loads(line) for line in (out / side / "shard-000.jsonl").read_text().splitlines()]
+        rows = read_jsonl(out / side / "shard-000.jsonl")
         assert len(rows) == 63 and {row["engine"] for row in rows} == {"vllm"}
         assert {row["model"] for row in rows} == {f"results/demo-vllm/models/{model}"}
         log = (out / "logs" / side / "shard-000.log").read_text()

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from conftest import DPO_ROW_FIELDS, REPO
+from meddpo.jsonl import read_jsonl, read_jsonl_tolerant
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 DEMO = ["--configfile", "demo/config.yaml"]
@@ -145,7 +146,9 @@ def test_demo_end_to_end(tmp_path):
     assert question_stats["read"] == 66 and question_stats["picked"] == len(questions) == 63
 
     dataset = out / "dataset"
-    pairs = [json.loads(line) for line in (dataset / "stage2_med_pairs.jsonl").read_text().splitlines()]
+    # the package's reader: lines end at b"\n" only (the noise in the answers may hold U+2028 or
+    # U+0085, which str.splitlines() also breaks at)
+    pairs = read_jsonl(dataset / "stage2_med_pairs.jsonl")
     assert [p["id"] for p in pairs] == sorted(q["id"] for q in questions)
     by_id = {q["id"]: q for q in questions}
     caps = {
@@ -244,11 +247,7 @@ def test_growing_n_and_changing_n_shards_generates_only_new_questions(tmp_path):
     def generations():
         counts = {}
         for model_folder in store.iterdir():
-            ids = [
-                json.loads(line)["id"]
-                for part in model_folder.rglob("*.jsonl")
-                for line in part.read_text().splitlines()
-            ]
+            ids = [row["id"] for part in model_folder.rglob("*.jsonl") for row in read_jsonl_tolerant(part)]
             counts[model_folder.name] = ids
         return counts
 
