@@ -50,3 +50,8 @@ rule all:
     input:
         PAIRS_FILE,
         f"{DATASET}/validation.txt",
+
+
+# Every declared output, log and benchmark lies in the project folder or output.dir
+# (links followed), or the parse stops here.
+check_output_locations()

@@ -14,6 +14,7 @@ Settings are named by their dotted config path: ``teacher.gemini.concurrency``,
 from __future__ import annotations
 
 import functools
+import os
 import re
 from importlib import resources
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+from .plan import local_models
+from .tiny_models import demo_model_paths
 
 SCHEMA_FILE = "config.schema.yaml"
 _NO_DEFAULT = object()
@@ -151,6 +154,7 @@ def check_config(config: dict[str, Any], files: dict[str, dict] | None = None) -
         validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(e.absolute_path))
     )
     if not errors:
+        check_demo_models(fill_defaults(config), files)
         return
     error = errors[0]
     path = list(error.absolute_path)
@@ -197,3 +201,58 @@ def load_config(configfiles: list[str | Path], base: str | Path = "config.yaml")
         config = merge(config, data)
     check_config(config, files)
     return fill_defaults(config)
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def demo_model_path(config: dict[str, Any], name: str) -> str | None:
+    """The demo model folder (under ``output.dir``) that a model setting names, or None."""
+    for path in demo_model_paths(config["output"]["dir"]).values():
+        if _absolute(name) == _absolute(path):
+            return path
+    return None
+
+
+def check_demo_models(config: dict[str, Any], files: dict[str, dict] | None = None) -> None:
+    """With the demo builder on, every local model the run reads is one the demo builds.
+
+    The builder writes its models only at fixed folders under ``output.dir``. A model key
+    that names anything else (a real checkpoint, a hub id) would be read instead of the
+    demo's model, or, before this check, built over: stop and say so.
+    """
+    if not config["demo"]["build_tiny_models"]:
+        return
+    built = list(demo_model_paths(config["output"]["dir"]).values())
+    for key, model in local_models(config).values():
+        name = model["model"]
+        if demo_model_path(config, name) is None:
+            raise ConfigError(
+                f"config key {key}.model: {name!r}{_where(files or {}, [*key.split('.'), 'model'])} "
+                f"is not a model the demo builds; with demo.build_tiny_models: true the tiny models "
+                f"are built only at {' and '.join(built)} (under output.dir): name one of these, "
+                f"or set demo.build_tiny_models: false to run {name}"
+            )
+
+
+def outside_output(paths: list[tuple[str, str]], output_dir: str, project_dir: str) -> str | None:
+    """The first (owner, path) whose real location is in neither the project nor ``output_dir``.
+
+    Symbolic links are followed, so a link in the output folder that points at a checkpoint
+    elsewhere counts as elsewhere. Returns a one-line message, or None when all stay in.
+    """
+    roots = [os.path.realpath(_absolute(root)) for root in (project_dir, output_dir)]
+    for owner, path in paths:
+        real = os.path.realpath(_absolute(path))
+        if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
+            shown = path if real == _absolute(path) else f"{path} (which resolves to {real})"
+            return (
+                f"{owner} writes {shown}: outside the project folder {roots[0]} "
+                f"and output.dir {roots[1]}; the workflow writes only under these two, "
+                "so point output.dir at a folder of its own (and remove any link that leads out of it)"
+            )
+    return None

@@ -33,6 +33,18 @@ from pathlib import Path
 
 from .jsonl import current_umask
 
+# Where the offline demo builds its two models: inside the run's own output folder and
+# nowhere else, so a model path in the config can never make the demo write over (or let
+# Snakemake delete) a real checkpoint. The config's model keys name these folders; the
+# config check (meddpo.settings) stops a demo config that names any other.
+DEMO_MODEL_FOLDERS = {"mistral": "models/tiny-mistral", "qwen": "models/tiny-qwen2"}
+
+
+def demo_model_paths(output_dir: str) -> dict[str, str]:
+    """The demo's model folders for ``output.dir`` by model (``mistral``, ``qwen``)."""
+    return {name: f"{output_dir.rstrip('/')}/{folder}" for name, folder in DEMO_MODEL_FOLDERS.items()}
+
+
 # Our own templates, written to behave like the real models' ones.
 MISTRAL_STYLE_TEMPLATE = (
     "{{ bos_token }}"

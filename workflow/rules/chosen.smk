@@ -9,8 +9,9 @@ out: {OUT}/chosen/shard-{shard}.jsonl  same layout as the rejected answers
 
 if config["teacher"]["backend"] == "local":
 
-    # The local teacher is the rejected rule with another model, prompt and time limit.
-    use rule rejected as chosen_local with:
+    # The local teacher runs the rejected rule's command with another model, prompt and
+    # time limit (its own rule: the vLLM server's log is declared by its own engine).
+    rule chosen_local:
         input:
             shard=f"{OUT}/shards/shard-{{shard}}.jsonl",
             model=tiny_model_input(config["teacher"]["local"]),
@@ -18,9 +19,13 @@ if config["teacher"]["backend"] == "local":
             f"{OUT}/chosen/shard-{{shard}}.jsonl",
         log:
             job=f"{LOGS}/chosen/shard-{{shard}}.log",
-            server=f"{LOGS}/chosen/shard-{{shard}}.vllm.log",
+            **vllm_server_log(
+                config["teacher"]["local"], f"{LOGS}/chosen/shard-{{shard}}.vllm.log"
+            ),
         benchmark:
             f"{BENCHMARKS}/chosen/shard-{{shard}}.tsv"
+        conda:
+            CONDA_ENV
         resources:
             gpu=1,
             runtime=runtime("chosen_local"),
@@ -28,6 +33,8 @@ if config["teacher"]["backend"] == "local":
             options=generation_options(
                 config["teacher"]["local"], config["prompts"]["teacher"]
             ),
+        shell:
+            generation_shell(config["teacher"]["local"])
 
 
 if config["teacher"]["backend"] == "gemini":

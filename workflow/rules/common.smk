@@ -14,7 +14,14 @@ from snakemake.utils import validate
 # Snakemake has) are imported here: the config check, the preflight, the job plan.
 sys.path.insert(0, os.path.join(workflow.basedir, "workflow"))
 from meddpo.plan import questions_per_shard, runtime_minutes
-from meddpo.settings import ConfigError, check_config, read_config_file
+from meddpo.settings import (
+    ConfigError,
+    check_config,
+    demo_model_path,
+    outside_output,
+    read_config_file,
+)
+from meddpo.tiny_models import demo_model_paths
 
 
 def _check_config():
@@ -74,9 +81,61 @@ def local_source(source):
     return [dataset] if os.path.exists(dataset) else []
 
 
+# The demo's tiny models: built by the tiny_models rule (workflow/rules/demo.smk) at these
+# folders under OUT and nowhere else; the config check made every model key of a demo
+# run name one of them.
+DEMO_MODELS = demo_model_paths(OUT)
+
+
 def tiny_model_input(model_settings):
     """The demo builds its own checkpoints; a real run reads them from disk or the hub."""
-    return [model_settings["model"]] if config["demo"]["build_tiny_models"] else []
+    if not config["demo"]["build_tiny_models"]:
+        return []
+    return [demo_model_path(config, model_settings["model"])]
+
+
+def check_output_locations():
+    """Stop the parse when any declared output, log or benchmark lands outside the project and OUT.
+
+    Snakemake deletes a job's old outputs before it runs the job: a path that leads
+    elsewhere (a config value, a link in the output folder) could remove someone's files.
+    """
+    paths = [
+        (f"rule {rule.name}", str(path))
+        for rule in workflow.rules
+        for path in rule.products()
+    ]
+    problem = outside_output(paths, OUT, workflow.basedir)
+    if problem:
+        print(f"meddpo: {problem}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _serves_vllm(model_settings):
+    return model_settings is not None and model_settings["engine"] == "vllm"
+
+
+def vllm_server_log(model_settings, log_path):
+    """The vLLM server's log as a `log:` entry: declared only for a job of engine vllm.
+
+    Other engines start no server and write no such file; declaring it anyway makes
+    Snakemake warn that the log was not found.
+    """
+    return {"server": log_path} if _serves_vllm(model_settings) else {}
+
+
+def server_log_option(model_settings):
+    """The `--server-log` words of a job's command (engine vllm only), to go with vllm_server_log."""
+    return " --server-log {log.server:q}" if _serves_vllm(model_settings) else ""
+
+
+def generation_shell(model_settings):
+    """The command of a local-model generation job (rejected, chosen_local)."""
+    return (
+        "python -m meddpo generate --shard {input.shard:q} {params.options} --out {output:q}"
+        + server_log_option(model_settings)
+        + " 2> {log.job:q}"
+    )
 
 
 def generation_options(model_settings, system_prompt):
@@ -97,15 +156,13 @@ def judge_options(kind):
     The vllm block goes only to a judge of engine vllm; max_usd only to the API judge.
     """
     judge = config["judge"]
+    model = judge_model(kind)
     options = {"kind": kind}
     if kind == "classifier":
-        model = judge["classifier"]
         options.update(classifier=model, classifier_format=judge["classifier_format"])
-    elif judge["backend"] == "local":
-        model = judge["local"]
+    elif model is not None:
         options.update(backend="local", local=model)
     else:
-        model = None
         options.update(
             backend="gemini", gemini=judge["gemini"], max_usd=judge["max_usd"]
         )
@@ -115,11 +172,22 @@ def judge_options(kind):
     return cli_options(**options, store=JUDGE_STORE, base_config=None)
 
 
+def judge_model(kind):
+    """The local model block of one judge kind, or None for the Gemini rubric judge."""
+    judge = config["judge"]
+    if kind == "classifier":
+        return judge["classifier"]
+    return judge["local"] if judge["backend"] == "local" else None
+
+
 # The judge rules (workflow/rules/judge.smk) share their command, outputs and logs.
-JUDGE_SHELL = (
-    "python -m meddpo judge --pairs {input.pairs:q} {params.options}"
-    " --out {output.verdicts:q} --usage {output.usage:q} --server-log {log.server:q} 2> {log.job:q}"
-)
+def judge_shell(kind):
+    return (
+        "python -m meddpo judge --pairs {input.pairs:q} {params.options}"
+        " --out {output.verdicts:q} --usage {output.usage:q}"
+        + server_log_option(judge_model(kind))
+        + " 2> {log.job:q}"
+    )
 
 
 def judge_rule_outputs(kind):
@@ -130,9 +198,11 @@ def judge_rule_outputs(kind):
 
 
 def judge_rule_logs(kind):
+    model = judge_model(kind)
+    server = f"{LOGS}/judge/{kind}/shard-{{shard}}.vllm.log"
     return dict(
         job=f"{LOGS}/judge/{kind}/shard-{{shard}}.log",
-        server=f"{LOGS}/judge/{kind}/shard-{{shard}}.vllm.log",
+        **vllm_server_log(model, server),
     )
 
 

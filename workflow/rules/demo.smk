@@ -1,7 +1,9 @@
 """Offline demo only (demo.build_tiny_models: true): build the two tiny checkpoints.
 
 in:  demo.texts, a JSONL of questions the tokenizers are trained on
-out: the folders named by rejected.model and teacher.local.model
+out: {OUT}/models/tiny-mistral and {OUT}/models/tiny-qwen2 (meddpo.tiny_models.DEMO_MODEL_FOLDERS),
+     only there: the config's model keys must name these folders (meddpo.settings.check_demo_models),
+     so the demo never builds over, or lets Snakemake delete, a checkpoint named in the config
 """
 
 if config["demo"]["build_tiny_models"]:
@@ -13,8 +15,8 @@ if config["demo"]["build_tiny_models"]:
         input:
             config["demo"]["texts"],
         output:
-            mistral=directory(config["rejected"]["model"]),
-            qwen=directory(config["teacher"]["local"]["model"]),
+            mistral=directory(DEMO_MODELS["mistral"]),
+            qwen=directory(DEMO_MODELS["qwen"]),
         log:
             f"{LOGS}/tiny_models.log",
         conda:

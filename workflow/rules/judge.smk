@@ -30,7 +30,7 @@ if "classifier" in config["judge"]["kinds"]:
         params:
             options=judge_options("classifier"),
         shell:
-            JUDGE_SHELL
+            judge_shell("classifier")
 
 
 if "rubric" in config["judge"]["kinds"] and config["judge"]["backend"] == "local":
@@ -53,7 +53,7 @@ if "rubric" in config["judge"]["kinds"] and config["judge"]["backend"] == "local
         params:
             options=judge_options("rubric"),
         shell:
-            JUDGE_SHELL
+            judge_shell("rubric")
 
 
 if "rubric" in config["judge"]["kinds"] and config["judge"]["backend"] == "gemini":
@@ -75,4 +75,4 @@ if "rubric" in config["judge"]["kinds"] and config["judge"]["backend"] == "gemin
         params:
             options=judge_options("rubric"),
         shell:
-            JUDGE_SHELL
+            judge_shell("rubric")

@@ -2,7 +2,7 @@
 
 in:  {OUT}/shards/shard-{shard}.jsonl (+ the demo's tiny checkpoint when it builds one)
 out: {OUT}/rejected/shard-{shard}.jsonl  {id, text, finish_reason, new_tokens, prompt_tokens, model, ...}
-log: the job's, and with engine vllm the vLLM server's ({LOGS}/rejected/shard-{shard}.vllm.log)
+log: the job's, and with engine vllm only, the vLLM server's ({LOGS}/rejected/shard-{shard}.vllm.log)
 """
 
 
@@ -14,7 +14,9 @@ rule rejected:
         f"{OUT}/rejected/shard-{{shard}}.jsonl",
     log:
         job=f"{LOGS}/rejected/shard-{{shard}}.log",
-        server=f"{LOGS}/rejected/shard-{{shard}}.vllm.log",
+        **vllm_server_log(
+            config["rejected"], f"{LOGS}/rejected/shard-{{shard}}.vllm.log"
+        ),
     benchmark:
         f"{BENCHMARKS}/rejected/shard-{{shard}}.tsv"
     conda:
@@ -25,5 +27,4 @@ rule rejected:
     params:
         options=generation_options(config["rejected"], config["prompts"]["rejected"]),
     shell:
-        "python -m meddpo generate --shard {input.shard:q} {params.options} --out {output:q}"
-        " --server-log {log.server:q} 2> {log.job:q}"
+        generation_shell(config["rejected"])
