@@ -18,10 +18,7 @@ if config["teacher"]["backend"] == "local":
         output:
             f"{OUT}/chosen/shard-{{shard}}.jsonl",
         log:
-            job=f"{LOGS}/chosen/shard-{{shard}}.log",
-            **vllm_server_log(
-                config["teacher"]["local"], f"{LOGS}/chosen/shard-{{shard}}.vllm.log"
-            ),
+            **generation_logs("chosen", config["teacher"]["local"]),
         benchmark:
             f"{BENCHMARKS}/chosen/shard-{{shard}}.tsv"
         conda:

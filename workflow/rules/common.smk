@@ -129,6 +129,14 @@ def server_log_option(model_settings):
     return " --server-log {log.server:q}" if _serves_vllm(model_settings) else ""
 
 
+def generation_logs(side, model_settings):
+    """The logs of a local-model generation job: its own, and the vLLM server's for engine vllm."""
+    return dict(
+        job=f"{LOGS}/{side}/shard-{{shard}}.log",
+        **vllm_server_log(model_settings, f"{LOGS}/{side}/shard-{{shard}}.vllm.log"),
+    )
+
+
 def generation_shell(model_settings):
     """The command of a local-model generation job (rejected, chosen_local)."""
     return (

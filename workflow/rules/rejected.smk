@@ -13,10 +13,7 @@ rule rejected:
     output:
         f"{OUT}/rejected/shard-{{shard}}.jsonl",
     log:
-        job=f"{LOGS}/rejected/shard-{{shard}}.log",
-        **vllm_server_log(
-            config["rejected"], f"{LOGS}/rejected/shard-{{shard}}.vllm.log"
-        ),
+        **generation_logs("rejected", config["rejected"]),
     benchmark:
         f"{BENCHMARKS}/rejected/shard-{{shard}}.tsv"
     conda:

@@ -1,0 +1,160 @@
+"""The demo's tiny models are built only in its own output folder, never over a user's checkpoint.
+
+Snakemake deletes a job's old outputs before it runs the job, so a model path that the
+demo builder wrote to would cost the user their checkpoint. Each case here names a
+real-looking checkpoint (outside the project) in an overlay on the demo config and checks
+that the run stops at parse time with one line and that every byte of the folder is kept.
+"""
+
+import hashlib
+import os
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import REPO
+from meddpo.settings import ConfigError, load_config
+from test_workflow import DEMO, SNAKEMAKE, _copy_workflow, _env
+
+BUILT = "results/demo/models/tiny-mistral and results/demo/models/tiny-qwen2"
+OLD = 1_500_000_000  # 2017: older than the demo texts, as a downloaded checkpoint would be
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A folder shaped like a downloaded 7B checkpoint (the bytes are made up)."""
+    folder = tmp_path / "models" / "Mistral-7B-Instruct"
+    folder.mkdir(parents=True)
+    files = {
+        "config.json": b'{"architectures": ["MistralForCausalLM"], "model_type": "mistral"}\n',
+        "model.safetensors": b"\x08\x00\x00\x00\x00\x00\x00\x00{}      " + bytes(range(256)) * 64,
+        "tokenizer.json": b'{"version": "1.0", "model": {"type": "BPE"}}\n',
+        "tokenizer_config.json": b'{"bos_token": "<s>", "eos_token": "</s>"}\n',
+        "special_tokens_map.json": b'{"bos_token": "<s>"}\n',
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+        os.utime(folder / name, (OLD, OLD))
+    os.utime(folder, (OLD, OLD))
+    return folder
+
+
+def snapshot(folder):
+    """Every entry under the folder's parent: path -> (sha256 of the bytes, mtime), folders too."""
+    entries = {}
+    for root, dirs, files in os.walk(folder.parent):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            digest = None if os.path.isdir(path) else hashlib.sha256(open(path, "rb").read()).hexdigest()
+            entries[os.path.relpath(path, folder.parent)] = (digest, os.stat(path).st_mtime)
+    return entries
+
+
+@pytest.fixture
+def project(tmp_path):
+    return _copy_workflow(tmp_path / "project")
+
+
+def overlay(tmp_path, settings):
+    path = tmp_path / "overlay.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def run(project, *args):
+    return subprocess.run(
+        [*SNAKEMAKE, *args], cwd=project, env=_env(), capture_output=True, text=True, timeout=300
+    )
+
+
+def meddpo_lines(result):
+    return [line for line in result.stderr.splitlines() if line.startswith("meddpo")]
+
+
+def refused(key, checkpoint, overlay_file):
+    return (
+        f"meddpo: config key {key}: '{checkpoint}' (set in {overlay_file}) is not a model the demo "
+        f"builds; with demo.build_tiny_models: true the tiny models are built only at {BUILT} "
+        f"(under output.dir): name one of these, or set demo.build_tiny_models: false to run {checkpoint}"
+    )
+
+
+@pytest.mark.parametrize("how", [["-n"], ["--cores", "1"]], ids=["dry-run", "real-run"])
+def test_a_checkpoint_named_in_a_demo_overlay_stops_the_run_and_keeps_every_byte(
+    project, checkpoint, tmp_path, how
+):
+    settings = overlay(tmp_path, {"rejected": {"model": str(checkpoint)}})
+    before = snapshot(checkpoint)
+
+    result = run(project, *how, *DEMO, str(settings))
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert meddpo_lines(result) == [refused("rejected.model", checkpoint, settings)]
+    assert "Traceback" not in result.stderr
+    assert snapshot(checkpoint) == before
+    assert not (project / "results").exists()
+
+
+@pytest.mark.parametrize(
+    "key, settings",
+    [
+        ("teacher.local.model", lambda path: {"teacher": {"local": {"model": path}}}),
+        ("judge.local.model", lambda path: {"judge": {"local": {"model": path}}}),
+        ("judge.classifier.model", lambda path: {"judge": {"classifier": {"model": path}}}),
+    ],
+)
+def test_every_local_model_key_of_the_demo_is_checked(project, checkpoint, tmp_path, key, settings):
+    settings_file = overlay(tmp_path, settings(str(checkpoint)))
+    before = snapshot(checkpoint)
+
+    result = run(project, "-n", *DEMO, str(settings_file))
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert meddpo_lines(result) == [refused(key, checkpoint, settings_file)]
+    assert snapshot(checkpoint) == before
+
+
+def test_a_link_in_the_output_folder_to_a_checkpoint_stops_the_run(project, checkpoint):
+    models = project / "results" / "demo" / "models"
+    models.mkdir(parents=True)
+    (models / "tiny-mistral").symlink_to(checkpoint, target_is_directory=True)
+    before = snapshot(checkpoint)
+
+    result = run(project, "--cores", "1", *DEMO)
+
+    real = project.resolve()
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert meddpo_lines(result) == [
+        f"meddpo: rule tiny_models writes results/demo/models/tiny-mistral (which resolves to "
+        f"{checkpoint.resolve()}): outside the project folder {real} and output.dir {real}/results/demo; "
+        "the workflow writes only under these two, so point output.dir at a folder of its own "
+        "(and remove any link that leads out of it)"
+    ]
+    assert snapshot(checkpoint) == before
+    assert sorted(p.name for p in models.iterdir()) == ["tiny-mistral"]
+
+
+def test_the_preflight_reads_the_same_rule(checkpoint, tmp_path):
+    settings = overlay(tmp_path, {"teacher": {"local": {"model": str(checkpoint)}}})
+    with pytest.raises(ConfigError) as caught:
+        load_config([REPO / "demo" / "config.yaml", settings], base=REPO / "config.yaml")
+    assert f"meddpo: {caught.value}" == refused("teacher.local.model", checkpoint, settings)
+
+
+def test_the_vllm_server_log_is_declared_only_for_jobs_of_engine_vllm(project, tmp_path):
+    plain = run(project, "-n", "-p", *DEMO)
+    assert plain.returncode == 0, plain.stderr
+    assert ".vllm.log" not in plain.stdout and "--server-log" not in plain.stdout
+    # the demo builds its models under its own output folder
+    assert "--mistral-out results/demo/models/tiny-mistral --qwen-out results/demo/models/tiny-qwen2" in (
+        plain.stdout
+    )
+
+    served = overlay(tmp_path, {"judge": {"classifier": {"engine": "vllm"}}})
+    one = run(project, "-n", "-p", *DEMO, str(served))
+    assert one.returncode == 0, one.stderr
+    assert "--server-log results/demo/logs/judge/classifier/shard-000.vllm.log" in one.stdout
+    assert "log: results/demo/logs/judge/classifier/shard-000.log, " in one.stdout
+    # the other jobs, still on transformers, have no server log
+    assert one.stdout.count(".vllm.log") == 2 * 3  # log line and command, 3 shards
