@@ -424,7 +424,8 @@ def run_judge(
     A verdict row is ``{id, kind, judge, keys, chosen, rejected}`` per pair, in pair
     order (``keys``: the hashes of the two answer texts graded); ``problem`` is the
     one-line reason the job must fail (too many failed Gemini requests), else None.
-    ``config`` is the config's judge block.
+    ``config`` is the config's judge block. Every pair is checked (check_pairs) before
+    anything is sent; read a file with read_pairs to have its name and lines in the message.
     """
     if kind not in KINDS:
         raise UserError(f"unknown judge kind {kind!r}; use one of {', '.join(KINDS)}")
