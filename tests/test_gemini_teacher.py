@@ -12,6 +12,8 @@ from collections import Counter
 import pytest
 
 from meddpo.gemini_teacher import (
+    EndpointUnreachable,
+    EndpointWatch,
     GeminiSettings,
     HardGeminiError,
     MissingKeyError,
@@ -366,3 +368,123 @@ def test_the_same_400_on_every_first_request_stops_the_job():
         with pytest.raises(HardGeminiError, match="400 INVALID_ARGUMENT"):
             run(answer_with_gemini(QUESTIONS * 10, "x", fast(server, concurrency=2), KEY))
         assert sum(server.requests.values()) < 12
+
+
+# --------------------------------------------------------------------------- an unreachable endpoint
+
+
+def _closed_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on: bound to find a free one, then closed."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_cli_teacher_at_a_closed_port_stops_within_a_minute_naming_it_and_pays_nothing(tmp_path):
+    shard = tmp_path / "shard.jsonl"
+    write_jsonl(
+        shard, [{"id": f"q{i:04d}", "question": f"What helps with condition {i} ?"} for i in range(500)]
+    )
+    port = _closed_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
+    env.update(GEMINI_API_KEY=KEY, GOOGLE_GEMINI_BASE_URL=f"http://127.0.0.1:{port}")
+    # the schema's back-off (2 s, doubling, 6 tries) and one request at a time: the slowest way to find out
+    command = [part for part in _cli(shard, tmp_path, "--concurrency", "1") if part not in ("0.001", "0.01")]
+    command = [part for part in command if part not in ("--initial-backoff", "--max-backoff")]
+    started = time.monotonic()
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert elapsed < 60 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0] == result.stderr.strip().splitlines()[-1]
+    assert errors[0] == (
+        f"meddpo gemini: error: cannot reach the Gemini endpoint 127.0.0.1:{port}: 3 attempts in a row "
+        "never got there (connection refused); nothing was sent for them and none is counted as paid. "
+        "Check base_url (or GOOGLE_GEMINI_BASE_URL), the network and any proxy, then rerun: what was "
+        "answered is kept"
+    )
+    assert [row for path in (tmp_path / "store").rglob("requests/*.jsonl") for row in read_jsonl(path)] == []
+    assert not (tmp_path / "chosen").exists()
+
+
+def test_a_host_that_never_accepts_is_found_out_by_the_connect_time_out(monkeypatch):
+    import socket
+
+    import meddpo.gemini_teacher as teacher
+
+    monkeypatch.setattr(teacher, "CONNECT_TIMEOUT_S", 0.5)
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)  # never accepted: once its queue is full, the kernel ignores new connections
+        port = full.getsockname()[1]
+        queued = [socket.socket() for _ in range(3)]
+        for sock in queued:
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+        time.sleep(0.2)
+        settings = GeminiSettings(base_url=f"http://127.0.0.1:{port}", timeout_s=60, concurrency=4)
+        started = time.monotonic()
+        with pytest.raises(
+            EndpointUnreachable, match=rf"127.0.0.1:{port}: .*the connection did not open in time"
+        ):
+            run(answer_with_gemini(QUESTIONS, "x", settings, KEY))
+        assert time.monotonic() - started < 10  # the 60 s time-out of a whole request did not apply
+        for sock in queued:
+            sock.close()
+
+
+def test_a_server_that_answers_503_keeps_its_retries_and_the_answers_come():
+    with GeminiTestServer() as server:
+        # every question: two 503s, then an answer; 24 errors in all, and none stops the job
+        server.script = {q["question"]: ["503", "503", "ok"] for q in QUESTIONS}
+        rows, left_out, usage = run(answer_with_gemini(QUESTIONS, "x", fast(server), KEY))
+    assert [r["id"] for r in rows] == [q["id"] for q in QUESTIONS] and left_out == []
+    assert usage["requests"] == 36 and usage["unreached"] == 0
+
+
+def test_attempts_that_never_reached_the_server_are_not_requests(tmp_path):
+    port = _closed_port()
+    settings = GeminiSettings(
+        base_url=f"http://127.0.0.1:{port}", initial_backoff_s=0.5, max_backoff_s=0.5, concurrency=1
+    )
+    server = GeminiTestServer(port=port)
+
+    async def late_server():
+        await asyncio.sleep(0.2)  # the first attempt found the port closed; the retry finds the server
+        server.start()
+
+    async def go():
+        starting = asyncio.create_task(late_server())
+        result = await answer_with_gemini(QUESTIONS, "x", settings, KEY, store_root=tmp_path)
+        await starting
+        return result
+
+    try:
+        rows, left_out, usage = run(go())
+    finally:
+        server.stop()
+    assert len(rows) == 12 and left_out == []
+    assert usage["unreached"] == 1 and usage["requests"] == 12 == server.stats()["requests"]
+    logged = [row for path in tmp_path.rglob("requests/*.jsonl") for row in read_jsonl(path)]
+    assert len(logged) == 12 and not any("error" in row for row in logged)
+
+
+def test_unreachable_means_that_many_in_a_row_with_no_reply_between():
+    import httpx2
+
+    refused = httpx2.ConnectError("refused", request=httpx2.Request("POST", "http://example.test:8080/v1"))
+    watch = EndpointWatch("example.test:8080")
+    watch.unreached(refused)
+    watch.unreached(refused)
+    watch.reached()  # any reply, a 503 too, starts the count again
+    watch.unreached(refused)
+    watch.unreached(refused)
+    with pytest.raises(
+        EndpointUnreachable, match="cannot reach the Gemini endpoint example.test:8080: 3 attempts"
+    ):
+        watch.unreached(refused)
+    with pytest.raises(EndpointUnreachable):
+        watch.check()  # and every request still waiting to start stops too

@@ -626,9 +626,129 @@ def test_zero_pairs_and_duplicate_ids(tmp_path, tiny_mistral):
     assert run_judge([], "rubric", config, store_root=tmp_path, store_part="s")[0] == []
     twice = _pairs(2)
     twice[1]["id"] = twice[0]["id"]
-    with pytest.raises(DataError, match="pairs line 2: id mq-0000 appears twice"):
+    with pytest.raises(
+        DataError, match=r"pairs, row 2, field 'id': id mq-0000 appears twice \(first on row 1\)"
+    ):
         run_judge(twice, "rubric", config, store_root=tmp_path, store_part="s")
+    junk = _pairs(2)
+    junk[1]["meta"] = "x"
+    with pytest.raises(
+        DataError, match="pairs, row 2, field 'meta': id mq-0001: a string where a JSON object"
+    ):
+        run_judge(junk, "rubric", config, store_root=tmp_path, store_part="s")
     assert not list(tmp_path.glob("*/*/s.jsonl"))  # nothing was generated before the check
+
+
+# --------------------------------------------------------------------------- pairs a judge must not pay for
+
+
+def _junk(field, value):
+    def spoil(rows):
+        rows[2][field] = value
+
+    return spoil
+
+
+def _duplicate(rows):
+    rows[3]["id"] = rows[1]["id"]
+
+
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        (
+            _junk("chosen", None),
+            "line 3, field 'chosen': id mq-0002: null where the chosen text should be; a judge grades only "
+            "non-empty strings: fix or remove this pair, then rerun (nothing was sent)",
+        ),
+        (
+            _junk("chosen", 7),
+            "line 3, field 'chosen': id mq-0002: a number (7) where the chosen text should be",
+        ),
+        (_junk("rejected", "  "), "line 3, field 'rejected': id mq-0002: only whitespace where the rejected"),
+        (_junk("question", ""), "line 3, field 'question': id mq-0002: an empty string where the question"),
+        (
+            _junk("meta", "x"),
+            "line 3, field 'meta': id mq-0002: a string where a JSON object should be (or leave meta out)",
+        ),
+        (_junk("id", ["a"]), "line 3, field 'id': a list; every pair needs an id"),
+        (
+            _duplicate,
+            "line 4, field 'id': id mq-0001 appears twice (first on line 2); one verdict row per pair id",
+        ),
+    ],
+    ids=[
+        "null-chosen",
+        "number-chosen",
+        "blank-rejected",
+        "empty-question",
+        "string-meta",
+        "list-id",
+        "dup-id",
+    ],
+)
+def test_meddpo_judge_refuses_a_pairs_file_with_junk_before_sending_anything(
+    tmp_path, monkeypatch, capsys, spoil, message
+):
+    from meddpo.cli import main
+
+    rows = _pairs(5)
+    spoil(rows)
+    pairs_file = tmp_path / "pairs.jsonl"
+    write_jsonl(pairs_file, rows)
+    before = pairs_file.read_bytes()
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    with GeminiTestServer(reply=_scripted_reply(_pairs(5))) as server:
+        code = main(_judge_command(pairs_file, tmp_path, server)[3:])
+        assert server.stats()["requests"] == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and "Traceback" not in err
+    assert len(lines) == 1, err
+    assert f"{pairs_file}, {message}" in lines[0]
+    assert pairs_file.read_bytes() == before
+    assert not (tmp_path / "verdicts.jsonl").exists() and not (tmp_path / "store").exists()
+
+
+def _closed_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on: bound to find a free one, then closed."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class _Closed:
+    """Stands in for a server in _judge_command: its base URL is a closed port."""
+
+    def __init__(self, port):
+        self.base_url = f"http://127.0.0.1:{port}"
+
+
+def test_a_gemini_judge_at_a_closed_port_stops_within_a_minute_naming_it_and_pays_nothing(tmp_path):
+    pairs_file = tmp_path / "pairs.jsonl"
+    write_jsonl(pairs_file, _pairs(30))
+    port = _closed_port()
+    env = {**os.environ, "GEMINI_API_KEY": KEY, "PYTHONPATH": str(REPO / "workflow")}
+    started = time.monotonic()
+    command = _judge_command(pairs_file, tmp_path, _Closed(port))
+    # the schema's settings: 32 requests in flight, 2 s back-off; all stop together, none backs off alone
+    command[command.index("--gemini") + 1] = json.dumps(
+        {"base_url": f"http://127.0.0.1:{port}", "secrets_file": None}
+    )
+    result = _run(command, env)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert elapsed < 60 and "Traceback" not in result.stderr  # about 3 s here, imports included
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0] == result.stderr.strip().splitlines()[-1]
+    assert errors[0].startswith(
+        f"meddpo judge: error: cannot reach the Gemini endpoint 127.0.0.1:{port}: 3 attempts in a row "
+        "never got there (connection refused); nothing was sent for them and none is counted as paid"
+    )
+    assert _requests_logged(tmp_path / "store") == []
+    assert not (tmp_path / "verdicts.jsonl").exists() and not (tmp_path / "usage.json").exists()
 
 
 def test_a_verdict_for_other_answer_texts_is_refused(tmp_path, gemini_key):

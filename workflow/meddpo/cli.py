@@ -250,10 +250,9 @@ def _validate(args: argparse.Namespace) -> int | None:
 
 
 def _judge(args: argparse.Namespace) -> int | None:
-    from .judge import attach, judge_summary, run_judge
+    from .judge import attach, judge_summary, read_pairs, run_judge
 
-    pairs = read_jsonl(args.pairs, required=("id", "question", "chosen", "rejected"))
-    pairs = [{**pair, "meta": pair.get("meta") or {}} for pair in pairs]
+    pairs = read_pairs(args.pairs)  # every row checked before anything is sent
     config = _judge_config(args)
     verdicts, usage, problem = run_judge(
         pairs,

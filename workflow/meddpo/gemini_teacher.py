@@ -27,6 +27,16 @@ Errors no request can escape stop the job at once with one line
 model), a 400 that names the API key, or the same 400 on the first requests
 with no success yet.
 
+An endpoint that cannot be reached stops the job too (EndpointUnreachable):
+when ``UNREACHED_TO_STOP`` attempts in a row fail before reaching the server
+(connection refused, unknown host, a TLS handshake that fails, a connect
+time-out), with no reply from the server between them, the job ends with one
+line naming the host and port. Such attempts cost nothing and are not counted
+as requests; a reply of any kind (a 503 or a 429 too) resets the count, so a
+server that answers, even with errors, keeps its normal retries. A connect
+time-out is at most ``CONNECT_TIMEOUT_S`` (``timeout_s`` still bounds the whole
+request), so a host that drops every packet is found out in well under a minute.
+
 Every answer and refusal is appended to the answer store as it arrives, and
 every request sent (with its tokens) to the store's request log, so a rerun asks
 only for what is missing or failed and the usage adds up every request ever sent.
@@ -56,6 +66,10 @@ HARD_ERROR_CODES = {401, 403, 404}
 RETRY_CODES = {408, 429, 500, 502, 503, 504}
 # the same 400 on this many requests before any success: it is not about one question
 ALIKE_CLIENT_ERRORS_TO_STOP = 3
+# this many attempts in a row that never reached the server: the endpoint is unreachable
+UNREACHED_TO_STOP = 3
+# the longest wait for a connection to open (the whole request may take timeout_s)
+CONNECT_TIMEOUT_S = 10.0
 KEY_VARIABLES = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 
 
@@ -65,6 +79,10 @@ class HardGeminiError(UserError):
 
 class MissingKeyError(UserError):
     """No API key in the environment or the secrets file."""
+
+
+class EndpointUnreachable(UserError):
+    """Requests that never reach the server, several in a row: retrying each question cannot help."""
 
 
 _DEFAULTS = defaults("teacher.gemini")
@@ -211,6 +229,113 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+def _connect_errors() -> tuple[type[BaseException], ...]:
+    """The errors of an attempt that never reached the server, in every HTTP stack the SDK may use.
+
+    httpx (and its fork httpx2, which the SDK prefers) raise ConnectError for a refused
+    connection, an unknown host and a failed TLS handshake, and ConnectTimeout when the
+    connection does not open in time; aiohttp, when installed, raises ClientConnectorError.
+    """
+    found: list[type[BaseException]] = []
+    for name in ("httpx2", "httpx"):
+        try:
+            module = __import__(name)
+        except ImportError:
+            continue
+        found += [getattr(module, cls) for cls in ("ConnectError", "ConnectTimeout") if hasattr(module, cls)]
+    try:
+        import aiohttp
+    except ImportError:
+        pass
+    else:
+        found.append(aiohttp.ClientConnectorError)
+    return tuple(found)
+
+
+def never_reached(error: BaseException) -> bool:
+    """Whether a failed attempt ended before the server got the request (nothing to pay for)."""
+    return isinstance(error, _connect_errors())
+
+
+def _host_port(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url if "//" in url else f"//{url}")
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    host = parts.hostname or url
+    return f"{host}:{port}" if port else host
+
+
+def _attempted_endpoint(error: BaseException) -> str | None:
+    """host:port of the connection a failed attempt tried to open, when the error tells."""
+    try:
+        url = error.request.url  # httpx / httpx2 errors carry their request
+    except (AttributeError, RuntimeError):
+        host, port = getattr(error, "host", None), getattr(error, "port", None)  # aiohttp
+        return f"{host}:{port}" if host and port else None
+    return _host_port(str(url))
+
+
+def _why_unreached(error: BaseException) -> str:
+    """What stopped an attempt on its way, in words: from the deepest cause in the error's chain."""
+    import socket
+    import ssl
+
+    chain, cause = [], error
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    for cause in reversed(chain):
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return f"unknown host: {cause.strerror or cause}"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS handshake failed: {getattr(cause, 'reason', None) or cause}"
+        if isinstance(cause, (TimeoutError, asyncio.TimeoutError)) or "Timeout" in type(cause).__name__:
+            return "the connection did not open in time"
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+    return f"{type(error).__name__}: {str(error) or 'no detail'}"
+
+
+class EndpointWatch:
+    """Counts attempts in a row that never reached the server, across every request in flight.
+
+    ``UNREACHED_TO_STOP`` of them with no reply between them stop the job (all of its
+    requests at once, not each after its own back-off); a reply of any kind resets the count.
+    """
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint  # host:port of the configured endpoint
+        self.in_a_row = 0
+        self.attempts = 0  # every attempt of this job that never reached the server
+        self.last: BaseException | None = None
+
+    def reached(self) -> None:
+        self.in_a_row = 0
+
+    def unreached(self, error: BaseException) -> None:
+        self.in_a_row += 1
+        self.attempts += 1
+        self.last = error
+        self.check()
+
+    def check(self) -> None:
+        """Raise EndpointUnreachable once the count is reached (before another attempt too)."""
+        if self.in_a_row < UNREACHED_TO_STOP:
+            return
+        error = self.last
+        endpoint = (error is not None and _attempted_endpoint(error)) or self.endpoint
+        cause = _why_unreached(error) if error is not None else "?"
+        raise EndpointUnreachable(
+            f"cannot reach the Gemini endpoint {endpoint}: {self.in_a_row} attempts in a row never "
+            f"got there ({cause}); nothing was sent for them and none is counted as paid. Check "
+            "base_url (or GOOGLE_GEMINI_BASE_URL), the network and any proxy, then rerun: what was "
+            "answered is kept"
+        )
+
+
 def _is_transient(error: BaseException) -> bool:
     from google.genai import errors
 
@@ -320,23 +445,35 @@ async def _ask(
     config,
     question: dict,
     log_request: Callable[[dict], None],
+    watch: EndpointWatch | None = None,
 ) -> Outcome:
-    """One question, retried on transient errors; every request sent goes to ``log_request``."""
+    """One question, retried on transient errors; every request sent goes to ``log_request``.
+
+    An attempt that never reached the server is not a request: it goes to ``watch``
+    instead, which raises EndpointUnreachable once too many in a row did so.
+    """
     import tenacity
 
+    watch = watch or EndpointWatch("?")
     attempts = 0
 
     async def call():
         nonlocal attempts
-        attempts += 1
         await limiter.acquire()
+        watch.check()  # another request found the endpoint unreachable while this one waited
+        attempts += 1
         try:
             response = await client.aio.models.generate_content(
                 model=settings.model, contents=question["question"], config=config
             )
         except Exception as error:  # noqa: BLE001 - logged as a request that cost no tokens, then re-raised
+            if never_reached(error):
+                watch.unreached(error)
+                raise
+            watch.reached()
             log_request({"id": question["id"], "attempt": attempts, "error": _error_reason(error)})
             raise
+        watch.reached()
         log_request({"id": question["id"], "attempt": attempts, **_usage(response)})
         return response
 
@@ -395,6 +532,22 @@ class ClientErrorWatch:
         return max(self.alike.values()) >= ALIKE_CLIENT_ERRORS_TO_STOP
 
 
+async def _cap_connect_timeout(request) -> None:
+    """httpx request hook: open the connection within CONNECT_TIMEOUT_S, whatever timeout_s is.
+
+    The SDK gives each request one time-out for everything; a host that drops every
+    packet would then hold each attempt for the whole timeout_s before it counts as
+    unreachable.
+    """
+    timeout = request.extensions.get("timeout")
+    if isinstance(timeout, dict):
+        connect = timeout.get("connect")
+        request.extensions["timeout"] = {
+            **timeout,
+            "connect": CONNECT_TIMEOUT_S if connect is None else min(connect, CONNECT_TIMEOUT_S),
+        }
+
+
 def make_client(api_key: str, settings: GeminiSettings):
     from google import genai
     from google.genai import types
@@ -403,10 +556,17 @@ def make_client(api_key: str, settings: GeminiSettings):
         timeout=int(settings.timeout_s * 1000),
         # retries are ours (tenacity, honouring the server's RetryInfo): the SDK's are off
         retry_options=types.HttpRetryOptions(attempts=1),
+        async_client_args={"event_hooks": {"request": [_cap_connect_timeout]}},
     )
     if settings.base_url:
         options.base_url = settings.base_url
     return genai.Client(api_key=api_key, http_options=options)
+
+
+def client_endpoint(client) -> str:
+    """host:port the client sends to (base_url, GOOGLE_GEMINI_BASE_URL or Google's)."""
+    base_url = getattr(getattr(getattr(client, "_api_client", None), "_http_options", None), "base_url", None)
+    return _host_port(str(base_url)) if base_url else "the SDK's default endpoint"
 
 
 def generation_config(settings: GeminiSettings, system_prompt: str, response_schema: dict | None = None):
@@ -471,6 +631,7 @@ async def answer_with_gemini(
     usage: Counter = Counter()
     failures: list[dict] = []
     watch = ClientErrorWatch()
+    reach = EndpointWatch(client_endpoint(client))
     prices = settings.prices()
     spent_before = 0.0
     if max_usd is not None and job.store:
@@ -491,7 +652,7 @@ async def answer_with_gemini(
                 if capped or spent >= max_usd:
                     capped.append(spent)
                     return
-            outcome = await _ask(client, limiter, settings, config, question, log_request)
+            outcome = await _ask(client, limiter, settings, config, question, log_request, reach)
         if outcome.client_error is not None and watch.is_fatal(outcome.client_error):
             raise HardGeminiError(_describe(outcome.client_error))
         if outcome.row is not None:
@@ -542,6 +703,7 @@ async def answer_with_gemini(
         elif question["id"] in failed:
             left_out.append({**failed[question["id"]], "kind": "failed"})
     usage["reused_from_store"] = len(questions) - len(job.todo)
+    usage["unreached"] = reach.attempts
     usage["log"] = str(job.store.log_path("failures")) if job.store else None
     return rows, left_out, dict(usage)
 
@@ -615,6 +777,7 @@ def answer_shard(
     failed = [r for r in left_out if r["kind"] == "failed"]
     usage.update(
         requests_this_job=this_job.get("requests", 0),
+        unreached_this_job=this_job.get("unreached", 0),
         reused_from_store=this_job["reused_from_store"],
         questions=len(questions),
         answered=len(rows),

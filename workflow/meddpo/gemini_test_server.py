@@ -29,6 +29,9 @@ answers instead of the canned one: tests script a judge's JSON with it, and
 ``--rubric`` serves ``rubric_reply``, a crude keyword grader that stands in for
 a Gemini rubric judge (it is no judge: it lets a run go end to end).
 
+``port`` (default: a free one) lets a test start the server on a port a client
+already tried while it was closed.
+
 ``default_step`` applies to questions without a script (``"403"`` makes every
 request fail, as a bad key would). ``requests`` counts requests per question;
 ``in_flight`` is the number of requests being served now and ``max_in_flight``
@@ -91,7 +94,9 @@ class GeminiTestServer:
         lifetime_s: float = 600.0,
         expected_key: str | None = None,
         reply: Callable[[str], str] | None = None,
+        port: int = 0,
     ):
+        self.port = port  # 0: a free one
         self.latency_s = latency_s
         self.default_step = default_step
         self.hang_s = hang_s
@@ -234,7 +239,7 @@ class GeminiTestServer:
             def log_message(self, *args):  # keep test output clean
                 pass
 
-        self._server = _Server(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         self._timer = threading.Timer(self.lifetime_s, self.stop)
         self._timer.daemon = True

@@ -35,11 +35,11 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .errors import UserError
-from .jsonl import DataError
+from .jsonl import DataError, iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +324,73 @@ def _key_extra(judge: Mapping[str, Any]) -> dict[str, Any]:
     return {"judge": judge["kind"], "judge_prompt": prompt_fingerprint(judge["kind"])}
 
 
+# --------------------------------------------------------------------------- pairs files
+
+PAIR_TEXTS = ("question", "chosen", "rejected")
+
+
+def _what(value: Any) -> str:
+    """A value's JSON type in words, for a message."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({json.dumps(value)})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value!r})"
+    if isinstance(value, str):
+        return "an empty string" if not value else "only whitespace"
+    if isinstance(value, list):
+        return "a list"
+    return "an object" if isinstance(value, dict) else type(value).__name__
+
+
+def check_pairs(numbered: Iterable[tuple[int, Mapping]], source: str, unit: str = "line") -> None:
+    """Raise DataError, naming ``source``, the line (or row), the field and the id, at the first pair
+    a judge cannot grade: ``id`` a non-empty string or an integer, unique; ``question``, ``chosen``
+    and ``rejected`` non-empty strings; ``meta``, when present, an object.
+
+    Every row is checked before the first request, so nothing is paid for a file with junk in it.
+    """
+    first_line: dict[Any, int] = {}
+    for number, pair in numbered:
+        place = f"{source}, {unit} {number}"
+        pair_id = pair.get("id")
+        if isinstance(pair_id, bool) or not (
+            isinstance(pair_id, int) or (isinstance(pair_id, str) and pair_id.strip())
+        ):
+            raise DataError(
+                f"{place}, field 'id': {_what(pair_id)}; every pair needs an id (a non-empty string)"
+            )
+        if pair_id in first_line:
+            raise DataError(
+                f"{place}, field 'id': id {pair_id} appears twice (first on {unit} {first_line[pair_id]}); "
+                "one verdict row per pair id: remove or rename one of them, then rerun"
+            )
+        first_line[pair_id] = number
+        for field in PAIR_TEXTS:
+            value = pair.get(field)
+            if not isinstance(value, str) or not value.strip():
+                raise DataError(
+                    f"{place}, field {field!r}: id {pair_id}: {_what(value)} where the {field} text should "
+                    "be; a judge grades only non-empty strings: fix or remove this pair, then rerun "
+                    "(nothing was sent)"
+                )
+        meta = pair.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            kind = "a string" if isinstance(meta, str) else _what(meta)
+            raise DataError(
+                f"{place}, field 'meta': id {pair_id}: {kind} where a JSON object should be (or leave "
+                "meta out): fix this pair, then rerun (nothing was sent)"
+            )
+
+
+def read_pairs(path: str | os.PathLike) -> list[dict]:
+    """The pairs of a file for a judge, every row checked (see check_pairs); ``meta`` {} when absent."""
+    numbered = list(iter_jsonl(path, required=("id", *PAIR_TEXTS)))
+    check_pairs(numbered, str(path))
+    return [{**pair, "meta": pair.get("meta") or {}} for _, pair in numbered]
+
+
 def check_greedy(kind: str, config: Mapping[str, Any]) -> None:
     """Judges decode at temperature 0: a local judge block that says otherwise is an error."""
     block = "classifier" if kind == "classifier" else "local"
@@ -357,16 +424,13 @@ def run_judge(
     A verdict row is ``{id, kind, judge, keys, chosen, rejected}`` per pair, in pair
     order (``keys``: the hashes of the two answer texts graded); ``problem`` is the
     one-line reason the job must fail (too many failed Gemini requests), else None.
-    ``config`` is the config's judge block.
+    ``config`` is the config's judge block. Every pair is checked (check_pairs) before
+    anything is sent; read a file with read_pairs to have its name and lines in the message.
     """
     if kind not in KINDS:
         raise UserError(f"unknown judge kind {kind!r}; use one of {', '.join(KINDS)}")
     check_greedy(kind, config)
-    seen: set[str] = set()
-    for line, pair in enumerate(pairs, 1):  # before anything is paid for
-        if pair["id"] in seen:
-            raise DataError(f"pairs line {line}: id {pair['id']} appears twice; one verdict row per pair id")
-        seen.add(pair["id"])
+    check_pairs(enumerate(pairs, 1), "pairs", unit="row")  # before anything is paid for
     judge = judge_settings(kind, config)
     items = judge_items(pairs, kind)
     outputs: dict[str, dict] = {}
