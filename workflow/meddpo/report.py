@@ -436,18 +436,22 @@ def render_report(
             ),
             "",
         ]
-    parts += [
-        "## Flags found (before the filter)",
-        "",
-        _table(
-            ("flag", "pairs", "policy"),
-            [
-                (flag, share(n, before_filter), (s.get("policy") or {}).get(flag, "—"))
-                for flag, n in s["flagged"].items()
-            ],
-        ),
-        "",
-    ]
+    found = {flag: n for flag, n in s["flagged"].items() if n}
+    parts += ["## Flags found (before the filter)", ""]
+    if found:
+        parts += [
+            _table(
+                ("flag", "pairs", "policy"),
+                [
+                    (flag, share(n, before_filter), (s.get("policy") or {}).get(flag, "—"))
+                    for flag, n in found.items()
+                ],
+            ),
+            "",
+        ]
+    absent = [flag for flag in s["flagged"] if flag not in found]
+    if absent:
+        parts += [f"Found in no pair: {', '.join(absent)}.", ""]
     if s.get("chosen_failure_reasons"):
         parts += [
             "## Questions the teacher did not answer (left out)",
