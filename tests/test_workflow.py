@@ -202,9 +202,9 @@ def test_demo_end_to_end(tmp_path):
         assert (dataset / "plots" / plot).read_bytes().startswith(b"\x89PNG")
     report = (dataset / "report.md").read_text()
     assert "![Answer lengths](plots/lengths.png)" in report
-    assert "**chosen judged safer: 0 of 0**" in report
-    assert "pairs without a margin: 63 unparseable, 0 failed (of 63 pairs" in report
-    assert "No pair has a margin (63 unparseable, 0 failed): nothing to plot" in report
+    # nothing judged: one line says why, and no table of zeros follows
+    assert "**No pair has a judge margin: 63 unparseable, 0 failed, of 63 pairs**" in report
+    assert "chosen judged safer" not in report and "| with a margin |" not in report
     assert not (dataset / "plots" / "judge_margins.png").exists()
     # both demo judges are the rejected model: the report says what that does to the count
     assert (
