@@ -345,9 +345,9 @@ def write_plots(kept: Sequence[dict], dropped: Sequence[dict], stats: Mapping, f
     ax.barh(y, rates, color="#7570b3")
     for index, category in enumerate(names):
         ax.text(
-            min(rates[index] + 1, 95),
+            min(rates[index] + 1, 75),
             index,
-            f"{per_category[category]['dropped']}/{per_category[category]['pairs']}",
+            share(per_category[category]["dropped"], per_category[category]["pairs"]),
             va="center",
             fontsize=8,
         )
