@@ -63,8 +63,15 @@ def model_terms(models: Sequence[str]) -> list[str]:
 
 def source_lines(settings: Mapping) -> dict:
     """Where the questions came from, from the config's ``source.name`` and ``source.dataset``."""
-    name = settings.get("source_name") or settings.get("source_dataset") or "not recorded"
+    name = settings.get("source_name") or settings.get("source_dataset")
     dataset = settings.get("source_dataset")
+    if not name:
+        return {
+            "from": "a source not recorded in the settings",
+            "questions": "source not recorded",
+            "license": "unknown",
+            "terms": "- The questions' source was not recorded: check its terms before redistributing them.",
+        }
     read_from = f" (read from `{dataset}`)" if dataset and dataset != name else ""
     known = KNOWN_SOURCES.get(name.lower())
     if known:
