@@ -44,7 +44,7 @@ def question_type_of(row: Mapping) -> str:
 
 
 def _median(values: Sequence[float]) -> float | None:
-    return round(statistics.median(values), 1) if values else None
+    return round(float(statistics.median(values)), 1) if values else None
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -653,7 +653,6 @@ def _judge_section(j: Mapping | None, pairs: int, plots_dir: str) -> list[str]:
             "random-weight models do, gives this).",
             "",
             *usage,
-            *notes,
         ]
     parts += [
         f"Judges: {who}. Each answer was graded on its own; the margin is the chosen answer's score minus "
