@@ -1,13 +1,14 @@
 """The dataset stage (meddpo.dataset): filter, split, formats, report and card, written where told."""
 
 import json
+import os
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from meddpo.dataset import DatasetPaths, build_dataset, conversational, in_test_split
-from meddpo.dataset_card import model_terms
+from meddpo.dataset_card import model_terms, source_lines
 from meddpo.jsonl import DataError, read_jsonl
 
 TRAINING = "Be a careful assistant."
@@ -123,6 +124,10 @@ def test_every_output_goes_where_the_rule_says(tmp_path):
     assert "](figures/lengths.png)" in report
 
     card = paths.card.read_text()
+    assert (
+        'pairs = load_dataset("json", data_files={"train": "split/train.jsonl", "test": "split/test.jsonl"})'
+        in card
+    )
     header = yaml.safe_load(card.split("---")[1])
     assert header["configs"] == [
         {
@@ -220,3 +225,78 @@ def test_validate_accounts_for_every_question(tmp_path):
     assert check_against_questions(pairs, q, dropped) == [
         f"{pairs}, line 5 (id mq-0099): not a question of {q}"
     ]
+
+
+def test_card_loading_example_without_a_split_loads_the_one_file(tmp_path):
+    paths = _paths(tmp_path)
+    _build([_row(i) for i in range(3)], paths)
+    card = paths.card.read_text()
+    assert 'pairs = load_dataset("json", data_files="data/pairs.jsonl", split="train")' in card
+    assert "test" not in card.split("```python", 1)[1].split("```", 1)[0]
+
+
+def test_card_loading_example_with_a_split_keeps_the_test_rows_out_of_train(tmp_path):
+    paths = _paths(
+        tmp_path, train=tmp_path / "splits" / "train.jsonl", test=tmp_path / "splits" / "test.jsonl"
+    )
+    _build([_row(i) for i in range(40)], paths, test_fraction=0.25)
+    example = paths.card.read_text().split("```python\n", 1)[1].split("```", 1)[0]
+    cwd = os.getcwd()
+    os.chdir(paths.card.parent)  # the example's paths are relative to the card
+    try:
+        scope = {}
+        exec(example, scope)
+    finally:
+        os.chdir(cwd)
+    pairs = scope["pairs"]
+    assert sorted(pairs["test"]["id"]) == sorted(r["id"] for r in read_jsonl(paths.test))
+    assert sorted(pairs["train"]["id"]) == sorted(r["id"] for r in read_jsonl(paths.train))
+    assert pairs["train"].num_rows + pairs["test"].num_rows == 40 and pairs["test"].num_rows == 12
+
+
+@pytest.mark.parametrize(
+    "name, dataset, questions, licence",
+    [
+        (
+            "meddpo-demo",
+            "demo/medquad_demo.jsonl",
+            "`meddpo-demo` (read from `demo/medquad_demo.jsonl`): questions written for this project in "
+            "MedQuAD's column layout, none of them taken from MedQuAD",
+            "apache-2.0",
+        ),
+        (
+            "lavita/MedQuAD",
+            "lavita/MedQuAD",
+            '`lavita/MedQuAD`: MedQuAD (Ben Abacha & Demner-Fushman, 2019, "A question-entailment approach '
+            'to question answering")',
+            "cc-by-4.0",
+        ),
+        (
+            "lavita/MedQuAD",
+            "/data/medquad/train.parquet",
+            "`lavita/MedQuAD` (read from `/data/medquad/train.parquet`): MedQuAD (Ben Abacha & "
+            'Demner-Fushman, 2019, "A question-entailment approach to question answering")',
+            "cc-by-4.0",
+        ),
+        ("my-questions", "q.csv", "`my-questions` (read from `q.csv`)", "unknown"),
+    ],
+)
+def test_card_credits_the_source_the_config_names(tmp_path, name, dataset, questions, licence):
+    assert source_lines({"source_name": name, "source_dataset": dataset})["questions"] == questions
+    paths = _paths(tmp_path)
+    build_dataset(
+        [_row(i) for i in range(3)],
+        paths,
+        policy={},
+        near_identical_threshold=0.9,
+        min_plain_share=0.9,
+        test_fraction=0.0,
+        settings=SETTINGS | {"source_name": name, "source_dataset": dataset},
+    )
+    card = paths.card.read_text()
+    assert f"- **Questions**: {questions}. Cleaned" in card
+    assert yaml.safe_load(card.split("---")[1])["license"] == licence
+    assert f"This card's licence field (`{licence}`) covers the questions" in card
+    medquad_credit = "MedQuAD is released under CC BY 4.0"
+    assert (medquad_credit in card) == (name == "lavita/MedQuAD")
+    assert ("Ben Abacha" in card) == (name == "lavita/MedQuAD")

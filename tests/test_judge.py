@@ -282,9 +282,10 @@ def test_scripted_judge_drops_exactly_the_inverted_pairs_and_the_stats_add_up(tm
     }
     assert stats["judge"]["per_category"]["treatment"]["chosen_less_safe"] == 1  # mq-0013 (13 % 3 == 1)
     report = paths.report.read_text()
-    assert "**chosen judged safer: 26 of 30**" in report
-    assert "chosen judged less safe: 3 of 30" in report and "chosen judged equal: 1 of 30" in report
-    assert "0 unparseable, 0 failed" in report
+    assert "- **chosen judged safer: 26 of 30 (86.7%)**" in report
+    assert "- chosen judged less safe: 3 of 30 (10.0%)" in report
+    assert "- chosen judged equal: 1 of 30 (3.3%)" in report
+    assert "Pairs without a margin: 0 of 30 (0.0%): 0 unparseable, 0 failed" in report
     assert "![Judge margins](plots/judge_margins.png)" in report
     assert (paths.plots / "judge_margins.png").read_bytes().startswith(b"\x89PNG")
     assert "Judge usage (rubric)" in report
@@ -534,7 +535,7 @@ def test_judge_runs_on_the_old_gemini_pairs_file_with_the_local_gemini_server(tm
     )
     assert report.returncode == 0, report.stderr[-2000:]
     assert (
-        f"**chosen judged safer: {summary['chosen_safer']} of 244**"
+        f"**chosen judged safer: {summary['chosen_safer']} of 244 ("
         in (tmp_path / "report" / "report.md").read_text()
     )
 

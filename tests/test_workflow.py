@@ -202,15 +202,18 @@ def test_demo_end_to_end(tmp_path):
         assert (dataset / "plots" / plot).read_bytes().startswith(b"\x89PNG")
     report = (dataset / "report.md").read_text()
     assert "![Answer lengths](plots/lengths.png)" in report
-    assert "**chosen judged safer: 0 of 0**" in report
-    assert "pairs without a margin: 63 unparseable, 0 failed (of 63 pairs" in report
-    assert "No pair has a margin (63 unparseable, 0 failed): nothing to plot" in report
+    # nothing judged: one line says why, and no table of zeros follows
+    assert "**No pair has a judge margin: 63 unparseable, 0 failed, of 63 pairs**" in report
+    assert "chosen judged safer" not in report and "| with a margin |" not in report
     assert not (dataset / "plots" / "judge_margins.png").exists()
-    # both demo judges are the rejected model: the report says what that does to the count
+    # the demo card credits its own questions, not MedQuAD, and loads the split files
+    card = (dataset / "README.md").read_text()
     assert (
-        "The rejected model (results/demo/models/tiny-mistral) is the rubric judge itself: a model grading "
-        "its own answers tends to favour them, so 'chosen judged safer' is a lower bound." in report
+        "- **Questions**: `meddpo-demo` (read from `demo/medquad_demo.jsonl`): questions written for this "
+        "project in MedQuAD's column layout, none of them taken from MedQuAD." in card
     )
+    assert "Ben Abacha" not in card and yaml.safe_load(card.split("---")[1])["license"] == "apache-2.0"
+    assert 'data_files={"train": "splits/train.jsonl", "test": "splits/test.jsonl"}' in card
 
     # Nothing left to do on a second run ...
     again = snakemake(workdir, "-n", *DEMO)

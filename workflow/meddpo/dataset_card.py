@@ -6,15 +6,39 @@ can be pushed to the Hub as it is and loaded with ``load_dataset(<repo>)``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 
 import yaml
+
+from .report import no_margin_line, share
 
 # Terms of the models this project documents, by model id (lower case). Any other
 # model gets a pointer to its own model card: the card never claims a licence it does not know.
 KNOWN_MODEL_TERMS = {
     "mistralai/mistral-7b-instruct-v0.2": "released under the Apache 2.0 licence",
     "qwen/qwen2.5-7b-instruct": "released under the Apache 2.0 licence",
+}
+# Question sources this project documents, by ``source.name`` (lower case): who to credit, the
+# licence of the questions (a Hugging Face licence id, the card's ``license`` field) and its terms.
+# Any other source is credited by its name and gets licence ``unknown``.
+KNOWN_SOURCES = {
+    "lavita/medquad": {
+        "from": "MedQuAD",
+        "credit": 'MedQuAD (Ben Abacha & Demner-Fushman, 2019, "A question-entailment approach to question '
+        'answering")',
+        "license": "cc-by-4.0",
+        "terms": "MedQuAD is released under CC BY 4.0; its answers from MedlinePlus, A.D.A.M. and GARD were "
+        "removed by its authors for copyright reasons and are not used here (only the questions are)",
+    },
+    "meddpo-demo": {
+        "from": "the offline demo's own file",
+        "credit": "questions written for this project in MedQuAD's column layout, none of them taken from "
+        "MedQuAD",
+        "license": "apache-2.0",
+        "terms": "The demo questions were written for this project and are released with it under the "
+        "Apache 2.0 licence",
+    },
 }
 GEMINI_TERMS = (
     "answers generated through the Gemini API are subject to its Additional Terms of Service "
@@ -37,21 +61,71 @@ def model_terms(models: Sequence[str]) -> list[str]:
     return lines
 
 
+def source_lines(settings: Mapping) -> dict:
+    """Where the questions came from, from the config's ``source.name`` and ``source.dataset``."""
+    name = settings.get("source_name") or settings.get("source_dataset")
+    dataset = settings.get("source_dataset")
+    if not name:
+        return {
+            "from": "a source not recorded in the settings",
+            "questions": "source not recorded",
+            "license": "unknown",
+            "terms": "- The questions' source was not recorded: check its terms before redistributing them.",
+        }
+    read_from = f" (read from `{dataset}`)" if dataset and dataset != name else ""
+    known = KNOWN_SOURCES.get(name.lower())
+    if known:
+        return {
+            "from": known["from"],
+            "questions": f"`{name}`{read_from}: {known['credit']}",
+            "license": known["license"],
+            "terms": f"- {known['terms']}.",
+        }
+    return {
+        "from": f"`{name}`",
+        "questions": f"`{name}`{read_from}",
+        "license": "unknown",
+        "terms": f"- `{name}`: terms not known to this workflow: check the source's own licence before "
+        "redistributing the questions.",
+    }
+
+
+def loading_example(configs: Sequence[Mapping]) -> list[str]:
+    """Python that loads the default data files: both splits when there is a split, else the one file."""
+    default = next((c for c in configs if c.get("config_name") == "default"), None)
+    files = {f["split"]: f["path"] for f in (default or {}).get("data_files", [])}
+    lines = ["from datasets import load_dataset", ""]
+    if set(files) == {"train"}:
+        path = json.dumps(files["train"])
+        return lines + [f'pairs = load_dataset("json", data_files={path}, split="train")']
+    if not files:
+        return lines + ['pairs = load_dataset("<this folder or its hub repo>")']
+    return lines + [
+        "# the split by id: train on pairs['train'] only; the whole-set file holds the test rows too",
+        f'pairs = load_dataset("json", data_files={json.dumps(files)})',
+    ]
+
+
 def judge_lines(judge: Mapping | None) -> list[str]:
     """How the pairs were judged, and what the judge could not see."""
     if not judge:
         return ["- **Judge**: none ran; nothing in this set checks that the chosen answer is the safer one."]
     summary = judge["summary"]
+    b = summary["with_verdict"]
     who = ", ".join(f"{kind} `{j['model']}` ({j['version']})" for kind, j in sorted(judge["judges"].items()))
+    if not b:
+        return [
+            f"- **Judge**: {who} ran, but no pair has a margin ({no_margin_line(summary)}, of "
+            f"{summary['pairs']} pairs): nothing in this set checks that the chosen answer is the safer one.",
+        ]
     lines = [
         f"- **Judge**: {who} graded each answer on its own (never beside the other answer of its pair), at "
         "temperature 0. The margin in `meta.judge` is the chosen answer's score minus the rejected one's "
         f"(-1 to 1); a judge's margin at or below -{judge['min_margin']} makes the pair less safe, and "
-        f"under {judge['min_margin']} either way a tie. Chosen judged safer in "
-        f"{summary['chosen_safer']} of {summary['with_verdict']} pairs with a margin, equal in "
-        f"{summary['equal']}, less safe in {summary['chosen_less_safe']}; "
-        f"{summary['status']['unparseable']} pairs had an unreadable verdict and "
-        f"{summary['status']['failed']} no verdict (failed).",
+        f"under {judge['min_margin']} either way a tie. Of the pairs with a margin, chosen judged safer in "
+        f"{share(summary['chosen_safer'], b)}, equal in {share(summary['equal'], b)}, less safe in "
+        f"{share(summary['chosen_less_safe'], b)}; pairs without a margin: "
+        f"{share(summary['pairs'] - b, summary['pairs'])} ({no_margin_line(summary)}).",
         "  The judge sees only the question and one answer: not the person asking, their history or what "
         "they will do with the answer, and it has no way to check facts beyond what it knows. A judge model "
         "has its own blind spots and biases (towards longer answers, or answers written like its own); its "
@@ -83,8 +157,9 @@ def render_card(
     provenance: Mapping,
 ) -> str:
     """``configs``: the Hugging Face ``configs`` entries (name, data files per split, relative paths)."""
+    source = source_lines(settings)
     header = {
-        "license": "cc-by-4.0",
+        "license": source["license"],
         "language": ["en"],
         "task_categories": ["text-generation"],
         "size_categories": [size_category(n_rows)],
@@ -103,8 +178,8 @@ def render_card(
         "# Stage 2 medical-safety DPO pairs",
         "",
         f"{n_rows} preference pairs for safety fine-tuning with DPO. Each row holds a medical question from "
-        "MedQuAD, a **chosen** answer from a careful teacher model and a **rejected** answer from a "
-        "deliberately loose, over-confident model, with the training prompt ready to use.",
+        f"{source['from']}, a **chosen** answer from a careful teacher model and a **rejected** answer from "
+        "a deliberately loose, over-confident model, with the training prompt ready to use.",
         "",
         *(
             [
@@ -122,8 +197,8 @@ def render_card(
         "",
         "## How it was made",
         "",
-        f"- **Questions**: `{settings.get('source_name')}` (MedQuAD, Ben Abacha & Demner-Fushman, 2019). "
-        f"Cleaned, de-duplicated (case and white space folded), {stats['stages'].get('picked') or '?'} "
+        f"- **Questions**: {source['questions']}. Cleaned, de-duplicated (case and white space folded), "
+        f"{stats['stages'].get('picked') or '?'} "
         f"picked ({settings.get('selection')}, seed {settings.get('seed')}).",
         f"- **Chosen answers**: `{', '.join(stats['models']['chosen'])}` (revision "
         f"{provenance.get('teacher_revision') or 'not recorded'}), sampling "
@@ -132,12 +207,14 @@ def render_card(
         f"{provenance.get('mmt_revision') or 'not recorded'}), sampling {settings.get('rejected_sampling')}.",
         "- **Filters**: each pair is checked for empty, truncated, near-identical, refusing and garbled "
         f"answers; the policy was {', '.join(f'{k}: {v}' for k, v in policy.items()) or 'not recorded'}. "
-        f"{stats['stages'].get('pairs_dropped', 0)} pairs were dropped (kept aside with their reasons in the "
+        f"{share(stats['stages'].get('pairs_dropped', 0), stats['stages'].get('pairs_before_filter', 0))} "
+        "pairs were dropped (kept aside with their reasons in the "
         "dropped file of the run) and the flags of kept pairs are in `meta.flags`.",
         f"- **Lengths**: chosen answers have a median of {lengths['chosen']['median_chars']} characters, "
         f"rejected {lengths['rejected']['median_chars']} (ratio {lengths['ratio_of_medians_chars']}×); "
-        f"{trunc['chosen']['truncated']} chosen and {trunc['rejected']['truncated']} rejected answers hit "
-        "their token cap.",
+        f"{share(trunc['chosen']['truncated'], trunc['chosen']['of'])} chosen and "
+        f"{share(trunc['rejected']['truncated'], trunc['rejected']['of'])} rejected answers hit their "
+        "token cap.",
         *judge_lines(stats.get("judge")),
         "",
         "### System prompts",
@@ -172,21 +249,20 @@ def render_card(
         "## Use",
         "",
         "```python",
-        "from datasets import load_dataset",
-        "",
-        "# the folder as pushed to the Hub: load_dataset(<hub repo>)",
-        'pairs = load_dataset("json", data_files="stage2_med_pairs.jsonl", split="train")',
+        *loading_example(configs),
         "```",
+        "",
+        "This folder loads as it is, through the `configs` of the header above: "
+        "`load_dataset(<this folder>)`, or `load_dataset(<hub repo>)` once it is pushed.",
         "",
         "The `prompt` / `chosen` / `rejected` strings go to TRL's `DPOTrainer` unchanged.",
         "",
         "## Licences and terms",
         "",
-        "- MedQuAD is released under CC BY 4.0; its answers from MedlinePlus, A.D.A.M. and GARD were removed "
-        "by its authors for copyright reasons and are not used here (only the questions are).",
+        source["terms"],
         *model_terms([*stats["models"]["chosen"], *stats["models"]["rejected"]]),
-        "- This card's licence field covers the questions (CC BY 4.0); check the model terms above before "
-        "redistributing generated answers.",
+        f"- This card's licence field (`{source['license']}`) covers the questions; check the model terms "
+        "above before redistributing generated answers.",
         "",
         "## Provenance",
         "",

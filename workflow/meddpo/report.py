@@ -23,10 +23,28 @@ PLOTS = ("lengths.png", "truncation_by_category.png", "drops_by_category.png")
 MARGIN_PLOT = "judge_margins.png"
 # under this share of pairs with a margin, the report says the verdicts were mostly unreadable
 FEW_VERDICTS = 0.1
+# how the report and the card name a pair whose source row had no question type / category
+NO_TYPE = "(no type)"
+NO_CATEGORY = "(no category)"
+
+
+def share(part: int, whole: int) -> str:
+    """A count and its share of a whole, the one format of the report and the card: ``12 of 63 (19.0%)``."""
+    if not whole:
+        return f"{part} of {whole}"
+    return f"{part} of {whole} ({100 * part / whole:.1f}%)"
+
+
+def category_of(row: Mapping) -> str:
+    return row.get("category") or NO_CATEGORY
+
+
+def question_type_of(row: Mapping) -> str:
+    return row.get("question_type") or NO_TYPE
 
 
 def _median(values: Sequence[float]) -> float | None:
-    return round(statistics.median(values), 1) if values else None
+    return round(float(statistics.median(values)), 1) if values else None
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -123,11 +141,10 @@ def judge_stats(
     for row in judged_rows:
         judges.update(row["meta"]["judge"].get("judges") or {})
 
-    def grouped(field: str) -> dict:
-        names = sorted({r.get(field) or "unknown" for r in every})
+    def grouped(name_of) -> dict:
         return {
-            name: judge_summary([r for r in every if (r.get(field) or "unknown") == name], min_margin)
-            for name in names
+            name: judge_summary([r for r in every if name_of(r) == name], min_margin)
+            for name in sorted({name_of(r) for r in every})
         }
 
     teachers = sorted({(r.get("meta") or {}).get("teacher_model") for r in every} - {None})
@@ -136,8 +153,8 @@ def judge_stats(
         "min_margin": min_margin,
         "judges": judges,
         "summary": judge_summary(every, min_margin),
-        "per_category": grouped("category"),
-        "per_question_type": grouped("question_type"),
+        "per_category": grouped(category_of),
+        "per_question_type": grouped(question_type_of),
         "answers": {kind: _answer_verdicts(every, kind) for kind in KINDS if kind in judges},
         "margins": sorted(
             r["meta"]["judge"]["margin"] for r in judged_rows if r["meta"]["judge"]["status"] == "judged"
@@ -190,13 +207,14 @@ def build_stats(
     }
     drop_reasons = Counter(reason for row in dropped for reason in row["meta"].get("drop_reasons", []))
     categories = sorted(
-        {r.get("category") or "unknown" for r in every}
-        | set((question_stats or {}).get("picked_per_category", {}))
+        {category_of(r) for r in every} | set((question_stats or {}).get("picked_per_category", {}))
     )
     per_category = {}
     for category in categories:
-        rows = [r for r in every if (r.get("category") or "unknown") == category]
-        kept_rows = [r for r in kept if (r.get("category") or "unknown") == category]
+        rows = [r for r in every if category_of(r) == category]
+        kept_rows = [r for r in kept if category_of(r) == category]
+        chosen_cut = sum(truncated(r, "chosen") for r in rows)
+        rejected_cut = sum(truncated(r, "rejected") for r in rows)
         chosen_len, rejected_len = _lengths(rows, "chosen"), _lengths(rows, "rejected")
         per_category[category] = {
             "picked": (question_stats or {}).get("picked_per_category", {}).get(category),
@@ -209,14 +227,12 @@ def build_stats(
             "length_ratio_chosen_to_rejected": _ratio(
                 chosen_len["median_chars"], rejected_len["median_chars"]
             ),
-            "chosen_truncation_rate": round(sum(truncated(r, "chosen") for r in rows) / len(rows), 3)
-            if rows
-            else None,
-            "rejected_truncation_rate": round(sum(truncated(r, "rejected") for r in rows) / len(rows), 3)
-            if rows
-            else None,
+            "chosen_truncated": chosen_cut,
+            "rejected_truncated": rejected_cut,
+            "chosen_truncation_rate": round(chosen_cut / len(rows), 3) if rows else None,
+            "rejected_truncation_rate": round(rejected_cut / len(rows), 3) if rows else None,
         }
-    per_question_type = Counter(r.get("question_type") or "unknown" for r in kept)
+    per_question_type = Counter(question_type_of(r) for r in kept)
     lengths = {"chosen": _lengths(every, "chosen"), "rejected": _lengths(every, "rejected")}
     lengths["ratio_of_medians_chars"] = _ratio(
         lengths["chosen"]["median_chars"], lengths["rejected"]["median_chars"]
@@ -329,9 +345,9 @@ def write_plots(kept: Sequence[dict], dropped: Sequence[dict], stats: Mapping, f
     ax.barh(y, rates, color="#7570b3")
     for index, category in enumerate(names):
         ax.text(
-            min(rates[index] + 1, 95),
+            min(rates[index] + 1, 75),
             index,
-            f"{per_category[category]['dropped']}/{per_category[category]['pairs']}",
+            share(per_category[category]["dropped"], per_category[category]["pairs"]),
             va="center",
             fontsize=8,
         )
@@ -371,8 +387,26 @@ def _table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
     return "\n".join(lines)
 
 
+def _has_something(value) -> bool:
+    return value not in (None, 0, 0.0, "", {}, [])
+
+
+def _amounts(items: Iterable[tuple[str, object]]) -> list[tuple[str, object]]:
+    """The rows of a usage table that have something in them (a dict value on one line)."""
+    return [
+        (key, ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else value)
+        for key, value in items
+        if _has_something(value)
+    ]
+
+
 def _left_out_line(kinds: Mapping[str, int]) -> str:
     return ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "none"
+
+
+def _sum(values: Iterable[int | None]) -> int | None:
+    values = [v for v in values if v is not None]
+    return sum(values) if values else None
 
 
 def render_report(
@@ -380,6 +414,8 @@ def render_report(
 ) -> str:
     """The report as Markdown, with the plots as relative image links."""
     s = stats
+    before_filter = s["stages"]["pairs_before_filter"]
+    kept = s["stages"]["pairs_kept"]
     parts = [f"# {title}: quality report", ""]
     parts += [
         "## Counts at every stage",
@@ -395,18 +431,27 @@ def render_report(
             "",
             "A pair can have several reasons.",
             "",
-            _table(("reason", "pairs"), s["dropped_by_reason"].items()),
+            _table(
+                ("reason", "pairs"), [(r, share(n, before_filter)) for r, n in s["dropped_by_reason"].items()]
+            ),
             "",
         ]
-    parts += [
-        "## Flags found (before the filter)",
-        "",
-        _table(
-            ("flag", "pairs", "policy"),
-            [(f, n, (s.get("policy") or {}).get(f, "—")) for f, n in s["flagged"].items()],
-        ),
-        "",
-    ]
+    found = {flag: n for flag, n in s["flagged"].items() if n}
+    parts += ["## Flags found (before the filter)", ""]
+    if found:
+        parts += [
+            _table(
+                ("flag", "pairs", "policy"),
+                [
+                    (flag, share(n, before_filter), (s.get("policy") or {}).get(flag, "—"))
+                    for flag, n in found.items()
+                ],
+            ),
+            "",
+        ]
+    absent = [flag for flag in s["flagged"] if flag not in found]
+    if absent:
+        parts += [f"Found in no pair: {', '.join(absent)}.", ""]
     if s.get("chosen_failure_reasons"):
         parts += [
             "## Questions the teacher did not answer (left out)",
@@ -418,8 +463,9 @@ def render_report(
             _table(("reason", "questions"), s["chosen_failure_reasons"].items()),
             "",
         ]
-    if s.get("teacher_usage"):
-        parts += ["## Teacher API usage", "", _table(("what", "amount"), s["teacher_usage"].items()), ""]
+    teacher_usage = _amounts((s.get("teacher_usage") or {}).items())
+    if teacher_usage:
+        parts += ["## Teacher API usage", "", _table(("what", "amount"), teacher_usage), ""]
     lengths, trunc = s["lengths"], s["truncation"]
     parts += [
         "## Lengths and truncation",
@@ -441,8 +487,8 @@ def render_report(
                 ),
                 (
                     "truncated at the cap",
-                    f"{trunc['chosen']['truncated']} of {trunc['chosen']['of']}",
-                    f"{trunc['rejected']['truncated']} of {trunc['rejected']['of']}",
+                    share(trunc["chosen"]["truncated"], trunc["chosen"]["of"]),
+                    share(trunc["rejected"]["truncated"], trunc["rejected"]["of"]),
                 ),
             ],
         ),
@@ -458,10 +504,13 @@ def render_report(
             "(no closing punctuation).",
             "",
         ]
+    per_category = s["per_category"]
     parts += [
         f"![Answer lengths]({plots_dir}/{PLOTS[0]})",
         "",
         "## Per category",
+        "",
+        "Pairs before the filter; kept and dropped after it. Cut: answers that hit their token cap.",
         "",
         _table(
             (
@@ -482,14 +531,28 @@ def render_report(
                     v["picked"],
                     v["pairs"],
                     v["kept"],
-                    v["dropped"],
+                    share(v["dropped"], v["pairs"]),
                     v["chosen_median_chars"],
                     v["rejected_median_chars"],
                     v["length_ratio_chosen_to_rejected"],
-                    v["chosen_truncation_rate"],
-                    v["rejected_truncation_rate"],
+                    share(v["chosen_truncated"], v["pairs"]),
+                    share(v["rejected_truncated"], v["pairs"]),
                 )
-                for c, v in s["per_category"].items()
+                for c, v in per_category.items()
+            ]
+            + [
+                (
+                    "total",
+                    _sum(v["picked"] for v in per_category.values()),
+                    before_filter,
+                    kept,
+                    share(s["stages"]["pairs_dropped"], before_filter),
+                    lengths["chosen"]["median_chars"],
+                    lengths["rejected"]["median_chars"],
+                    lengths["ratio_of_medians_chars"],
+                    share(trunc["chosen"]["truncated"], trunc["chosen"]["of"]),
+                    share(trunc["rejected"]["truncated"], trunc["rejected"]["of"]),
+                )
             ],
         ),
         "",
@@ -499,11 +562,18 @@ def render_report(
         "",
         "## Kept pairs per question type",
         "",
-        _table(("question type", "pairs"), s["kept_per_question_type"].items()),
+        _table(
+            ("question type", "kept pairs"),
+            [(t, share(n, kept)) for t, n in s["kept_per_question_type"].items()] + [("total", kept)],
+        ),
         "",
     ]
-    if s.get("judge"):
-        parts += _judge_section(s["judge"], plots_dir)
+    if NO_TYPE in s["kept_per_question_type"]:
+        parts += [
+            f"{NO_TYPE}: the source row has no question type; its category comes from words in the question.",
+            "",
+        ]
+    parts += _judge_section(s.get("judge"), before_filter, plots_dir)
     if s["throughput_per_shard"]:
         parts += [
             "## Generation throughput per shard job",
@@ -540,34 +610,64 @@ def render_report(
     return "\n".join(parts)
 
 
-def _of(part: int, whole: int) -> str:
-    return f"{part} of {whole}"
+def no_margin_line(summary: Mapping) -> str:
+    """Why pairs have no judge margin, in counts: ``63 unparseable, 0 failed``."""
+    status = summary["status"]
+    line = f"{status['unparseable']} unparseable, {status['failed']} failed"
+    return line + (f", {status['off']} not judged" if status.get("off") else "")
 
 
-def _judge_section(j: Mapping, plots_dir: str) -> list[str]:
-    """The report's judge section: safer / equal / less safe, per category and type, rates, usage."""
+def _judge_section(j: Mapping | None, pairs: int, plots_dir: str) -> list[str]:
+    """The report's judge section: safer / equal / less safe, per category and type, rates, usage.
+
+    With nothing to count (no judge ran, or no pair has a margin) it is one line saying why.
+    """
+    heading = "## Judge: is the chosen answer safer?"
+    if not j:
+        return [
+            heading,
+            "",
+            f"No judge ran on these {pairs} pairs (`meta.judge` is off or absent): nothing here checks that "
+            "the chosen answer is the safer one.",
+            "",
+        ]
     summary = j["summary"]
     b, n = summary["with_verdict"], summary["pairs"]
-    status = summary["status"]
     who = "; ".join(
         f"{kind}: {judge['model']} ({judge['backend']}"
         + (f", {judge['format']} format" if judge.get("format") else "")
         + f", {judge['version']})"
         for kind, judge in sorted(j["judges"].items())
     )
-    parts = [
-        "## Judge: is the chosen answer safer?",
-        "",
+    parts = [heading, ""]
+    usage = []
+    for kind, amounts in sorted((j.get("usage") or {}).items()):
+        rows = _amounts(amounts.items())
+        if rows:
+            usage += [f"Judge usage ({kind}):", "", _table(("what", "amount"), rows), ""]
+    notes = [f"Note: {note}" for note in j["notes"]] + ([""] if j["notes"] else [])
+    if not b:
+        return parts + [
+            f"Judges: {who}. **No pair has a judge margin: {no_margin_line(summary)}, of {n} pairs** (an "
+            "unreadable verdict is counted, never guessed; a judge that writes noise, as the demo's "
+            "random-weight models do, gives this).",
+            "",
+            *usage,
+        ]
+    parts += [
         f"Judges: {who}. Each answer was graded on its own; the margin is the chosen answer's score minus "
         "the rejected one's (from -1 to 1). A pair is less safe when a judge's margin is at or below "
         f"-{j['min_margin']}; otherwise equal when the margin (with two judges, their mean) is under "
         f"{j['min_margin']}.",
         "",
-        f"- **chosen judged safer: {_of(summary['chosen_safer'], b)}**",
-        f"- chosen judged equal: {_of(summary['equal'], b)}",
-        f"- chosen judged less safe: {_of(summary['chosen_less_safe'], b)}",
-        f"- pairs without a margin: {status['unparseable']} unparseable, {status['failed']} failed "
-        f"(of {n} pairs; an unparseable verdict is counted, never guessed)",
+        "Of the pairs with a margin:",
+        "",
+        f"- **chosen judged safer: {share(summary['chosen_safer'], b)}**",
+        f"- chosen judged equal: {share(summary['equal'], b)}",
+        f"- chosen judged less safe: {share(summary['chosen_less_safe'], b)}",
+        "",
+        f"Pairs without a margin: {share(n - b, n)}: {no_margin_line(summary)} (an unparseable verdict is "
+        "counted, never guessed).",
         "",
     ]
     for kind, roles in sorted(j["answers"].items()):
@@ -577,64 +677,43 @@ def _judge_section(j: Mapping, plots_dir: str) -> list[str]:
             for role, v in roles.items()
         )
         parts += [line + ".", ""]
-        if kind == "classifier":
+        if kind == "classifier" and (roles["chosen"]["judged"] or roles["rejected"]["judged"]):
             parts += [
                 "Unsafe rate (classifier, of the answers it judged): chosen "
-                f"{_of(roles['chosen']['unsafe'], roles['chosen']['judged'])}, rejected "
-                f"{_of(roles['rejected']['unsafe'], roles['rejected']['judged'])}.",
+                f"{share(roles['chosen']['unsafe'], roles['chosen']['judged'])}, rejected "
+                f"{share(roles['rejected']['unsafe'], roles['rejected']['judged'])}.",
                 "",
             ]
-    if j["margins"] and b >= FEW_VERDICTS * n:
+    if b >= FEW_VERDICTS * n:
         parts += [f"![Judge margins]({plots_dir}/{MARGIN_PLOT})", ""]
-    elif j["margins"]:
+    else:
         parts += [
-            f"Only {b} of {n} pairs have a margin: most verdicts could not be read, so the plot "
+            f"Only {share(b, n)} pairs have a margin: most verdicts could not be read, so the plot "
             f"([{MARGIN_PLOT}]({plots_dir}/{MARGIN_PLOT})) says little.",
             "",
         ]
-    else:
-        parts += [
-            f"No pair has a margin ({status['unparseable']} unparseable, {status['failed']} failed): "
-            "nothing to plot. A judge that writes noise (the demo's random-weight models) gives this.",
-            "",
-        ]
+    parts += [f"All {n} pairs before the filter (the filter drops pairs judged less safe):", ""]
     for title, field in (("category", "per_category"), ("question type", "per_question_type")):
+        groups = [(name, v) for name, v in j[field].items() if v["pairs"]] + [("total", summary)]
         parts += [
             _table(
-                (
-                    title,
-                    "pairs",
-                    "with a margin",
-                    "chosen safer",
-                    "equal",
-                    "less safe",
-                    "unparseable",
-                    "failed",
-                ),
+                (title, "pairs", "with a margin", "chosen safer", "equal", "less safe", "without a margin"),
                 [
                     (
                         name,
                         v["pairs"],
                         v["with_verdict"],
-                        v["chosen_safer"],
-                        v["equal"],
-                        v["chosen_less_safe"],
-                        v["status"]["unparseable"],
-                        v["status"]["failed"],
+                        share(v["chosen_safer"], v["with_verdict"]),
+                        share(v["equal"], v["with_verdict"]),
+                        share(v["chosen_less_safe"], v["with_verdict"]),
+                        no_margin_line(v),
                     )
-                    for name, v in j[field].items()
+                    for name, v in groups
                 ],
             ),
             "",
         ]
-    for kind, usage in sorted((j.get("usage") or {}).items()):
-        rows = [
-            (key, ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else value)
-            for key, value in usage.items()
-        ]
-        parts += [f"Judge usage ({kind}):", "", _table(("what", "amount"), rows), ""]
-    parts += [f"Note: {note}" for note in j["notes"]] + ([""] if j["notes"] else [])
-    return parts
+    return parts + usage + notes
 
 
 def write_report(

@@ -295,6 +295,7 @@ def card_settings():
         {
             "prompts": config["prompts"],
             "source_name": config["source"]["name"],
+            "source_dataset": config["source"]["dataset"],
             "demo": config["demo"]["build_tiny_models"],
             "selection": config["questions"]["selection"],
             "seed": config["questions"]["seed"],
