@@ -107,7 +107,8 @@ def _index_problems(index: Path, checked: dict[Path, dict | None]) -> list[str]:
         path = index.parent / shard
         if not path.is_file():
             problems.append(
-                f"{path}: missing; the shard index {index.name} lists it for {len(tensors)} tensor(s); {RECOPY}"
+                f"{path}: missing; the shard index {index.name} lists it for {len(tensors)} tensor(s); "
+                + RECOPY
             )
             continue
         if path.suffix == ".bin":
