@@ -254,7 +254,7 @@ def test_a_store_that_cannot_be_written_stops_the_preflight(tmp_path):
     ]
 
 
-def test_the_answer_store_on_a_read_only_parent_is_one_line(tmp_path):
+def test_the_answer_store_on_a_read_only_parent_is_one_line(tmp_path, tiny_mistral):
     from meddpo.answer_store import AnswerStore
     from meddpo.errors import UserError
 
@@ -268,6 +268,35 @@ def test_the_answer_store_on_a_read_only_parent_is_one_line(tmp_path):
         f"{store.folder}: cannot make this store folder ({reason}); make the store's parent folder writable, "
         "or point the store (output.dir in the workflow) at a writable place"
     )
+
+    shard = tmp_path / "shard.jsonl"
+    write_jsonl(shard, [{"id": "q1", "question": "Is it safe to take two aspirin at once?"}])
+    out = tmp_path / "answers.jsonl"
+    run = _meddpo(
+        "generate",
+        "--shard",
+        str(shard),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_mistral),
+        "--system-prompt",
+        "Be brief.",
+        "--max-new-tokens",
+        "4",
+        "--temperature",
+        "0.7",
+        "--store",
+        str(parent / "answer_store"),
+    )
+    assert run.returncode == 2
+    [line] = _few_lines(run, limit=1)
+    assert line.startswith(f"meddpo generate: error: {parent}/answer_store/")
+    assert line.endswith(
+        f": cannot make this store folder ({reason}); make the store's parent folder "
+        "writable, or point the store (output.dir in the workflow) at a writable place"
+    )
+    assert not out.exists()
 
 
 def test_the_demo_plan_counts_its_63_questions():
