@@ -299,6 +299,16 @@ def test_the_answer_store_on_a_read_only_parent_is_one_line(tmp_path, tiny_mistr
     assert not out.exists()
 
 
+def test_a_local_source_with_no_usable_question_stops_the_preflight(tmp_path):
+    numbers = tmp_path / "numbers.jsonl"
+    write_jsonl(numbers, [{"question": 1000 + i, "question_type": "dosage"} for i in range(5)])
+    questions = {"min_chars": 10, "max_chars": 2000}
+    assert [str(f) for f in pf.check_source({"dataset": str(numbers), "split": "train"}, questions)] == [
+        f"error: source.dataset {numbers}: no questions in it (5 rows, none survives cleaning); point "
+        "source.dataset at a file with a 'question' column of text"
+    ]
+
+
 def test_the_demo_plan_counts_its_63_questions():
     run = _meddpo("preflight", "--configfile", "demo/config.yaml")
     assert run.returncode == 0, run.stdout + run.stderr
