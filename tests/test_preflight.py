@@ -1,6 +1,7 @@
 """Fail fast: the preflight, one-line errors, one GPU job at a time, jobs without an activated venv,
 no model load for a shard that is already answered, and `meddpo status`."""
 
+import json
 import os
 import signal
 import subprocess
@@ -51,39 +52,313 @@ def test_a_model_folder_must_hold_a_full_checkpoint(tmp_path, tiny_mistral):
     assert pf.check_model("rejected.model", {"model": str(missing)}, built_by_run=True) == []
 
 
-def test_a_hub_model_must_be_in_the_cache_when_offline(tmp_path, tiny_qwen, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+@pytest.fixture
+def empty_hf_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face home: nothing is cached."""
+    for name in ("HF_HUB_CACHE", "HF_DATASETS_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    return tmp_path / "hf-home" / "hub"
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """A local HTTP server as HF_ENDPOINT that answers every HEAD with ``fake_hub.status``."""
+    import http.server
+    import threading
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        status = 200
+        paths: list[str] = []
+
+        def do_HEAD(self):
+            Hub.paths.append(self.path)
+            self.send_response(Hub.status)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(name, "0")
+    yield Hub
+    server.shutdown()
+
+
+def test_a_hub_model_must_be_in_the_cache_when_offline(tmp_path, tiny_qwen, monkeypatch, empty_hf_cache):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    [finding] = pf.check_model("teacher.local.model", {"model": "Qwen/Qwen2.5-7B-Instruct", "revision": None})
-    assert finding.level == "error"
-    assert (
-        "not in the Hugging Face cache" in finding.text
-        and "hf download Qwen/Qwen2.5-7B-Instruct" in finding.text
-    )
+    settings = {"model": "Qwen/Qwen2.5-7B-Instruct", "revision": None}
+    assert [str(f) for f in pf.check_model("teacher.local.model", settings)] == [
+        "error: teacher.local.model Qwen/Qwen2.5-7B-Instruct: not in the Hugging Face cache "
+        f"{empty_hf_cache} and HF_HUB_OFFLINE is set; download it on a login node into HF_HOME first "
+        "(hf download Qwen/Qwen2.5-7B-Instruct) or point teacher.local.model at a checkpoint folder"
+    ]
+    # transformers' own variable counts too, and is named
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    [finding] = pf.check_model("teacher.local.model", settings)
+    assert "and TRANSFORMERS_OFFLINE is set;" in finding.text
     # the layout huggingface_hub writes: refs/main names the snapshot
-    repo = tmp_path / "hub" / "models--Qwen--Qwen2.5-7B-Instruct"
+    repo = empty_hf_cache / "models--Qwen--Qwen2.5-7B-Instruct"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text("abc123")
     snapshot = repo / "snapshots" / "abc123"
     snapshot.parent.mkdir()
     os.symlink(tiny_qwen, snapshot)
+    assert pf.check_model("teacher.local.model", settings) == []
+
+
+def test_a_hub_id_not_cached_must_be_reachable_online(empty_hf_cache, fake_hub, monkeypatch):
+    settings = {"model": "mistralai/Mistral-7B-Instruct-v0.2", "revision": None}
+    [online] = pf.check_model("rejected.model", settings)
+    assert online.level == "warning" and "every job would download it" in online.text
+    assert fake_hub.paths == ["/mistralai/Mistral-7B-Instruct-v0.2/resolve/main/config.json"]
+    fake_hub.status = 401
+    [gated] = pf.check_model("rejected.model", settings)
+    assert gated.level == "error" and "answers 401 (gated or private)" in gated.text
+    fake_hub.status = 404
+    assert pf.check_source({"dataset": "someone/no-such-set", "revision": None}) == [
+        pf.Finding(
+            "error",
+            f"source.dataset someone/no-such-set: {os.environ['HF_ENDPOINT']} has no such dataset (404) "
+            "at revision main; check the id and revision",
+        )
+    ]
+    fake_hub.status = 200
+    assert pf.check_source({"dataset": "lavita/MedQuAD", "revision": None}) == []
+    # no network: a closed port
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    [unreachable] = pf.check_model("rejected.model", settings)
+    assert unreachable.level == "error"
     assert (
-        pf.check_model("teacher.local.model", {"model": "Qwen/Qwen2.5-7B-Instruct", "revision": None}) == []
+        f"not in the Hugging Face cache {empty_hf_cache} and http://127.0.0.1:9 cannot be reached "
+        "(Connection refused); download it on a login node" in unreachable.text
     )
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    [online] = pf.check_model(
-        "rejected.model", {"model": "mistralai/Mistral-7B-Instruct-v0.2", "revision": None}
+
+
+def test_a_hub_dataset_offline_names_the_variable(empty_hf_cache, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    assert [str(f) for f in pf.check_source({"dataset": "lavita/MedQuAD", "revision": None})] == [
+        "error: source.dataset lavita/MedQuAD: a hub id not in the Hugging Face cache, and "
+        "HF_DATASETS_OFFLINE is set; copy the dataset to this machine and point source.dataset at the "
+        ".parquet/.jsonl/.csv file"
+    ]
+    # a copy in the datasets library's cache is enough
+    (empty_hf_cache.parent / "datasets" / "lavita___MedQuAD").mkdir(parents=True)
+    assert pf.check_source({"dataset": "lavita/MedQuAD", "revision": None}) == []
+
+
+# --------------------------------------------------------------------------- what the jobs will read
+
+
+def _copy_model(source: Path, target: Path) -> Path:
+    import shutil
+
+    shutil.copytree(source, target)
+    return target
+
+
+def test_broken_weights_are_found_from_their_headers(tmp_path, tiny_mistral):
+    weights = "model.safetensors"
+    assert (tiny_mistral / weights).is_file()
+    empty = _copy_model(tiny_mistral, tmp_path / "empty")
+    (empty / weights).write_bytes(b"")
+    assert [str(f) for f in pf.check_model("rejected.model", {"model": str(empty)})] == [
+        f"error: rejected.model {empty}: {empty}/{weights}: empty file (0 bytes); "
+        "copy or download the checkpoint again"
+    ]
+    data = (tiny_mistral / weights).read_bytes()
+    header_length = int.from_bytes(data[:8], "little")
+    garbled = _copy_model(tiny_mistral, tmp_path / "garbled")
+    (garbled / weights).write_bytes(data[:8] + b"#" * header_length + data[8 + header_length :])
+    [finding] = pf.check_model("rejected.model", {"model": str(garbled)})
+    assert finding.text.endswith(
+        f"{garbled}/{weights}: the safetensors header is not valid JSON (corrupt file); "
+        "copy or download the checkpoint again"
     )
-    assert online.level == "warning"
+    cut = _copy_model(tiny_mistral, tmp_path / "cut")
+    (cut / weights).write_bytes(data[: len(data) - 1000])
+    [finding] = pf.check_model("rejected.model", {"model": str(cut)})
+    assert f"{cut}/{weights}: tensor " in finding.text and "the file is cut short" in finding.text
+    short = _copy_model(tiny_mistral, tmp_path / "short")
+    (short / weights).write_bytes(data[:100])
+    [finding] = pf.check_model("rejected.model", {"model": str(short)})
+    assert f"its header claims {header_length} bytes, the file has 100" in finding.text
+    # the unharmed checkpoint, tokenizer loaded, passes
+    assert pf.check_model("rejected.model", {"model": str(tiny_mistral)}) == []
+
+
+def test_a_sharded_checkpoint_missing_a_shard_is_found(tmp_path, tiny_mistral):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    sharded = _copy_model(tiny_mistral, tmp_path / "sharded")
+    tensors = load_file(sharded / "model.safetensors")
+    (sharded / "model.safetensors").unlink()
+    names = sorted(tensors)
+    half = len(names) // 2
+    weight_map = {}
+    for number, part in enumerate((names[:half], names[half:]), 1):
+        shard = f"model-0000{number}-of-00002.safetensors"
+        save_file(
+            {name: tensors[name].contiguous() for name in part}, sharded / shard, metadata={"format": "pt"}
+        )
+        weight_map.update(dict.fromkeys(part, shard))
+    (sharded / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
+    assert pf.check_model("rejected.model", {"model": str(sharded)}) == []
+    (sharded / "model-00002-of-00002.safetensors").unlink()
+    assert [str(f) for f in pf.check_model("rejected.model", {"model": str(sharded)})] == [
+        f"error: rejected.model {sharded}: {sharded}/model-00002-of-00002.safetensors: missing; "
+        f"the shard index model.safetensors.index.json lists it for {len(names) - half} tensor(s); "
+        "copy or download the checkpoint again"
+    ]
+
+
+def test_a_broken_tokenizer_is_found(tmp_path, tiny_mistral):
+    broken = _copy_model(tiny_mistral, tmp_path / "tokenizer")
+    (broken / "tokenizer.json").write_text("{not json")
+    [finding] = pf.check_model("judge.local.model", {"model": str(broken)})
+    assert finding.text.startswith(f"judge.local.model {broken}: the tokenizer does not load (")
+
+
+def _unwritable(folder: Path) -> Path:
+    """A store path no job can write to, for root too (whom a mode does not stop): under a file."""
+    if os.geteuid() == 0:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder.write_text("a file where the folder should be\n")
+        return folder
+    folder.mkdir(parents=True)
+    folder.chmod(0o555)
+    return folder
+
+
+def test_a_store_that_cannot_be_written_stops_the_preflight(tmp_path):
+    config = load_config(["demo/config.yaml"], base=REPO / "config.yaml")
+    out = tmp_path / "results"
+    config["output"]["dir"] = str(out)
+    assert not [f for f in pf.preflight(config) if "store" in f.text or "output.dir" in f.text]
+    assert not out.exists(), "the probe left folders behind"
+    store = _unwritable(out / "answer_store")
+    reason = "File exists" if os.geteuid() == 0 else "Permission denied"
+    errors = [str(f) for f in pf.preflight(config) if f.level == "error"]
+    assert errors == [
+        f"error: answer store {store}: cannot write there ({reason}); make it writable or point output.dir "
+        "at a writable folder"
+    ]
+
+
+def test_the_answer_store_on_a_read_only_parent_is_one_line(tmp_path, tiny_mistral):
+    from meddpo.answer_store import AnswerStore
+    from meddpo.errors import UserError
+
+    parent = tmp_path / "parent"
+    parent.write_text("not a folder\n")
+    store = AnswerStore(parent / "answer_store", {"model": "m", "max_new_tokens": 4}, "shard-000")
+    reason = "Not a directory"
+    with pytest.raises(UserError) as caught:
+        store.lock()
+    assert str(caught.value) == (
+        f"{store.folder}: cannot make this store folder ({reason}); make the store's parent folder writable, "
+        "or point the store (output.dir in the workflow) at a writable place"
+    )
+
+    shard = tmp_path / "shard.jsonl"
+    write_jsonl(shard, [{"id": "q1", "question": "Is it safe to take two aspirin at once?"}])
+    out = tmp_path / "answers.jsonl"
+    run = _meddpo(
+        "generate",
+        "--shard",
+        str(shard),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_mistral),
+        "--system-prompt",
+        "Be brief.",
+        "--max-new-tokens",
+        "4",
+        "--temperature",
+        "0.7",
+        "--store",
+        str(parent / "answer_store"),
+    )
+    assert run.returncode == 2
+    [line] = _few_lines(run, limit=1)
+    assert line.startswith(f"meddpo generate: error: {parent}/answer_store/")
+    assert line.endswith(
+        f": cannot make this store folder ({reason}); make the store's parent folder "
+        "writable, or point the store (output.dir in the workflow) at a writable place"
+    )
+    assert not out.exists()
+
+
+def test_a_local_source_with_no_usable_question_stops_the_preflight(tmp_path):
+    numbers = tmp_path / "numbers.jsonl"
+    write_jsonl(numbers, [{"question": 1000 + i, "question_type": "dosage"} for i in range(5)])
+    questions = {"min_chars": 10, "max_chars": 2000}
+    assert [str(f) for f in pf.check_source({"dataset": str(numbers), "split": "train"}, questions)] == [
+        f"error: source.dataset {numbers}: no questions in it (5 rows, none survives cleaning); point "
+        "source.dataset at a file with a 'question' column of text"
+    ]
+
+
+def test_the_demo_plan_counts_its_63_questions():
+    run = _meddpo("preflight", "--configfile", "demo/config.yaml")
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith(
+        "meddpo preflight: 63 questions (questions.n is null: all that survive cleaning of the 66 rows "
+        "of demo/medquad_demo.jsonl), 21 per shard; jobs: "
+    )
+    # 15 minutes of start-up plus 21 questions at the per-rule rates
+    assert lines[1] == (
+        "meddpo preflight: time limit per shard job (first try; each retry asks for more): "
+        "rejected 16 min, chosen_local 18 min, judge_classifier 16 min, judge_rubric_local 16 min"
+    )
+    assert lines[2].startswith("meddpo preflight: GPU-hours at most 0.4 (")
+
+
+def test_the_judge_checks_its_model_and_pairs_before_reading_a_pair(tmp_path, empty_hf_cache):
+    pairs = tmp_path / "pairs.jsonl"
+    write_jsonl(pairs, [{"id": "p1", "question": "Q?", "chosen": "a", "rejected": "b", "meta": {}}])
+    classifier = json.dumps({"model": "meta-llama/Llama-Guard-3-1B", "max_new_tokens": 8, "temperature": 0})
+    common = ["--kind", "classifier", "--classifier", classifier, "--base-config", "none"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+    out = tmp_path / "verdicts.jsonl"
+    run = _meddpo("judge", "--pairs", str(pairs), *common, "--out", str(out), env=env)
+    assert run.returncode == 2
+    [line] = _few_lines(run, limit=1)
+    assert line == (
+        f"meddpo judge: error: judge.classifier.model meta-llama/Llama-Guard-3-1B: not in the Hugging Face "
+        f"cache {empty_hf_cache} and HF_HUB_OFFLINE is set; download it on a login node into HF_HOME first "
+        "(hf download meta-llama/Llama-Guard-3-1B) or point judge.classifier.model at a checkpoint folder"
+    )
+    missing = tmp_path / "missing.jsonl"
+    run = _meddpo("judge", "--pairs", str(missing), *common, "--out", str(out), env=env)
+    assert run.returncode == 2
+    [line] = _few_lines(run, limit=1)
+    assert line.startswith(
+        f"meddpo judge: error: pairs file {missing}: no such file; judge.classifier.model "
+    )
+    assert not out.exists()
 
 
 def test_source_key_output_and_account_checks(tmp_path, monkeypatch):
     assert pf.check_source({"dataset": str(REPO / "demo" / "medquad_demo.jsonl")}) == []
     [missing] = pf.check_source({"dataset": str(tmp_path / "medquad.parquet")})
     assert "no such file" in missing.text
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     [hub] = pf.check_source({"dataset": "lavita/MedQuAD"})
-    assert "HF_HUB_OFFLINE is set" in hub.text
+    assert "and HF_HUB_OFFLINE is set" in hub.text
 
     config = load_config(["demo/config.yaml"], base=REPO / "config.yaml")
     config["teacher"]["backend"] = "gemini"

@@ -35,7 +35,20 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
 from .jsonl import DataError, dumps, read_jsonl_tolerant, write_json
+
+
+def make_folder(folder: Path) -> None:
+    """Make a store folder (and its parents); one line naming it when that cannot be done."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise UserError(
+            f"{folder}: cannot make this store folder ({reason}); make the store's parent folder "
+            "writable, or point the store (output.dir in the workflow) at a writable place"
+        ) from None
 
 
 def fingerprint(settings: Mapping[str, Any]) -> str:
@@ -112,8 +125,14 @@ class AnswerStore:
         """
         import fcntl
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        handle = open(self.part.with_suffix(".lock"), "a")  # held until unlock()
+        make_folder(self.folder)
+        lock_file = self.part.with_suffix(".lock")
+        try:
+            handle = open(lock_file, "a")  # held until unlock()
+        except OSError as err:
+            raise UserError(
+                f"{lock_file}: cannot write in this store folder ({err.strerror}); make it writable"
+            ) from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -136,7 +155,7 @@ class AnswerStore:
     def _write_settings(self) -> None:
         settings_file = self.folder / "settings.json"
         if not settings_file.exists():
-            self.folder.mkdir(parents=True, exist_ok=True)
+            make_folder(self.folder)
             write_json(settings_file, self.settings)
 
 
@@ -148,7 +167,7 @@ def append_rows(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     payload = "".join(dumps(row) + "\n" for row in rows).encode("utf-8")
     if not payload:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     with open(path, "a+b") as handle:
         size = handle.seek(0, os.SEEK_END)
         if size:

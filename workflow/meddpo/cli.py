@@ -250,10 +250,21 @@ def _validate(args: argparse.Namespace) -> int | None:
 
 
 def _judge(args: argparse.Namespace) -> int | None:
-    from .judge import attach, judge_summary, read_pairs, run_judge
+    from .errors import UserError
+    from .judge import attach, check_greedy, judge_summary, read_pairs, run_judge
+    from .preflight import judge_preflight
 
-    pairs = read_pairs(args.pairs)  # every row checked before anything is sent
     config = _judge_config(args)
+    check_greedy(args.kind, config)
+    # the checks of the preflight, before a pair is read or a request is sent
+    findings = judge_preflight(args.kind, config, pairs=args.pairs, store=args.store)
+    for finding in findings:
+        if finding.level == "warning":
+            log.warning("%s", finding.text)
+    errors = [finding.text for finding in findings if finding.level == "error"]
+    if errors:
+        raise UserError("; ".join(errors))
+    pairs = read_pairs(args.pairs)  # every row checked before anything is sent
     verdicts, usage, problem = run_judge(
         pairs,
         args.kind,

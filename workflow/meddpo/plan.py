@@ -2,13 +2,18 @@
 
 The workflow's rules take their portable time limits from ``runtime_minutes``
 (so the limits the preflight prints are the ones Slurm is asked for), and the
-preflight prints ``estimate`` before any job is submitted. Standard library only:
-the Snakefile imports this module.
+preflight prints ``estimate`` before any job is submitted. With ``questions.n``
+null and a local source, the run's size is counted from the source itself (rows,
+and questions that survive cleaning), so limits, GPU-hours and disk follow it.
+The Snakefile imports this module: the standard library only at import time
+(counting a source imports the datasets library when it is first needed).
 """
 
 from __future__ import annotations
 
 import math
+import os
+from functools import lru_cache
 from typing import Any
 
 # Minutes per 100 questions of a shard job (before the start-up allowance), by rule.
@@ -24,11 +29,64 @@ MINUTES_PER_100_QUESTIONS = {
 }
 START_UP_MINUTES = 15
 MAX_RUNTIME_MINUTES = 480
-QUESTIONS_WHEN_ALL = 50_000  # questions.n null: about MedQuAD's size after cleaning
+QUESTIONS_WHEN_ALL = 50_000  # questions.n null and a hub source: about MedQuAD's size after cleaning
 
 
-def questions_per_shard(config: dict[str, Any]) -> int:
-    return math.ceil((config["questions"]["n"] or QUESTIONS_WHEN_ALL) / config["n_shards"])
+@lru_cache(maxsize=8)
+def _count(
+    dataset: str, stamp: tuple[int, int], split: str, min_chars: int, max_chars: int | None
+) -> tuple[int, int]:
+    from .questions import clean_and_dedupe, load_source_rows
+
+    rows, _ = load_source_rows(dataset, split=split)
+    _, counts = clean_and_dedupe(rows, source=dataset, min_chars=min_chars, max_chars=max_chars)
+    return counts["read"], counts["kept"]
+
+
+def count_source(config: dict[str, Any]) -> tuple[int, int] | None:
+    """``(rows, questions that survive cleaning)`` of a local source; None for a hub id.
+
+    It loads and cleans the source as the questions step does (meddpo.questions),
+    once per file version in a process. A source that cannot be read raises the
+    questions step's DataError.
+    """
+    from .questions import _is_local_reference
+
+    source, questions = config["source"], config["questions"]
+    dataset = source["dataset"]
+    if not _is_local_reference(dataset):
+        return None
+    try:
+        info = os.stat(dataset)
+        stamp = (info.st_mtime_ns, info.st_size)
+    except OSError:
+        stamp = (0, 0)  # load_source_rows says what is wrong
+    return _count(dataset, stamp, source["split"], questions["min_chars"], questions["max_chars"])
+
+
+def question_count(config: dict[str, Any]) -> tuple[int, tuple[int, int] | None]:
+    """The questions a run will answer, and ``(rows, kept)`` when they were counted in the source.
+
+    ``questions.n`` when set. When null: the local source counted, else (a hub id,
+    or a source that cannot be read, which the questions step and the preflight
+    report) QUESTIONS_WHEN_ALL.
+    """
+    n = config["questions"]["n"]
+    if n is not None:
+        return n, None
+    from .errors import UserError
+
+    try:
+        counted = count_source(config)
+    except (UserError, ImportError):
+        counted = None
+    return (counted[1], counted) if counted else (QUESTIONS_WHEN_ALL, None)
+
+
+def questions_per_shard(config: dict[str, Any], n: int | None = None) -> int:
+    if n is None:
+        n, _ = question_count(config)
+    return math.ceil(n / config["n_shards"])
 
 
 def runtime_minutes(rule: str, per_shard: int, attempt: int = 1) -> int:
@@ -96,8 +154,8 @@ def most_shards_for_start_up(generation_minutes: float, start_up_minutes: float,
 
 def estimate(config: dict[str, Any]) -> dict[str, Any]:
     """Jobs, time limits, GPU-hours and Gemini dollars of a full run, with the assumptions used."""
-    n = config["questions"]["n"] or QUESTIONS_WHEN_ALL
-    per_shard = questions_per_shard(config)
+    n, counted = question_count(config)
+    per_shard = questions_per_shard(config, n)
     gpu_hours, start_up_share, assumed = {}, {}, {}
     for rule, (_, model) in local_models(config).items():
         speed, start_up = engine_speed(config, model)
@@ -112,7 +170,10 @@ def estimate(config: dict[str, Any]) -> dict[str, Any]:
         assumed[rule] = {"engine": model["engine"], "tokens_per_second": speed, "start_up_minutes": start_up}
     out: dict[str, Any] = {
         "questions": n,
-        "questions_assumed": config["questions"]["n"] is None,
+        "questions_assumed": config["questions"]["n"] is None and counted is None,
+        "questions_counted": (
+            {"source": config["source"]["dataset"], "rows": counted[0]} if counted is not None else None
+        ),
         "questions_per_shard": per_shard,
         "jobs": job_counts(config),
         "time_limit_minutes": {
@@ -158,6 +219,12 @@ def judge_gemini_usd(config: dict[str, Any], n: int) -> float:
 def render_estimate(plan: dict[str, Any]) -> list[str]:
     """The estimate as lines a person reads."""
     assumed = " (questions.n is null: assumed, about MedQuAD's size)" if plan.get("questions_assumed") else ""
+    counted = plan.get("questions_counted")
+    if counted:
+        assumed = (
+            f" (questions.n is null: all that survive cleaning of the {counted['rows']} rows "
+            f"of {counted['source']})"
+        )
     lines = [
         f"{plan['questions']} questions{assumed}, {plan['questions_per_shard']} per shard; jobs: "
         + ", ".join(f"{rule} {count}" for rule, count in plan["jobs"].items()),

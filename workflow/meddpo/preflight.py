@@ -2,21 +2,29 @@
 
 ``meddpo preflight`` runs it by hand; the workflow runs it in Snakemake's
 ``onstart`` handler (real runs only: dry runs skip it) and stops before
-submitting anything when it finds an error. It checks that
+submitting anything when it finds an error; ``meddpo judge`` runs the checks of
+its own model, key, store and pairs file before it reads a pair. It checks what
+the jobs will really read:
 
-* each local model resolves: a checkpoint folder with a config, a tokenizer with
-  a chat template and weights, or a hub id already in the Hugging Face cache
-  (when offline; online, a missing one is only a warning: every job would
-  download it);
-* the question source is readable (a local file, or a hub id when online);
-* the Gemini key is there when the Gemini teacher is on;
-* the output folder is writable and has room for the run;
+* each local model: a checkpoint folder with a config, a tokenizer with a chat
+  template and weights whose headers parse (meddpo.checkpoints: no weight is
+  loaded), and a tokenizer that loads; a hub id is checked the same way in the
+  Hugging Face cache, else it must be reachable on the hub (HF_ENDPOINT; a HEAD
+  request with a short timeout). Offline (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE)
+  an id not in the cache is an error that names the variable;
+* the question source: a local file is read and cleaned as the questions step
+  does (the plan counts it); a hub id must be cached when HF_DATASETS_OFFLINE or
+  HF_HUB_OFFLINE is set, else reachable;
+* the Gemini key is there when the Gemini teacher or judge is on;
+* the output folder, the answer store and the judge store are writable (a probe
+  file written and removed; a missing folder is made) and there is room for the run;
 * the Slurm account is set when a cluster executor is used;
 * a GPU is visible when a model is to run on CUDA on this machine (a warning on
   a CPU-only machine, so the demo runs).
 
 Each problem is one line that says what to do. It also prints what the run will
-cost (meddpo.plan). Standard library only (and PyYAML): the Snakefile imports it.
+cost (meddpo.plan). The Snakefile imports it: the standard library and PyYAML
+at import time; transformers (for the tokenizer) only when a check needs it.
 """
 
 from __future__ import annotations
@@ -28,16 +36,26 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .plan import estimate, judge_rules, local_models, render_estimate
+from .checkpoints import checkpoint_problems
+from .plan import count_source, estimate, judge_rules, local_models, render_estimate
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 # bytes a question needs on disk, all copies included (store, shards, pairs, dataset), at the caps
 BYTES_PER_ANSWER_TOKEN = 4 * 4
+# The variables that keep each library off the network, in the order they are named
+MODEL_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+DATASET_OFFLINE_VARIABLES = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+HUB_TIMEOUT_S = 5
+# Under output.dir, as the workflow lays it out (workflow/rules/common.smk)
+STORE_FOLDERS = {"answer store": "answer_store", "judge store": "judge_store"}
 
 
 @dataclass(frozen=True)
@@ -57,8 +75,91 @@ def hub_cache() -> Path:
     return home / "hub"
 
 
-def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+def offline(variables: tuple[str, ...] = MODEL_OFFLINE_VARIABLES) -> str | None:
+    """The first of ``variables`` that is set to a true value (the library will not go online), or None."""
+    for name in variables:
+        if os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}:
+            return name
+    return None
+
+
+def hub_endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def _hub_token() -> str | None:
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if token:
+        return token
+    try:
+        from huggingface_hub import get_token
+
+        return get_token()
+    except Exception:  # noqa: BLE001 - no huggingface_hub, or no token: ask without one
+        return None
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):  # a redirect to the file store is an answer
+        return None
+
+
+def hub_status(repo_id: str, kind: str = "model", revision: str | None = None) -> int | str:
+    """The HTTP status the hub answers for a repo (a HEAD request), or why it could not be asked."""
+    revision = revision or "main"
+    if kind == "model":
+        url = f"{hub_endpoint()}/{repo_id}/resolve/{revision}/config.json"
+    else:
+        url = f"{hub_endpoint()}/api/datasets/{repo_id}/revision/{revision}"
+    request = urllib.request.Request(url, method="HEAD")
+    token = _hub_token()
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.build_opener(_NoRedirect).open(request, timeout=HUB_TIMEOUT_S) as answer:
+            return answer.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except urllib.error.URLError as err:
+        reason = err.reason
+        return getattr(reason, "strerror", None) or str(reason)
+    except (OSError, ValueError) as err:  # a timeout, a malformed HF_ENDPOINT
+        return getattr(err, "strerror", None) or str(err) or type(err).__name__
+
+
+def check_hub(key: str, repo_id: str, kind: str, revision: str | None, advice: str) -> list[Finding]:
+    """A hub id not in the cache, on a machine that may go online: is it there to download?"""
+    status = hub_status(repo_id, kind, revision)
+    where = hub_endpoint()
+    if isinstance(status, str):
+        return [
+            Finding(
+                "error",
+                f"{key} {repo_id}: not in the Hugging Face cache {hub_cache()} and {where} cannot be "
+                f"reached ({status}); {advice}",
+            )
+        ]
+    if status in (401, 403):
+        return [
+            Finding(
+                "error",
+                f"{key} {repo_id}: {where} answers {status} (gated or private): accept its terms on the "
+                "hub and log in (hf auth login, or set HF_TOKEN), or " + advice,
+            )
+        ]
+    if status == 404:
+        return [
+            Finding(
+                "error",
+                f"{key} {repo_id}: {where} has no such {kind} (404) at revision {revision or 'main'}; "
+                "check the id and revision",
+            )
+        ]
+    if status >= 400:
+        return [
+            Finding("warning", f"{key} {repo_id}: {where} answers {status}; the jobs may fail to download it")
+        ]
+    return []
 
 
 def is_local_path(name: str) -> bool:
@@ -96,6 +197,35 @@ def _missing_parts(folder: Path) -> list[str]:
     return missing
 
 
+@lru_cache(maxsize=16)
+def tokenizer_problem(folder: str, trust_remote_code: bool = False) -> str | None:
+    """Why the tokenizer of a checkpoint folder does not load (None: it loads); once per folder."""
+    try:
+        import transformers
+    except ImportError:
+        return None  # an environment without transformers (a bare Snakemake): the jobs will tell
+    transformers.logging.set_verbosity_error()
+    try:
+        transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except Exception as err:  # noqa: BLE001 - any failure is the one line the job would die on
+        text = (str(err).strip() or type(err).__name__).splitlines()[0][:300]
+        return f"the tokenizer does not load ({type(err).__name__}: {text})"
+    return None
+
+
+def check_folder(key: str, name: str, folder: Path, settings: dict[str, Any]) -> list[Finding]:
+    """A checkpoint folder (local or a cached snapshot): its parts, its weight headers, its tokenizer."""
+    missing = _missing_parts(folder)
+    if missing:
+        parts = ", ".join(missing)
+        return [Finding("error", f"{key} {name}: the folder has no {parts}; is it a full checkpoint?")]
+    findings = [Finding("error", f"{key} {name}: {problem}") for problem in checkpoint_problems(folder)]
+    problem = tokenizer_problem(str(folder), bool(settings.get("trust_remote_code")))
+    if problem:
+        findings.append(Finding("error", f"{key} {name}: {problem}; is it a full checkpoint?"))
+    return findings
+
+
 def check_model(key: str, settings: dict[str, Any], built_by_run: bool = False) -> list[Finding]:
     """One local model of the config (``key`` names it, e.g. ``rejected.model``)."""
     name = settings["model"]
@@ -109,37 +239,30 @@ def check_model(key: str, settings: dict[str, Any], built_by_run: bool = False) 
                     "error", f"{key} {name}: no such folder; point {key} at a checkpoint folder or a hub id"
                 )
             ]
-        missing = _missing_parts(folder)
-        if missing:
-            return [
-                Finding(
-                    "error", f"{key} {name}: the folder has no {', '.join(missing)}; is it a full checkpoint?"
-                )
-            ]
-        return []
+        return check_folder(key, name, folder, settings)
     snapshot = cached_snapshot(name, settings.get("revision"))
     if snapshot is not None:
-        missing = _missing_parts(snapshot)
-        if missing:
+        findings = check_folder(key, name, snapshot, settings)
+        if findings:
+            where = f"(the cached copy in {hub_cache()})"
             return [
-                Finding(
-                    "error",
-                    f"{key} {name}: the cached copy in {hub_cache()} has no {', '.join(missing)}; "
-                    "download it "
-                    f"again on a login node: hf download {name}",
-                )
+                Finding(f.level, f"{f.text} {where}; download it again on a login node: hf download {name}")
+                for f in findings
             ]
         return []
     advice = f"download it on a login node into HF_HOME first (hf download {name})"
     advice += f" or point {key} at a checkpoint folder"
-    if offline():
+    variable = offline()
+    if variable:
         return [
             Finding(
                 "error",
-                f"{key} {name}: not in the Hugging Face cache {hub_cache()} and HF_HUB_OFFLINE is set; "
-                + advice,
+                f"{key} {name}: not in the Hugging Face cache {hub_cache()} and {variable} is set; " + advice,
             )
         ]
+    problems = check_hub(key, name, "model", settings.get("revision"), advice)
+    if problems:
+        return problems
     return [
         Finding(
             "warning",
@@ -149,26 +272,57 @@ def check_model(key: str, settings: dict[str, Any], built_by_run: bool = False) 
     ]
 
 
-def check_source(source: dict[str, Any]) -> list[Finding]:
+def dataset_cached(repo_id: str) -> bool:
+    """The hub's file cache or the datasets library's cache holds something of this dataset."""
+    snapshots = hub_cache() / f"datasets--{repo_id.replace('/', '--')}" / "snapshots"
+    if snapshots.is_dir() and any(snapshots.iterdir()):
+        return True
+    home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+    datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets")
+    return (datasets_cache / repo_id.replace("/", "___")).is_dir()
+
+
+def check_source(source: dict[str, Any], questions: dict[str, Any] | None = None) -> list[Finding]:
+    """The question source can be read; with ``questions`` (the config block), a local one is also
+    loaded and cleaned as the questions step will (the same DataError, or no question left)."""
     dataset = source["dataset"]
     if os.path.exists(dataset):
         if not os.access(dataset, os.R_OK):
             return [Finding("error", f"source.dataset {dataset}: not readable")]
+        if questions is None:
+            return []
+        from .errors import UserError
+
+        try:
+            counted = count_source({"source": source, "questions": questions})
+        except UserError as err:
+            return [Finding("error", f"source.dataset: {err}")]
+        if counted is not None and counted[1] == 0:
+            return [
+                Finding(
+                    "error",
+                    f"source.dataset {dataset}: no questions in it ({counted[0]} rows, none survives "
+                    "cleaning); point source.dataset at a file with a 'question' column of text",
+                )
+            ]
         return []
     if is_local_path(dataset) or Path(dataset).suffix.lower() in {".parquet", ".jsonl", ".json", ".csv"}:
         return [
             Finding("error", f"source.dataset {dataset}: no such file; point source.dataset at a local copy")
         ]
-    if offline():
+    if dataset_cached(dataset):
+        return []
+    advice = "copy the dataset to this machine and point source.dataset at the .parquet/.jsonl/.csv file"
+    variable = offline(DATASET_OFFLINE_VARIABLES)
+    if variable:
         return [
             Finding(
                 "error",
-                f"source.dataset {dataset}: a hub id, and HF_HUB_OFFLINE is set; "
-                "copy the dataset to this machine "
-                "and point source.dataset at the .parquet/.jsonl/.csv file",
+                f"source.dataset {dataset}: a hub id not in the Hugging Face cache, and {variable} is set; "
+                + advice,
             )
         ]
-    return []
+    return check_hub("source.dataset", dataset, "dataset", source.get("revision"), advice)
 
 
 def check_gemini(config: dict[str, Any], block: str = "teacher.gemini") -> list[Finding]:
@@ -196,20 +350,43 @@ def needed_bytes(config: dict[str, Any], questions: int) -> int:
     return questions * caps * BYTES_PER_ANSWER_TOKEN
 
 
-def check_output(folder: str, need: int) -> list[Finding]:
+def check_writable(what: str, folder: str | Path) -> list[Finding]:
+    """``folder`` can be made (when missing) and takes a file: a probe file is written and removed.
+
+    Folders made for the probe are removed again, so a preflight that stops the
+    run leaves nothing behind.
+    """
     path = Path(folder)
-    probe_dir = path
-    while not probe_dir.exists() and probe_dir != probe_dir.parent:
-        probe_dir = probe_dir.parent
+    made = [parent for parent in (path, *path.parents) if not parent.exists()]
     try:
-        with tempfile.NamedTemporaryFile(dir=probe_dir, prefix=".meddpo-preflight-"):
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".meddpo-preflight-"):
             pass
     except OSError as err:
+        reason = err.strerror or type(err).__name__
         return [
             Finding(
-                "error", f"output.dir {folder}: cannot write there ({err.strerror}); pick a writable folder"
+                "error",
+                f"{what} {path}: cannot write there ({reason}); make it writable or point output.dir "
+                "at a writable folder",
             )
         ]
+    finally:
+        for parent in made:  # deepest first
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+    return []
+
+
+def check_output(folder: str, need: int) -> list[Finding]:
+    problems = check_writable("output.dir", folder)
+    if problems:
+        return problems
+    probe_dir = Path(folder)
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
     free = shutil.disk_usage(probe_dir).free
     if free < need:
         return [
@@ -328,7 +505,7 @@ def preflight(
         if needed(rule):
             findings += check_model(f"{key}.model", model, built)
     if needed("questions"):
-        findings += check_source(config["source"])
+        findings += check_source(config["source"], config["questions"])
     if needed("chosen_gemini"):
         findings += check_gemini(config)
     if needed("judge_rubric_gemini") and "judge_rubric_gemini" in judge_rules(config):
@@ -338,11 +515,53 @@ def preflight(
     if served:
         findings += check_vllm(config)
     findings += check_start_up(plan, served, config["n_shards"])
-    findings += check_output(config["output"]["dir"], needed_bytes(config, plan["questions"]))
+    output = config["output"]["dir"]
+    findings += check_output(output, needed_bytes(config, plan["questions"]))
+    if not any(f.text.startswith("output.dir") for f in findings):
+        stores = {"answer store": needed("rejected", "chosen_local", "chosen_gemini")}
+        stores["judge store"] = bool(judge_rules(config)) and needed(*judge_rules(config))
+        for what, wanted in stores.items():
+            if wanted:
+                findings += check_writable(what, Path(output) / STORE_FOLDERS[what])
     if cluster:
         findings += check_slurm(slurm_account)
     elif needed(*models):
         findings += check_gpu(config)
+    return findings
+
+
+def check_readable(what: str, path: str | Path) -> list[Finding]:
+    """A file a job reads: there, a file, and readable."""
+    path = Path(path)
+    if not path.exists():
+        return [Finding("error", f"{what} {path}: no such file")]
+    if not path.is_file():
+        return [Finding("error", f"{what} {path}: not a file")]
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as err:
+        return [Finding("error", f"{what} {path}: cannot be read ({err.strerror}); check its permissions")]
+    return []
+
+
+def judge_preflight(
+    kind: str, judge: dict[str, Any], *, pairs: str | Path, store: str | Path | None
+) -> list[Finding]:
+    """What ``meddpo judge`` checks before it reads a pair or sends a request.
+
+    ``judge`` is the config's judge block; the model of ``kind`` (``judge.classifier``,
+    or ``judge.local`` / the Gemini key for the rubric judge), the store and the pairs file.
+    """
+    findings = check_readable("pairs file", pairs)
+    if store is not None:
+        findings += check_writable("judge store", store)
+    if kind == "classifier":
+        findings += check_model("judge.classifier.model", judge["classifier"])
+    elif judge["backend"] == "local":
+        findings += check_model("judge.local.model", judge["local"])
+    else:
+        findings += check_gemini({"judge": judge}, "judge.gemini")
     return findings
 
 
