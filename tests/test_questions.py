@@ -54,6 +54,7 @@ def test_cleaning_and_dedupe_counts():
         "dropped_long": 0,
         "dropped_duplicate": 2,
         "dropped_duplicate_exact": 1,
+        "invisible_removed": 0,
         "category_guessed": 0,
         "kept": 2,
     }
@@ -155,6 +156,7 @@ def test_not_text_and_long_questions_are_dropped_and_counted():
         "dropped_long": 1,
         "dropped_duplicate": 0,
         "dropped_duplicate_exact": 0,
+        "invisible_removed": 0,
         "category_guessed": 0,
         "kept": 2,
     }
@@ -162,7 +164,7 @@ def test_not_text_and_long_questions_are_dropped_and_counted():
         list(counts)
         == (
             "read dropped_empty dropped_not_text dropped_short dropped_long dropped_duplicate "
-            "dropped_duplicate_exact category_guessed kept"
+            "dropped_duplicate_exact invisible_removed category_guessed kept"
         ).split()
     )
     # without max_chars there is no upper limit
@@ -296,7 +298,7 @@ def test_malformed_jsonl_source_names_line(tmp_path):
 def test_non_utf8_csv_names_line(tmp_path):
     path = tmp_path / "q.csv"
     path.write_bytes(b"question,question_type\nWhat is gout ?,information\nWhat is caf\xe9 ?,information\n")
-    with pytest.raises(DataError, match=r"q\.csv, line 3: not UTF-8"):
+    with pytest.raises(DataError, match=r"q\.csv, line 3 \(row 2\), column 'question': not UTF-8"):
         build_questions(str(path), n=None)
 
 
