@@ -492,4 +492,6 @@ def test_a_folder_source_is_checked_file_by_file(tmp_path):
     (tmp_path / "src" / "b.jsonl").write_text('{"question": "What is gout ?", "question_type": }\n')
     with pytest.raises(DataError) as caught:
         build_questions(str(tmp_path / "src"), n=None)
-    assert str(caught.value) == f"{tmp_path}/src/b.jsonl, line 1: not valid JSON (Expecting value at column 49)"
+    assert str(caught.value) == (
+        f"{tmp_path}/src/b.jsonl, line 1: not valid JSON (Expecting value at column 49)"
+    )
