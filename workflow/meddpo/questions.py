@@ -362,8 +362,8 @@ def load_source_rows(
         raise _no_questions(dataset, f"split {split!r} has no rows")
     keep = [c for c in LOADED_COLUMNS if c in ds.column_names]
     ds = ds.select_columns(keep)
-    # a hub dataset or a folder has not been looked at row by row yet
-    _check_arrow_text(ds.data.to_batches(), dataset)
+    if not Path(dataset).is_file():  # a hub dataset or a folder: not looked at row by row yet
+        _check_arrow_text(ds.data.to_batches(), dataset)
     return ds.to_list(), source_fingerprint(dataset, ds)
 
 
