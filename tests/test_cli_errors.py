@@ -265,3 +265,34 @@ def test_control_characters_are_removed_and_counted(tmp_path, capsys):
     assert [row["question"] for row in rows] == ["What is gout ?", "What is lupus ?", "What is asthma ?"]
     stats = json.loads((tmp_path / "q.stats.json").read_text(encoding="utf-8"))
     assert (stats["read"], stats["invisible_removed"], stats["dropped_empty"], stats["kept"]) == (4, 3, 1, 3)
+
+
+# --------------------------------------------------------------------------- other inputs
+
+
+def test_a_broken_stats_file_names_its_line_and_column(tmp_path, capsys):
+    (tmp_path / "pairs.jsonl").write_text("")
+    stats = tmp_path / "pairs.stats.json"
+    stats.write_text('{\n  "questions": 3,\n  "pairs": \n}\n')
+    line = _one_line(
+        capsys,
+        "merge",
+        "--pairs",
+        tmp_path / "pairs.jsonl",
+        "--shard-stats",
+        stats,
+        "--out",
+        tmp_path / "all.jsonl",
+        "--stats",
+        tmp_path / "all.stats.json",
+    )
+    assert line == f"meddpo merge: error: {stats}, line 4: not valid JSON (Expecting value at column 1)"
+    assert not (tmp_path / "all.jsonl").exists()
+
+
+def test_finalize_settings_that_are_not_json_is_one_line(capsys):
+    line = _one_line(capsys, "finalize", "--settings", "{'prompts': 1}")
+    assert line == (
+        "meddpo finalize: error: argument --settings: not JSON: "
+        "Expecting property name enclosed in double quotes at character 2"
+    )

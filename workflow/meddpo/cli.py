@@ -127,10 +127,18 @@ def _pairs(args: argparse.Namespace) -> None:
 
 
 def _load_json(path: Path | None) -> dict | None:
+    """A JSON file (stats, usage); one that does not parse names its line and column."""
     if path is None:
         return None
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start + 1})") from None
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"{path}, line {err.lineno}: not valid JSON ({err.msg} at column {err.colno})"
+        ) from None
 
 
 def _merge(args: argparse.Namespace) -> None:
@@ -179,7 +187,7 @@ def _finalize(args: argparse.Namespace) -> None:
         min_plain_share=args.min_plain_share,
         judge_min_margin=args.min_margin,
         test_fraction=args.test_fraction,
-        settings=json.loads(args.settings),
+        settings=args.settings,
         question_stats=_load_json(args.question_stats),
         pair_stats=_load_json(args.pair_stats),
         throughput=throughput,
@@ -377,6 +385,16 @@ def _nullable(kind, words=("none", "null")):
     return parse
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err.msg} at character {err.pos + 1}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object {...}")
+    return value
+
+
 def _policy(text: str) -> dict:
     try:
         value = json.loads(text)
@@ -531,7 +549,10 @@ def _finalize_options(p: argparse.ArgumentParser) -> None:
     _setting(p, "judge.min_margin", type=float, help="|judge margin| under this is a tie (judge_tie)")
     _setting(p, "output.test_fraction", type=float, help="> 0: also write a deterministic train/test split")
     p.add_argument(
-        "--settings", default="{}", help="JSON: prompts, source, selection, sampling (for the card)"
+        "--settings",
+        type=_json_object,
+        default={},
+        help="JSON: prompts, source, selection, sampling (for the card)",
     )
     # provenance comes through the environment in the workflow (never a rule's params)
     p.add_argument("--workflow-commit", default=os.environ.get("MEDDPO_WORKFLOW_COMMIT", "unknown"))
