@@ -132,6 +132,11 @@ def test_the_config_check_refuses_the_same_values(command, option, value, key, s
         check_config(config)
 
 
+def test_a_count_that_is_not_a_whole_number_is_one_line(capsys):
+    line = _one_line(capsys, "generate", "--batch-size", "abc")
+    assert line == "meddpo generate: error: argument --batch-size: 'abc' is not a whole number"
+
+
 def test_the_bound_itself_is_accepted():
     args = build_parser().parse_args(
         "gemini --shard s --out o --failures f --usage u --system-prompt p --concurrency 1 "

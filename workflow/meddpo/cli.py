@@ -369,7 +369,10 @@ def _integer(text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        number = float(text)
+        try:
+            number = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if not number.is_integer():
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         return int(number)
