@@ -495,3 +495,19 @@ def test_a_folder_source_is_checked_file_by_file(tmp_path):
     assert str(caught.value) == (
         f"{tmp_path}/src/b.jsonl, line 1: not valid JSON (Expecting value at column 49)"
     )
+
+
+def test_non_utf8_parquet_counts_rows_across_row_groups(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [f"What is condition {i} ?".encode() for i in range(5)]
+    texts[4] = b"What is \xff ?"
+    table = pa.table({"question": pa.array(texts, pa.binary()).view(pa.string()), "question_type": ["x"] * 5})
+    pq.write_table(table, tmp_path / "q.parquet", row_group_size=2)
+    with pytest.raises(DataError) as caught:
+        build_questions(str(tmp_path / "q.parquet"), n=None)
+    assert str(caught.value) == (
+        f"{tmp_path}/q.parquet, row 5, column 'question': not UTF-8 text (byte 9 of the value: b'\\xff'); "
+        "save the source as UTF-8"
+    )
