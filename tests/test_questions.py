@@ -54,6 +54,7 @@ def test_cleaning_and_dedupe_counts():
         "dropped_long": 0,
         "dropped_duplicate": 2,
         "dropped_duplicate_exact": 1,
+        "invisible_removed": 0,
         "category_guessed": 0,
         "kept": 2,
     }
@@ -155,6 +156,7 @@ def test_not_text_and_long_questions_are_dropped_and_counted():
         "dropped_long": 1,
         "dropped_duplicate": 0,
         "dropped_duplicate_exact": 0,
+        "invisible_removed": 0,
         "category_guessed": 0,
         "kept": 2,
     }
@@ -162,7 +164,7 @@ def test_not_text_and_long_questions_are_dropped_and_counted():
         list(counts)
         == (
             "read dropped_empty dropped_not_text dropped_short dropped_long dropped_duplicate "
-            "dropped_duplicate_exact category_guessed kept"
+            "dropped_duplicate_exact invisible_removed category_guessed kept"
         ).split()
     )
     # without max_chars there is no upper limit
@@ -296,7 +298,7 @@ def test_malformed_jsonl_source_names_line(tmp_path):
 def test_non_utf8_csv_names_line(tmp_path):
     path = tmp_path / "q.csv"
     path.write_bytes(b"question,question_type\nWhat is gout ?,information\nWhat is caf\xe9 ?,information\n")
-    with pytest.raises(DataError, match=r"q\.csv, line 3: not UTF-8"):
+    with pytest.raises(DataError, match=r"q\.csv, line 3 \(row 2\), column 'question': not UTF-8"):
         build_questions(str(path), n=None)
 
 
@@ -426,3 +428,86 @@ def test_stratified_share_gap_on_medquad(medquad_pool, capsys):
     with capsys.disabled():
         print(f"\nlargest gap from the exact proportional share at 10,000: {gaps[worst]:.3f} ({worst})")
     assert gaps[worst] <= 2
+
+
+def test_invisible_characters_are_removed_and_counted():
+    rows = [
+        _row("What is\x00 gout ?"),  # NUL
+        _row("What is \u202egout and \u2066lupus\u2069 ?"),  # bidi override, isolate
+        _row("What is lu\u200bpus ?"),  # zero-width space
+        _row("\ufeffWhat is asthma ?\x7f"),  # byte order mark, DEL
+        _row("What\x07 is ac\u00adne ?\x9b"),  # BEL, soft hyphen, a C1 control
+        _row("What\tis\u2028acne\x85treated with ?"),  # white space: folded, not counted
+        _row("What is lupus ?"),  # the zero-width space hid a duplicate
+        _row("\u200b\u202e\x00\ufeff"),  # nothing left
+    ]
+    kept, counts = clean_and_dedupe(rows, source="s", min_chars=10)
+    assert [r["question"] for r in kept] == [
+        "What is gout ?",
+        "What is gout and lupus ?",
+        "What is lupus ?",
+        "What is asthma ?",
+        "What is acne ?",
+        "What is acne treated with ?",
+    ]
+    assert (counts["invisible_removed"], counts["dropped_empty"], counts["dropped_duplicate"]) == (6, 1, 1)
+    assert kept[2]["id"] == question_id("What is lupus ?")
+
+
+def test_non_utf8_jsonl_source_names_line_and_field(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_bytes(b'{"question_type": "information", "question": "What is caf\xe9 ?"}\n')
+    with pytest.raises(DataError) as caught:
+        build_questions(str(path), n=None)
+    assert str(caught.value) == (
+        f"{path}, line 1: not UTF-8 text in field 'question' (byte 58 of the line: b'\\xe9'); "
+        "save the file as UTF-8"
+    )
+
+
+def test_non_utf8_in_a_csv_header_names_the_header(tmp_path):
+    path = tmp_path / "q.csv"
+    path.write_bytes(b"question,question_type,caf\xe9\nWhat is gout ?,information,x\n")
+    with pytest.raises(DataError, match=r"q\.csv, line 1 \(the header\): not UTF-8 text"):
+        build_questions(str(path), n=None)
+
+
+def test_rows_that_all_fall_out_in_cleaning_say_why(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text(
+        '{"question": "Gout?", "question_type": "x"}\n{"question": " ", "question_type": "x"}\n'
+        '{"question": 7, "question_type": "x"}\n'
+    )
+    with pytest.raises(DataError) as caught:
+        build_questions(str(path), n=None)
+    assert str(caught.value) == (
+        f"no questions in {path}: none of its 3 rows is a usable question (1 empty, 1 not text, "
+        "1 shorter than questions.min_chars (10)); point source.dataset at a source with questions"
+    )
+
+
+def test_a_folder_source_is_checked_file_by_file(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.jsonl").write_text('{"question": "What is gout ?", "question_type": "x"}\n')
+    (tmp_path / "src" / "b.jsonl").write_text('{"question": "What is gout ?", "question_type": }\n')
+    with pytest.raises(DataError) as caught:
+        build_questions(str(tmp_path / "src"), n=None)
+    assert str(caught.value) == (
+        f"{tmp_path}/src/b.jsonl, line 1: not valid JSON (Expecting value at column 49)"
+    )
+
+
+def test_non_utf8_parquet_counts_rows_across_row_groups(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [f"What is condition {i} ?".encode() for i in range(5)]
+    texts[4] = b"What is \xff ?"
+    table = pa.table({"question": pa.array(texts, pa.binary()).view(pa.string()), "question_type": ["x"] * 5})
+    pq.write_table(table, tmp_path / "q.parquet", row_group_size=2)
+    with pytest.raises(DataError) as caught:
+        build_questions(str(tmp_path / "q.parquet"), n=None)
+    assert str(caught.value) == (
+        f"{tmp_path}/q.parquet, row 5, column 'question': not UTF-8 text (byte 9 of the value: b'\\xff'); "
+        "save the source as UTF-8"
+    )

@@ -127,10 +127,18 @@ def _pairs(args: argparse.Namespace) -> None:
 
 
 def _load_json(path: Path | None) -> dict | None:
+    """A JSON file (stats, usage); one that does not parse names its line and column."""
     if path is None:
         return None
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start + 1})") from None
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"{path}, line {err.lineno}: not valid JSON ({err.msg} at column {err.colno})"
+        ) from None
 
 
 def _merge(args: argparse.Namespace) -> None:
@@ -179,7 +187,7 @@ def _finalize(args: argparse.Namespace) -> None:
         min_plain_share=args.min_plain_share,
         judge_min_margin=args.min_margin,
         test_fraction=args.test_fraction,
-        settings=json.loads(args.settings),
+        settings=args.settings,
         question_stats=_load_json(args.question_stats),
         pair_stats=_load_json(args.pair_stats),
         throughput=throughput,
@@ -371,7 +379,10 @@ def _integer(text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        number = float(text)
+        try:
+            number = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if not number.is_integer():
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         return int(number)
@@ -385,6 +396,16 @@ def _nullable(kind, words=("none", "null")):
 
     parse.__name__ = kind.__name__
     return parse
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err.msg} at character {err.pos + 1}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object {...}")
+    return value
 
 
 def _policy(text: str) -> dict:
@@ -422,14 +443,57 @@ def _block(path: str):
 _vllm_block = _block("vllm")
 
 
+def _out_of_range(value, limits: dict) -> str | None:
+    """What is wrong with ``value`` under the schema's range keywords ``limits``, or None."""
+    if isinstance(value, float) and value != value:
+        return "must be a number"
+    rules = (
+        ("minimum", lambda bound: value < bound, "must be at least"),
+        ("exclusiveMinimum", lambda bound: value <= bound, "must be more than"),
+        ("maximum", lambda bound: value > bound, "must be at most"),
+        ("exclusiveMaximum", lambda bound: value >= bound, "must be less than"),
+    )
+    for word, broken, text in rules:
+        if word in limits and isinstance(value, int | float) and broken(limits[word]):
+            return f"{text} {limits[word]}"
+    if "minLength" in limits and isinstance(value, str) and len(value) < limits["minLength"]:
+        return "must not be empty" if limits["minLength"] == 1 else f"needs {limits['minLength']} characters"
+    return None
+
+
+def _within(kind, limits: dict):
+    """An option type: ``kind``, then the schema's range for the setting (None, a null, passes)."""
+
+    def parse(text: str):
+        value = kind(text)
+        problem = None if value is None else _out_of_range(value, limits)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text}" if text else problem)
+        return value
+
+    parse.__name__ = getattr(kind, "__name__", "value")
+    return parse
+
+
+# options that are not config settings: seconds between progress lines (0: every step)
+_SECONDS = _within(float, {"minimum": 0})
+
+
 def _setting(parser: argparse.ArgumentParser, path: str, *aliases: str, **kwargs) -> None:
-    """An option for the config setting ``path``, named after its key; default and choices from the schema."""
+    """An option for the config setting ``path``, named after its key.
+
+    Its default, choices and range (minimum, maximum, ...) come from the schema,
+    so a value the config check would refuse is refused here too, in one line.
+    """
     key = path.rpartition(".")[2]
-    node = schema.section(path.rpartition(".")[0])["properties"][key]
+    node = schema.section(path.rpartition(".")[0])["properties"][key] if "." in path else {}
     if "enum" in node:
         kwargs.setdefault("choices", schema.choices(path))
     if not kwargs.get("required"):
         kwargs.setdefault("default", schema.default(path, None))
+    limits = schema.bounds(path)
+    if limits:
+        kwargs["type"] = _within(kwargs.get("type", str), limits)
     if node.get("type") == "boolean":
         kwargs["action"] = argparse.BooleanOptionalAction
     parser.add_argument(f"--{key.replace('_', '-')}", *aliases, dest=key, **kwargs)
@@ -498,7 +562,10 @@ def _finalize_options(p: argparse.ArgumentParser) -> None:
     _setting(p, "judge.min_margin", type=float, help="|judge margin| under this is a tie (judge_tie)")
     _setting(p, "output.test_fraction", type=float, help="> 0: also write a deterministic train/test split")
     p.add_argument(
-        "--settings", default="{}", help="JSON: prompts, source, selection, sampling (for the card)"
+        "--settings",
+        type=_json_object,
+        default={},
+        help="JSON: prompts, source, selection, sampling (for the card)",
     )
     # provenance comes through the environment in the workflow (never a rule's params)
     p.add_argument("--workflow-commit", default=os.environ.get("MEDDPO_WORKFLOW_COMMIT", "unknown"))
@@ -548,8 +615,8 @@ def _add_questions(sub) -> None:
 def _add_shard(sub) -> None:
     p = sub.add_parser("shard", help="write shard INDEX of N-SHARDS")
     p.add_argument("--questions", required=True, type=Path)
-    p.add_argument("--n-shards", required=True, type=_integer)
-    p.add_argument("--index", required=True, type=_integer)
+    _setting(p, "n_shards", required=True, type=_integer)
+    p.add_argument("--index", required=True, type=_within(_integer, {"minimum": 0}), help="0 .. N-SHARDS - 1")
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=_shard)
 
@@ -564,7 +631,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--server-log", type=Path, help="engine vllm: the server's log file")
     p.add_argument("--system-prompt", required=True)
     p.add_argument("--store", type=Path, help="answer store folder: reuse earlier answers, keep new ones")
-    p.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress lines")
+    p.add_argument("--progress-every", type=_SECONDS, default=30.0, help="seconds between progress lines")
     p.set_defaults(func=_generate)
 
 
@@ -579,7 +646,7 @@ def _add_gemini(sub) -> None:
     p.add_argument("--system-prompt", required=True)
     _gemini_options(p)
     p.add_argument("--store", type=Path)
-    p.add_argument("--progress-every", type=float, default=30.0)
+    p.add_argument("--progress-every", type=_SECONDS, default=30.0)
     p.set_defaults(func=_gemini)
 
 
@@ -682,7 +749,7 @@ def _add_judge(sub) -> None:
     p.add_argument("--server-log", type=Path, help="engine vllm: the server's log file")
     p.add_argument("--device", default="auto", help="auto = cuda when available, else cpu")
     p.add_argument("--store", type=Path, help="answer store folder: reuse earlier verdicts, keep new ones")
-    p.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress lines")
+    p.add_argument("--progress-every", type=_SECONDS, default=30.0, help="seconds between progress lines")
     p.set_defaults(func=_judge)
 
 

@@ -31,29 +31,60 @@ def _where(path: str | os.PathLike, line: int | None = None, field: str | None =
     return place
 
 
+def _bad_bytes_field(raw: bytes) -> str | None:
+    """The first top-level field of a JSON line whose text holds bytes that are not UTF-8 (or None)."""
+    try:
+        row = json.loads(raw.decode("utf-8", "surrogateescape"))
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(row, dict):
+        return None
+    for key, value in row.items():
+        text = json.dumps([key, value], ensure_ascii=False)
+        if any("\udc80" <= char <= "\udcff" for char in text):
+            return str(key)
+    return None
+
+
+def decode_json_line(path: str | os.PathLike, number: int, raw: bytes) -> Any:
+    """One JSON line as a value; DataError naming the file, line, column or field when it is not.
+
+    A UTF-8 byte order mark on the first line is skipped (editors on Windows write one).
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        field = _bad_bytes_field(raw)
+        where = f" in field {field!r}" if field is not None else ""
+        bad = raw[err.start : err.start + 1]
+        raise DataError(
+            f"{_where(path, number)}: not UTF-8 text{where} (byte {err.start + 1} of the line: {bad!r}); "
+            "save the file as UTF-8"
+        ) from None
+    if number == 1:
+        text = text.removeprefix("\ufeff")
+    # without its line break, an error at the end of the line is still on this line (json
+    # would count the break as a line of its own and name column 1 of the next one)
+    text = text.rstrip("\r\n")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        place = "at the end of the line" if err.pos >= len(text) else f"at column {err.pos + 1}"
+        raise DataError(f"{_where(path, number)}: not valid JSON ({err.msg} {place})") from None
+
+
 def iter_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, row)`` for every non-blank line of a JSONL file.
 
-    Raises DataError naming the file and line for bytes that are not UTF-8, a
-    line that is not a JSON object, or a row without one of ``required``.
+    Raises DataError naming the file and line for bytes that are not UTF-8 (and
+    the field that holds them), a line that is not a JSON object (and the column
+    where the JSON breaks), or a row without one of ``required``.
     """
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                bad = raw[err.start : err.start + 1]
-                raise DataError(
-                    f"{_where(path, number)}: not UTF-8 text (byte {err.start}: {bad!r})"
-                ) from None
-            if not text.strip():
+            if not raw.strip() or (number == 1 and not raw.removeprefix(b"\xef\xbb\xbf").strip()):
                 continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise DataError(
-                    f"{_where(path, number)}: not valid JSON ({err.msg} at column {err.colno})"
-                ) from None
+            row = decode_json_line(path, number, raw)
             if not isinstance(row, dict):
                 raise DataError(f"{_where(path, number)}: expected a JSON object, got {type(row).__name__}")
             for field in required:

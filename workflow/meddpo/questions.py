@@ -19,9 +19,14 @@ columns. Every output row is::
 * MedQuAD's ``category`` column (Disease / Drug / Other) is kept as
   ``medquad_category``.
 * A question enters only as text: a value that is not a string (a number, a
-  list, ...) is dropped and counted as ``dropped_not_text``; after white space is
-  folded, questions shorter than ``min_chars`` or longer than ``max_chars`` are
-  dropped and counted as ``dropped_short`` / ``dropped_long``.
+  list, ...) is dropped and counted as ``dropped_not_text``. Invisible
+  characters (controls such as NUL, format characters such as U+200B, U+202E,
+  U+FEFF) are removed and the questions that held any counted as
+  ``invisible_removed``. After white space is folded, questions shorter than
+  ``min_chars`` or longer than ``max_chars`` are dropped and counted as
+  ``dropped_short`` / ``dropped_long``.
+* A source with no rows, or none that survive cleaning, stops here with one
+  line ("no questions in <file>"), never later in the workflow.
 
 Selection is nested: with the same source and seed, the questions picked for N
 are always among those picked for any larger N, whatever the mode. Each mode
@@ -52,6 +57,7 @@ import logging
 import os
 import re
 import time
+import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from fractions import Fraction
@@ -96,9 +102,27 @@ CATEGORY_KEYWORDS: tuple[tuple[str, str], ...] = (
 _KEYWORD_PATTERNS = tuple((re.compile(pattern), category) for pattern, category in CATEGORY_KEYWORDS)
 
 
+def _invisible(char: str) -> bool:
+    """A control character that is not white space (NUL, ESC, DEL, the C1 block), a format
+    character (zero-width space U+200B, joiners, the bidi marks and overrides such as U+202E,
+    the byte order mark U+FEFF, the soft hyphen) or a lone surrogate (a JSON escape such as
+    ``\\ud800``, which cannot be written as UTF-8)."""
+    category = unicodedata.category(char)
+    return category in ("Cf", "Cs") or (category == "Cc" and not char.isspace())
+
+
+def remove_invisible(text: str) -> str:
+    """``text`` without the characters of ``_invisible``: they show nothing, or turn text
+    around (U+202E), in a question a model is asked and a person reads."""
+    if text.isprintable():  # the common case: nothing to look at one by one
+        return text
+    return "".join(char for char in text if not _invisible(char))
+
+
 def clean_text(text: str) -> str:
-    """Fold every run of white space (newlines and tabs included) into one space."""
-    return " ".join(text.split())
+    """Remove invisible characters, then fold every run of white space (newlines and tabs
+    included) into one space."""
+    return " ".join(remove_invisible(text).split())
 
 
 def normalise_question(text: str) -> str:
@@ -137,14 +161,165 @@ def _is_local_reference(dataset: str) -> bool:
     )
 
 
-def _check_utf8(path: Path) -> None:
-    """Raise DataError naming the first line of ``path`` that is not UTF-8."""
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+LOADED_COLUMNS = (*REQUIRED_COLUMNS, "category", *KEPT_COLUMNS)
+
+
+def _no_questions(where: str, why: str) -> DataError:
+    return DataError(f"no questions in {where}: {why}; point source.dataset at a source with questions")
+
+
+def _not_utf8(where: str, raw: bytes, err: UnicodeDecodeError) -> DataError:
+    bad = raw[err.start : err.start + 1]
+    return DataError(
+        f"{where}: not UTF-8 text (byte {err.start + 1} of the value: {bad!r}); save the source as UTF-8"
+    )
+
+
+def _check_jsonl(path: Path) -> int:
+    """Rows of a JSONL source; our reader names the line (and field, column) of a bad row."""
+    try:
+        rows = 0
+        for number, row in iter_jsonl(path, required=REQUIRED_COLUMNS):
+            rows += 1
+            for column in LOADED_COLUMNS:
+                value = row.get(column)
+                if isinstance(value, str) and any("\ud800" <= char <= "\udfff" for char in value):
+                    raise DataError(
+                        f"{path}, line {number}, field {column!r}: a lone surrogate escape (\\ud800 to "
+                        "\\udfff without its pair) is not text; remove it"
+                    )
+        return rows
+    except DataError as err:
+        if path.suffix.lower() == ".json" and "not valid JSON" in str(err):
+            raise DataError(
+                f"{err}; a .json source must hold one JSON object per line (JSON Lines)"
+            ) from None
+        raise
+
+
+def _check_csv(path: Path) -> int:
+    """Data rows of a CSV source (blank lines aside); bytes that are not UTF-8 name line, row and column."""
+    import csv
+    import io
+
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    reader = csv.reader(
+        io.StringIO((text or data.decode("utf-8", "surrogateescape")).lstrip("\ufeff"), newline="")
+    )
+    header = next(reader, None) or []
+    rows = 0
+    while True:
+        line = reader.line_num + 1  # where the record starts (a quoted field may hold line breaks)
+        record = next(reader, None)
+        if record is None:
+            break
+        if not any(field.strip() for field in record):
+            continue
+        rows += 1
+        if text is not None:
+            continue
+        for index, field in enumerate(record):
             try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError(f"{path}, line {number}: not UTF-8 text (byte {err.start})") from None
+                field.encode("utf-8")
+            except UnicodeEncodeError:
+                name = header[index] if index < len(header) else f"#{index + 1}"
+                raw = field.encode("utf-8", "surrogateescape")
+                err = _first_decode_error(raw)
+                raise _not_utf8(f"{path}, line {line} (row {rows}), column {name!r}", raw, err) from None
+    if text is None:  # the bad bytes are in the header
+        raw = data.split(b"\n", 1)[0]
+        raise _not_utf8(f"{path}, line 1 (the header)", raw, _first_decode_error(raw))
+    return rows
+
+
+def _first_decode_error(raw: bytes) -> UnicodeDecodeError:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return err
+    raise AssertionError("the bytes decode")  # pragma: no cover - called only on bytes that do not
+
+
+def _check_arrow_text(batches, where: str) -> None:
+    """Raise DataError naming the row and column of the first string that is not UTF-8.
+
+    Arrow does not check the bytes of a string column when it reads a Parquet
+    file; they fail only once turned into Python text.
+    """
+    import pyarrow as pa
+
+    first_row = 0
+    for batch in batches:
+        for name, column in zip(batch.schema.names, batch.columns, strict=True):
+            if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+                continue
+            try:
+                column.validate(full=True)
+                continue
+            except pa.ArrowInvalid:
+                pass
+            binary = pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary()
+            for offset, raw in enumerate(column.view(binary).to_pylist()):
+                if raw is None:
+                    continue
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise _not_utf8(
+                        f"{where}, row {first_row + offset + 1}, column {name!r}", raw, err
+                    ) from None
+        first_row += batch.num_rows
+
+
+def _check_parquet(path: Path) -> int:
+    """Rows of a Parquet source; a file that is not Parquet, or text that is not UTF-8, is one line."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+        columns = [name for name in LOADED_COLUMNS if name in parquet.schema_arrow.names]
+        if parquet.metadata.num_rows:
+            _check_arrow_text(parquet.iter_batches(columns=columns), str(path))
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"{path}: could not be read as Parquet: {_first_line(err)}") from None
+    return parquet.metadata.num_rows
+
+
+_CHECKS = {"json": _check_jsonl, "csv": _check_csv, "parquet": _check_parquet}
+
+
+def _check_local_source(path: Path) -> str:
+    """Read-check a local source (a file, or a folder of them) before datasets loads it.
+
+    Returns the datasets builder of the file (the folder itself for a folder).
+    """
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in LOCAL_FORMATS)
+        if not files:
+            raise _no_questions(str(path), f"the folder holds no {', '.join(LOCAL_FORMATS)} file")
+        builder = str(path)
+    else:
+        files = [path]
+        builder = LOCAL_FORMATS.get(path.suffix.lower())
+        if builder is None:
+            raise DataError(f"{path}: unknown format {path.suffix!r}; use .parquet, .jsonl or .csv")
+    if sum(_CHECKS[LOCAL_FORMATS[f.suffix.lower()]](f) for f in files) == 0:
+        raise _no_questions(str(path), "the source has no rows")
+    return builder
+
+
+def _quiet_datasets():
+    """datasets logs its own ERROR lines before it raises; the error here is one line of ours."""
+    import datasets
+
+    datasets.logging.set_verbosity(logging.CRITICAL)
+    datasets.disable_progress_bars()
+    return datasets
 
 
 def load_source_rows(
@@ -153,33 +328,22 @@ def load_source_rows(
     """Rows of the source as dicts, through ``datasets.load_dataset``, and a fingerprint of the source.
 
     ``dataset`` is a hub id (``lavita/MedQuAD``), a local parquet/jsonl/csv file
-    or a local directory holding such files. Failures become one-line DataErrors.
+    or a local directory holding such files. Failures become one-line DataErrors
+    naming the file, and where it applies the line or row and the column; a
+    source without rows is "no questions in <file>".
     """
-    import datasets  # heavy import, kept out of module import time
-
-    datasets.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
+    datasets = _quiet_datasets()  # heavy import, kept out of module import time
     if _is_local_reference(dataset):
         path = Path(dataset)
         if not path.exists():
             raise DataError(f"{path}: source file not found (config key source.dataset)")
-        if path.is_dir():
-            builder, files = str(path), None
-        else:
-            builder = LOCAL_FORMATS.get(path.suffix.lower())
-            if builder is None:
-                raise DataError(f"{path}: unknown format {path.suffix!r}; use .parquet, .jsonl or .csv")
-            files = str(path)
-            if builder == "json":
-                # Our own reader names the line of a malformed row; datasets' would not.
-                for _ in iter_jsonl(path, required=REQUIRED_COLUMNS):
-                    pass
-            elif builder == "csv":
-                _check_utf8(path)
+        builder = _check_local_source(path)
+        files = None if path.is_dir() else str(path)
         try:
             ds = datasets.load_dataset(builder, data_files=files, split=split)
         except Exception as err:  # noqa: BLE001 - turned into one clear line
-            raise DataError(f"{path}: could not be read as {builder}: {_first_line(err)}") from None
+            kind = "a dataset folder" if path.is_dir() else builder
+            raise DataError(f"{path}: could not be read as {kind}: {_first_line(err)}") from None
     else:
         try:
             ds = datasets.load_dataset(dataset, split=split, revision=revision)
@@ -194,8 +358,13 @@ def load_source_rows(
         raise DataError(
             f"{dataset}: missing column(s) {', '.join(repr(m) for m in missing)}; found {ds.column_names}"
         )
-    keep = [c for c in (*REQUIRED_COLUMNS, "category", *KEPT_COLUMNS) if c in ds.column_names]
-    return ds.select_columns(keep).to_list(), source_fingerprint(dataset, ds)
+    if len(ds) == 0:
+        raise _no_questions(dataset, f"split {split!r} has no rows")
+    keep = [c for c in LOADED_COLUMNS if c in ds.column_names]
+    ds = ds.select_columns(keep)
+    if not Path(dataset).is_file():  # a hub dataset or a folder: not looked at row by row yet
+        _check_arrow_text(ds.data.to_batches(), dataset)
+    return ds.to_list(), source_fingerprint(dataset, ds)
 
 
 def source_fingerprint(dataset: str, ds) -> str:
@@ -230,6 +399,7 @@ COUNT_KEYS = (
     "dropped_long",
     "dropped_duplicate",
     "dropped_duplicate_exact",
+    "invisible_removed",
     "category_guessed",
     "kept",
 )
@@ -242,6 +412,9 @@ def clean_and_dedupe(
 
     A question that is missing or blank counts as ``dropped_empty``; one that is
     not a string at all (a number, a list, a dict, ...) as ``dropped_not_text``.
+    Control and format characters (NUL, U+202E, U+200B, U+FEFF, ...; see
+    ``remove_invisible``) are removed first and each question that held any is
+    counted in ``invisible_removed``; one with nothing else in it is then empty.
     Lengths are measured after white space is folded: below ``min_chars`` is
     ``dropped_short``, above ``max_chars`` (when given) is ``dropped_long``.
 
@@ -261,6 +434,7 @@ def clean_and_dedupe(
         elif not isinstance(raw_question, str):
             counts["dropped_not_text"] += 1
             continue
+        counts["invisible_removed"] += remove_invisible(raw_question) != raw_question
         question = clean_text(raw_question)
         if not question:
             counts["dropped_empty"] += 1
@@ -447,6 +621,8 @@ def build_questions(
     questions, counts = clean_and_dedupe(
         raw, source=source_name or dataset, min_chars=min_chars, max_chars=max_chars
     )
+    if not questions:
+        raise _nothing_survives(dataset, counts, min_chars, max_chars)
     picked = select_questions(questions, n, selection, seed, stratify)
     stats = {
         "source": source_name or dataset,
@@ -463,11 +639,30 @@ def build_questions(
     return picked, stats
 
 
+def _nothing_survives(dataset: str, counts: dict, min_chars: int, max_chars: int | None) -> DataError:
+    """The one line for a source whose rows all fall out in cleaning: what they were."""
+    read = counts["read"]
+    if counts["dropped_not_text"] == read:
+        return DataError(
+            f"no questions in {dataset}: its 'question' column holds no text (none of its {read} values "
+            "is a string; numbers?); point source.dataset at a source whose 'question' column is text"
+        )
+    reasons = [
+        f"{counts['dropped_empty']} empty",
+        f"{counts['dropped_not_text']} not text",
+        f"{counts['dropped_short']} shorter than questions.min_chars ({min_chars})",
+        f"{counts['dropped_long']} longer than questions.max_chars ({max_chars})",
+    ]
+    said = ", ".join(reason for reason in reasons if not reason.startswith("0 "))
+    return _no_questions(dataset, f"none of its {read} rows is a usable question ({said})")
+
+
 def summary_line(stats: dict) -> str:
     """What question building did, in one log line."""
     s = stats
     return (
-        f"read {s['read']} rows: {s['dropped_empty']} empty, {s['dropped_not_text']} not text, "
+        f"read {s['read']} rows: {s['invisible_removed']} with invisible characters removed; "
+        f"{s['dropped_empty']} empty, {s['dropped_not_text']} not text, "
         f"{s['dropped_short']} short, {s['dropped_long']} long, {s['dropped_duplicate']} duplicates "
         f"({s['dropped_duplicate_exact']} exact) dropped; picked {s['picked']} ({s['selection']}) "
         f"in {s['seconds']:.1f}s"

@@ -89,6 +89,22 @@ def choices(path: str) -> tuple[Any, ...]:
     return tuple(_resolve(section(parent)["properties"][key])["enum"])
 
 
+# the schema keywords that bound one setting's value (the config check applies the same ones)
+RANGE_KEYWORDS = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "minLength")
+
+
+def bounds(path: str) -> dict[str, Any]:
+    """The range keywords of one setting (``bounds("local_model.max_new_tokens") == {"minimum": 1}``).
+
+    ``path`` may be a top-level key (``n_shards``). The command line checks an
+    option against these, so a step run by hand refuses what the config check refuses.
+    """
+    parent, _, key = path.rpartition(".")
+    properties = section(parent)["properties"] if parent else schema()["properties"]
+    node = _resolve(properties[key])
+    return {word: node[word] for word in RANGE_KEYWORDS if word in node}
+
+
 # --------------------------------------------------------------------------- config files
 
 
