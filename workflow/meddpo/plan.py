@@ -29,6 +29,9 @@ MINUTES_PER_100_QUESTIONS = {
 }
 START_UP_MINUTES = 15
 MAX_RUNTIME_MINUTES = 480
+# The stores' folders under output.dir: answers and verdicts kept across failures and reruns
+ANSWER_STORE_FOLDER = "answer_store"
+JUDGE_STORE_FOLDER = "judge_store"
 QUESTIONS_WHEN_ALL = 50_000  # questions.n null and a hub source: about MedQuAD's size after cleaning
 
 

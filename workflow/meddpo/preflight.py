@@ -44,7 +44,15 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoints import checkpoint_problems
-from .plan import count_source, estimate, judge_rules, local_models, render_estimate
+from .plan import (
+    ANSWER_STORE_FOLDER,
+    JUDGE_STORE_FOLDER,
+    count_source,
+    estimate,
+    judge_rules,
+    local_models,
+    render_estimate,
+)
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -54,8 +62,7 @@ BYTES_PER_ANSWER_TOKEN = 4 * 4
 MODEL_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 DATASET_OFFLINE_VARIABLES = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
 HUB_TIMEOUT_S = 5
-# Under output.dir, as the workflow lays it out (workflow/rules/common.smk)
-STORE_FOLDERS = {"answer store": "answer_store", "judge store": "judge_store"}
+STORE_FOLDERS = {"answer store": ANSWER_STORE_FOLDER, "judge store": JUDGE_STORE_FOLDER}
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 from .answer_store import AnswerStore
 from .jsonl import read_jsonl_tolerant
+from .plan import ANSWER_STORE_FOLDER
 
 ROLES = {"rejected": "rejected", "chosen": "chosen"}  # role -> output folder
 
@@ -39,7 +40,7 @@ def shard_status(config: dict[str, Any]) -> list[dict[str, Any]]:
     out = Path(config["output"]["dir"])
     rows = []
     for role, settings in store_settings(config).items():
-        store = AnswerStore(out / "answer_store", settings, "status")
+        store = AnswerStore(out / ANSWER_STORE_FOLDER, settings, "status")
         answers, refused = store.load(), store.load_refusals()
         for index in range(config["n_shards"]):
             name = f"shard-{index:03d}"

@@ -13,7 +13,12 @@ from snakemake.utils import validate
 # The package's own modules that need only the standard library and PyYAML (which
 # Snakemake has) are imported here: the config check, the preflight, the job plan.
 sys.path.insert(0, os.path.join(workflow.basedir, "workflow"))
-from meddpo.plan import questions_per_shard, runtime_minutes
+from meddpo.plan import (
+    ANSWER_STORE_FOLDER,
+    JUDGE_STORE_FOLDER,
+    questions_per_shard,
+    runtime_minutes,
+)
 from meddpo.settings import (
     ConfigError,
     check_config,
@@ -43,10 +48,10 @@ LOGS = f"{OUT}/logs"
 BENCHMARKS = f"{OUT}/benchmarks"
 # Answers as they are made, kept across failures and reruns (not a declared
 # output, so Snakemake never deletes it); see workflow/meddpo/answer_store.py.
-ANSWER_STORE = f"{OUT}/answer_store"
+ANSWER_STORE = f"{OUT}/{ANSWER_STORE_FOLDER}"
 # The judges' verdicts, kept the same way (keyed by the judge's settings, found by a hash
 # of question and answer); apart from the answers, so each store holds one kind of row.
-JUDGE_STORE = f"{OUT}/judge_store"
+JUDGE_STORE = f"{OUT}/{JUDGE_STORE_FOLDER}"
 SHARDS = [f"{index:03d}" for index in range(config["n_shards"])]
 ALL_PAIRS = f"{OUT}/pairs/all_pairs.jsonl"
 ALL_PAIRS_STATS = f"{OUT}/pairs/all_pairs.stats.json"
