@@ -85,7 +85,13 @@ def test_policy_drops_flags_or_ignores_and_nothing_disappears():
 def test_stats_add_up_and_report_and_card_render(tmp_path):
     rows = [pair(i=i) for i in range(6)] + [dict(CRAFTED["chosen_truncated"], id="mq-0100")]
     kept, dropped, counts = apply_policy(rows)
-    question_stats = {"read": 10, "kept": 9, "picked": 9, "picked_per_category": {"information": 9}}
+    question_stats = {
+        "read": 10,
+        "invisible_removed": 2,
+        "kept": 9,
+        "picked": 9,
+        "picked_per_category": {"information": 9},
+    }
     pair_stats = {
         "questions": 9,
         "pairs": 7,
@@ -106,6 +112,7 @@ def test_stats_add_up_and_report_and_card_render(tmp_path):
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
     report = render_report(stats)
     assert "| pairs dropped | 1 |" in report and "prompt_blocked:SAFETY" in report
+    assert "| questions with invisible characters removed | 2 |" in report
     card = render_card(
         n_rows=len(kept),
         configs=[

@@ -183,6 +183,8 @@ def build_stats(
         left_out = pair_stats["questions"] - pair_stats["pairs"]
     stages = {
         "questions_read": (question_stats or {}).get("read"),
+        # changed, not dropped: invisible characters (NUL, bidi overrides, ...) taken out
+        "questions_with_invisible_characters_removed": (question_stats or {}).get("invisible_removed"),
         "dropped_empty_question": (question_stats or {}).get("dropped_empty"),
         "dropped_not_text_question": (question_stats or {}).get("dropped_not_text"),
         "dropped_short_question": (question_stats or {}).get("dropped_short"),
