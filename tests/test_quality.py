@@ -139,6 +139,20 @@ def test_validate_accepts_a_good_file(tmp_path):
     assert (rows, problems) == (2, [])
 
 
+def test_validate_names_the_file_line_and_column_of_broken_json(tmp_path):
+    path = _write(tmp_path, [pair(1), pair(2)])
+    with path.open("ab") as handle:
+        handle.write(b'{"id": "mq-0003", "chosen": }\n{"id": "caf\xe9"}\n')
+    rows, problems = validate_pairs(path)
+    assert (rows, problems) == (
+        4,
+        [
+            "line 3: not a JSON line (Expecting value at column 29)",
+            "line 4: not UTF-8 text (byte 12 of the line)",
+        ],
+    )
+
+
 @pytest.mark.parametrize(
     "rows, expected",
     [

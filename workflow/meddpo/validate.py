@@ -41,8 +41,12 @@ def validate_pairs(
             rows += 1
             try:
                 row = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                problem(line, None, f"not a JSON line ({err})")
+            except UnicodeDecodeError as err:
+                problem(line, None, f"not UTF-8 text (byte {err.start + 1} of the line)")
+                continue
+            except json.JSONDecodeError as err:
+                # the error's own text says "line 1": the decoder saw this one line alone
+                problem(line, None, f"not a JSON line ({err.msg} at column {err.colno})")
                 continue
             if not isinstance(row, dict):
                 problem(line, None, "not a JSON object")
