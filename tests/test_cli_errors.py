@@ -132,6 +132,17 @@ def test_the_config_check_refuses_the_same_values(command, option, value, key, s
         check_config(config)
 
 
+def test_the_config_check_refuses_nan_as_the_option_does():
+    config = load_config([], base=REPO / "config.yaml")
+    config["teacher"]["gemini"]["timeout_s"] = float("nan")
+    with pytest.raises(ConfigError) as caught:
+        check_config(config, {"overlay.yaml": {"teacher": {"gemini": {"timeout_s": float("nan")}}}})
+    assert str(caught.value) == (
+        "config key teacher.gemini.timeout_s: nan is not allowed: a finite number is needed "
+        "(set in overlay.yaml)"
+    )
+
+
 def test_a_count_that_is_not_a_whole_number_is_one_line(capsys):
     line = _one_line(capsys, "generate", "--batch-size", "abc")
     assert line == "meddpo generate: error: argument --batch-size: 'abc' is not a whole number"

@@ -14,6 +14,7 @@ Settings are named by their dotted config path: ``teacher.gemini.concurrency``,
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 from importlib import resources
@@ -165,6 +166,12 @@ def check_config(config: dict[str, Any], files: dict[str, dict] | None = None) -
     """Raise ConfigError with the key, the bad value and the file, for the first problem the schema finds."""
     import jsonschema
 
+    for path, value in _numbers(config):
+        if not math.isfinite(value):  # YAML's .nan / .inf: no range check can catch them
+            raise ConfigError(
+                f"config key {'.'.join(map(str, path))}: {value!r} is not allowed: "
+                f"a finite number is needed{_where(files or {}, path)}"
+            )
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(
         validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(e.absolute_path))
@@ -194,6 +201,18 @@ def check_config(config: dict[str, Any], files: dict[str, dict] | None = None) -
     raise ConfigError(
         f"config key {key}: {value!r} is not allowed: {error.message}{_where(files or {}, path)}"
     )
+
+
+def _numbers(node: Any, path: tuple = ()):
+    """Every float in a config, with its key path."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _numbers(value, (*path, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _numbers(value, (*path, index))
+    elif isinstance(node, float):
+        yield path, node
 
 
 def fill_defaults(config: dict[str, Any], node: dict[str, Any] | None = None) -> dict[str, Any]:
