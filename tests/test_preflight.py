@@ -47,7 +47,10 @@ def test_a_model_folder_must_hold_a_full_checkpoint(tmp_path, tiny_mistral):
     (partial / "tokenizer_config.json").write_text('{"bos_token": "<s>"}')
     [finding] = pf.check_model("teacher.local.model", {"model": str(partial)})
     assert finding.level == "error"
-    assert "has no a chat template, weights (*.safetensors)" in finding.text
+    assert (
+        "has no a chat template, weights (model.safetensors, a shard index or pytorch_model.bin)"
+        in finding.text
+    )
     # the demo builds its models during the run: nothing to check beforehand
     assert pf.check_model("rejected.model", {"model": str(missing)}, built_by_run=True) == []
 
@@ -213,11 +216,37 @@ def test_a_sharded_checkpoint_missing_a_shard_is_found(tmp_path, tiny_mistral):
         json.dumps({"metadata": {}, "weight_map": weight_map})
     )
     assert pf.check_model("rejected.model", {"model": str(sharded)}) == []
+    # a .bin shard index beside them (model repos ship both) is not what the loader reads
+    (sharded / "pytorch_model.bin.index.json").write_text(
+        json.dumps(
+            {"metadata": {}, "weight_map": {name: "pytorch_model-00001-of-00001.bin" for name in names}}
+        )
+    )
+    assert pf.check_model("rejected.model", {"model": str(sharded)}) == []
     (sharded / "model-00002-of-00002.safetensors").unlink()
     assert [str(f) for f in pf.check_model("rejected.model", {"model": str(sharded)})] == [
         f"error: rejected.model {sharded}: {sharded}/model-00002-of-00002.safetensors: missing; "
         f"the shard index model.safetensors.index.json lists it for {len(names) - half} tensor(s); "
         "copy or download the checkpoint again"
+    ]
+
+
+def test_torch_bin_weights_old_and_new_formats_pass_and_a_cut_one_is_found(tmp_path):
+    import torch
+
+    from meddpo.checkpoints import checkpoint_problems
+
+    tensors = {"w": torch.zeros(64, 64)}
+    new, old = tmp_path / "new", tmp_path / "old"
+    for folder, zipped in ((new, True), (old, False)):
+        folder.mkdir()
+        torch.save(tensors, folder / "pytorch_model.bin", _use_new_zipfile_serialization=zipped)
+        assert checkpoint_problems(folder) == []
+    data = (new / "pytorch_model.bin").read_bytes()
+    (new / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
+    assert checkpoint_problems(new) == [
+        f"{new}/pytorch_model.bin: not a readable zip archive (torch's weight format), so cut short or "
+        "corrupt; copy or download the checkpoint again (or convert an old torch file to safetensors)"
     ]
 
 

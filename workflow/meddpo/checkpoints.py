@@ -4,14 +4,17 @@ A GPU job that meets a broken checkpoint finds out only after its queue wait,
 with a library traceback (``SafetensorError``, ``None: no such file``). The
 preflight and ``meddpo judge`` ask ``checkpoint_problems`` first. It reads
 
-* the header of every ``*.safetensors`` file: an 8-byte little-endian length,
+* the header of a ``*.safetensors`` file: an 8-byte little-endian length,
   then that many bytes of JSON naming each tensor's byte range, every range
   inside the file;
 * a shard index (``model.safetensors.index.json``, ``pytorch_model.bin.index.json``):
   valid JSON whose ``weight_map`` names shards that all exist and parse, each
   holding the tensors the index puts there (safetensors);
-* every ``.bin`` weight file: a readable zip archive (torch's format since 1.6),
-  through its central directory at the end, which a cut-off copy lacks.
+* a ``.bin`` weight file: a readable zip archive (torch's format since 1.6),
+  through its central directory at the end, which a cut-off copy lacks, or an
+  older torch pickle.
+
+Only the weights a loader will read are checked (``weights_to_load``).
 
 Each problem is one line that names the file. Standard library only.
 """
@@ -23,8 +26,13 @@ import struct
 import zipfile
 from pathlib import Path
 
-INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-BIN_PATTERNS = ("pytorch_model*.bin", "model*.bin")
+# What transformers' from_pretrained reads from a folder, first found first
+LOAD_ORDER = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 # safetensors refuses headers over 100 MB; a larger length means a file that is not safetensors
 MAX_HEADER_BYTES = 100_000_000
 RECOPY = "copy or download the checkpoint again"
@@ -80,6 +88,9 @@ def bin_problem(path: Path) -> str | None:
     try:
         if path.stat().st_size == 0:
             return f"{path}: empty file (0 bytes); {RECOPY}"
+        with open(path, "rb") as handle:
+            if handle.read(2)[:1] == b"\x80":
+                return None  # torch's format before 1.6: a pickle (protocol byte after 0x80), no zip
         with zipfile.ZipFile(path) as archive:
             archive.namelist()
     except OSError as err:
@@ -134,31 +145,28 @@ def _index_problems(index: Path, checked: dict[Path, dict | None]) -> list[str]:
     return problems
 
 
+def weights_to_load(folder: str | Path) -> Path | None:
+    """The weight file (or shard index) a loader reads from ``folder``, in transformers' order.
+
+    A download may carry more than one format (model repos often ship both shard
+    indexes while only the safetensors shards were fetched): only the one that is
+    read is checked, as loading would.
+    """
+    for name in LOAD_ORDER:
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return None
+
+
 def checkpoint_problems(folder: str | Path) -> list[str]:
     """One line per problem with the weight files of the checkpoint in ``folder`` (none: it is whole)."""
-    folder = Path(folder)
-    checked: dict[Path, dict | None] = {}
-    problems: list[str] = []
-    for index in INDEX_FILES:
-        if (folder / index).is_file():
-            checked[folder / index] = None
-            problems += _index_problems(folder / index, checked)
-    for path in sorted(folder.glob("*.safetensors")):
-        if path not in checked:
-            header, problem = safetensors_header(path)
-            checked[path] = header
-            if problem:
-                problems.append(problem)
-    bins = sorted({path for pattern in BIN_PATTERNS for path in folder.glob(pattern)})
-    for path in bins:
-        if path not in checked:
-            checked[path] = None
-            problem = bin_problem(path)
-            if problem:
-                problems.append(problem)
-    if not checked:
-        problems.append(
-            f"{folder}: no weight file (*.safetensors, pytorch_model*.bin or a shard index); "
-            "is it a full checkpoint?"
-        )
-    return problems
+    weights = weights_to_load(folder)
+    if weights is None:
+        return [f"{folder}: no weight file ({', '.join(LOAD_ORDER)}); is it a full checkpoint?"]
+    if weights.name.endswith(".index.json"):
+        return _index_problems(weights, {})
+    if weights.suffix == ".safetensors":
+        problem = safetensors_header(weights)[1]
+    else:
+        problem = bin_problem(weights)
+    return [problem] if problem else []

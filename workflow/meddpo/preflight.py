@@ -43,7 +43,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import checkpoint_problems
+from .checkpoints import checkpoint_problems, weights_to_load
 from .plan import (
     ANSWER_STORE_FOLDER,
     JUDGE_STORE_FOLDER,
@@ -54,7 +54,6 @@ from .plan import (
     render_estimate,
 )
 
-WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 # bytes a question needs on disk, all copies included (store, shards, pairs, dataset), at the caps
 BYTES_PER_ANSWER_TOKEN = 4 * 4
@@ -199,8 +198,8 @@ def _missing_parts(folder: Path) -> list[str]:
             template = False
     if not template:
         missing.append("a chat template")
-    if not any(any(folder.glob(pattern)) for pattern in WEIGHT_PATTERNS):
-        missing.append("weights (*.safetensors)")
+    if weights_to_load(folder) is None:
+        missing.append("weights (model.safetensors, a shard index or pytorch_model.bin)")
     return missing
 
 
