@@ -472,6 +472,41 @@ def test_attempts_that_never_reached_the_server_are_not_requests(tmp_path):
     assert len(logged) == 12 and not any("error" in row for row in logged)
 
 
+def test_requests_at_the_server_when_it_goes_away_are_kept_and_never_bought_again(tmp_path):
+    slow = [QUESTIONS[0]["question"], QUESTIONS[1]["question"]]
+    # each reply closes its connection, so after the stop every new request is refused
+    server = GeminiTestServer(latency_s=0.1, hang_s=3.0, keep_alive=False).start()
+    server.script = dict.fromkeys(slow, ["timeout"])
+    settings = fast(server, concurrency=3, timeout_s=20.0)
+
+    async def go():
+        async def unplug():
+            await asyncio.sleep(0.5)  # the two slow ones are at the server, the third slot busy
+            await asyncio.to_thread(server.stop)
+
+        unplugging = asyncio.create_task(unplug())
+        try:
+            return await answer_with_gemini(QUESTIONS, "x", settings, KEY, store_root=tmp_path)
+        finally:
+            await unplugging
+
+    with pytest.raises(EndpointUnreachable, match=r"cannot reach the Gemini endpoint 127\.0\.0\.1:"):
+        run(go())
+    paid = sum(server.requests.values())
+    logged = [row for path in tmp_path.rglob("requests/*.jsonl") for row in read_jsonl(path)]
+    assert len(logged) == paid  # every request the server saw is in the usage log, none more
+    # the rerun: the two answers that were in flight are in the store, not asked again
+    with GeminiTestServer() as again:
+        rows, left_out, usage = run(
+            answer_with_gemini(
+                QUESTIONS, "x", fast(again, concurrency=3, timeout_s=20.0), KEY, store_root=tmp_path
+            )
+        )
+    assert (again.requests[slow[0]], again.requests[slow[1]]) == (0, 0)
+    assert len(rows) == 12 and left_out == []
+    assert usage["requests"] + usage["reused_from_store"] == 12
+
+
 def test_unreachable_means_that_many_in_a_row_with_no_reply_between():
     import httpx2
 

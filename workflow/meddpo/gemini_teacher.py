@@ -31,7 +31,8 @@ An endpoint that cannot be reached stops the job too (EndpointUnreachable):
 when ``UNREACHED_TO_STOP`` attempts in a row fail before reaching the server
 (connection refused, unknown host, a TLS handshake that fails, a connect
 time-out), with no reply from the server between them, the job ends with one
-line naming the host and port. Such attempts cost nothing and are not counted
+line naming the host and port, once the requests already at the server are
+answered and stored. Such attempts cost nothing and are not counted
 as requests; a reply of any kind (a 503 or a 429 too) resets the count, so a
 server that answers, even with errors, keeps its normal retries. A connect
 time-out is at most ``CONNECT_TIMEOUT_S`` (``timeout_s`` still bounds the whole
@@ -302,15 +303,18 @@ def _why_unreached(error: BaseException) -> str:
 class EndpointWatch:
     """Counts attempts in a row that never reached the server, across every request in flight.
 
-    ``UNREACHED_TO_STOP`` of them with no reply between them stop the job (all of its
-    requests at once, not each after its own back-off); a reply of any kind resets the count.
+    ``UNREACHED_TO_STOP`` of them with no reply between them stop the job: from then on
+    no new attempt starts (``check`` raises EndpointUnreachable at once, rather than each
+    request going through its own back-off), while the requests already at the server
+    finish and are kept, as with the cost cap. A reply of any kind before that resets
+    the count.
     """
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint  # host:port of the configured endpoint
         self.in_a_row = 0
         self.attempts = 0  # every attempt of this job that never reached the server
-        self.last: BaseException | None = None
+        self.stopped: str | None = None  # why the job stops, once it does
 
     def reached(self) -> None:
         self.in_a_row = 0
@@ -318,22 +322,20 @@ class EndpointWatch:
     def unreached(self, error: BaseException) -> None:
         self.in_a_row += 1
         self.attempts += 1
-        self.last = error
+        if self.in_a_row >= UNREACHED_TO_STOP and self.stopped is None:
+            endpoint = _attempted_endpoint(error) or self.endpoint
+            self.stopped = (
+                f"cannot reach the Gemini endpoint {endpoint}: {self.in_a_row} attempts in a row never "
+                f"got there ({_why_unreached(error)}); nothing was sent for them and none is counted as "
+                "paid. Check base_url (or GOOGLE_GEMINI_BASE_URL), the network and any proxy, then "
+                "rerun: what was answered is kept"
+            )
         self.check()
 
     def check(self) -> None:
-        """Raise EndpointUnreachable once the count is reached (before another attempt too)."""
-        if self.in_a_row < UNREACHED_TO_STOP:
-            return
-        error = self.last
-        endpoint = (error is not None and _attempted_endpoint(error)) or self.endpoint
-        cause = _why_unreached(error) if error is not None else "?"
-        raise EndpointUnreachable(
-            f"cannot reach the Gemini endpoint {endpoint}: {self.in_a_row} attempts in a row never "
-            f"got there ({cause}); nothing was sent for them and none is counted as paid. Check "
-            "base_url (or GOOGLE_GEMINI_BASE_URL), the network and any proxy, then rerun: what was "
-            "answered is kept"
-        )
+        """Raise EndpointUnreachable once the job stops (before another attempt too)."""
+        if self.stopped is not None:
+            raise EndpointUnreachable(self.stopped)
 
 
 def _is_transient(error: BaseException) -> bool:
@@ -652,7 +654,12 @@ async def answer_with_gemini(
                 if capped or spent >= max_usd:
                     capped.append(spent)
                     return
-            outcome = await _ask(client, limiter, settings, config, question, log_request, reach)
+            if reach.stopped is not None:
+                return  # the endpoint cannot be reached: left for the rerun
+            try:
+                outcome = await _ask(client, limiter, settings, config, question, log_request, reach)
+            except EndpointUnreachable:
+                return  # raised once the requests already at the server are in
         if outcome.client_error is not None and watch.is_fatal(outcome.client_error):
             raise HardGeminiError(_describe(outcome.client_error))
         if outcome.row is not None:
@@ -674,6 +681,8 @@ async def answer_with_gemini(
             # the first hard error cancels everything else at once
             for future in asyncio.as_completed(tasks):
                 await future
+        if reach.stopped is not None:
+            raise EndpointUnreachable(reach.stopped)
         if capped:
             raise HardGeminiError(
                 f"the cost cap is reached: about ${max(capped):.4f} spent under these settings, max_usd is "

@@ -30,7 +30,9 @@ answers instead of the canned one: tests script a judge's JSON with it, and
 a Gemini rubric judge (it is no judge: it lets a run go end to end).
 
 ``port`` (default: a free one) lets a test start the server on a port a client
-already tried while it was closed.
+already tried while it was closed. ``keep_alive=False`` closes each connection
+after its reply, so once the server is stopped every new request finds the port
+closed while the requests it is still serving finish.
 
 ``default_step`` applies to questions without a script (``"403"`` makes every
 request fail, as a bad key would). ``requests`` counts requests per question;
@@ -95,8 +97,10 @@ class GeminiTestServer:
         expected_key: str | None = None,
         reply: Callable[[str], str] | None = None,
         port: int = 0,
+        keep_alive: bool = True,
     ):
         self.port = port  # 0: a free one
+        self.keep_alive = keep_alive  # False: each reply closes its connection
         self.latency_s = latency_s
         self.default_step = default_step
         self.hang_s = hang_s
@@ -231,6 +235,9 @@ class GeminiTestServer:
                     self.send_response(code)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
+                    if not owner.keep_alive:
+                        self.send_header("Connection", "close")
+                        self.close_connection = True
                     self.end_headers()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
