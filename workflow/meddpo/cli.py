@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -445,8 +446,8 @@ _vllm_block = _block("vllm")
 
 def _out_of_range(value, limits: dict) -> str | None:
     """What is wrong with ``value`` under the schema's range keywords ``limits``, or None."""
-    if isinstance(value, float) and value != value:
-        return "must be a number"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"  # nan and inf, which the config check refuses too
     rules = (
         ("minimum", lambda bound: value < bound, "must be at least"),
         ("exclusiveMinimum", lambda bound: value <= bound, "must be more than"),
