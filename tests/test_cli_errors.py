@@ -115,16 +115,13 @@ def test_an_option_out_of_the_schemas_range_is_one_line(command, option, value, 
     assert line == f"meddpo {command}: error: argument {option}: {says}, got {value}"
 
 
-@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
 def test_nan_and_inf_are_refused_for_a_bounded_option(value, capsys):
+    says = f"must be a finite number, got {value}"
     line = _one_line(capsys, "gemini", "--timeout", value)
-    assert (
-        line == f"meddpo gemini: error: argument --timeout-s/--timeout: must be a finite number, got {value}"
-    )
+    assert line == f"meddpo gemini: error: argument --timeout-s/--timeout: {says}"
     line = _one_line(capsys, "gemini", "--requests-per-minute", value)
-    assert (
-        line == f"meddpo gemini: error: argument --requests-per-minute: must be a finite number, got {value}"
-    )
+    assert line == f"meddpo gemini: error: argument --requests-per-minute: {says}"
 
 
 @pytest.mark.parametrize("command, option, value, key, says", OUT_OF_RANGE)
