@@ -53,11 +53,11 @@ def count_source(config: dict[str, Any]) -> tuple[int, int] | None:
     once per file version in a process. A source that cannot be read raises the
     questions step's DataError.
     """
-    from .questions import _is_local_reference
+    from .questions import is_local_source
 
     source, questions = config["source"], config["questions"]
     dataset = source["dataset"]
-    if not _is_local_reference(dataset):
+    if not is_local_source(dataset):
         return None
     try:
         info = os.stat(dataset)
@@ -81,7 +81,7 @@ def question_count(config: dict[str, Any]) -> tuple[int, tuple[int, int] | None]
 
     try:
         counted = count_source(config)
-    except (UserError, ImportError):
+    except (UserError, ImportError, OSError):  # the questions step and the preflight say what is wrong
         counted = None
     return (counted[1], counted) if counted else (QUESTIONS_WHEN_ALL, None)
 

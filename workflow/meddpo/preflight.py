@@ -312,7 +312,9 @@ def check_source(source: dict[str, Any], questions: dict[str, Any] | None = None
                 )
             ]
         return []
-    if is_local_path(dataset) or Path(dataset).suffix.lower() in {".parquet", ".jsonl", ".json", ".csv"}:
+    from .questions import is_local_source
+
+    if is_local_source(dataset):
         return [
             Finding("error", f"source.dataset {dataset}: no such file; point source.dataset at a local copy")
         ]

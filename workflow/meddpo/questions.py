@@ -153,7 +153,8 @@ def guess_category(question: str) -> str:
 # --------------------------------------------------------------------------- loading
 
 
-def _is_local_reference(dataset: str) -> bool:
+def is_local_source(dataset: str) -> bool:
+    """A file or folder on this machine, not a hub id (the preflight and the plan ask this too)."""
     return (
         os.path.exists(dataset)
         or Path(dataset).suffix.lower() in LOCAL_FORMATS
@@ -333,7 +334,7 @@ def load_source_rows(
     source without rows is "no questions in <file>".
     """
     datasets = _quiet_datasets()  # heavy import, kept out of module import time
-    if _is_local_reference(dataset):
+    if is_local_source(dataset):
         path = Path(dataset)
         if not path.exists():
             raise DataError(f"{path}: source file not found (config key source.dataset)")
