@@ -399,24 +399,20 @@ def _nullable(kind, words=("none", "null")):
     return parse
 
 
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not JSON: {err.msg} at character {err.pos + 1}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object {...}")
-    return value
+def _json_object(example: str = "{...}"):
+    """An option type: a JSON object (``example`` shows one in the error)."""
 
+    def parse(text: str) -> dict:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise argparse.ArgumentTypeError(f"not JSON: {err.msg} at character {err.pos + 1}") from None
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError(f"expected a JSON object such as {example}")
+        return value
 
-def _policy(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not JSON: {err.msg}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError('expected a JSON object such as {"chosen_truncated": "flag"}')
-    return value
+    parse.__name__ = "JSON object"
+    return parse
 
 
 def _block(path: str):
@@ -556,7 +552,10 @@ def _finalize_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{role}-answers", nargs="*", default=[], type=Path)
         p.add_argument(f"--{role}-benchmarks", nargs="*", default=[], type=Path)
     _setting(
-        p, "quality.policy", type=_policy, help="JSON {flag: keep|flag|drop}; unnamed flags: the defaults"
+        p,
+        "quality.policy",
+        type=_json_object('{"chosen_truncated": "flag"}'),
+        help="JSON {flag: keep|flag|drop}; unnamed flags: the defaults",
     )
     _setting(p, "quality.near_identical_threshold", type=float)
     _setting(p, "quality.min_plain_share", type=float)
@@ -564,7 +563,7 @@ def _finalize_options(p: argparse.ArgumentParser) -> None:
     _setting(p, "output.test_fraction", type=float, help="> 0: also write a deterministic train/test split")
     p.add_argument(
         "--settings",
-        type=_json_object,
+        type=_json_object(),
         default={},
         help="JSON: prompts, source, selection, sampling (for the card)",
     )
