@@ -328,6 +328,30 @@ def test_the_answer_store_on_a_read_only_parent_is_one_line(tmp_path, tiny_mistr
     assert not out.exists()
 
 
+def test_meddpo_generate_by_hand_checks_its_checkpoint_before_loading_it(tmp_path, tiny_mistral):
+    shard = tmp_path / "shard.jsonl"
+    write_jsonl(shard, [{"id": "q1", "question": "Is it safe to take two aspirin at once?"}])
+    empty = _copy_model(tiny_mistral, tmp_path / "empty")
+    (empty / "model.safetensors").write_bytes(b"")
+    cases = {
+        str(empty): f"--model {empty}: {empty}/model.safetensors: empty file (0 bytes); "
+        "copy or download the checkpoint again",
+        str(tmp_path / "nowhere"): f"--model {tmp_path}/nowhere: no such folder; "
+        "point --model at a checkpoint folder or a hub id",
+    }
+    for model, says in cases.items():
+        out = tmp_path / "answers.jsonl"
+        run = _meddpo(
+            "generate",
+            *("--shard", str(shard), "--out", str(out), "--model", model),
+            *("--system-prompt", "Be brief.", "--max-new-tokens", "4", "--temperature", "0.7"),
+            *("--store", str(tmp_path / "store")),
+        )
+        assert run.returncode == 2
+        assert _few_lines(run, limit=1) == [f"meddpo generate: error: {says}"]
+        assert not out.exists()
+
+
 def test_a_local_source_with_no_usable_question_stops_the_preflight(tmp_path):
     numbers = tmp_path / "numbers.jsonl"
     write_jsonl(numbers, [{"question": 1000 + i, "question_type": "dosage"} for i in range(5)])

@@ -67,13 +67,29 @@ def _shard(args: argparse.Namespace) -> None:
     log.info("shard %d of %d: %d questions -> %s", args.index, args.n_shards, len(rows), args.out)
 
 
+def _stop_on_errors(findings) -> None:
+    """Log a preflight's warnings; its errors end the step in one line."""
+    from .errors import UserError
+
+    for finding in findings:
+        if finding.level == "warning":
+            log.warning("%s", finding.text)
+    errors = [finding.text for finding in findings if finding.level == "error"]
+    if errors:
+        raise UserError("; ".join(errors))
+
+
 def _generate(args: argparse.Namespace) -> None:
     from .local_generation import answer_shard
+    from .preflight import generate_preflight
     from .shards import read_shard
 
+    model = {key: getattr(args, key) for key in schema.section("local_model")["properties"]}
+    # the checkpoint's weight headers and tokenizer, before the model loads
+    _stop_on_errors(generate_preflight(model))
     rows = answer_shard(
         read_shard(args.shard),
-        {key: getattr(args, key) for key in schema.section("local_model")["properties"]},
+        model,
         system_prompt=args.system_prompt,
         device=args.device,
         store_root=args.store,
@@ -259,20 +275,13 @@ def _validate(args: argparse.Namespace) -> int | None:
 
 
 def _judge(args: argparse.Namespace) -> int | None:
-    from .errors import UserError
     from .judge import attach, check_greedy, judge_summary, read_pairs, run_judge
     from .preflight import judge_preflight
 
     config = _judge_config(args)
     check_greedy(args.kind, config)
     # the checks of the preflight, before a pair is read or a request is sent
-    findings = judge_preflight(args.kind, config, pairs=args.pairs, store=args.store)
-    for finding in findings:
-        if finding.level == "warning":
-            log.warning("%s", finding.text)
-    errors = [finding.text for finding in findings if finding.level == "error"]
-    if errors:
-        raise UserError("; ".join(errors))
+    _stop_on_errors(judge_preflight(args.kind, config, pairs=args.pairs, store=args.store))
     pairs = read_pairs(args.pairs)  # every row checked before anything is sent
     verdicts, usage, problem = run_judge(
         pairs,

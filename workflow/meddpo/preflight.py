@@ -573,6 +573,16 @@ def judge_preflight(
     return findings
 
 
+def generate_preflight(model: dict[str, Any]) -> list[Finding]:
+    """What ``meddpo generate`` checks before it loads its model: the checkpoint.
+
+    The workflow's preflight has checked it before the run; a step run by hand, or a
+    checkpoint changed since, gets the same one-line findings instead of a loader's
+    traceback. (The answer store says itself, in one line, when it cannot be made.)
+    """
+    return check_model("--model", model)
+
+
 def report(config: dict[str, Any], findings: list[Finding], stream=sys.stderr) -> bool:
     """Print the estimate and the findings; True when nothing stops the run."""
     for line in render_estimate(estimate(config)):
