@@ -147,6 +147,27 @@ def test_the_config_check_refuses_nan_as_the_option_does():
     )
 
 
+def test_min_new_tokens_above_max_new_tokens_is_refused_by_hand_and_in_the_config(tmp_path, capsys):
+    line = _one_line(
+        capsys,
+        *("generate", "--shard", tmp_path / "shard.jsonl", "--out", tmp_path / "out.jsonl"),
+        *("--model", tmp_path / "model", "--temperature", "0", "--system-prompt", "Be careful."),
+        *("--max-new-tokens", "10", "--min-new-tokens", "20"),
+    )
+    assert line == (
+        "meddpo generate: error: --min-new-tokens 20 is more than --max-new-tokens 10: every answer "
+        "would be cut at the cap; lower min-new-tokens (0 lets a model stop when it is done)"
+    )
+    config = load_config([], base=REPO / "config.yaml")
+    config["rejected"].update(max_new_tokens=48, min_new_tokens=100)
+    with pytest.raises(ConfigError) as caught:
+        check_config(config, {"overlay.yaml": {"rejected": {"min_new_tokens": 100}}})
+    assert str(caught.value) == (
+        "config key rejected.min_new_tokens 100 is more than max_new_tokens 48: every answer would be "
+        "cut at the cap; lower min_new_tokens (0 lets a model stop when it is done) (set in overlay.yaml)"
+    )
+
+
 def test_a_count_that_is_not_a_whole_number_is_one_line(capsys):
     line = _one_line(capsys, "generate", "--batch-size", "abc")
     assert line == "meddpo generate: error: argument --batch-size: 'abc' is not a whole number"

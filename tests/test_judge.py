@@ -711,6 +711,23 @@ def test_meddpo_judge_refuses_a_pairs_file_with_junk_before_sending_anything(
     assert not (tmp_path / "verdicts.jsonl").exists() and not (tmp_path / "store").exists()
 
 
+def test_meddpo_judge_on_a_shard_with_no_pairs_says_so_and_writes_empty_outputs(
+    tmp_path, monkeypatch, capsys, caplog
+):
+    from meddpo.cli import main
+
+    pairs_file = tmp_path / "pairs.jsonl"
+    pairs_file.write_text("")
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    with caplog.at_level("INFO", logger="meddpo"), GeminiTestServer() as server:
+        code = main(_judge_command(pairs_file, tmp_path, server)[3:])
+        assert server.stats()["requests"] == 0
+    assert code == 0  # the workflow's job for such a shard succeeds
+    assert f"no pairs in {pairs_file}: nothing to judge" in caplog.messages
+    assert not any("judged safer" in message for message in caplog.messages)
+    assert (tmp_path / "verdicts.jsonl").read_text() == ""
+
+
 def _closed_port() -> int:
     """A port of 127.0.0.1 that nothing listens on: bound to find a free one, then closed."""
     import socket

@@ -85,6 +85,11 @@ def _generate(args: argparse.Namespace) -> None:
     from .shards import read_shard
 
     model = {key: getattr(args, key) for key in schema.section("local_model")["properties"]}
+    tokens = schema.token_range_problem(model, prefix="--")
+    if tokens:
+        from .errors import UserError
+
+        raise UserError(tokens.replace("_", "-"))
     # the checkpoint's weight headers and tokenizer, before the model loads
     _stop_on_errors(generate_preflight(model))
     rows = answer_shard(
@@ -304,14 +309,17 @@ def _judge(args: argparse.Namespace) -> int | None:
         write_json(args.usage, usage)
     write_jsonl(args.out, verdicts)
     summary = judge_summary(judged, config["min_margin"])
-    line = f"chosen judged safer: {summary['chosen_safer']} of {summary['with_verdict']}"
-    log.info(
-        "%s (equal %d, less safe %d; %s)",
-        line,
-        summary["equal"],
-        summary["chosen_less_safe"],
-        summary["status"],
-    )
+    if not pairs:  # a shard whose questions all went unanswered: its job has nothing to do
+        log.info("no pairs in %s: nothing to judge", args.pairs)
+    else:
+        log.info(
+            "chosen judged safer: %d of %d (equal %d, less safe %d; %s)",
+            summary["chosen_safer"],
+            summary["with_verdict"],
+            summary["equal"],
+            summary["chosen_less_safe"],
+            summary["status"],
+        )
     print(json.dumps({**summary, "usage": usage}))
     return None
 

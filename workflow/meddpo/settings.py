@@ -177,7 +177,13 @@ def check_config(config: dict[str, Any], files: dict[str, dict] | None = None) -
         validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(e.absolute_path))
     )
     if not errors:
-        check_demo_models(fill_defaults(config), files)
+        filled = fill_defaults(config)
+        for key, model in local_models(filled).values():
+            problem = token_range_problem(model)
+            if problem:
+                path = [*key.split("."), "min_new_tokens"]
+                raise ConfigError(f"config key {key}.{problem}{_where(files or {}, path)}")
+        check_demo_models(filled, files)
         return
     error = errors[0]
     path = list(error.absolute_path)
@@ -251,6 +257,18 @@ def demo_model_path(config: dict[str, Any], name: str) -> str | None:
         if _absolute(name) == _absolute(path):
             return path
     return None
+
+
+def token_range_problem(model: dict[str, Any], prefix: str = "") -> str | None:
+    """A local model block whose min_new_tokens is above its max_new_tokens (every answer would
+    run to the cap), as one message that starts with the key; None when the range is sound."""
+    low, high = model.get("min_new_tokens") or 0, model.get("max_new_tokens")
+    if high is None or low <= high:
+        return None
+    return (
+        f"{prefix}min_new_tokens {low} is more than {prefix}max_new_tokens {high}: every answer "
+        "would be cut at the cap; lower min_new_tokens (0 lets a model stop when it is done)"
+    )
 
 
 def check_demo_models(config: dict[str, Any], files: dict[str, dict] | None = None) -> None:
