@@ -142,6 +142,22 @@ def test_the_preflight_reads_the_same_rule(checkpoint, tmp_path):
     assert f"meddpo: {caught.value}" == refused("teacher.local.model", checkpoint, settings)
 
 
+def test_moving_the_demos_output_folder_names_every_model_key_at_once(tmp_path):
+    settings = overlay(tmp_path, {"output": {"dir": "results/demo2"}})
+    with pytest.raises(ConfigError) as caught:
+        load_config([REPO / "demo" / "config.yaml", settings], base=REPO / "config.yaml")
+    demo = REPO / "demo" / "config.yaml"
+    assert str(caught.value) == (
+        f"config keys rejected.model: 'results/demo/models/tiny-mistral' (set in {demo}), "
+        f"teacher.local.model: 'results/demo/models/tiny-qwen2' (set in {demo}), "
+        f"judge.classifier.model: 'results/demo/models/tiny-mistral' (set in {demo}), "
+        f"judge.local.model: 'results/demo/models/tiny-mistral' (set in {demo}) are not models the demo "
+        "builds; with demo.build_tiny_models: true the tiny models are built only at "
+        "results/demo2/models/tiny-mistral and results/demo2/models/tiny-qwen2 (under output.dir): "
+        "name one of these, or set demo.build_tiny_models: false to run real models"
+    )
+
+
 def test_the_vllm_server_log_is_declared_only_for_jobs_of_engine_vllm(project, tmp_path):
     plain = run(project, "-n", "-p", *DEMO)
     assert plain.returncode == 0, plain.stderr

@@ -281,15 +281,23 @@ def check_demo_models(config: dict[str, Any], files: dict[str, dict] | None = No
     if not config["demo"]["build_tiny_models"]:
         return
     built = list(demo_model_paths(config["output"]["dir"]).values())
-    for key, model in local_models(config).values():
-        name = model["model"]
-        if demo_model_path(config, name) is None:
-            raise ConfigError(
-                f"config key {key}.model: {name!r}{_where(files or {}, [*key.split('.'), 'model'])} "
-                f"is not a model the demo builds; with demo.build_tiny_models: true the tiny models "
-                f"are built only at {' and '.join(built)} (under output.dir): name one of these, "
-                f"or set demo.build_tiny_models: false to run {name}"
-            )
+    wrong = [
+        (f"{key}.model", model["model"])
+        for key, model in local_models(config).values()
+        if demo_model_path(config, model["model"]) is None
+    ]
+    if not wrong:
+        return
+    named = ", ".join(f"{key}: {name!r}{_where(files or {}, key.split('.'))}" for key, name in wrong)
+    if len(wrong) == 1:
+        what, run = f"config key {named} is not a model", wrong[0][1]
+    else:  # all at once, e.g. output.dir moved under a demo config that names the old folders
+        what, run = f"config keys {named} are not models", "real models"
+    raise ConfigError(
+        f"{what} the demo builds; with demo.build_tiny_models: true the tiny models are built "
+        f"only at {' and '.join(built)} (under output.dir): name one of these, or set "
+        f"demo.build_tiny_models: false to run {run}"
+    )
 
 
 def outside_output(paths: list[tuple[str, str]], output_dir: str, project_dir: str) -> str | None:
