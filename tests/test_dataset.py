@@ -144,14 +144,26 @@ def test_every_output_goes_where_the_rule_says(tmp_path):
                 {"split": "test", "path": "split/conv-test.jsonl"},
             ],
         },
-        {
-            "config_name": "parquet",
-            "data_files": [
-                {"split": "train", "path": "split/train.parquet"},
-                {"split": "test", "path": "split/test.parquet"},
-            ],
-        },
     ]
+    # the Parquet copy is not a header config (a folder load reads one format: it would be read
+    # as JSON); the card's example loads it with its own loader, and every line of it runs
+    assert (
+        'pairs_parquet = load_dataset("parquet", data_files={"train": "split/train.parquet", '
+        '"test": "split/test.parquet"})' in card
+    )
+    from datasets import load_dataset
+
+    example = card.split("```python\n", 1)[1].split("```", 1)[0]
+    cwd = os.getcwd()
+    os.chdir(paths.card.parent)
+    try:
+        scope = {}
+        exec(example, scope)
+        folder = load_dataset(str(paths.card.parent), "conversational")
+    finally:
+        os.chdir(cwd)
+    assert scope["pairs_parquet"]["test"]["id"] == scope["pairs"]["test"]["id"] == [r["id"] for r in test]
+    assert folder["train"].num_rows == len(train)
 
 
 def test_optional_outputs_are_written_only_when_asked(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import yaml
 
@@ -90,20 +91,56 @@ def source_lines(settings: Mapping) -> dict:
     }
 
 
+# The datasets library's loader for each data file format the dataset folder holds
+LOADERS = {".jsonl": "json", ".parquet": "parquet"}
+
+
+def loader_of(config: Mapping) -> str:
+    """The loader of a ``configs`` entry's files (all of one format)."""
+    return LOADERS[Path(config["data_files"][0]["path"]).suffix]
+
+
+def header_configs(configs: Sequence[Mapping]) -> list[Mapping]:
+    """The ``configs`` a folder load can serve: those in the default's format only.
+
+    The datasets library picks one loader for a whole folder from its data files, so a
+    Parquet config beside JSON ones fails to load through the header (it is read as
+    JSON); the card shows how to load it with its own loader instead.
+    """
+    if not configs:
+        return []
+    default = next((c for c in configs if c.get("config_name") == "default"), configs[0])
+    return [c for c in configs if loader_of(c) == loader_of(default)]
+
+
 def loading_example(configs: Sequence[Mapping]) -> list[str]:
-    """Python that loads the default data files: both splits when there is a split, else the one file."""
+    """Python that loads the default data files: both splits when there is a split, else the one file.
+
+    Data files in another format than the default's (Parquet) get a line of their own.
+    """
     default = next((c for c in configs if c.get("config_name") == "default"), None)
     files = {f["split"]: f["path"] for f in (default or {}).get("data_files", [])}
     lines = ["from datasets import load_dataset", ""]
     if set(files) == {"train"}:
-        path = json.dumps(files["train"])
-        return lines + [f'pairs = load_dataset("json", data_files={path}, split="train")']
-    if not files:
+        lines.append(f'pairs = load_dataset("json", data_files={json.dumps(files["train"])}, split="train")')
+    elif not files:
         return lines + ['pairs = load_dataset("<this folder or its hub repo>")']
-    return lines + [
-        "# the split by id: train on pairs['train'] only; the whole-set file holds the test rows too",
-        f'pairs = load_dataset("json", data_files={json.dumps(files)})',
-    ]
+    else:
+        lines += [
+            "# the split by id: train on pairs['train'] only; the whole-set file holds the test rows too",
+            f'pairs = load_dataset("json", data_files={json.dumps(files)})',
+        ]
+    others = [c for c in configs if c not in header_configs(configs)]
+    for config in others:
+        files = {f["split"]: f["path"] for f in config["data_files"]}
+        shown = json.dumps(files["train"]) if set(files) == {"train"} else json.dumps(files)
+        split = ', split="train"' if set(files) == {"train"} else ""
+        name = config["config_name"]
+        lines += [
+            f"# the same pairs as {name}: its own loader (a folder loads through one format only)",
+            f'pairs_{name} = load_dataset("{loader_of(config)}", data_files={shown}{split})',
+        ]
+    return lines
 
 
 def judge_lines(judge: Mapping | None) -> list[str]:
@@ -165,7 +202,7 @@ def render_card(
         "size_categories": [size_category(n_rows)],
         "tags": ["dpo", "preference", "medical", "safety", "synthetic"],
         "pretty_name": "Stage 2 medical-safety DPO pairs",
-        "configs": list(configs),
+        "configs": header_configs(configs),
     }
     prompts = settings.get("prompts", {})
     policy = stats.get("policy") or {}
@@ -252,7 +289,7 @@ def render_card(
         *loading_example(configs),
         "```",
         "",
-        "This folder loads as it is, through the `configs` of the header above: "
+        "This folder loads as it is, through the `configs` of the header above (the JSON files): "
         "`load_dataset(<this folder>)`, or `load_dataset(<hub repo>)` once it is pushed.",
         "",
         "The `prompt` / `chosen` / `rejected` strings go to TRL's `DPOTrainer` unchanged.",
