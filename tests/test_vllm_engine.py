@@ -335,10 +335,15 @@ def test_sigterm_stops_the_job_and_its_server(vllm_env, tiny_mistral, shard, tmp
     assert _gone(marker) == []
 
 
-def test_a_server_that_cannot_start_is_one_line_naming_its_log(vllm_env, shard, tmp_path):
+def test_a_server_that_cannot_start_is_one_line_naming_its_log(vllm_env, shard, tmp_path, tiny_mistral):
+    import json
+    import shutil
+
+    # whole files that pass the job's own checkpoint check, naming an architecture vLLM lacks
     not_a_model = tmp_path / "not-a-model"
-    not_a_model.mkdir()
-    (not_a_model / "config.json").write_text("{}")
+    shutil.copytree(tiny_mistral, not_a_model)
+    config = json.loads((not_a_model / "config.json").read_text())
+    (not_a_model / "config.json").write_text(json.dumps({**config, "architectures": ["NoSuchForCausalLM"]}))
     job, marker, stderr = _job(tmp_path, not_a_model, shard, max_new_tokens=8)
     assert job.wait(timeout=300) == 2
     lines = stderr.read_text().strip().splitlines()

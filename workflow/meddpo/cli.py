@@ -90,10 +90,11 @@ def _generate(args: argparse.Namespace) -> None:
         from .errors import UserError
 
         raise UserError(tokens.replace("_", "-"))
+    questions = read_shard(args.shard)  # the shard's own errors first: they cost nothing to find
     # the checkpoint's weight headers and tokenizer, before the model loads
     _stop_on_errors(generate_preflight(model))
     rows = answer_shard(
-        read_shard(args.shard),
+        questions,
         model,
         system_prompt=args.system_prompt,
         device=args.device,
