@@ -492,9 +492,11 @@ def test_requests_at_the_server_when_it_goes_away_are_kept_and_never_bought_agai
 
     with pytest.raises(EndpointUnreachable, match=r"cannot reach the Gemini endpoint 127\.0\.0\.1:"):
         run(go())
-    paid = sum(server.requests.values())
+    served = sum(server.requests.values())  # each of them answered: the slow two too, after the stop
     logged = [row for path in tmp_path.rglob("requests/*.jsonl") for row in read_jsonl(path)]
-    assert len(logged) == paid  # every request the server saw is in the usage log, none more
+    # every answer the server gave is in the usage log (a connection cut as the server went away
+    # may add a request logged with its error: counted, as it may have been sent, never answered)
+    assert len([row for row in logged if "error" not in row]) == served
     # the rerun: the two answers that were in flight are in the store, not asked again
     with GeminiTestServer() as again:
         rows, left_out, usage = run(
