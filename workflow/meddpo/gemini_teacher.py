@@ -565,12 +565,6 @@ def make_client(api_key: str, settings: GeminiSettings):
     return genai.Client(api_key=api_key, http_options=options)
 
 
-def client_endpoint(client) -> str:
-    """host:port the client sends to (base_url, GOOGLE_GEMINI_BASE_URL or Google's)."""
-    base_url = getattr(getattr(getattr(client, "_api_client", None), "_http_options", None), "base_url", None)
-    return _host_port(str(base_url)) if base_url else "the SDK's default endpoint"
-
-
 def generation_config(settings: GeminiSettings, system_prompt: str, response_schema: dict | None = None):
     """The request's config; ``response_schema`` (a JSON schema) asks for JSON output in that shape."""
     from google.genai import types
@@ -633,7 +627,9 @@ async def answer_with_gemini(
     usage: Counter = Counter()
     failures: list[dict] = []
     watch = ClientErrorWatch()
-    reach = EndpointWatch(client_endpoint(client))
+    # named in the stop's message when the error itself does not say where it tried to connect
+    endpoint = settings.endpoint()
+    reach = EndpointWatch(_host_port(endpoint) if endpoint else "the SDK's default endpoint")
     prices = settings.prices()
     spent_before = 0.0
     if max_usd is not None and job.store:
