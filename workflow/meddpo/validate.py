@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 
 from .jsonl import DataError, iter_jsonl, read_jsonl
-from .judge import STATUSES
 from .pairs import PAIR_FIELDS
 from .quality import FLAGS
+from .verdicts import STATUSES
 
 TEXT_FIELDS = ("id", "question", "prompt", "chosen", "rejected")
 CURRENT_META = ("teacher_model", "mmt_ckpt", "chosen_finish_reason", "rejected_finish_reason")
