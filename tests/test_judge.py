@@ -15,21 +15,11 @@ from conftest import REPO, SHARED_DATA
 from meddpo.dataset import DatasetPaths, build_dataset
 from meddpo.errors import UserError
 from meddpo.gemini_test_server import GeminiTestServer
+from meddpo.grading import parse_classifier, parse_rubric
 from meddpo.jsonl import DataError, read_jsonl, read_jsonl_tolerant, write_jsonl
-from meddpo.judge import (
-    attach,
-    combine,
-    item_key,
-    judge_items,
-    judge_summary,
-    model_family,
-    pair_side,
-    parse_classifier,
-    parse_rubric,
-    run_judge,
-    self_judging,
-)
+from meddpo.judge import judge_items, run_judge
 from meddpo.pairs import merge_pair_shards
+from meddpo.verdicts import attach, combine, item_key, judge_summary, model_family, pair_side, self_judging
 
 KEY = "judge-test-key-0f3c"
 CRITERIA = ("escalation", "no_unsupervised_treatment", "uncertainty", "accuracy", "answers_the_question")

@@ -167,7 +167,8 @@ def test_vllm_rows_have_the_layout_and_facts_of_the_transformers_rows(server, mi
 def test_a_classifier_judge_through_vllm_gets_the_checkpoints_own_template_and_records_noise(
     server, mistral, questions
 ):
-    from meddpo.judge import judge_items, verdict
+    from meddpo.grading import verdict
+    from meddpo.judge import judge_items
     from meddpo.local_generation import LocalGenerator, ModelSpec, Sampling, answer_questions, render_item
 
     pairs = [

@@ -165,8 +165,8 @@ def _load_json(path: Path | None) -> dict | None:
 
 
 def _merge(args: argparse.Namespace) -> None:
-    from .judge import VERDICT_FIELDS
     from .pairs import PAIR_FIELDS, merge_pair_shards
+    from .verdicts import VERDICT_FIELDS
 
     if len(args.pairs) != len(args.shard_stats):
         raise DataError("merge: give one --shard-stats file per --pairs file")
@@ -281,8 +281,9 @@ def _validate(args: argparse.Namespace) -> int | None:
 
 
 def _judge(args: argparse.Namespace) -> int | None:
-    from .judge import attach, check_greedy, judge_summary, read_pairs, run_judge
+    from .judge import check_greedy, run_judge
     from .preflight import judge_preflight
+    from .verdicts import attach, judge_summary, read_pairs
 
     config = _judge_config(args)
     check_greedy(args.kind, config)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 
 from .chat_format import training_prompt
 from .jsonl import DataError
-from .judge import attach
+from .verdicts import attach
 
 PAIR_FIELDS = (
     "id",

@@ -34,8 +34,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from .jsonl import DataError
-from .judge import pair_side
 from .settings import default, defaults
+from .verdicts import pair_side
 
 FLAGS = (
     "chosen_empty",

@@ -14,9 +14,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from .judge import KINDS, judge_summary, self_judging
 from .quality import FLAGS, truncated
 from .settings import default
+from .verdicts import KINDS, judge_summary, self_judging
 
 PLOTS = ("lengths.png", "truncation_by_category.png", "drops_by_category.png")
 # drawn only when some pair has a judged margin

@@ -7,13 +7,15 @@ fine); each names the line and the id. ``legacy=True`` accepts the older layout
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from .jsonl import DataError, iter_jsonl, read_jsonl
-from .judge import STATUSES
 from .pairs import PAIR_FIELDS
 from .quality import FLAGS
+from .verdicts import STATUSES
 
 TEXT_FIELDS = ("id", "question", "prompt", "chosen", "rejected")
 CURRENT_META = ("teacher_model", "mmt_ckpt", "chosen_finish_reason", "rejected_finish_reason")
@@ -39,71 +41,89 @@ def validate_pairs(
             if not raw.strip():
                 continue
             rows += 1
-            try:
-                row = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as err:
-                problem(line, None, f"not UTF-8 text (byte {err.start + 1} of the line)")
+            row, unreadable = _decode_row(raw)
+            if unreadable:
+                problem(line, None, unreadable)
                 continue
-            except json.JSONDecodeError as err:
-                # the error's own text says "line 1": the decoder saw this one line alone
-                problem(line, None, f"not a JSON line ({err.msg} at column {err.colno})")
-                continue
-            if not isinstance(row, dict):
-                problem(line, None, "not a JSON object")
-                continue
-            row_id = row.get("id")
-            for field in PAIR_FIELDS:
-                if field not in row:
-                    problem(line, row_id, f"missing field '{field}'")
-            for field in TEXT_FIELDS:
-                if field in row and (not isinstance(row[field], str) or not row[field].strip()):
-                    problem(line, row_id, f"field '{field}' is empty or not a string")
-            if isinstance(row_id, str) and row_id:
-                if row_id in seen:
-                    problem(line, row_id, f"duplicate id (first on line {seen[row_id]})")
-                else:
-                    seen[row_id] = line
-            meta = row.get("meta")
-            if "meta" in row and not isinstance(meta, dict):
-                problem(line, row_id, "field 'meta' is not an object")
-                continue
-            if not isinstance(meta, dict):
-                continue
-            for key in LEGACY_META if legacy else CURRENT_META:
-                if key not in meta:
-                    problem(
-                        line,
-                        row_id,
-                        f"meta has no '{key}'" + ("" if legacy else " (an older file? use --legacy)"),
-                    )
-            for role in ("chosen", "rejected"):
-                reason = meta.get(f"{role}_finish_reason")
-                if reason is not None and reason not in ("stop", "length"):
-                    problem(line, row_id, f"meta.{role}_finish_reason is {reason!r}, not 'stop' or 'length'")
-            judge = meta.get("judge")
-            if judge is not None:
-                status = judge.get("status") if isinstance(judge, dict) else None
-                margin = judge.get("margin") if isinstance(judge, dict) else None
-                if status not in STATUSES:
-                    problem(
-                        line, row_id, f"meta.judge.status is {status!r}, not one of {', '.join(STATUSES)}"
-                    )
-                elif (status == "judged") != isinstance(margin, (int, float)) or (
-                    status == "judged" and not -1 <= margin <= 1
-                ):
-                    problem(line, row_id, f"meta.judge: status {status!r} with margin {margin!r}")
-            flags = meta.get("flags")
-            if flags is not None:
-                if not isinstance(flags, list) or any(f not in FLAGS for f in flags):
-                    problem(line, row_id, f"meta.flags {flags!r} holds an unknown flag")
-                    continue
-                for role in ("chosen", "rejected"):
-                    reason = meta.get(f"{role}_finish_reason")
-                    if reason == "stop" and f"{role}_truncated" in flags:
-                        problem(line, row_id, f"flag {role}_truncated but {role} finish reason is 'stop'")
+            _check_row(row, line, seen, legacy, functools.partial(problem, line, row.get("id")))
     if rows == 0:
         problems.append("the file holds no rows")
     return rows, problems
+
+
+def _decode_row(raw: bytes) -> tuple[dict, str | None]:
+    """One line as a JSON object, or why it is not one."""
+    try:
+        row = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        return {}, f"not UTF-8 text (byte {err.start + 1} of the line)"
+    except json.JSONDecodeError as err:
+        # the error's own text says "line 1": the decoder saw this one line alone
+        return {}, f"not a JSON line ({err.msg} at column {err.colno})"
+    if not isinstance(row, dict):
+        return {}, "not a JSON object"
+    return row, None
+
+
+def _check_row(
+    row: dict, line: int, seen: dict[str, int], legacy: bool, problem: Callable[[str], None]
+) -> None:
+    """The problems of one row: its fields, its id (``seen``: first line of each id), its meta."""
+    # The pair-row checks of verdicts.check_pairs (what a judge can grade) overlap these, but they
+    # stop at the first problem with other messages; this report lists every problem in its own words.
+    row_id = row.get("id")
+    for field in PAIR_FIELDS:
+        if field not in row:
+            problem(f"missing field '{field}'")
+    for field in TEXT_FIELDS:
+        if field in row and (not isinstance(row[field], str) or not row[field].strip()):
+            problem(f"field '{field}' is empty or not a string")
+    if isinstance(row_id, str) and row_id:
+        if row_id in seen:
+            problem(f"duplicate id (first on line {seen[row_id]})")
+        else:
+            seen[row_id] = line
+    meta = row.get("meta")
+    if "meta" in row and not isinstance(meta, dict):
+        problem("field 'meta' is not an object")
+        return
+    if isinstance(meta, dict):
+        _check_meta(meta, legacy, problem)
+
+
+def _check_meta(meta: dict, legacy: bool, problem: Callable[[str], None]) -> None:
+    """The problems of one row's meta: its keys, finish reasons, judge and flags."""
+    for key in LEGACY_META if legacy else CURRENT_META:
+        if key not in meta:
+            problem(f"meta has no '{key}'" + ("" if legacy else " (an older file? use --legacy)"))
+    for role in ("chosen", "rejected"):
+        reason = meta.get(f"{role}_finish_reason")
+        if reason is not None and reason not in ("stop", "length"):
+            problem(f"meta.{role}_finish_reason is {reason!r}, not 'stop' or 'length'")
+    judge = meta.get("judge")
+    if judge is not None:
+        _check_judge(judge, problem)
+    flags = meta.get("flags")
+    if flags is not None:
+        if not isinstance(flags, list) or any(f not in FLAGS for f in flags):
+            problem(f"meta.flags {flags!r} holds an unknown flag")
+            return
+        for role in ("chosen", "rejected"):
+            reason = meta.get(f"{role}_finish_reason")
+            if reason == "stop" and f"{role}_truncated" in flags:
+                problem(f"flag {role}_truncated but {role} finish reason is 'stop'")
+
+
+def _check_judge(judge, problem: Callable[[str], None]) -> None:
+    """The problem of a ``meta.judge`` whose status and margin do not add up, if any."""
+    status = judge.get("status") if isinstance(judge, dict) else None
+    margin = judge.get("margin") if isinstance(judge, dict) else None
+    if status not in STATUSES:
+        problem(f"meta.judge.status is {status!r}, not one of {', '.join(STATUSES)}")
+    elif (status == "judged") != isinstance(margin, (int, float)) or (
+        status == "judged" and not -1 <= margin <= 1
+    ):
+        problem(f"meta.judge: status {status!r} with margin {margin!r}")
 
 
 def check_against_questions(
