@@ -314,7 +314,7 @@ def prompt_fingerprint(kind: str) -> str:
 
 def gemini_settings(config: Mapping[str, Any]):
     """judge.gemini as Gemini settings (the schema's defaults for what it leaves out), at temperature 0."""
-    from .gemini_teacher import GeminiSettings
+    from .gemini_client import GeminiSettings
 
     return GeminiSettings(**{**(config.get("gemini") or {}), "temperature": 0.0})
 
