@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from .answer_store import AnswerStore
 from .gemini_client import (
     GeminiSettings,
+    Outcome,
     RateLimiter,
     ask,
     estimate_cost,
@@ -79,12 +80,14 @@ class _ShardRequests:
         self.capped: list[float] = []  # the spend when the cap stopped new requests (those in flight finish)
 
     def log_request(self, record: dict) -> None:
+        """Count one request sent and its tokens, and append it to the store's request log."""
         self.usage["requests"] += 1
         self.usage.update({k: v for k, v in record.items() if k.endswith("_tokens")})
         if self.job.store:
             self.job.store.append_log("requests", [record])
 
     async def one(self, question: dict) -> None:
+        """Ask one question (unless the cost cap or an unreachable endpoint stopped the job) and keep it."""
         async with self.semaphore:
             if self.max_usd is not None:
                 spent = self.spent_before + estimate_cost(self.usage, self.prices)
@@ -107,7 +110,7 @@ class _ShardRequests:
                 return  # raised once the requests already at the server are in
         self.keep(question, outcome)
 
-    def keep(self, question: dict, outcome) -> None:
+    def keep(self, question: dict, outcome: Outcome) -> None:
         """Store one question's outcome (answer, refusal or failure); a hard client error stops the job."""
         if outcome.client_error is not None and self.watch.is_fatal(outcome.client_error):
             raise HardGeminiError(describe_error(outcome.client_error))
