@@ -35,7 +35,8 @@ import tenacity  # noqa: F401
 WORKFLOW = Path(__file__).resolve().parents[1] / "workflow"
 sys.path.insert(0, str(WORKFLOW))
 
-from meddpo.gemini_teacher import GeminiSettings, answer_with_gemini  # noqa: E402
+from meddpo.gemini_client import GeminiSettings  # noqa: E402
+from meddpo.gemini_teacher import answer_with_gemini  # noqa: E402
 
 
 def timed(questions: list[dict], latency_s: float, concurrency: int) -> dict:

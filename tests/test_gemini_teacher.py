@@ -11,19 +11,16 @@ from collections import Counter
 
 import pytest
 
-from meddpo.gemini_teacher import (
-    EndpointUnreachable,
-    EndpointWatch,
+from meddpo.gemini_client import (
     GeminiSettings,
-    HardGeminiError,
     MissingKeyError,
     RateLimiter,
     _RetryWait,
-    answer_with_gemini,
     estimate_cost,
     load_api_key,
-    suggested_delay_s,
 )
+from meddpo.gemini_errors import EndpointUnreachable, EndpointWatch, HardGeminiError, suggested_delay_s
+from meddpo.gemini_teacher import answer_with_gemini
 from meddpo.gemini_test_server import GeminiTestServer
 from meddpo.jsonl import read_jsonl, read_jsonl_tolerant, write_jsonl
 
@@ -413,9 +410,9 @@ def test_cli_teacher_at_a_closed_port_stops_within_a_minute_naming_it_and_pays_n
 def test_a_host_that_never_accepts_is_found_out_by_the_connect_time_out(monkeypatch):
     import socket
 
-    import meddpo.gemini_teacher as teacher
+    import meddpo.gemini_client as client
 
-    monkeypatch.setattr(teacher, "CONNECT_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(client, "CONNECT_TIMEOUT_S", 0.5)
     with socket.socket() as full:
         full.bind(("127.0.0.1", 0))
         full.listen(0)  # never accepted: once its queue is full, the kernel ignores new connections

@@ -783,7 +783,7 @@ def test_a_judge_of_the_teachers_or_the_rejected_models_family_is_noted():
 
 
 def test_an_endpoint_other_than_googles_is_in_the_store_key_and_the_verdicts(monkeypatch, tmp_path):
-    from meddpo.gemini_teacher import GeminiSettings
+    from meddpo.gemini_client import GeminiSettings
 
     monkeypatch.delenv("GOOGLE_GEMINI_BASE_URL", raising=False)
     assert "endpoint_host" not in GeminiSettings().text_settings("p")

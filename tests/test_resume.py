@@ -87,7 +87,8 @@ def test_both_backends_resume_through_the_shared_loop(tmp_path, tiny_mistral, ca
     import asyncio
     import logging
 
-    from meddpo.gemini_teacher import GeminiSettings, answer_with_gemini
+    from meddpo.gemini_client import GeminiSettings
+    from meddpo.gemini_teacher import answer_with_gemini
     from meddpo.gemini_test_server import GeminiTestServer
     from meddpo.local_generation import LocalGenerator, ModelSpec, Sampling, answer_questions
 

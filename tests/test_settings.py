@@ -76,7 +76,7 @@ def test_documented_defaults():
 
 
 def test_dataclass_defaults_are_the_schema_defaults():
-    from meddpo.gemini_teacher import GeminiSettings
+    from meddpo.gemini_client import GeminiSettings
     from meddpo.local_generation import ModelSpec, Sampling
     from meddpo.quality import DEFAULT_POLICY
 
@@ -149,7 +149,7 @@ def test_whole_numbers_and_null_words_reach_the_step_as_the_config_meant():
 
 def test_the_store_key_does_not_depend_on_how_yaml_wrote_a_number():
     from meddpo.answer_store import fingerprint
-    from meddpo.gemini_teacher import GeminiSettings
+    from meddpo.gemini_client import GeminiSettings
     from meddpo.local_generation import model_and_sampling, text_settings
 
     def local_key(**numbers):

@@ -112,7 +112,8 @@ def _generate(args: argparse.Namespace) -> None:
 def _gemini(args: argparse.Namespace) -> int | None:
     import dataclasses
 
-    from .gemini_teacher import GeminiSettings, answer_shard
+    from .gemini_client import GeminiSettings
+    from .gemini_teacher import answer_shard
     from .shards import read_shard
 
     settings = GeminiSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(GeminiSettings)})

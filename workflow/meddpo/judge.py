@@ -98,7 +98,7 @@ def judge_settings(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
 
 def gemini_settings(config: Mapping[str, Any]):
     """judge.gemini as Gemini settings (the schema's defaults for what it leaves out), at temperature 0."""
-    from .gemini_teacher import GeminiSettings
+    from .gemini_client import GeminiSettings
 
     return GeminiSettings(**{**(config.get("gemini") or {}), "temperature": 0.0})
 

@@ -338,7 +338,7 @@ def check_gemini(config: dict[str, Any], block: str = "teacher.gemini") -> list[
     section, _, _ = block.partition(".")
     if config[section]["backend"] != "gemini":
         return []
-    from .gemini_teacher import MissingKeyError, load_api_key
+    from .gemini_client import MissingKeyError, load_api_key
 
     try:
         load_api_key(config[section]["gemini"]["secrets_file"])

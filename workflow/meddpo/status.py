@@ -30,7 +30,7 @@ def store_settings(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         spec, sampling = model_and_sampling(config["teacher"]["local"])
         out["chosen"] = text_settings(spec, prompts["teacher"], sampling)
     else:
-        from .gemini_teacher import GeminiSettings
+        from .gemini_client import GeminiSettings
 
         out["chosen"] = GeminiSettings(**config["teacher"]["gemini"]).text_settings(prompts["teacher"])
     return out
