@@ -20,6 +20,8 @@ from typing import Any
 
 from .answer_store import AnswerStore
 
+PROGRESS_EVERY_S = 30.0  # seconds between progress lines
+
 log = logging.getLogger(__name__)
 
 
@@ -36,7 +38,7 @@ class Progress:
 
     total: int
     already_done: int
-    every_s: float = 30.0
+    every_s: float = PROGRESS_EVERY_S
     started: float = field(default_factory=time.perf_counter)
     done: int = 0
     failed: int = 0
@@ -79,7 +81,7 @@ class ResumableJob:
         *,
         store_root: str | os.PathLike | None,
         store_part: str,
-        progress_every_s: float = 30.0,
+        progress_every_s: float = PROGRESS_EVERY_S,
         ask_refused_again: bool = False,
     ):
         self.questions = list(questions)
