@@ -132,7 +132,7 @@ def test_the_real_config_sets_on_purpose_what_differs_from_the_defaults():
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     assert config["rejected"]["batch_size"] == 64 and config["questions"]["seed"] == 2025
     # the quality policy of the real run is the schema's, not a copy of it
-    assert config["quality"]["policy"] == {}
+    assert "policy" not in config.get("quality", {})
 
 
 def test_whole_numbers_and_null_words_reach_the_step_as_the_config_meant():
