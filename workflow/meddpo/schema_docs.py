@@ -22,9 +22,7 @@ from typing import Any
 
 from . import settings
 
-BEGIN = (
-    "<!-- BEGIN config reference: rendered from workflow/meddpo/config.schema.yaml; do not edit by hand -->"
-)
+BEGIN = "<!-- BEGIN config reference: rendered from the config schema by meddpo.schema_docs; do not edit -->"
 END = "<!-- END config reference -->"
 REGENERATE = "python -m meddpo.schema_docs --write docs/configuration.md"
 
@@ -49,30 +47,32 @@ def _value(value: Any) -> str:
     return f"`{json.dumps(value)}`"
 
 
-def _types(node: dict[str, Any]) -> str:
+def _types(node: dict[str, Any]) -> list[str]:
     kinds = node.get("type", [])
-    kinds = [kinds] if isinstance(kinds, str) else list(kinds)
-    words = [kind for kind in kinds if kind != "null"]
-    if "array" in words and "enum" in node.get("items", {}):
-        words = ["list of " + " / ".join(_value(v) for v in node["items"]["enum"])]
+    words = [kind for kind in ([kinds] if isinstance(kinds, str) else kinds) if kind != "null"]
+    items = node.get("items", {})
+    if "array" in words:
+        words = [
+            "list of " + (" / ".join(_value(v) for v in items["enum"]) if "enum" in items else "strings")
+        ]
     elif "object" in words and "additionalProperties" in node:
-        words = ["mapping of " + node["additionalProperties"].get("type", "values")]
-    text = " or ".join(words)
-    if "null" in kinds:
-        text += " or `null`"
-    return text
+        words = ["mapping of " + node["additionalProperties"].get("type", "value") + "s"]
+    return words
 
 
 def _allowed(node: dict[str, Any]) -> str:
-    """The values a setting takes: its choices, or its type and range."""
+    """The values a setting takes: its choices, or its type and range (and null where allowed)."""
     if "enum" in node:
         return " / ".join(_value(v) for v in node["enum"])
-    text = _types(node)
+    text = " or ".join(_types(node))
     ranges = [f"{sign} {node[word]}" for word, sign in _RANGES if word in node]
     if ranges:
         text += " " + ", ".join(ranges)
     if node.get("minLength") == 1:
         text += ", not empty"
+    kinds = node.get("type", [])
+    if "null" in kinds and not isinstance(kinds, str):
+        text += " or `null`"
     return text
 
 
@@ -118,9 +118,9 @@ _HEADER = ["| key | default | values | meaning |", "|---|---|---|---|"]
 
 
 def render() -> str:
-    """The reference: the settings in schema order, then each shared block once."""
+    """The reference: a table of the settings in schema order, then one of each shared block."""
     schema = settings.schema()
-    lines = ["### Every key", "", *_HEADER, *_rows(schema)]
+    lines = [*_HEADER, *_rows(schema)]
     for name, users in SHARED_BLOCKS.items():
         block = schema["$defs"][name]
         title = _block_title(name)
@@ -150,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     page_path = args.write or args.check
     page = page_path.read_text(encoding="utf-8")
-    wanted = with_reference(page, reference)
+    try:
+        wanted = with_reference(page, reference)
+    except ValueError as err:
+        print(f"{page_path}: {err}", file=sys.stderr)
+        return 2
     if args.write is not None:
         if wanted != page:
             page_path.write_text(wanted, encoding="utf-8")
