@@ -26,11 +26,8 @@ BEGIN = "<!-- BEGIN config reference: rendered from the config schema by meddpo.
 END = "<!-- END config reference -->"
 REGENERATE = "python -m meddpo.schema_docs --write docs/configuration.md"
 
-# shared blocks, each documented once in a table of its own: $defs name -> the keys that use it
-SHARED_BLOCKS = {
-    "local_model": ("rejected", "teacher.local", "judge.local", "judge.classifier"),
-    "gemini": ("teacher.gemini", "judge.gemini"),
-}
+# shared blocks ($defs with settings of their own), each documented once in a table: $defs name -> title
+SHARED_BLOCKS = {"local_model": "local model block", "gemini": "Gemini block"}
 _RANGES = (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"), ("exclusiveMaximum", "<"))
 
 
@@ -100,7 +97,7 @@ def _rows(node: dict[str, Any], prefix: str = "", shared_block: bool = False) ->
         path = f"{prefix}{key}"
         shared = _ref_name(raw)
         if shared:
-            rows.append(f"| `{path}` | | a {_block_title(shared)} | {_cell(raw.get('description', ''))} |")
+            rows.append(f"| `{path}` | | a {SHARED_BLOCKS[shared]} | {_cell(raw.get('description', ''))} |")
             continue
         sub = raw if shared_block or not prefix else settings.section(path)
         if "properties" in sub:
@@ -110,8 +107,15 @@ def _rows(node: dict[str, Any], prefix: str = "", shared_block: bool = False) ->
     return rows
 
 
-def _block_title(name: str) -> str:
-    return {"local_model": "local model block", "gemini": "Gemini block"}[name]
+def _users(name: str, node: dict[str, Any] | None = None, prefix: str = "") -> list[str]:
+    """The config keys whose block is the shared block ``name`` (``rejected``, ``teacher.local``, ...)."""
+    found = []
+    for key, sub in (node if node is not None else settings.schema()).get("properties", {}).items():
+        if _ref_name(sub) == name:
+            found.append(f"{prefix}{key}")
+        elif "properties" in sub:
+            found.extend(_users(name, sub, f"{prefix}{key}."))
+    return found
 
 
 _HEADER = ["| key | default | values | meaning |", "|---|---|---|---|"]
@@ -121,10 +125,9 @@ def render() -> str:
     """The reference: a table of the settings in schema order, then one of each shared block."""
     schema = settings.schema()
     lines = [*_HEADER, *_rows(schema)]
-    for name, users in SHARED_BLOCKS.items():
+    for name, title in SHARED_BLOCKS.items():
         block = schema["$defs"][name]
-        title = _block_title(name)
-        lines += ["", f"### The {title}: " + ", ".join(f"`{user}`" for user in users), ""]
+        lines += ["", f"### The {title}: " + ", ".join(f"`{user}`" for user in _users(name)), ""]
         lines += [_cell(block.get("description", "")), "", *_HEADER, *_rows(block, "*.", shared_block=True)]
     return "\n".join(lines) + "\n"
 
