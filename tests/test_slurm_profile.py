@@ -249,6 +249,24 @@ def test_bridges2_dry_run_needs_no_slurm_daemons(tmp_path):
     assert f"slurm_account={ACCOUNT}" in result.stdout
 
 
+def test_bridges2_gpu_block_is_written_once_and_each_gpu_rule_gets_its_own_copy():
+    text = (REPO / "profiles" / "bridges2" / "config.yaml").read_text()
+    assert text.count("--gpus-per-node=h100-80:1") == 1 and text.count("<<: *h100") == 3
+    gpu_rules = yaml.safe_load(text)["set-resources"]
+    assert set(gpu_rules) == {"rejected", "chosen_local", "judge_classifier", "judge_rubric_local"}
+    h100 = gpu_rules["rejected"]
+    assert h100 == {
+        "slurm_partition": "'GPU-shared'",
+        "slurm_extra": "'--gpus-per-node=h100-80:1'",
+        "gpu": 0,
+        "mem_mb": 61440,
+        "cpus_per_task": 1,
+    }
+    assert all(block == h100 for block in gpu_rules.values())
+    # merged (<<), not aliased: changing one rule's resources (as the time-limit test does) leaves the others
+    assert len({id(block) for block in gpu_rules.values()}) == len(gpu_rules)
+
+
 @pytest.mark.slow
 def test_a_shard_killed_by_its_slurm_time_limit_resumes_on_the_rerun(slurm_cluster, tmp_path):
     workdir = _copy_workflow(tmp_path / "wf")

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from . import settings as schema
 from .jsonl import DataError, read_jsonl, write_json, write_jsonl
+from .resume import PROGRESS_EVERY_S
 
 log = logging.getLogger("meddpo")
 
@@ -651,7 +652,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--server-log", type=Path, help="engine vllm: the server's log file")
     p.add_argument("--system-prompt", required=True)
     p.add_argument("--store", type=Path, help="answer store folder: reuse earlier answers, keep new ones")
-    p.add_argument("--progress-every", type=_SECONDS, default=30.0, help="seconds between progress lines")
+    p.add_argument(
+        "--progress-every", type=_SECONDS, default=PROGRESS_EVERY_S, help="seconds between progress lines"
+    )
     p.set_defaults(func=_generate)
 
 
@@ -666,7 +669,7 @@ def _add_gemini(sub) -> None:
     p.add_argument("--system-prompt", required=True)
     _gemini_options(p)
     p.add_argument("--store", type=Path)
-    p.add_argument("--progress-every", type=_SECONDS, default=30.0)
+    p.add_argument("--progress-every", type=_SECONDS, default=PROGRESS_EVERY_S)
     p.set_defaults(func=_gemini)
 
 
@@ -769,7 +772,9 @@ def _add_judge(sub) -> None:
     p.add_argument("--server-log", type=Path, help="engine vllm: the server's log file")
     p.add_argument("--device", default="auto", help="auto = cuda when available, else cpu")
     p.add_argument("--store", type=Path, help="answer store folder: reuse earlier verdicts, keep new ones")
-    p.add_argument("--progress-every", type=_SECONDS, default=30.0, help="seconds between progress lines")
+    p.add_argument(
+        "--progress-every", type=_SECONDS, default=PROGRESS_EVERY_S, help="seconds between progress lines"
+    )
     p.set_defaults(func=_judge)
 
 

@@ -38,7 +38,7 @@ class Progress:
 
     total: int
     already_done: int
-    every_s: float = 30.0
+    every_s: float = PROGRESS_EVERY_S
     started: float = field(default_factory=time.perf_counter)
     done: int = 0
     failed: int = 0
@@ -81,7 +81,7 @@ class ResumableJob:
         *,
         store_root: str | os.PathLike | None,
         store_part: str,
-        progress_every_s: float = 30.0,
+        progress_every_s: float = PROGRESS_EVERY_S,
         ask_refused_again: bool = False,
     ):
         self.questions = list(questions)
