@@ -271,7 +271,7 @@ def check_source(source: dict[str, Any], questions: dict[str, Any] | None = None
                 )
             ]
         return []
-    from .questions import is_local_source
+    from .sources import is_local_source
 
     if is_local_source(dataset):
         return [
