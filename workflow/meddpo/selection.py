@@ -20,7 +20,8 @@ and then keeps the first N of it:
 The returned rows are always in source order, so only membership is nested,
 not the position of a row in the output.
 
-Imports: the standard library and meddpo.jsonl (DataError) only.
+Imports: the standard library, meddpo.jsonl (DataError) and meddpo.settings (the schema's
+allowed values) only.
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ from fractions import Fraction
 from typing import Any
 
 from .jsonl import DataError
+from .settings import choices
 
-SELECTION_MODES = ("first", "random", "stratified")
+# the allowed values, from the config schema (questions.selection, questions.stratify)
+SELECTION_MODES = choices("questions.selection")
+STRATIFY_MODES = choices("questions.stratify")
 
 
 def seeded_rank(seed: int, row_id: str) -> bytes:
@@ -143,7 +147,7 @@ def select_questions(
         raise DataError(
             f"config key questions.selection: unknown mode {mode!r}; use one of {SELECTION_MODES}"
         )
-    if mode == "stratified" and stratify not in ("proportional", "equal"):
+    if mode == "stratified" and stratify not in STRATIFY_MODES:
         raise DataError(
             f"config key questions.stratify: unknown value {stratify!r}; use 'proportional' or 'equal'"
         )
