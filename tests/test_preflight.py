@@ -14,7 +14,9 @@ import yaml
 
 from conftest import REPO
 from meddpo import preflight as pf
+from meddpo.hub_checks import check_model, check_source
 from meddpo.jsonl import write_jsonl
+from meddpo.preflight_checks import Finding, check_gemini, check_output, check_slurm
 from meddpo.settings import load_config
 from test_workflow import DEMO, SNAKEMAKE, _copy_workflow, _env
 
@@ -34,9 +36,9 @@ def _meddpo(*args, cwd=REPO, env=None, timeout=300):
 
 
 def test_a_model_folder_must_hold_a_full_checkpoint(tmp_path, tiny_mistral):
-    assert pf.check_model("rejected.model", {"model": str(tiny_mistral)}) == []
+    assert check_model("rejected.model", {"model": str(tiny_mistral)}) == []
     missing = tmp_path / "nope"
-    assert [str(f) for f in pf.check_model("rejected.model", {"model": str(missing)})] == [
+    assert [str(f) for f in check_model("rejected.model", {"model": str(missing)})] == [
         f"error: rejected.model {missing}: no such folder; point rejected.model at a checkpoint folder "
         "or a hub id"
     ]
@@ -45,14 +47,14 @@ def test_a_model_folder_must_hold_a_full_checkpoint(tmp_path, tiny_mistral):
     (partial / "config.json").write_text("{}")
     (partial / "tokenizer.json").write_text("{}")
     (partial / "tokenizer_config.json").write_text('{"bos_token": "<s>"}')
-    [finding] = pf.check_model("teacher.local.model", {"model": str(partial)})
+    [finding] = check_model("teacher.local.model", {"model": str(partial)})
     assert finding.level == "error"
     assert (
         "has no a chat template, weights (model.safetensors, a shard index or pytorch_model.bin)"
         in finding.text
     )
     # the demo builds its models during the run: nothing to check beforehand
-    assert pf.check_model("rejected.model", {"model": str(missing)}, built_by_run=True) == []
+    assert check_model("rejected.model", {"model": str(missing)}, built_by_run=True) == []
 
 
 @pytest.fixture
@@ -94,7 +96,7 @@ def fake_hub(monkeypatch):
 def test_a_hub_model_must_be_in_the_cache_when_offline(tmp_path, tiny_qwen, monkeypatch, empty_hf_cache):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     settings = {"model": "Qwen/Qwen2.5-7B-Instruct", "revision": None}
-    assert [str(f) for f in pf.check_model("teacher.local.model", settings)] == [
+    assert [str(f) for f in check_model("teacher.local.model", settings)] == [
         "error: teacher.local.model Qwen/Qwen2.5-7B-Instruct: not in the Hugging Face cache "
         f"{empty_hf_cache} and HF_HUB_OFFLINE is set; download it on a login node into HF_HOME first "
         "(hf download Qwen/Qwen2.5-7B-Instruct) or point teacher.local.model at a checkpoint folder"
@@ -102,7 +104,7 @@ def test_a_hub_model_must_be_in_the_cache_when_offline(tmp_path, tiny_qwen, monk
     # transformers' own variable counts too, and is named
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    [finding] = pf.check_model("teacher.local.model", settings)
+    [finding] = check_model("teacher.local.model", settings)
     assert "and TRANSFORMERS_OFFLINE is set;" in finding.text
     # the layout huggingface_hub writes: refs/main names the snapshot
     repo = empty_hf_cache / "models--Qwen--Qwen2.5-7B-Instruct"
@@ -111,30 +113,30 @@ def test_a_hub_model_must_be_in_the_cache_when_offline(tmp_path, tiny_qwen, monk
     snapshot = repo / "snapshots" / "abc123"
     snapshot.parent.mkdir()
     os.symlink(tiny_qwen, snapshot)
-    assert pf.check_model("teacher.local.model", settings) == []
+    assert check_model("teacher.local.model", settings) == []
 
 
 def test_a_hub_id_not_cached_must_be_reachable_online(empty_hf_cache, fake_hub, monkeypatch):
     settings = {"model": "mistralai/Mistral-7B-Instruct-v0.2", "revision": None}
-    [online] = pf.check_model("rejected.model", settings)
+    [online] = check_model("rejected.model", settings)
     assert online.level == "warning" and "every job would download it" in online.text
     assert fake_hub.paths == ["/mistralai/Mistral-7B-Instruct-v0.2/resolve/main/config.json"]
     fake_hub.status = 401
-    [gated] = pf.check_model("rejected.model", settings)
+    [gated] = check_model("rejected.model", settings)
     assert gated.level == "error" and "answers 401 (gated or private)" in gated.text
     fake_hub.status = 404
-    assert pf.check_source({"dataset": "someone/no-such-set", "revision": None}) == [
-        pf.Finding(
+    assert check_source({"dataset": "someone/no-such-set", "revision": None}) == [
+        Finding(
             "error",
             f"source.dataset someone/no-such-set: {os.environ['HF_ENDPOINT']} has no such dataset (404) "
             "at revision main; check the id and revision",
         )
     ]
     fake_hub.status = 200
-    assert pf.check_source({"dataset": "lavita/MedQuAD", "revision": None}) == []
+    assert check_source({"dataset": "lavita/MedQuAD", "revision": None}) == []
     # no network: a closed port
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    [unreachable] = pf.check_model("rejected.model", settings)
+    [unreachable] = check_model("rejected.model", settings)
     assert unreachable.level == "error"
     assert (
         f"not in the Hugging Face cache {empty_hf_cache} and http://127.0.0.1:9 cannot be reached "
@@ -145,14 +147,14 @@ def test_a_hub_id_not_cached_must_be_reachable_online(empty_hf_cache, fake_hub, 
 def test_a_hub_dataset_offline_names_the_variable(empty_hf_cache, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    assert [str(f) for f in pf.check_source({"dataset": "lavita/MedQuAD", "revision": None})] == [
+    assert [str(f) for f in check_source({"dataset": "lavita/MedQuAD", "revision": None})] == [
         "error: source.dataset lavita/MedQuAD: a hub id not in the Hugging Face cache, and "
         "HF_DATASETS_OFFLINE is set; copy the dataset to this machine and point source.dataset at the "
         ".parquet/.jsonl/.csv file"
     ]
     # a copy in the datasets library's cache is enough
     (empty_hf_cache.parent / "datasets" / "lavita___MedQuAD").mkdir(parents=True)
-    assert pf.check_source({"dataset": "lavita/MedQuAD", "revision": None}) == []
+    assert check_source({"dataset": "lavita/MedQuAD", "revision": None}) == []
 
 
 # --------------------------------------------------------------------------- what the jobs will read
@@ -170,7 +172,7 @@ def test_broken_weights_are_found_from_their_headers(tmp_path, tiny_mistral):
     assert (tiny_mistral / weights).is_file()
     empty = _copy_model(tiny_mistral, tmp_path / "empty")
     (empty / weights).write_bytes(b"")
-    assert [str(f) for f in pf.check_model("rejected.model", {"model": str(empty)})] == [
+    assert [str(f) for f in check_model("rejected.model", {"model": str(empty)})] == [
         f"error: rejected.model {empty}: {empty}/{weights}: empty file (0 bytes); "
         "copy or download the checkpoint again"
     ]
@@ -178,21 +180,21 @@ def test_broken_weights_are_found_from_their_headers(tmp_path, tiny_mistral):
     header_length = int.from_bytes(data[:8], "little")
     garbled = _copy_model(tiny_mistral, tmp_path / "garbled")
     (garbled / weights).write_bytes(data[:8] + b"#" * header_length + data[8 + header_length :])
-    [finding] = pf.check_model("rejected.model", {"model": str(garbled)})
+    [finding] = check_model("rejected.model", {"model": str(garbled)})
     assert finding.text.endswith(
         f"{garbled}/{weights}: the safetensors header is not valid JSON (corrupt file); "
         "copy or download the checkpoint again"
     )
     cut = _copy_model(tiny_mistral, tmp_path / "cut")
     (cut / weights).write_bytes(data[: len(data) - 1000])
-    [finding] = pf.check_model("rejected.model", {"model": str(cut)})
+    [finding] = check_model("rejected.model", {"model": str(cut)})
     assert f"{cut}/{weights}: tensor " in finding.text and "the file is cut short" in finding.text
     short = _copy_model(tiny_mistral, tmp_path / "short")
     (short / weights).write_bytes(data[:100])
-    [finding] = pf.check_model("rejected.model", {"model": str(short)})
+    [finding] = check_model("rejected.model", {"model": str(short)})
     assert f"its header claims {header_length} bytes, the file has 100" in finding.text
     # the unharmed checkpoint, tokenizer loaded, passes
-    assert pf.check_model("rejected.model", {"model": str(tiny_mistral)}) == []
+    assert check_model("rejected.model", {"model": str(tiny_mistral)}) == []
 
 
 def test_a_sharded_checkpoint_missing_a_shard_is_found(tmp_path, tiny_mistral):
@@ -215,16 +217,16 @@ def test_a_sharded_checkpoint_missing_a_shard_is_found(tmp_path, tiny_mistral):
     (sharded / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {}, "weight_map": weight_map})
     )
-    assert pf.check_model("rejected.model", {"model": str(sharded)}) == []
+    assert check_model("rejected.model", {"model": str(sharded)}) == []
     # a .bin shard index beside them (model repos ship both) is not what the loader reads
     (sharded / "pytorch_model.bin.index.json").write_text(
         json.dumps(
             {"metadata": {}, "weight_map": {name: "pytorch_model-00001-of-00001.bin" for name in names}}
         )
     )
-    assert pf.check_model("rejected.model", {"model": str(sharded)}) == []
+    assert check_model("rejected.model", {"model": str(sharded)}) == []
     (sharded / "model-00002-of-00002.safetensors").unlink()
-    assert [str(f) for f in pf.check_model("rejected.model", {"model": str(sharded)})] == [
+    assert [str(f) for f in check_model("rejected.model", {"model": str(sharded)})] == [
         f"error: rejected.model {sharded}: {sharded}/model-00002-of-00002.safetensors: missing; "
         f"the shard index model.safetensors.index.json lists it for {len(names) - half} tensor(s); "
         "copy or download the checkpoint again"
@@ -253,7 +255,7 @@ def test_torch_bin_weights_old_and_new_formats_pass_and_a_cut_one_is_found(tmp_p
 def test_a_broken_tokenizer_is_found(tmp_path, tiny_mistral):
     broken = _copy_model(tiny_mistral, tmp_path / "tokenizer")
     (broken / "tokenizer.json").write_text("{not json")
-    [finding] = pf.check_model("judge.local.model", {"model": str(broken)})
+    [finding] = check_model("judge.local.model", {"model": str(broken)})
     assert finding.text.startswith(f"judge.local.model {broken}: the tokenizer does not load (")
 
 
@@ -356,7 +358,7 @@ def test_a_local_source_with_no_usable_question_stops_the_preflight(tmp_path):
     numbers = tmp_path / "numbers.jsonl"
     write_jsonl(numbers, [{"question": 1000 + i, "question_type": "dosage"} for i in range(5)])
     questions = {"min_chars": 10, "max_chars": 2000}
-    assert [str(f) for f in pf.check_source({"dataset": str(numbers), "split": "train"}, questions)] == [
+    assert [str(f) for f in check_source({"dataset": str(numbers), "split": "train"}, questions)] == [
         f"error: source.dataset {numbers}: no questions in it (5 rows, none survives cleaning); point "
         "source.dataset at a file with a 'question' column of text"
     ]
@@ -404,13 +406,13 @@ def test_the_judge_checks_its_model_and_pairs_before_reading_a_pair(tmp_path, em
 
 
 def test_source_key_output_and_account_checks(tmp_path, monkeypatch):
-    assert pf.check_source({"dataset": str(REPO / "demo" / "medquad_demo.jsonl")}) == []
-    [missing] = pf.check_source({"dataset": str(tmp_path / "medquad.parquet")})
+    assert check_source({"dataset": str(REPO / "demo" / "medquad_demo.jsonl")}) == []
+    [missing] = check_source({"dataset": str(tmp_path / "medquad.parquet")})
     assert "no such file" in missing.text
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    [hub] = pf.check_source({"dataset": "lavita/MedQuAD"})
+    [hub] = check_source({"dataset": "lavita/MedQuAD"})
     assert "and HF_HUB_OFFLINE is set" in hub.text
 
     config = load_config(["demo/config.yaml"], base=REPO / "config.yaml")
@@ -418,16 +420,16 @@ def test_source_key_output_and_account_checks(tmp_path, monkeypatch):
     config["teacher"]["gemini"]["secrets_file"] = str(tmp_path / "secrets.env")
     for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY"):
         monkeypatch.delenv(name, raising=False)
-    [key] = pf.check_gemini(config)
+    [key] = check_gemini(config)
     assert "no Gemini API key" in key.text and "secrets.env" in key.text
 
-    assert pf.check_output(str(tmp_path / "out" / "deeper"), need=1000) == []
-    [room] = pf.check_output(str(tmp_path), need=10**18)
+    assert check_output(str(tmp_path / "out" / "deeper"), need=1000) == []
+    [room] = check_output(str(tmp_path), need=10**18)
     assert "GB free, the run may need 1000000000.0 GB" in room.text
 
-    assert pf.check_slurm("meddpo-test") == []
-    assert "export SBATCH_ACCOUNT" in pf.check_slurm("$SBATCH_ACCOUNT")[0].text
-    assert "export SBATCH_ACCOUNT" in pf.check_slurm(None)[0].text
+    assert check_slurm("meddpo-test") == []
+    assert "export SBATCH_ACCOUNT" in check_slurm("$SBATCH_ACCOUNT")[0].text
+    assert "export SBATCH_ACCOUNT" in check_slurm(None)[0].text
 
 
 def test_preflight_of_the_real_config_prints_jobs_and_cost(tmp_path):

@@ -122,8 +122,8 @@ def test_refusals_and_transient_errors_through_snakemake_with_the_cluster_retry_
     refusal asked once and recorded once, and a --forcerun of the teacher sends nothing."""
     import yaml
 
+    from meddpo.cleaning import clean_and_dedupe
     from meddpo.gemini_test_server import GeminiTestServer
-    from meddpo.questions import clean_and_dedupe
 
     workdir = _copy_workflow(tmp_path / "wf")
     overlay = tmp_path / "gemini.yaml"

@@ -379,7 +379,7 @@ def _vllm_config(tmp_path, **vllm):
 
 def test_the_estimate_counts_vllm_start_up_and_says_how_many_shards_keep_it_under_a_tenth(tmp_path):
     from meddpo.plan import estimate, render_estimate
-    from meddpo.preflight import check_start_up
+    from meddpo.preflight_checks import check_start_up
 
     plan = estimate(_vllm_config(tmp_path))
     # 10,000 x 512 (1,536) tokens at 3,800 tokens/s = 22.5 (67.4) min, plus 20 starts of 3 min
@@ -399,7 +399,7 @@ def test_the_estimate_counts_vllm_start_up_and_says_how_many_shards_keep_it_unde
 
 
 def test_preflight_names_a_missing_vllm_environment_and_how_to_build_it(tmp_path):
-    from meddpo.preflight import check_vllm
+    from meddpo.preflight_checks import check_vllm
 
     config = _vllm_config(
         tmp_path, command=f"'{tmp_path}/none/bin/python -m vllm.entrypoints.openai.api_server'"
@@ -416,7 +416,7 @@ def test_preflight_names_a_missing_vllm_environment_and_how_to_build_it(tmp_path
 
 
 def test_preflight_accepts_the_built_vllm_environment(vllm_env, tmp_path):
-    from meddpo.preflight import check_vllm
+    from meddpo.preflight_checks import check_vllm
 
     assert check_vllm(_vllm_config(tmp_path, command=f"'{COMMAND}'")) == []
 

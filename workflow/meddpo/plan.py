@@ -39,7 +39,8 @@ QUESTIONS_WHEN_ALL = 50_000  # questions.n null and a hub source: about MedQuAD'
 def _count(
     dataset: str, stamp: tuple[int, int], split: str, min_chars: int, max_chars: int | None
 ) -> tuple[int, int]:
-    from .questions import clean_and_dedupe, load_source_rows
+    from .cleaning import clean_and_dedupe
+    from .sources import load_source_rows
 
     rows, _ = load_source_rows(dataset, split=split)
     _, counts = clean_and_dedupe(rows, source=dataset, min_chars=min_chars, max_chars=max_chars)
@@ -53,7 +54,7 @@ def count_source(config: dict[str, Any]) -> tuple[int, int] | None:
     once per file version in a process. A source that cannot be read raises the
     questions step's DataError.
     """
-    from .questions import is_local_source
+    from .sources import is_local_source
 
     source, questions = config["source"], config["questions"]
     dataset = source["dataset"]
