@@ -30,8 +30,9 @@ from typing import Any
 from .dataset_card import render_card
 from .jsonl import DataError, atomic_open, write_jsonl
 from .quality import apply_policy
-from .report import build_stats, write_report
+from .report import write_report
 from .settings import default
+from .stats import build_stats
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from .report import no_margin_line, share
+from .report_format import no_margin_line, share
 
 # Terms of the models this project documents, by model id (lower case). Any other
 # model gets a pointer to its own model card: the card never claims a licence it does not know.
