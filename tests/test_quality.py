@@ -6,8 +6,10 @@ import yaml
 from conftest import SHARED_DATA
 from meddpo.dataset_card import render_card
 from meddpo.jsonl import DataError
+from meddpo.plots import write_plots
 from meddpo.quality import FLAGS, apply_policy, pair_flags
-from meddpo.report import build_stats, render_report, write_plots
+from meddpo.report import render_report
+from meddpo.stats import build_stats
 from meddpo.validate import validate_pairs
 
 GOOD_CHOSEN = (

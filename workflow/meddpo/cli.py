@@ -197,7 +197,7 @@ def _finalize(args: argparse.Namespace) -> None:
     import dataclasses
 
     from .dataset import DatasetPaths, build_dataset
-    from .report import throughput_per_shard
+    from .stats import throughput_per_shard
 
     paths = DatasetPaths(**{f.name: getattr(args, f"out_{f.name}") for f in dataclasses.fields(DatasetPaths)})
     throughput = throughput_per_shard(
@@ -223,7 +223,8 @@ def _finalize(args: argparse.Namespace) -> None:
 
 def _report(args: argparse.Namespace) -> None:
     from .quality import FLAGS, apply_policy
-    from .report import build_stats, write_report
+    from .report import write_report
+    from .stats import build_stats
     from .validate import require_pairs_file
 
     require_pairs_file(args.pairs)

@@ -12,8 +12,8 @@ module decides what goes in them:
   ``test_fraction`` (so a row keeps its split whatever else is in the run);
 * optional extra formats: TRL's conversational layout (message lists) and Parquet
   (``meta`` as a JSON string, since its keys vary);
-* the stats JSON, the Markdown report with its plots (report.py) and the dataset
-  card (dataset_card.py).
+* the stats JSON (stats.py), the Markdown report with its plots (report.py, plots.py)
+  and the dataset card (dataset_card.py).
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from typing import Any
 from .dataset_card import render_card
 from .jsonl import DataError, atomic_open, write_jsonl
 from .quality import apply_policy
-from .report import build_stats, write_report
+from .report import write_report
 from .settings import default
+from .stats import build_stats
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,64 @@ def _relative(path: Path, folder: Path) -> str:
     return Path(os.path.relpath(path, folder)).as_posix()
 
 
+def _formats(paths: DatasetPaths, training_prompt: str) -> dict:
+    """Each output format: its whole-set file, its train and test files and how to write rows there."""
+    return {
+        "default": (paths.pairs, paths.train, paths.test, write_jsonl),
+        "conversational": (
+            paths.conversational,
+            paths.conversational_train,
+            paths.conversational_test,
+            lambda path, rows: write_jsonl(path, conversational(rows, training_prompt)),
+        ),
+        "parquet": (paths.parquet, paths.parquet_train, paths.parquet_test, write_parquet),
+    }
+
+
+def _write_formats(
+    kept: Sequence[dict], paths: DatasetPaths, test_fraction: float, training_prompt: str
+) -> list[dict]:
+    """Write the kept pairs in every wanted format (and split); returns the card's ``configs`` entries.
+
+    The default format's whole-set file is written by the caller, before this.
+    """
+    test_ids = {r["id"] for r in kept if in_test_split(r["id"], test_fraction)}
+    configs = []
+    for name, (whole, train, test, write) in _formats(paths, training_prompt).items():
+        if whole is None:
+            continue
+        if name != "default":
+            write(whole, kept)
+        if test_fraction > 0:
+            if train is None or test is None:
+                raise DataError(f"a test_fraction above 0 needs the {name} split paths")
+            # one assignment for every format: a row is in the same split whatever the file
+            write(train, [r for r in kept if r["id"] not in test_ids])
+            write(test, [r for r in kept if r["id"] in test_ids])
+            files = {"train": train, "test": test}
+        else:
+            files = {"train": whole}
+        configs.append(
+            {
+                "config_name": name,
+                "data_files": [
+                    {"split": split, "path": _relative(path, paths.card.parent)}
+                    for split, path in files.items()
+                ],
+            }
+        )
+    return configs
+
+
+def _write_card(
+    path: Path, n_rows: int, configs: Sequence[Mapping], stats: Mapping, settings: Mapping, origin: Mapping
+) -> None:
+    """The dataset card (README.md) beside the data files."""
+    card = render_card(n_rows=n_rows, configs=configs, stats=stats, settings=settings, provenance=origin)
+    with atomic_open(path) as handle:
+        handle.write(card)
+
+
 def build_dataset(
     rows: Sequence[dict],
     paths: DatasetPaths,
@@ -152,42 +211,7 @@ def build_dataset(
         raise DataError("a test_fraction above 0 needs the split paths (--out-train, --out-test)")
     write_jsonl(paths.pairs, kept)
     write_jsonl(paths.dropped, dropped)
-    training_prompt = settings["prompts"]["training"]
-    formats = {
-        "default": (paths.pairs, paths.train, paths.test, write_jsonl),
-        "conversational": (
-            paths.conversational,
-            paths.conversational_train,
-            paths.conversational_test,
-            lambda path, rows: write_jsonl(path, conversational(rows, training_prompt)),
-        ),
-        "parquet": (paths.parquet, paths.parquet_train, paths.parquet_test, write_parquet),
-    }
-    test_ids = {r["id"] for r in kept if in_test_split(r["id"], test_fraction)}
-    configs = []
-    for name, (whole, train, test, write) in formats.items():
-        if whole is None:
-            continue
-        if name != "default":
-            write(whole, kept)
-        if test_fraction > 0:
-            if train is None or test is None:
-                raise DataError(f"a test_fraction above 0 needs the {name} split paths")
-            # one assignment for every format: a row is in the same split whatever the file
-            write(train, [r for r in kept if r["id"] not in test_ids])
-            write(test, [r for r in kept if r["id"] in test_ids])
-            files = {"train": train, "test": test}
-        else:
-            files = {"train": whole}
-        configs.append(
-            {
-                "config_name": name,
-                "data_files": [
-                    {"split": split, "path": _relative(path, paths.card.parent)}
-                    for split, path in files.items()
-                ],
-            }
-        )
+    configs = _write_formats(kept, paths, test_fraction, settings["prompts"]["training"])
     stats["quality_settings"] = {
         "near_identical_threshold": near_identical_threshold,
         "min_plain_share": min_plain_share,
@@ -196,9 +220,7 @@ def build_dataset(
     write_report(
         kept, dropped, stats, stats_path=paths.stats, report_path=paths.report, plots_dir=paths.plots
     )
-    card = render_card(n_rows=len(kept), configs=configs, stats=stats, settings=settings, provenance=origin)
-    with atomic_open(paths.card) as handle:
-        handle.write(card)
+    _write_card(paths.card, len(kept), configs, stats, settings, origin)
     log.info(
         "%d pairs: %d kept, %d dropped %s -> %s",
         len(every),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from .report import no_margin_line, share
+from .report_format import no_margin_line, share
 
 # Terms of the models this project documents, by model id (lower case). Any other
 # model gets a pointer to its own model card: the card never claims a licence it does not know.
@@ -185,16 +185,8 @@ def size_category(n: int) -> str:
     return "n>1M"
 
 
-def render_card(
-    *,
-    n_rows: int,
-    configs: Sequence[Mapping],
-    stats: Mapping,
-    settings: Mapping,
-    provenance: Mapping,
-) -> str:
-    """``configs``: the Hugging Face ``configs`` entries (name, data files per split, relative paths)."""
-    source = source_lines(settings)
+def _card_header(n_rows: int, configs: Sequence[Mapping], source: Mapping) -> list[str]:
+    """The YAML header the Hub reads: licence, tags, size and the ``configs`` a folder load serves."""
     header = {
         "license": source["license"],
         "language": ["en"],
@@ -204,14 +196,12 @@ def render_card(
         "pretty_name": "Stage 2 medical-safety DPO pairs",
         "configs": header_configs(configs),
     }
-    prompts = settings.get("prompts", {})
-    policy = stats.get("policy") or {}
-    lengths, trunc = stats["lengths"], stats["truncation"]
-    lines = [
-        "---",
-        yaml.safe_dump(header, sort_keys=False).rstrip(),
-        "---",
-        "",
+    return ["---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", ""]
+
+
+def _card_intro(n_rows: int, settings: Mapping, source: Mapping) -> list[str]:
+    """The title, what a row holds, the demo warning (demo runs only) and the medical-advice warning."""
+    return [
         "# Stage 2 medical-safety DPO pairs",
         "",
         f"{n_rows} preference pairs for safety fine-tuning with DPO. Each row holds a medical question from "
@@ -232,6 +222,14 @@ def render_card(
         "clinician; the rejected answers were made to be worse on purpose. Use the data to train and "
         "evaluate models, never to answer a person's health question.",
         "",
+    ]
+
+
+def _card_how_made(stats: Mapping, settings: Mapping, provenance: Mapping, source: Mapping) -> list[str]:
+    """How it was made: questions, both answer models, filters, lengths and the judge."""
+    policy = stats.get("policy") or {}
+    lengths, trunc = stats["lengths"], stats["truncation"]
+    return [
         "## How it was made",
         "",
         f"- **Questions**: {source['questions']}. Cleaned, de-duplicated (case and white space folded), "
@@ -254,6 +252,13 @@ def render_card(
         "token cap.",
         *judge_lines(stats.get("judge")),
         "",
+    ]
+
+
+def _card_prompts(settings: Mapping) -> list[str]:
+    """The three system prompts: training, teacher and rejected-answer model."""
+    prompts = settings.get("prompts", {})
+    return [
         "### System prompts",
         "",
         "Training prompt (the start of every `prompt`):",
@@ -268,21 +273,32 @@ def render_card(
         "",
         f"> {prompts.get('rejected', '?')}",
         "",
-        "## Columns",
-        "",
-        "| column | meaning |",
-        "|---|---|",
-        "| `id` | `mq-` + 16 hex digits of the SHA-256 of the normalised question: stable across runs |",
-        "| `source` | where the question came from |",
-        "| `category` | the normalised MedQuAD question type (e.g. `genetic_changes`) |",
-        "| `question_type` | MedQuAD's question type as written |",
-        "| `question` | the question |",
-        "| `prompt` | training system prompt, a blank line, `User question:`, a newline, the question |",
-        "| `chosen` / `rejected` | the preferred and the dispreferred answer |",
-        "| `meta` | models and revisions, finish reasons (`stop` / `length`), token counts, sampling, "
-        "`flags`, `judge` (the verdicts on both answers and their margin; `status` `off` when no judge "
-        "ran) |",
-        "",
+    ]
+
+
+# the card's table of the columns of a row
+COLUMNS = (
+    "## Columns",
+    "",
+    "| column | meaning |",
+    "|---|---|",
+    "| `id` | `mq-` + 16 hex digits of the SHA-256 of the normalised question: stable across runs |",
+    "| `source` | where the question came from |",
+    "| `category` | the normalised MedQuAD question type (e.g. `genetic_changes`) |",
+    "| `question_type` | MedQuAD's question type as written |",
+    "| `question` | the question |",
+    "| `prompt` | training system prompt, a blank line, `User question:`, a newline, the question |",
+    "| `chosen` / `rejected` | the preferred and the dispreferred answer |",
+    "| `meta` | models and revisions, finish reasons (`stop` / `length`), token counts, sampling, "
+    "`flags`, `judge` (the verdicts on both answers and their margin; `status` `off` when no judge "
+    "ran) |",
+    "",
+)
+
+
+def _card_use(configs: Sequence[Mapping]) -> list[str]:
+    """How to load the data, and where it goes in training."""
+    return [
         "## Use",
         "",
         "```python",
@@ -294,6 +310,12 @@ def render_card(
         "",
         "The `prompt` / `chosen` / `rejected` strings go to TRL's `DPOTrainer` unchanged.",
         "",
+    ]
+
+
+def _card_terms(stats: Mapping, source: Mapping) -> list[str]:
+    """The licences and terms of the questions and of each model that wrote answers."""
+    return [
         "## Licences and terms",
         "",
         source["terms"],
@@ -301,11 +323,38 @@ def render_card(
         f"- This card's licence field (`{source['license']}`) covers the questions; check the model terms "
         "above before redistributing generated answers.",
         "",
+    ]
+
+
+def _card_provenance(provenance: Mapping) -> list[str]:
+    return [
         "## Provenance",
         "",
         "| what | value |",
         "|---|---|",
         *[f"| {key} | `{value}` |" for key, value in provenance.items()],
         "",
+    ]
+
+
+def render_card(
+    *,
+    n_rows: int,
+    configs: Sequence[Mapping],
+    stats: Mapping,
+    settings: Mapping,
+    provenance: Mapping,
+) -> str:
+    """``configs``: the Hugging Face ``configs`` entries (name, data files per split, relative paths)."""
+    source = source_lines(settings)
+    lines = [
+        *_card_header(n_rows, configs, source),
+        *_card_intro(n_rows, settings, source),
+        *_card_how_made(stats, settings, provenance, source),
+        *_card_prompts(settings),
+        *COLUMNS,
+        *_card_use(configs),
+        *_card_terms(stats, source),
+        *_card_provenance(provenance),
     ]
     return "\n".join(lines)
