@@ -74,7 +74,17 @@ def test_no_import_cycle_in_the_package():
 
 def test_earlier_stages_do_not_import_the_judge():
     graph = _graph()
-    for stage in ("pairs", "quality", "validate", "report", "dataset", "dataset_card"):
+    for stage in (
+        "pairs",
+        "quality",
+        "validate",
+        "stats",
+        "plots",
+        "report",
+        "report_format",
+        "dataset",
+        "dataset_card",
+    ):
         assert "judge" not in graph[stage], f"{stage} imports judge"
 
 
