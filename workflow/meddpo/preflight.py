@@ -44,9 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoints import checkpoint_problems, weights_to_load
+from .paths import ANSWER_STORE_FOLDER, JUDGE_STORE_FOLDER
 from .plan import (
-    ANSWER_STORE_FOLDER,
-    JUDGE_STORE_FOLDER,
     count_source,
     estimate,
     judge_rules,
