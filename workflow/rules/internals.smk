@@ -13,8 +13,8 @@ import sys
 from snakemake.settings.types import DeploymentMethod
 
 # The package's own modules that need only the standard library and PyYAML (which
-# Snakemake has) are imported by the rule files: the config check, the preflight,
-# the job plan, the paths and the rules' targets.
+# Snakemake has) are imported by the rule files (the config check, the preflight,
+# the job plan, the paths and the rules' targets), from here on.
 WORKFLOW_DIR = workflow.basedir
 sys.path.insert(0, os.path.join(WORKFLOW_DIR, "workflow"))
 from meddpo.settings import ConfigError, check_config, outside_output, read_config_file
