@@ -38,11 +38,11 @@ from meddpo.tiny_models import demo_model_paths
 
 validate(config, schema="../meddpo/config.schema.yaml")  # fills in the defaults
 
-OUT = config["output"]["dir"].rstrip("/")
-# Every file of the run (meddpo.paths). The answer store and the judge store
-# (PATHS.answer_store, PATHS.judge_store) keep answers and verdicts across failures
-# and reruns: not declared outputs, so Snakemake never deletes them.
+# Every file of the run (meddpo.paths), under OUT (output.dir). The answer store and the
+# judge store (PATHS.answer_store, PATHS.judge_store) keep answers and verdicts across
+# failures and reruns: not declared outputs, so Snakemake never deletes them.
 PATHS = run_paths(config)
+OUT = PATHS.out
 SHARDS = shard_numbers(config)
 # The judge rules this config runs (workflow/rules/judge.smk defines only these).
 JUDGE_RULES = judge_rules(config)
