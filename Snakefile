@@ -17,6 +17,8 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+# internals.smk first: it puts the package on sys.path and checks the config files.
+include: "workflow/rules/internals.smk"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/questions.smk"
@@ -26,12 +28,6 @@ include: "workflow/rules/chosen.smk"
 include: "workflow/rules/pairs.smk"
 include: "workflow/rules/judge.smk"
 include: "workflow/rules/dataset.smk"
-
-
-# Before the first job of a real run (dry runs skip it): models, source, key, output
-# folder, Slurm account and GPU are checked, and the cost is printed (meddpo.preflight).
-onstart:
-    run_preflight()
 
 
 # Seconds of work each: never worth a cluster job.
@@ -48,8 +44,8 @@ localrules:
 rule all:
     default_target: True
     input:
-        PAIRS_FILE,
-        f"{DATASET}/validation.txt",
+        PATHS.dataset_file("pairs"),
+        PATHS.validation,
 
 
 # Every declared output, log and benchmark lies in the project folder or output.dir

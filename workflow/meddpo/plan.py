@@ -29,9 +29,6 @@ MINUTES_PER_100_QUESTIONS = {
 }
 START_UP_MINUTES = 15
 MAX_RUNTIME_MINUTES = 480
-# The stores' folders under output.dir: answers and verdicts kept across failures and reruns
-ANSWER_STORE_FOLDER = "answer_store"
-JUDGE_STORE_FOLDER = "judge_store"
 QUESTIONS_WHEN_ALL = 50_000  # questions.n null and a hub source: about MedQuAD's size after cleaning
 
 
@@ -103,13 +100,19 @@ def teacher_rule(config: dict[str, Any]) -> str:
     return "chosen_gemini" if config["teacher"]["backend"] == "gemini" else "chosen_local"
 
 
+def judge_rule(config: dict[str, Any], kind: str) -> str:
+    """The rule that runs one judge kind: judge_classifier, judge_rubric_local or judge_rubric_gemini."""
+    return "judge_classifier" if kind == "classifier" else f"judge_rubric_{config['judge']['backend']}"
+
+
 def judge_rules(config: dict[str, Any]) -> list[str]:
-    """The judge rules a run has (none when judge.kinds is empty)."""
+    """The judge rules a run has (none when judge.kinds is empty), the classifier's first.
+
+    The one place that decides which judge rules run: the rule files, the job plan and
+    the preflight all ask here.
+    """
     kinds = config["judge"]["kinds"]
-    rules = ["judge_classifier"] if "classifier" in kinds else []
-    if "rubric" in kinds:
-        rules.append(f"judge_rubric_{config['judge']['backend']}")
-    return rules
+    return [judge_rule(config, kind) for kind in ("classifier", "rubric") if kind in kinds]
 
 
 def local_models(config: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:

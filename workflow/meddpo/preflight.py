@@ -39,9 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from .hub_checks import check_model, check_source
+from .paths import ANSWER_STORE_FOLDER, JUDGE_STORE_FOLDER
 from .plan import (
-    ANSWER_STORE_FOLDER,
-    JUDGE_STORE_FOLDER,
     estimate,
     judge_rules,
     local_models,

@@ -14,7 +14,7 @@ from typing import Any
 
 from .answer_store import AnswerStore
 from .jsonl import read_jsonl_tolerant
-from .plan import ANSWER_STORE_FOLDER
+from .paths import RunPaths, shard_name, shard_number
 
 ROLES = {"rejected": "rejected", "chosen": "chosen"}  # role -> output folder
 
@@ -37,14 +37,14 @@ def store_settings(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def shard_status(config: dict[str, Any]) -> list[dict[str, Any]]:
-    out = Path(config["output"]["dir"])
+    paths = RunPaths(str(Path(config["output"]["dir"])))
     rows = []
     for role, settings in store_settings(config).items():
-        store = AnswerStore(out / ANSWER_STORE_FOLDER, settings, "status")
+        store = AnswerStore(Path(paths.answer_store), settings, "status")
         answers, refused = store.load(), store.load_refusals()
         for index in range(config["n_shards"]):
-            name = f"shard-{index:03d}"
-            shard = out / "shards" / f"{name}.jsonl"
+            name = shard_name(shard_number(index))
+            shard = Path(paths.shard(shard_number(index)))
             row: dict[str, Any] = {"role": role, "shard": name, "questions": None}
             if shard.is_file():
                 ids = [q["id"] for q in read_jsonl_tolerant(shard)]
@@ -52,7 +52,7 @@ def shard_status(config: dict[str, Any]) -> list[dict[str, Any]]:
                     questions=len(ids),
                     answered=sum(i in answers for i in ids),
                     refused=sum(i in refused for i in ids),
-                    done=(out / ROLES[role] / f"{name}.jsonl").is_file(),
+                    done=Path(paths.answers(ROLES[role], shard_number(index))).is_file(),
                 )
             rows.append(row)
     return rows

@@ -13,14 +13,14 @@ if config["teacher"]["backend"] == "local":
     # time limit (its own rule: the vLLM server's log is declared by its own engine).
     rule chosen_local:
         input:
-            shard=f"{OUT}/shards/shard-{{shard}}.jsonl",
-            model=tiny_model_input(config["teacher"]["local"]),
+            shard=PATHS.shard(),
+            model=tiny_model_input(config, config["teacher"]["local"]),
         output:
-            f"{OUT}/chosen/shard-{{shard}}.jsonl",
+            PATHS.answers("chosen"),
         log:
-            **generation_logs("chosen", config["teacher"]["local"]),
+            **generation_logs(config, "chosen", config["teacher"]["local"]),
         benchmark:
-            f"{BENCHMARKS}/chosen/shard-{{shard}}.tsv"
+            PATHS.benchmark("chosen")
         conda:
             CONDA_ENV
         resources:
@@ -28,7 +28,7 @@ if config["teacher"]["backend"] == "local":
             runtime=runtime("chosen_local"),
         params:
             options=generation_options(
-                config["teacher"]["local"], config["prompts"]["teacher"]
+                config, config["teacher"]["local"], config["prompts"]["teacher"]
             ),
         shell:
             generation_shell(config["teacher"]["local"])
@@ -38,15 +38,15 @@ if config["teacher"]["backend"] == "gemini":
 
     rule chosen_gemini:
         input:
-            f"{OUT}/shards/shard-{{shard}}.jsonl",
+            PATHS.shard(),
         output:
-            answers=f"{OUT}/chosen/shard-{{shard}}.jsonl",
-            failures=f"{OUT}/chosen/shard-{{shard}}.failures.jsonl",
-            usage=f"{OUT}/chosen/shard-{{shard}}.usage.json",
+            answers=PATHS.answers("chosen"),
+            failures=PATHS.per_shard("chosen", "failures.jsonl"),
+            usage=PATHS.per_shard("chosen", "usage.json"),
         log:
-            f"{LOGS}/chosen/shard-{{shard}}.log",
+            PATHS.shard_log("chosen"),
         benchmark:
-            f"{BENCHMARKS}/chosen/shard-{{shard}}.tsv"
+            PATHS.benchmark("chosen")
         conda:
             CONDA_ENV
         resources:
@@ -57,7 +57,7 @@ if config["teacher"]["backend"] == "gemini":
             options=cli_options(
                 **config["teacher"]["gemini"],
                 system_prompt=config["prompts"]["teacher"],
-                store=ANSWER_STORE,
+                store=PATHS.answer_store,
             ),
         shell:
             "python -m meddpo gemini --shard {input:q} {params.options}"

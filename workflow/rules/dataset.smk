@@ -13,31 +13,22 @@ out: {OUT}/dataset/stage2_med_pairs.jsonl          the kept pairs (meta.flags sa
 
 rule finalize:
     input:
-        pairs=ALL_PAIRS,
-        pair_stats=ALL_PAIRS_STATS,
-        question_stats=f"{OUT}/questions/questions.stats.json",
-        rejected=expand(f"{OUT}/rejected/shard-{{shard}}.jsonl", shard=SHARDS),
-        chosen=expand(f"{OUT}/chosen/shard-{{shard}}.jsonl", shard=SHARDS),
-        rejected_benchmarks=expand(
-            f"{BENCHMARKS}/rejected/shard-{{shard}}.tsv", shard=SHARDS
-        ),
-        chosen_benchmarks=expand(
-            f"{BENCHMARKS}/chosen/shard-{{shard}}.tsv", shard=SHARDS
-        ),
+        pairs=PATHS.all_pairs,
+        pair_stats=PATHS.all_pairs_stats,
+        question_stats=PATHS.question_stats,
+        rejected=expand(PATHS.answers("rejected"), shard=SHARDS),
+        chosen=expand(PATHS.answers("chosen"), shard=SHARDS),
+        rejected_benchmarks=expand(PATHS.benchmark("rejected"), shard=SHARDS),
+        chosen_benchmarks=expand(PATHS.benchmark("chosen"), shard=SHARDS),
     output:
         **dataset_outputs(),
     log:
-        f"{LOGS}/finalize.log",
+        PATHS.log("finalize"),
     conda:
         CONDA_ENV
     params:
-        options=cli_options(
-            **config["quality"],
-            min_margin=config["judge"]["min_margin"],
-            test_fraction=config["output"]["test_fraction"],
-            settings=card_settings(),
-        ),
-        outputs=cli_options(**{f"out_{k}": v for k, v in dataset_outputs().items()}),
+        options=finalize_options(config),
+        outputs=finalize_output_options(dataset_outputs()),
     shell:
         "python -m meddpo finalize --pairs {input.pairs:q} --pair-stats {input.pair_stats:q}"
         " --question-stats {input.question_stats:q}"
@@ -48,14 +39,14 @@ rule finalize:
 
 rule validate:
     input:
-        pairs=PAIRS_FILE,
-        dropped=dataset_outputs()["dropped"],
-        questions=f"{OUT}/questions/questions.jsonl",
-        pair_stats=ALL_PAIRS_STATS,
+        pairs=PATHS.dataset_file("pairs"),
+        dropped=PATHS.dataset_file("dropped"),
+        questions=PATHS.questions,
+        pair_stats=PATHS.all_pairs_stats,
     output:
-        f"{DATASET}/validation.txt",
+        PATHS.validation,
     log:
-        f"{LOGS}/validate.log",
+        PATHS.log("validate"),
     conda:
         CONDA_ENV
     shell:

@@ -18,7 +18,7 @@ if config["demo"]["build_tiny_models"]:
             mistral=directory(DEMO_MODELS["mistral"]),
             qwen=directory(DEMO_MODELS["qwen"]),
         log:
-            f"{LOGS}/tiny_models.log",
+            PATHS.log("tiny_models"),
         conda:
             CONDA_ENV
         params:

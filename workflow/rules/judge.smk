@@ -10,69 +10,69 @@ out: {OUT}/judge/{kind}/shard-{shard}.jsonl       one verdict row per pair {id, 
 The verdicts join the pairs as meta.judge in merge_pairs (workflow/rules/pairs.smk).
 """
 
-if "classifier" in config["judge"]["kinds"]:
+if "judge_classifier" in JUDGE_RULES:
 
     rule judge_classifier:
         input:
-            pairs=f"{OUT}/pairs/shard-{{shard}}.jsonl",
-            model=tiny_model_input(config["judge"]["classifier"]),
+            pairs=PATHS.per_shard("pairs"),
+            model=tiny_model_input(config, config["judge"]["classifier"]),
         output:
-            **judge_rule_outputs("classifier"),
+            **judge_rule_outputs(config, "classifier"),
         log:
-            **judge_rule_logs("classifier"),
+            **judge_rule_logs(config, "classifier"),
         benchmark:
-            f"{BENCHMARKS}/judge/classifier/shard-{{shard}}.tsv"
+            PATHS.benchmark("judge/classifier")
         conda:
             CONDA_ENV
         resources:
             gpu=1,
             runtime=runtime("judge_classifier"),
         params:
-            options=judge_options("classifier"),
+            options=judge_options(config, "classifier"),
         shell:
-            judge_shell("classifier")
+            judge_shell(config, "classifier")
 
 
-if "rubric" in config["judge"]["kinds"] and config["judge"]["backend"] == "local":
+if "judge_rubric_local" in JUDGE_RULES:
 
     rule judge_rubric_local:
         input:
-            pairs=f"{OUT}/pairs/shard-{{shard}}.jsonl",
-            model=tiny_model_input(config["judge"]["local"]),
+            pairs=PATHS.per_shard("pairs"),
+            model=tiny_model_input(config, config["judge"]["local"]),
         output:
-            **judge_rule_outputs("rubric"),
+            **judge_rule_outputs(config, "rubric"),
         log:
-            **judge_rule_logs("rubric"),
+            **judge_rule_logs(config, "rubric"),
         benchmark:
-            f"{BENCHMARKS}/judge/rubric/shard-{{shard}}.tsv"
+            PATHS.benchmark("judge/rubric")
         conda:
             CONDA_ENV
         resources:
             gpu=1,
             runtime=runtime("judge_rubric_local"),
         params:
-            options=judge_options("rubric"),
+            options=judge_options(config, "rubric"),
         shell:
-            judge_shell("rubric")
+            judge_shell(config, "rubric")
 
 
-if "rubric" in config["judge"]["kinds"] and config["judge"]["backend"] == "gemini":
+if "judge_rubric_gemini" in JUDGE_RULES:
 
     rule judge_rubric_gemini:
         input:
-            pairs=f"{OUT}/pairs/shard-{{shard}}.jsonl",
+            pairs=PATHS.per_shard("pairs"),
         output:
-            **judge_rule_outputs("rubric"),
+            **judge_rule_outputs(config, "rubric"),
         log:
-            **judge_rule_logs("rubric"),
+            **judge_rule_logs(config, "rubric"),
         benchmark:
-            f"{BENCHMARKS}/judge/rubric/shard-{{shard}}.tsv"
+            PATHS.benchmark("judge/rubric")
         conda:
             CONDA_ENV
         resources:
             gemini_jobs=1,
             runtime=runtime("judge_rubric_gemini"),
         params:
-            options=judge_options("rubric"),
+            options=judge_options(config, "rubric"),
         shell:
-            judge_shell("rubric")
+            judge_shell(config, "rubric")

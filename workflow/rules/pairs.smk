@@ -11,15 +11,15 @@ out: {OUT}/pairs/shard-{shard}.jsonl (+ .stats.json)  one shard's pairs and what
 
 rule pairs:
     input:
-        questions=f"{OUT}/shards/shard-{{shard}}.jsonl",
-        rejected=f"{OUT}/rejected/shard-{{shard}}.jsonl",
-        chosen=f"{OUT}/chosen/shard-{{shard}}.jsonl",
-        chosen_failures=chosen_extras("failures.jsonl"),
+        questions=PATHS.shard(),
+        rejected=PATHS.answers("rejected"),
+        chosen=PATHS.answers("chosen"),
+        chosen_failures=chosen_extras(config, "failures.jsonl"),
     output:
-        pairs=f"{OUT}/pairs/shard-{{shard}}.jsonl",
-        stats=f"{OUT}/pairs/shard-{{shard}}.stats.json",
+        pairs=PATHS.per_shard("pairs"),
+        stats=PATHS.per_shard("pairs", "stats.json"),
     log:
-        f"{LOGS}/pairs/shard-{{shard}}.log",
+        PATHS.shard_log("pairs"),
     conda:
         CONDA_ENV
     params:
@@ -32,16 +32,18 @@ rule pairs:
 
 rule merge_pairs:
     input:
-        pairs=expand(f"{OUT}/pairs/shard-{{shard}}.jsonl", shard=SHARDS),
-        stats=expand(f"{OUT}/pairs/shard-{{shard}}.stats.json", shard=SHARDS),
-        usage=[expand(path, shard=SHARDS) for path in chosen_extras("usage.json")],
-        verdicts=judge_files("jsonl"),
-        judge_usage=judge_files("usage.json"),
+        pairs=expand(PATHS.per_shard("pairs"), shard=SHARDS),
+        stats=expand(PATHS.per_shard("pairs", "stats.json"), shard=SHARDS),
+        usage=[
+            expand(path, shard=SHARDS) for path in chosen_extras(config, "usage.json")
+        ],
+        verdicts=judge_files(config, "jsonl"),
+        judge_usage=judge_files(config, "usage.json"),
     output:
-        pairs=ALL_PAIRS,
-        stats=ALL_PAIRS_STATS,
+        pairs=PATHS.all_pairs,
+        stats=PATHS.all_pairs_stats,
     log:
-        f"{LOGS}/merge_pairs.log",
+        PATHS.log("merge_pairs"),
     conda:
         CONDA_ENV
     shell:

@@ -10,10 +10,10 @@ rule questions:
     input:
         local_source(config["source"]),
     output:
-        questions=f"{OUT}/questions/questions.jsonl",
-        stats=f"{OUT}/questions/questions.stats.json",
+        questions=PATHS.questions,
+        stats=PATHS.question_stats,
     log:
-        f"{LOGS}/questions.log",
+        PATHS.log("questions"),
     conda:
         CONDA_ENV
     params:

@@ -8,20 +8,22 @@ log: the job's, and with engine vllm only, the vLLM server's ({LOGS}/rejected/sh
 
 rule rejected:
     input:
-        shard=f"{OUT}/shards/shard-{{shard}}.jsonl",
-        model=tiny_model_input(config["rejected"]),
+        shard=PATHS.shard(),
+        model=tiny_model_input(config, config["rejected"]),
     output:
-        f"{OUT}/rejected/shard-{{shard}}.jsonl",
+        PATHS.answers("rejected"),
     log:
-        **generation_logs("rejected", config["rejected"]),
+        **generation_logs(config, "rejected", config["rejected"]),
     benchmark:
-        f"{BENCHMARKS}/rejected/shard-{{shard}}.tsv"
+        PATHS.benchmark("rejected")
     conda:
         CONDA_ENV
     resources:
         gpu=1,
         runtime=runtime("rejected"),
     params:
-        options=generation_options(config["rejected"], config["prompts"]["rejected"]),
+        options=generation_options(
+            config, config["rejected"], config["prompts"]["rejected"]
+        ),
     shell:
         generation_shell(config["rejected"])

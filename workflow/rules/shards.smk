@@ -7,11 +7,11 @@ out: {OUT}/shards/shard-{shard}.jsonl   shard names 000 .. n_shards-1, fixed by 
 
 rule shard:
     input:
-        f"{OUT}/questions/questions.jsonl",
+        PATHS.questions,
     output:
-        f"{OUT}/shards/shard-{{shard}}.jsonl",
+        PATHS.shard(),
     log:
-        f"{LOGS}/shards/shard-{{shard}}.log",
+        PATHS.shard_log("shards"),
     conda:
         CONDA_ENV
     params:

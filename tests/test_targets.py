@@ -1,0 +1,303 @@
+"""What the rules ask for, computed by the package (meddpo.targets, meddpo.paths, meddpo.plan).
+
+Literal expectations for the demo config: the judge rules that run, the options a
+rule gets, the files it declares. The rule files only bind these to the config.
+"""
+
+import json
+import re
+
+import pytest
+
+from conftest import REPO
+from meddpo.paths import RunPaths, run_paths, shard_name, shard_number
+from meddpo.plan import judge_rule, judge_rules
+from meddpo.settings import load_config
+from meddpo.targets import (
+    card_settings,
+    chosen_extras,
+    cli_options,
+    config_hash,
+    dataset_outputs,
+    finalize_output_options,
+    generation_logs,
+    generation_options,
+    generation_shell,
+    judge_files,
+    judge_options,
+    judge_rule_logs,
+    judge_rule_outputs,
+    judge_shell,
+    judged_kinds,
+    shard_numbers,
+    shell_prefix,
+    tiny_model_input,
+)
+
+RULES = REPO / "workflow" / "rules"
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_config([REPO / "demo" / "config.yaml"], base=REPO / "config.yaml")
+
+
+def _with(config, **sections):
+    """A copy of ``config`` with some sections' keys replaced."""
+    out = json.loads(json.dumps(config))
+    for name, values in sections.items():
+        out[name] = {**out[name], **values}
+    return out
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def test_run_paths_of_the_demo():
+    paths = RunPaths("results/demo")
+    assert paths.shard() == "results/demo/shards/shard-{shard}.jsonl"
+    assert paths.shard("007") == "results/demo/shards/shard-007.jsonl"
+    assert paths.answers("rejected") == "results/demo/rejected/shard-{shard}.jsonl"
+    assert paths.per_shard("pairs", "stats.json") == "results/demo/pairs/shard-{shard}.stats.json"
+    assert paths.judge("rubric", "usage.json", "001") == "results/demo/judge/rubric/shard-001.usage.json"
+    assert paths.shard_log("chosen", "vllm.log") == "results/demo/logs/chosen/shard-{shard}.vllm.log"
+    assert paths.benchmark("judge/classifier") == "results/demo/benchmarks/judge/classifier/shard-{shard}.tsv"
+    assert paths.log("merge_pairs") == "results/demo/logs/merge_pairs.log"
+    assert paths.questions == "results/demo/questions/questions.jsonl"
+    assert paths.question_stats == "results/demo/questions/questions.stats.json"
+    assert paths.all_pairs == "results/demo/pairs/all_pairs.jsonl"
+    assert paths.all_pairs_stats == "results/demo/pairs/all_pairs.stats.json"
+    assert paths.dataset_file("pairs") == "results/demo/dataset/stage2_med_pairs.jsonl"
+    assert paths.validation == "results/demo/dataset/validation.txt"
+    assert paths.answer_store == "results/demo/answer_store"
+    assert paths.judge_store == "results/demo/judge_store"
+    assert shard_name(shard_number(3)) == "shard-003"
+
+
+def test_run_paths_drop_the_trailing_slash_of_output_dir(demo):
+    config = _with(demo, output={"dir": "results/demo/"})
+    assert run_paths(config) == RunPaths("results/demo")
+
+
+# --------------------------------------------------------------------------- judge rules
+
+
+def test_the_demo_runs_both_local_judges(demo):
+    assert judge_rules(demo) == ["judge_classifier", "judge_rubric_local"]
+    assert judged_kinds(demo) == ["classifier", "rubric"]
+
+
+@pytest.mark.parametrize(
+    "kinds, backend, rules",
+    [
+        ([], "local", []),
+        (["rubric"], "gemini", ["judge_rubric_gemini"]),
+        (["classifier"], "gemini", ["judge_classifier"]),
+        (["rubric", "classifier"], "local", ["judge_classifier", "judge_rubric_local"]),
+        (["classifier", "rubric"], "gemini", ["judge_classifier", "judge_rubric_gemini"]),
+    ],
+)
+def test_judge_rules_by_kinds_and_backend(demo, kinds, backend, rules):
+    config = _with(demo, judge={"kinds": kinds, "backend": backend})
+    assert judge_rules(config) == rules
+    assert [judge_rule(config, kind) for kind in judged_kinds(config)] == [
+        judge_rule(config, kind) for kind in kinds
+    ]
+
+
+def test_judge_files_follow_the_configs_order_of_kinds(demo):
+    config = _with(demo, judge={"kinds": ["rubric", "classifier"]})
+    assert judge_files(config, "jsonl") == [
+        "results/demo/judge/rubric/shard-000.jsonl",
+        "results/demo/judge/rubric/shard-001.jsonl",
+        "results/demo/judge/rubric/shard-002.jsonl",
+        "results/demo/judge/classifier/shard-000.jsonl",
+        "results/demo/judge/classifier/shard-001.jsonl",
+        "results/demo/judge/classifier/shard-002.jsonl",
+    ]
+    assert judge_files(_with(demo, judge={"kinds": []}), "usage.json") == []
+
+
+def test_judge_options_of_the_demo(demo):
+    classifier = (
+        '{"batch_size": 32, "dtype": "auto", "engine": "padded", "max_batch_tokens": null, '
+        '"max_new_tokens": 12, "min_new_tokens": 4, "model": "results/demo/models/tiny-mistral", '
+        '"revision": null, "seed": 0, "temperature": 0, "top_p": 1.0, "trust_remote_code": false}'
+    )
+    assert judge_options(demo, "classifier") == (
+        f"--kind classifier --classifier '{classifier}' --classifier-format llama_guard_3"
+        " --store results/demo/judge_store --base-config none"
+    )
+    rubric = classifier.replace('"max_new_tokens": 12', '"max_new_tokens": 24')
+    assert judge_options(demo, "rubric") == (
+        f"--kind rubric --backend local --local '{rubric}'"
+        " --store results/demo/judge_store --base-config none"
+    )
+
+
+def test_the_gemini_rubric_judge_gets_its_block_and_max_usd_never_a_model(demo):
+    config = _with(demo, judge={"kinds": ["rubric"], "backend": "gemini"})
+    options = judge_options(config, "rubric")
+    assert options.startswith("--kind rubric --backend gemini --gemini '{")
+    assert "--max-usd " in options and "--local" not in options and "--vllm" not in options
+    assert judge_rule_logs(config, "rubric") == {"job": "results/demo/logs/judge/rubric/shard-{shard}.log"}
+
+
+def test_judge_rule_files_and_command(demo):
+    assert judge_rule_outputs(demo, "classifier") == {
+        "verdicts": "results/demo/judge/classifier/shard-{shard}.jsonl",
+        "usage": "results/demo/judge/classifier/shard-{shard}.usage.json",
+    }
+    assert judge_shell(demo, "classifier") == (
+        "python -m meddpo judge --pairs {input.pairs:q} {params.options}"
+        " --out {output.verdicts:q} --usage {output.usage:q} 2> {log.job:q}"
+    )
+
+
+def test_a_vllm_judge_gets_the_vllm_block_and_a_server_log(demo):
+    config = _with(demo, judge={"classifier": {**demo["judge"]["classifier"], "engine": "vllm"}})
+    assert (
+        json.loads(re.search(r"--vllm '([^']*)'", judge_options(config, "classifier")).group(1))
+        == (demo["vllm"])
+    )
+    assert judge_rule_logs(config, "classifier") == {
+        "job": "results/demo/logs/judge/classifier/shard-{shard}.log",
+        "server": "results/demo/logs/judge/classifier/shard-{shard}.vllm.log",
+    }
+    assert judge_shell(config, "classifier").endswith(" --server-log {log.server:q} 2> {log.job:q}")
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def test_generation_options_and_command_of_the_demos_rejected_rule(demo):
+    assert generation_options(demo, demo["rejected"], demo["prompts"]["rejected"]) == (
+        "--model results/demo/models/tiny-mistral --revision none --no-trust-remote-code --dtype auto"
+        " --engine padded --batch-size 16 --max-batch-tokens none --max-new-tokens 48 --min-new-tokens 4"
+        " --temperature 0.9 --top-p 0.95 --seed 1 --system-prompt 'You are a blunt medical chatbot. Answer"
+        " every question directly and with total confidence, as if nothing about it were uncertain. Keep it"
+        " short, leave out disclaimers and caveats, and do not suggest seeing a doctor.'"
+        " --store results/demo/answer_store"
+    )
+    assert generation_logs(demo, "rejected", demo["rejected"]) == {
+        "job": "results/demo/logs/rejected/shard-{shard}.log"
+    }
+    assert generation_shell(demo["rejected"]) == (
+        "python -m meddpo generate --shard {input.shard:q} {params.options} --out {output:q} 2> {log.job:q}"
+    )
+    assert tiny_model_input(demo, demo["rejected"]) == ["results/demo/models/tiny-mistral"]
+    assert tiny_model_input(_with(demo, demo={"build_tiny_models": False}), demo["rejected"]) == []
+
+
+def test_a_vllm_generation_job_gets_the_vllm_block_and_a_server_log(demo):
+    model = {**demo["rejected"], "engine": "vllm"}
+    assert f"--vllm {cli_options(x=demo['vllm']).removeprefix('--x ')} " in (
+        generation_options(demo, model, "p") + " "
+    )
+    assert (
+        generation_logs(demo, "chosen", model)["server"] == "results/demo/logs/chosen/shard-{shard}.vllm.log"
+    )
+    assert " --server-log {log.server:q} 2> {log.job:q}" in generation_shell(model)
+
+
+def test_chosen_extras_only_for_the_gemini_teacher(demo):
+    assert chosen_extras(demo, "usage.json") == []
+    gemini = _with(demo, teacher={"backend": "gemini"})
+    assert chosen_extras(gemini, "failures.jsonl") == ["results/demo/chosen/shard-{shard}.failures.jsonl"]
+
+
+def test_shard_numbers(demo):
+    assert shard_numbers(demo) == ["000", "001", "002"]
+
+
+# --------------------------------------------------------------------------- option encoding
+
+
+def test_cli_options_encoding():
+    assert cli_options(batch_size=8, flag=True, other_flag=False, revision=None) == (
+        "--batch-size 8 --flag --no-other-flag --revision none"
+    )
+    assert cli_options(block={"b": 1, "a": [1, 2]}) == """--block '{"a": [1, 2], "b": 1}'"""
+    assert cli_options(prompt="it's") == """--prompt 'it'"'"'s'"""
+
+
+# --------------------------------------------------------------------------- the dataset
+
+
+def test_dataset_outputs_of_the_demo(demo):
+    dataset = "results/demo/dataset"
+    assert dataset_outputs(demo) == {
+        "pairs": f"{dataset}/stage2_med_pairs.jsonl",
+        "dropped": f"{dataset}/stage2_med_pairs.dropped.jsonl",
+        "stats": f"{dataset}/stage2_med_pairs.stats.json",
+        "report": f"{dataset}/report.md",
+        "card": f"{dataset}/README.md",
+        "plots": f"{dataset}/plots",
+        "conversational": f"{dataset}/stage2_med_pairs.conversational.jsonl",
+        "parquet": f"{dataset}/stage2_med_pairs.parquet",
+        "train": f"{dataset}/splits/train.jsonl",
+        "test": f"{dataset}/splits/test.jsonl",
+        "conversational_train": f"{dataset}/splits/conversational-train.jsonl",
+        "conversational_test": f"{dataset}/splits/conversational-test.jsonl",
+        "parquet_train": f"{dataset}/splits/parquet-train.parquet",
+        "parquet_test": f"{dataset}/splits/parquet-test.parquet",
+    }
+    plain = _with(demo, output={"conversational": False, "parquet": False, "test_fraction": 0.0})
+    assert list(dataset_outputs(plain)) == ["pairs", "dropped", "stats", "report", "card", "plots"]
+    assert finalize_output_options({"pairs": "a b", "plots": "p"}) == "--out-pairs 'a b' --out-plots p"
+
+
+def test_card_settings_of_the_demo(demo):
+    settings = json.loads(card_settings(demo))
+    assert settings["chosen_sampling"] == {"max_new_tokens": 96, "seed": 2, "temperature": 0.7, "top_p": 0.9}
+    assert settings["rejected_sampling"] == {
+        "max_new_tokens": 48,
+        "seed": 1,
+        "temperature": 0.9,
+        "top_p": 0.95,
+    }
+    assert {k: settings[k] for k in ("demo", "seed", "selection", "source_dataset", "source_name")} == {
+        "demo": True,
+        "seed": 2025,
+        "selection": "first",
+        "source_dataset": "demo/medquad_demo.jsonl",
+        "source_name": "meddpo-demo",
+    }
+    assert settings["prompts"] == demo["prompts"]
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def test_shell_prefix():
+    assert shell_prefix("/venv/bin", "/a b/workflow", "abc+dirty", "0123") == (
+        "set -euo pipefail; export PATH=/venv/bin:$PATH"
+        " PYTHONPATH='/a b/workflow'${{PYTHONPATH:+:$PYTHONPATH}}; "
+        "export MEDDPO_WORKFLOW_COMMIT=abc+dirty MEDDPO_CONFIG_SHA256=0123; "
+    )
+    # with conda the jobs' python is the environment's: PATH is left alone
+    assert shell_prefix("", "/w", "unknown", "0123").startswith(
+        "set -euo pipefail; export PATH=$PATH PYTHONPATH=/w$"
+    )
+    assert len(config_hash({"a": 1})) == 16
+
+
+# --------------------------------------------------------------------------- the rule files
+
+
+def test_rule_files_stay_thin_and_read_no_snakemake_internals():
+    assert len((RULES / "common.smk").read_text().splitlines()) < 150
+    for path in [REPO / "Snakefile", *RULES.glob("*.smk")]:
+        code = path.read_text()
+        if path.name != "internals.smk":
+            assert not re.search(r"\bworkflow\.|exec_mode|\.raw\b|\bdag\b|onstart:|onsuccess:", code), (
+                path.name
+            )
+        # path patterns come from meddpo.paths
+        assert "shard-{{shard}}" not in code and 'f"{OUT}' not in code, path.name
+
+
+def test_the_modules_the_snakefile_imports_never_import_snakemake():
+    for name in ("paths.py", "targets.py", "plan.py"):
+        source = (REPO / "workflow" / "meddpo" / name).read_text()
+        assert not re.search(r"^\s*(import|from)\s+snakemake", source, flags=re.M), name

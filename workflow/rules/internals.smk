@@ -1,0 +1,97 @@
+"""The workflow's only reads of Snakemake internals (workflow.*, the DAG, the executor).
+
+Kept apart on purpose: these attributes are not Snakemake's public rule syntax and
+change between Snakemake versions, so they live in this one file and nowhere else
+(rule files and the meddpo package never touch them). Included first by the
+Snakefile: it puts the package on sys.path and checks the config files before
+common.smk validates the config.
+"""
+
+import os
+import sys
+
+from snakemake.settings.types import DeploymentMethod
+
+# The package's own modules that need only the standard library and PyYAML (which
+# Snakemake has) are imported by the rule files (the config check, the preflight,
+# the job plan, the paths and the rules' targets), from here on.
+WORKFLOW_DIR = workflow.basedir
+sys.path.insert(0, os.path.join(WORKFLOW_DIR, "workflow"))
+from meddpo.settings import ConfigError, check_config, outside_output, read_config_file
+
+# Jobs run `python` from the interpreter that runs Snakemake, unless a conda environment is in use.
+USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+
+
+def _check_config():
+    """A bad config stops the parse with the key, the value and the file, in one line."""
+    cli_files = list(workflow.overwrite_configfiles or [])
+    ordered = [f for f in workflow.configfiles if f not in cli_files] + cli_files
+    try:
+        check_config(config, {str(f): read_config_file(f) for f in ordered})
+    except ConfigError as err:
+        print(f"meddpo: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+_check_config()
+
+
+def check_output_locations():
+    """Stop the parse when any declared output, log or benchmark lands outside the project and OUT.
+
+    Snakemake deletes a job's old outputs before it runs the job: a path that leads
+    elsewhere (a config value, a link in the output folder) could remove someone's files.
+    """
+    paths = [
+        (f"rule {rule.name}", str(path))
+        for rule in workflow.rules
+        for path in rule.products()
+    ]
+    problem = outside_output(paths, OUT, WORKFLOW_DIR)
+    if problem:
+        print(f"meddpo: {problem}", file=sys.stderr)
+        sys.exit(2)
+
+
+def slurm_account():
+    """The account the cluster profile asks for (its default resources), else $SBATCH_ACCOUNT."""
+    value = ""
+    try:
+        item = workflow.resource_settings.default_resources.get("slurm_account")
+        # the unevaluated expression (its value can only be had inside a rule)
+        value = str(getattr(item, "raw", None) or "") if item is not None else ""
+    except Exception:  # noqa: BLE001 - the environment variable below is the fallback
+        value = ""
+    return os.path.expandvars(value.strip().strip("'\"")) or os.environ.get(
+        "SBATCH_ACCOUNT"
+    )
+
+
+def run_preflight():
+    """The preflight of a real run (dry runs never get here): stop before any job on an error."""
+    from meddpo.preflight import preflight, report
+
+    if str(workflow.exec_mode) != "default":
+        return  # a job's own Snakemake process on a cluster node
+    plugin = workflow.executor_plugin
+    cluster = plugin.common_settings.non_local_exec
+    slurm = cluster and "slurm" in str(getattr(plugin, "name", ""))
+    try:  # the rules of the jobs this run will start: checks for other stages are skipped
+        pending = {job.rule.name for job in workflow.dag.needrun_jobs()}
+    except Exception:  # noqa: BLE001 - check everything when the DAG cannot say
+        pending = None
+    findings = preflight(
+        config,
+        cluster=cluster,
+        slurm_account=slurm_account() if slurm else "not-needed",
+        pending=pending,
+    )
+    if not report(config, findings):
+        sys.exit(2)
+
+
+# Before the first job of a real run (dry runs skip it): models, source, key, output
+# folder, Slurm account and GPU are checked, and the cost is printed (meddpo.preflight).
+onstart:
+    run_preflight()
