@@ -241,7 +241,34 @@ def load_config(configfiles: list[str | Path], base: str | Path = "config.yaml")
     for data in files.values():
         config = merge(config, data)
     check_config(config, files)
-    return fill_defaults(config)
+    command_line: dict[str, Any] = {}
+    for path in configfiles:
+        command_line = merge(command_line, files[str(path)])
+    return in_schema_order(fill_defaults(config), command_line)
+
+
+def in_schema_order(
+    config: dict[str, Any], first: dict[str, Any] | None = None, node: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``config`` with the keys of every block in the schema's order, those ``first`` sets first.
+
+    The rules turn config blocks into command-line options in dict order. Snakemake puts the
+    keys of the command line's config files (``first``) first, in their order; the rest came
+    in the order config.yaml listed them, which was the schema's. Restoring that order here
+    keeps the options, and so Snakemake's params, unchanged when config.yaml leaves a default
+    out: otherwise every generation job would rerun.
+    """
+    node = _resolve(node if node is not None else schema())
+    first = first or {}
+    properties = node.get("properties", {})
+    out = {key: value for key, value in config.items() if key in first}
+    out.update((key, config[key]) for key in properties if key in config and key not in out)
+    out.update((key, value) for key, value in config.items() if key not in out)
+    for key, sub in properties.items():
+        if isinstance(out.get(key), dict) and "properties" in _resolve(sub):
+            inner = first.get(key) if isinstance(first.get(key), dict) else {}
+            out[key] = in_schema_order(out[key], inner, sub)
+    return out
 
 
 # --------------------------------------------------------------------------- paths

@@ -13,6 +13,7 @@ from snakemake.utils import validate
 
 from meddpo.paths import run_paths
 from meddpo.plan import judge_rules, questions_per_shard, runtime_minutes
+from meddpo.settings import in_schema_order
 from meddpo.targets import (
     chosen_extras,
     cli_options,
@@ -37,6 +38,7 @@ from meddpo.targets import dataset_outputs as _dataset_outputs
 from meddpo.tiny_models import demo_model_paths
 
 validate(config, schema="../meddpo/config.schema.yaml")  # fills in the defaults
+config.update(in_schema_order(config, COMMAND_LINE_CONFIG))  # options keep their order
 
 # Every file of the run (meddpo.paths), under OUT (output.dir). The answer store and the
 # judge store (PATHS.answer_store, PATHS.judge_store) keep answers and verdicts across

@@ -21,6 +21,9 @@ from meddpo.settings import ConfigError, check_config, outside_output, read_conf
 
 # Jobs run `python` from the interpreter that runs Snakemake, unless a conda environment is in use.
 USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+# The config of the command line (--configfile files, --config): Snakemake puts its keys first,
+# and common.smk keeps that order (meddpo.settings.in_schema_order).
+COMMAND_LINE_CONFIG = workflow.config_settings.overwrite_config
 
 
 def _check_config():
