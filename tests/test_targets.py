@@ -172,8 +172,10 @@ def test_a_vllm_judge_gets_the_vllm_block_and_a_server_log(demo):
 
 def test_generation_options_and_command_of_the_demos_rejected_rule(demo):
     assert generation_options(demo, demo["rejected"], demo["prompts"]["rejected"]) == (
-        "--model results/demo/models/tiny-mistral --revision none --no-trust-remote-code --dtype auto"
-        " --engine padded --batch-size 16 --max-batch-tokens none --max-new-tokens 48 --min-new-tokens 4"
+        # The demo's own keys come first, as Snakemake orders a --configfile's keys (unchanged
+        # from before config.yaml was trimmed, so no job's params moved).
+        "--model results/demo/models/tiny-mistral --batch-size 16 --max-new-tokens 48 --min-new-tokens 4"
+        " --revision none --no-trust-remote-code --dtype auto --engine padded --max-batch-tokens none"
         " --temperature 0.9 --top-p 0.95 --seed 1 --system-prompt 'You are a blunt medical chatbot. Answer"
         " every question directly and with total confidence, as if nothing about it were uncertain. Keep it"
         " short, leave out disclaimers and caveats, and do not suggest seeing a doctor.'"
