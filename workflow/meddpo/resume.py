@@ -20,6 +20,8 @@ from typing import Any
 
 from .answer_store import AnswerStore
 
+PROGRESS_EVERY_S = 30.0  # seconds between progress lines
+
 log = logging.getLogger(__name__)
 
 
