@@ -616,7 +616,7 @@ def test_ctrl_c_ends_a_step_quietly(tmp_path, tiny_mistral):
 def test_a_shard_fully_in_the_store_is_finished_without_loading_its_model(
     tmp_path, tiny_mistral, monkeypatch, caplog
 ):
-    from meddpo import local_generation
+    from meddpo import engines as local_generation  # the shard job (answer_shard) is engines' now
 
     questions = [{"id": f"s{i}", "question": f"Is remedy {i} safe ?"} for i in range(5)]
     settings = {"model": str(tiny_mistral), "max_new_tokens": 4, "temperature": 0.7, "batch_size": 2}
