@@ -45,7 +45,7 @@ def test_a_local_engine_returns_a_shard_result(tmp_path, tiny_mistral):
     assert result.left_out == [] and result.problem is None
     assert result.usage["answers"] == 3
     assert result.usage["new_tokens"] == sum(row["new_tokens"] for row in result.answers) == 12  # no EOS
-    # a second job finds every answer in the store: the same result, the model not loaded
+    # a second job finds every answer in the store: the same result
     assert (
         answer_shard(QUESTIONS, model, system_prompt="Be brief.", store_root=tmp_path, store_part="t")
         == result
