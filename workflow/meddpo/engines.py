@@ -34,10 +34,11 @@ from .engine_types import (
 )
 from .local_generation import LocalGenerator
 from .resume import PROGRESS_EVERY_S, ResumableJob
+from .settings import section
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("padded", "continuous", "vllm")  # the local-model engines, as the config names them
+ENGINES = tuple(section("local_model")["properties"]["engine"]["enum"])  # the schema's local-model engines
 
 
 @dataclass
@@ -123,7 +124,7 @@ def answer_questions(
     batch_size: int,
     *,
     max_batch_tokens: int | None = None,
-    engine: str = "padded",
+    engine: str = LOCAL_DEFAULTS["engine"],
     store_root: str | os.PathLike | None = None,
     store_part: str = "answers",
     progress_every_s: float = PROGRESS_EVERY_S,
