@@ -23,8 +23,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
 
+from meddpo.engine_types import ModelSpec, Sampling  # noqa: E402
+from meddpo.engines import answer_questions  # noqa: E402
 from meddpo.jsonl import read_jsonl  # noqa: E402
-from meddpo.local_generation import LocalGenerator, ModelSpec, Sampling, answer_questions  # noqa: E402
+from meddpo.local_generation import LocalGenerator  # noqa: E402
 from meddpo.tiny_models import build_tiny_mistral  # noqa: E402
 
 SYSTEM = "Answer the question in plain words."
@@ -44,6 +46,46 @@ def seed_loop(generator: LocalGenerator, questions, sampling: Sampling) -> int:
             output = generator.model.generate(**encoded, **kwargs)
         tokens += output.shape[1] - encoded["input_ids"].shape[1]
     return tokens
+
+
+def measure(generator: LocalGenerator, questions, sampling: Sampling, batch_size: int, new_tokens: int):
+    """(new tokens, seconds) of the seed loop, the padded engine and continuous batching, each warmed up."""
+    # warm-up of both paths
+    seed_loop(generator, questions[:2], sampling)
+    answer_questions(generator, questions[:4], SYSTEM, sampling, 4, progress_every_s=1e9)
+
+    started = time.perf_counter()
+    loop_tokens = seed_loop(generator, questions, sampling)
+    loop_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    rows = answer_questions(generator, questions, SYSTEM, sampling, batch_size, progress_every_s=1e9)
+    engine_s = time.perf_counter() - started
+    engine_tokens = sum(row["new_tokens"] for row in rows)
+
+    # transformers' continuous batching cannot force min_new_tokens: with no EOS
+    # preference almost every answer still runs to the cap; tokens/s stays comparable.
+    continuous = Sampling(max_new_tokens=new_tokens, temperature=0.8, top_p=0.95, seed=0)
+    answer_questions(
+        generator, questions[:4], SYSTEM, continuous, 4, engine="continuous", progress_every_s=1e9
+    )
+    started = time.perf_counter()
+    rows = answer_questions(
+        generator,
+        questions,
+        SYSTEM,
+        continuous,
+        batch_size,
+        engine="continuous",
+        progress_every_s=1e9,
+    )
+    continuous_s = time.perf_counter() - started
+    continuous_tokens = sum(row["new_tokens"] for row in rows)
+    return {
+        "loop": (loop_tokens, loop_s),
+        "engine": (engine_tokens, engine_s),
+        "continuous": (continuous_tokens, continuous_s),
+    }
 
 
 def main() -> None:
@@ -68,37 +110,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_mistral(base, Path(tmp) / "tiny-mistral", eos_rate=0.0)
         generator = LocalGenerator(ModelSpec(str(model_dir), device="cpu"))
-        # warm-up of both paths
-        seed_loop(generator, questions[:2], sampling)
-        answer_questions(generator, questions[:4], SYSTEM, sampling, 4, progress_every_s=1e9)
-
-        started = time.perf_counter()
-        loop_tokens = seed_loop(generator, questions, sampling)
-        loop_s = time.perf_counter() - started
-
-        started = time.perf_counter()
-        rows = answer_questions(generator, questions, SYSTEM, sampling, args.batch_size, progress_every_s=1e9)
-        engine_s = time.perf_counter() - started
-        engine_tokens = sum(row["new_tokens"] for row in rows)
-
-        # transformers' continuous batching cannot force min_new_tokens: with no EOS
-        # preference almost every answer still runs to the cap; tokens/s stays comparable.
-        continuous = Sampling(max_new_tokens=args.new_tokens, temperature=0.8, top_p=0.95, seed=0)
-        answer_questions(
-            generator, questions[:4], SYSTEM, continuous, 4, engine="continuous", progress_every_s=1e9
-        )
-        started = time.perf_counter()
-        rows = answer_questions(
-            generator,
-            questions,
-            SYSTEM,
-            continuous,
-            args.batch_size,
-            engine="continuous",
-            progress_every_s=1e9,
-        )
-        continuous_s = time.perf_counter() - started
-        continuous_tokens = sum(row["new_tokens"] for row in rows)
+        timings = measure(generator, questions, sampling, args.batch_size, args.new_tokens)
+    (loop_tokens, loop_s), (engine_tokens, engine_s) = timings["loop"], timings["engine"]
+    continuous_tokens, continuous_s = timings["continuous"]
 
     assert engine_tokens == loop_tokens == args.questions * args.new_tokens, (engine_tokens, loop_tokens)
     result = {

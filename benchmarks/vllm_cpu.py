@@ -42,8 +42,10 @@ sys.path.insert(0, str(REPO / "workflow"))
 
 import yaml  # noqa: E402
 
+from meddpo.engine_types import ModelSpec, Sampling  # noqa: E402
+from meddpo.engines import answer_questions  # noqa: E402
 from meddpo.jsonl import read_jsonl  # noqa: E402
-from meddpo.local_generation import LocalGenerator, ModelSpec, Sampling, answer_questions  # noqa: E402
+from meddpo.local_generation import LocalGenerator  # noqa: E402
 from meddpo.tiny_models import build_tiny_mistral  # noqa: E402
 from meddpo.vllm_engine import VllmGenerator, server_dtype, vllm_settings  # noqa: E402
 from meddpo.vllm_server import VllmServer, server_arguments  # noqa: E402

@@ -2,7 +2,9 @@ from collections import Counter
 
 import pytest
 
-from meddpo.local_generation import LocalGenerator, ModelSpec, Sampling, answer_questions
+from meddpo.engine_types import ModelSpec, Sampling
+from meddpo.engines import answer_questions
+from meddpo.local_generation import LocalGenerator
 from meddpo.tiny_models import build_tiny_mistral
 
 QUESTIONS = [

@@ -618,18 +618,18 @@ def test_ctrl_c_ends_a_step_quietly(tmp_path, tiny_mistral):
 def test_a_shard_fully_in_the_store_is_finished_without_loading_its_model(
     tmp_path, tiny_mistral, monkeypatch, caplog
 ):
-    from meddpo import local_generation
+    from meddpo import engines  # the shard job: answer_shard
 
     questions = [{"id": f"s{i}", "question": f"Is remedy {i} safe ?"} for i in range(5)]
     settings = {"model": str(tiny_mistral), "max_new_tokens": 4, "temperature": 0.7, "batch_size": 2}
-    first = local_generation.answer_shard(questions, settings, system_prompt="Be brief.", store_root=tmp_path)
+    first = engines.answer_shard(questions, settings, system_prompt="Be brief.", store_root=tmp_path)
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(local_generation, "LocalGenerator", no_loading)
+    monkeypatch.setattr(engines, "LocalGenerator", no_loading)
     caplog.set_level("INFO", logger="meddpo")
-    again = local_generation.answer_shard(questions, settings, system_prompt="Be brief.", store_root=tmp_path)
+    again = engines.answer_shard(questions, settings, system_prompt="Be brief.", store_root=tmp_path)
     assert again == first
     assert "every answer of the shard is in the answer store: the model is not loaded" in caplog.text
 

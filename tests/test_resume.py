@@ -87,10 +87,12 @@ def test_both_backends_resume_through_the_shared_loop(tmp_path, tiny_mistral, ca
     import asyncio
     import logging
 
+    from meddpo.engine_types import ModelSpec, Sampling
+    from meddpo.engines import answer_questions
     from meddpo.gemini_client import GeminiSettings
     from meddpo.gemini_teacher import answer_with_gemini
     from meddpo.gemini_test_server import GeminiTestServer
-    from meddpo.local_generation import LocalGenerator, ModelSpec, Sampling, answer_questions
+    from meddpo.local_generation import LocalGenerator
 
     questions = [{"id": f"r{i}", "question": f"How is condition {i} treated ?"} for i in range(6)]
     caplog.set_level(logging.INFO, logger="meddpo")

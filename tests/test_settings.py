@@ -105,8 +105,8 @@ def test_documented_defaults():
 
 
 def test_dataclass_defaults_are_the_schema_defaults():
+    from meddpo.engine_types import ModelSpec, Sampling
     from meddpo.gemini_client import GeminiSettings
-    from meddpo.local_generation import ModelSpec, Sampling
     from meddpo.quality import DEFAULT_POLICY
 
     gemini = settings.defaults("teacher.gemini")
@@ -178,8 +178,8 @@ def test_whole_numbers_and_null_words_reach_the_step_as_the_config_meant():
 
 def test_the_store_key_does_not_depend_on_how_yaml_wrote_a_number():
     from meddpo.answer_store import fingerprint
+    from meddpo.engine_types import model_and_sampling, text_settings
     from meddpo.gemini_client import GeminiSettings
-    from meddpo.local_generation import model_and_sampling, text_settings
 
     def local_key(**numbers):
         spec, sampling = model_and_sampling({"model": "m", "max_new_tokens": 8, **numbers})

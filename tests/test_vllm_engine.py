@@ -81,7 +81,7 @@ def questions():
 
 
 def _generator(server, mistral):
-    from meddpo.local_generation import ModelSpec
+    from meddpo.engine_types import ModelSpec
     from meddpo.vllm_engine import VllmGenerator, vllm_settings
 
     return VllmGenerator(ModelSpec(name=str(mistral)), server, vllm_settings(CPU_SETTINGS))
@@ -102,7 +102,8 @@ def _post(server, body):
 
 
 def test_the_server_gets_exactly_the_prompt_ids_of_the_transformers_engine(server, mistral, questions):
-    from meddpo.local_generation import LocalGenerator, ModelSpec, Sampling
+    from meddpo.engine_types import ModelSpec, Sampling
+    from meddpo.local_generation import LocalGenerator
 
     transformers_engine = LocalGenerator(ModelSpec(name=str(mistral)))
     vllm_engine = _generator(server, mistral)
@@ -130,7 +131,9 @@ def test_requests_need_the_jobs_key(server):
 
 
 def test_vllm_rows_have_the_layout_and_facts_of_the_transformers_rows(server, mistral, questions, tmp_path):
-    from meddpo.local_generation import LocalGenerator, ModelSpec, Sampling, answer_questions, batch_seed
+    from meddpo.engine_types import ModelSpec, Sampling, batch_seed
+    from meddpo.engines import answer_questions
+    from meddpo.local_generation import LocalGenerator
 
     sampling = Sampling(max_new_tokens=24, temperature=0.9, top_p=0.95, seed=3, min_new_tokens=2)
     rows = answer_questions(
@@ -167,9 +170,11 @@ def test_vllm_rows_have_the_layout_and_facts_of_the_transformers_rows(server, mi
 def test_a_classifier_judge_through_vllm_gets_the_checkpoints_own_template_and_records_noise(
     server, mistral, questions
 ):
+    from meddpo.engine_types import ModelSpec, Sampling, render_item
+    from meddpo.engines import answer_questions
     from meddpo.grading import verdict
     from meddpo.judge import judge_items
-    from meddpo.local_generation import LocalGenerator, ModelSpec, Sampling, answer_questions, render_item
+    from meddpo.local_generation import LocalGenerator
 
     pairs = [
         {
@@ -195,7 +200,7 @@ def test_a_classifier_judge_through_vllm_gets_the_checkpoints_own_template_and_r
 
 
 def test_an_answer_depends_on_its_question_and_seed_not_on_what_else_is_in_flight(server, mistral, questions):
-    from meddpo.local_generation import Sampling
+    from meddpo.engine_types import Sampling
 
     generator = _generator(server, mistral)
     sampling = Sampling(max_new_tokens=16, temperature=1.0)

@@ -81,7 +81,7 @@ def _stop_on_errors(findings) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from .local_generation import answer_shard
+    from .engines import answer_shard
     from .preflight import generate_preflight
     from .shards import read_shard
 
@@ -104,7 +104,7 @@ def _generate(args: argparse.Namespace) -> None:
         progress_every_s=args.progress_every,
         vllm=args.vllm,
         server_log=args.server_log,
-    )
+    ).answers
     write_jsonl(args.out, rows)
     stops = sum(row["finish_reason"] == "stop" for row in rows)
     log.info("wrote %d answers (%d stop, %d length) -> %s", len(rows), stops, len(rows) - stops, args.out)
@@ -113,12 +113,12 @@ def _generate(args: argparse.Namespace) -> None:
 def _gemini(args: argparse.Namespace) -> int | None:
     import dataclasses
 
+    from .engines import answer_gemini_shard
     from .gemini_client import GeminiSettings
-    from .gemini_teacher import answer_shard
     from .shards import read_shard
 
     settings = GeminiSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(GeminiSettings)})
-    rows, left_out, usage, problem = answer_shard(
+    result = answer_gemini_shard(
         read_shard(args.shard),
         args.system_prompt,
         settings,
@@ -126,12 +126,12 @@ def _gemini(args: argparse.Namespace) -> int | None:
         store_part=args.out.stem,
         progress_every_s=args.progress_every,
     )
-    if problem:
-        print(f"meddpo gemini: error: {problem}", file=sys.stderr)
+    if result.problem:
+        print(f"meddpo gemini: error: {result.problem}", file=sys.stderr)
         return 3
-    write_jsonl(args.failures, left_out)
-    write_json(args.usage, usage)
-    write_jsonl(args.out, rows)
+    write_jsonl(args.failures, result.left_out)
+    write_json(args.usage, result.usage)
+    write_jsonl(args.out, result.answers)
     return None
 
 
@@ -352,7 +352,7 @@ def _judge_config(args: argparse.Namespace) -> dict:
 
 
 def _tiny_models(args: argparse.Namespace) -> None:
-    from .local_generation import quiet_transformers
+    from .engine_types import quiet_transformers
     from .tiny_models import build_tiny_mistral, build_tiny_qwen2
 
     quiet_transformers()

@@ -40,6 +40,7 @@ from typing import Any
 
 from .errors import UserError
 from .grading import RUBRIC_PROMPT, RUBRIC_SCHEMA, prompt_fingerprint, rubric_message, verdict
+from .resume import PROGRESS_EVERY_S
 from .verdicts import KINDS, check_pairs, item_key, pair_keys
 
 log = logging.getLogger(__name__)
@@ -83,24 +84,11 @@ def judge_settings(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
             "format": config["classifier_format"],
             "version": VERSIONS[kind],
         }
-    backend = config["backend"]
-    judge = {"kind": kind, "backend": backend, "version": VERSIONS[kind]}
-    if backend == "gemini":
-        gemini = gemini_settings(config)
-        judge["model"] = gemini.model
-        endpoint = gemini.endpoint()
-        if endpoint:
-            judge["endpoint"] = endpoint  # not Google's: say so in every verdict
-    else:
-        judge["model"] = config["local"]["model"]
+    from .engines import judge_model
+
+    judge = {"kind": kind, "backend": config["backend"], "version": VERSIONS[kind]}
+    judge.update(judge_model(config))  # the model, and a Gemini endpoint not Google's
     return judge
-
-
-def gemini_settings(config: Mapping[str, Any]):
-    """judge.gemini as Gemini settings (the schema's defaults for what it leaves out), at temperature 0."""
-    from .gemini_client import GeminiSettings
-
-    return GeminiSettings(**{**(config.get("gemini") or {}), "temperature": 0.0})
 
 
 def _key_extra(judge: Mapping[str, Any]) -> dict[str, Any]:
@@ -134,7 +122,7 @@ def run_judge(
     device: str = "auto",
     vllm: Mapping[str, Any] | None = None,
     server_log: str | os.PathLike | None = None,
-    progress_every_s: float = 30.0,
+    progress_every_s: float = PROGRESS_EVERY_S,
 ) -> tuple[list[dict], dict, str | None]:
     """Judge every answer of ``pairs`` with the judge of ``kind``; ``(verdict rows, usage, problem)``.
 
@@ -144,55 +132,53 @@ def run_judge(
     ``config`` is the config's judge block. Every pair is checked (check_pairs) before
     anything is sent; read a file with read_pairs to have its name and lines in the message.
     """
+    from .engines import answer_judge_items
+
     if kind not in KINDS:
         raise UserError(f"unknown judge kind {kind!r}; use one of {', '.join(KINDS)}")
     check_greedy(kind, config)
     check_pairs(enumerate(pairs, 1), "pairs", unit="row")  # before anything is paid for
     judge = judge_settings(kind, config)
     items = judge_items(pairs, kind)
-    outputs: dict[str, dict] = {}
-    problem = None
     usage: dict[str, Any] = {"kind": kind, "model": judge["model"], "backend": judge["backend"]}
-    if kind == "rubric" and judge["backend"] == "gemini":
-        from .gemini_teacher import answer_shard
+    result = answer_judge_items(
+        kind,
+        config,
+        items,
+        system_prompt="" if kind == "classifier" else RUBRIC_PROMPT,
+        response_schema=RUBRIC_SCHEMA,
+        key_extra=_key_extra(judge),
+        store_root=store_root,
+        store_part=store_part,
+        device=device,
+        vllm=vllm,
+        server_log=server_log,
+        progress_every_s=progress_every_s,
+    )
+    outputs: dict[str, dict] = {row["id"]: {"text": row["text"]} for row in result.answers}
+    outputs.update({row["id"]: {"failed": f"{row['kind']}:{row['reason']}"} for row in result.left_out})
+    usage.update(result.usage)
+    verdicts = _verdict_rows(pairs, kind, judge, outputs, config.get("classifier_format"), usage)
+    log.info(
+        "%s judge %s: %d pairs, %d answers: %s",
+        kind,
+        judge["model"],
+        len(pairs),
+        2 * len(pairs),
+        usage["verdicts"],
+    )
+    return verdicts, usage, result.problem
 
-        rows, left_out, gemini_usage, problem = answer_shard(
-            items,
-            RUBRIC_PROMPT,
-            gemini_settings(config),
-            store_root=store_root,
-            store_part=store_part,
-            progress_every_s=progress_every_s,
-            response_schema=RUBRIC_SCHEMA,
-            key_extra=_key_extra(judge),
-            max_usd=config.get("max_usd"),
-        )
-        outputs = {row["id"]: {"text": row["text"]} for row in rows}
-        outputs.update({row["id"]: {"failed": f"{row['kind']}:{row['reason']}"} for row in left_out})
-        usage.update(gemini_usage)
-    else:
-        from .local_generation import answer_shard
 
-        block = config["classifier"] if kind == "classifier" else config["local"]
-        rows = answer_shard(
-            items,
-            block,
-            system_prompt="" if kind == "classifier" else RUBRIC_PROMPT,
-            device=device,
-            store_root=store_root,
-            store_part=store_part,
-            progress_every_s=progress_every_s,
-            vllm=vllm,
-            server_log=server_log,
-            key_extra=_key_extra(judge),
-        )
-        outputs = {row["id"]: {"text": row["text"]} for row in rows}
-        usage.update(
-            answers=len(items),
-            new_tokens=sum(int(row.get("new_tokens") or 0) for row in rows),
-            prompt_tokens=sum(int(row.get("prompt_tokens") or 0) for row in rows),
-        )
-    fmt = config.get("classifier_format")
+def _verdict_rows(
+    pairs: Sequence[Mapping],
+    kind: str,
+    judge: Mapping[str, Any],
+    outputs: Mapping[str, dict],
+    fmt: str | None,
+    usage: dict[str, Any],
+) -> list[dict]:
+    """One verdict row per pair from the judge's outputs; the count of each status goes to ``usage``."""
     verdicts: list[dict] = []
     statuses: Counter = Counter()
     for pair in pairs:
@@ -208,12 +194,4 @@ def run_judge(
             statuses[row[role]["status"]] += 1
         verdicts.append(row)
     usage["verdicts"] = dict(sorted(statuses.items()))
-    log.info(
-        "%s judge %s: %d pairs, %d answers: %s",
-        kind,
-        judge["model"],
-        len(pairs),
-        2 * len(pairs),
-        usage["verdicts"],
-    )
-    return verdicts, usage, problem
+    return verdicts

@@ -21,19 +21,13 @@ ROLES = {"rejected": "rejected", "chosen": "chosen"}  # role -> output folder
 
 def store_settings(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The answer store key of each role, exactly as its jobs compute it."""
-    from .local_generation import model_and_sampling, text_settings
+    from .engines import local_store_key, store_key
 
     prompts = config["prompts"]
-    spec, sampling = model_and_sampling(config["rejected"])
-    out = {"rejected": text_settings(spec, prompts["rejected"], sampling)}
-    if config["teacher"]["backend"] == "local":
-        spec, sampling = model_and_sampling(config["teacher"]["local"])
-        out["chosen"] = text_settings(spec, prompts["teacher"], sampling)
-    else:
-        from .gemini_client import GeminiSettings
-
-        out["chosen"] = GeminiSettings(**config["teacher"]["gemini"]).text_settings(prompts["teacher"])
-    return out
+    return {
+        "rejected": local_store_key(config["rejected"], prompts["rejected"]),
+        "chosen": store_key(config["teacher"], prompts["teacher"]),  # the teacher's backend: local or gemini
+    }
 
 
 def shard_status(config: dict[str, Any]) -> list[dict[str, Any]]:

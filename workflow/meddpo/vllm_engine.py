@@ -9,17 +9,21 @@ Same prompts, same facts, same store as the transformers engines:
   Each reply carries the ids the server actually used (``return_token_ids``),
   and a reply whose ids differ from the ones sent stops the job;
 * the generated ids are cut at the first end-of-answer id and decoded with our
-  tokenizer (local_generation.decode_answer), so finish reasons and token counts
+  tokenizer (engine_types.decode_answer), so finish reasons and token counts
   mean what they mean for the transformers engines;
 * each question is one request with a seed of its own (from the configured seed
   and its id), so its answer does not depend on what else was in flight;
 * many requests are kept in flight (``vllm.requests_in_flight``) so the server's
   continuous batching always has work, and each answer is appended to the answer
   store as it returns: a killed job loses only the requests in flight.
+
+It imports engine_types (the shared types), vllm_server and the leaf modules,
+never the transformers engine; engines.py picks this engine or that one by name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -30,14 +34,16 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from .local_generation import (
+from .engine_types import (
     Answer,
-    LocalGenerator,
     ModelSpec,
+    Prompts,
     Sampling,
+    batch_seed,
     decode_answer,
     eos_token_ids,
     load_tokenizer,
+    render_question,
 )
 from .settings import defaults
 from .vllm_server import ServerError, VllmServer, server_arguments
@@ -84,7 +90,7 @@ class VllmGenerator:
         self.resolved_revision = getattr(config, "_commit_hash", None) or spec.revision
         self._local = threading.local()
 
-    render = LocalGenerator.render  # the same prompts as the transformers engines (tokenizer, spec)
+    render = render_question  # the same prompts as the transformers engines (tokenizer, spec)
 
     def request_body(self, prompt_ids: list[int], seed: int, sampling: Sampling) -> dict[str, Any]:
         """One completion request: token ids in, token ids out, the job's own sampling."""
@@ -187,6 +193,22 @@ class VllmGenerator:
                 yield futures[future], future.result()
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+def answer_streamed(generator: VllmGenerator, prompts: Prompts, sampling: Sampling) -> None:
+    """Engine vllm: one request per question, each seeded by its own id; each answer kept as it returns."""
+    todo, questions, seeds = prompts.todo, prompts.questions, prompts.seeds
+    for i in todo:
+        seeds[questions[i]["id"]] = batch_seed(sampling.seed, [questions[i]["id"]])
+    stream = generator.generate_stream(
+        {i: prompts.prompt_ids[i] for i in todo},
+        {i: seeds[questions[i]["id"]] for i in todo},
+        sampling,
+        {i: questions[i]["id"] for i in todo},
+    )
+    with contextlib.closing(stream):  # a failed record stops the requests still queued
+        for i, answer in stream:
+            prompts.record([i], [answer])
 
 
 def _message(text: str) -> str:
