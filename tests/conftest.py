@@ -1,8 +1,19 @@
-"""Shared fixtures. Tests never reach the network: the Hugging Face libraries
-are put in offline mode and their endpoint points at a closed local port."""
+"""Shared fixtures and helpers. Tests never reach the network: the Hugging Face libraries
+are put in offline mode and their endpoint points at a closed local port.
 
+Each distinct Snakemake DAG runs once per session: ``demo_run`` is the demo built once, which the
+tests that only read its outputs, log or file modes share; a test that changes files works on
+``demo_copy``, a copy of that run's folder. The helpers to run Snakemake and the benchmark scripts
+live here too, so no test module imports another. Test modules import from here and from the
+package; this module imports only the package (inside the fixtures)."""
+
+import json
 import os
+import re
+import shutil
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.update(
@@ -65,3 +76,121 @@ def tiny_qwen(tmp_path_factory, demo_texts) -> Path:
     from meddpo.tiny_models import build_tiny_qwen2
 
     return build_tiny_qwen2(demo_texts, tmp_path_factory.mktemp("models") / "tiny-qwen2", eos_rate=0.0)
+
+
+# --------------------------------------------------------------------------- running Snakemake
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+DEMO = ["--configfile", "demo/config.yaml"]
+# What a copy of the project needs for the Snakefile to run in it.
+COPIED = ("Snakefile", "config.yaml", "workflow", "demo", "profiles", "envs")
+
+
+def snakemake_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # `python -m meddpo` in the rules must find this interpreter's packages
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def copy_workflow(dest: Path) -> Path:
+    """A copy of the workflow in ``dest`` (created), to run Snakemake in."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in COPIED:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(source, dest / name)
+    return dest
+
+
+def snakemake(workdir: Path, *args, env=None, umask=None, timeout=600):
+    """``python -m snakemake *args`` in ``workdir`` (with this interpreter on PATH unless ``env``
+    is given), under ``umask`` if one is given."""
+    return subprocess.run(
+        [*SNAKEMAKE, *args],
+        cwd=workdir,
+        env=snakemake_env() if env is None else env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=(lambda: os.umask(umask)) if umask is not None else None,
+    )
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a (dry) run as {rule: count}."""
+    table = output.split("Job stats:", 1)[1]
+    counts = {}
+    for line in table.splitlines()[3:]:
+        match = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
+        if not match:
+            break
+        counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+def git(workdir: Path, *args):
+    subprocess.run(["git", *args], cwd=workdir, check=True, capture_output=True)
+
+
+def run_benchmark(script: str, *args: str) -> dict:
+    """Run a benchmark script; returns the JSON summary it prints last."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- the demo, built once
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """The folder a finished demo run lies in, and what Snakemake printed while it ran."""
+
+    workdir: Path
+    log: str  # stdout and stderr of the run
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> DemoRun:
+    """The demo, built once per session, with the settings every test that reads it needs: in a
+    copy of the workflow that is its own git repository (provenance), under umask 027, by the
+    venv's own snakemake with no venv activated (no VIRTUAL_ENV, no PYTHONPATH, a bare PATH).
+    Only read it: a test that changes a file takes ``demo_copy``."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("demo-run"))
+    git(workdir, "init", "-q")
+    git(workdir, "add", "-A")
+    git(workdir, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "demo")
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = "/usr/local/bin:/usr/bin:/bin"  # the venv is not activated
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "snakemake"), "--cores", "2", *DEMO],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=lambda: os.umask(0o027),
+    )
+    assert run.returncode == 0, run.stderr[-5000:]
+    return DemoRun(workdir, run.stdout + run.stderr)
+
+
+def copy_run(workdir: Path, dest: Path) -> Path:
+    """A copy of a finished run's folder (workflow, outputs, Snakemake's records, git repository),
+    times and modes kept, so that Snakemake sees the same state there."""
+    shutil.copytree(workdir, dest, symlinks=True)
+    return dest
+
+
+@pytest.fixture
+def demo_copy(demo_run, tmp_path) -> Path:
+    """A copy of the shared demo run, for a test that changes files or reruns jobs."""
+    return copy_run(demo_run.workdir, tmp_path / "demo")

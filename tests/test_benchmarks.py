@@ -1,24 +1,8 @@
 """The benchmark scripts run (their figures are recorded in benchmarks/README.md, never asserted)."""
 
-import json
-import subprocess
-import sys
-
 import pytest
 
-from conftest import REPO
-
-
-def run_benchmark(script: str, *args: str) -> dict:
-    """Run a benchmark script; returns the JSON summary it prints last."""
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
+from conftest import run_benchmark
 
 
 def test_gpu_benchmark_script_runs_on_a_tiny_model_on_cpu():

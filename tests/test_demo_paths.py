@@ -13,9 +13,8 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import DEMO, REPO, SNAKEMAKE, copy_workflow, snakemake_env
 from meddpo.settings import ConfigError, load_config
-from test_workflow import DEMO, SNAKEMAKE, _copy_workflow, _env
 
 BUILT = "results/demo/models/tiny-mistral and results/demo/models/tiny-qwen2"
 OLD = 1_500_000_000  # 2017: older than the demo texts, as a downloaded checkpoint would be
@@ -53,7 +52,7 @@ def snapshot(folder):
 
 @pytest.fixture
 def project(tmp_path):
-    return _copy_workflow(tmp_path / "project")
+    return copy_workflow(tmp_path / "project")
 
 
 def overlay(tmp_path, settings):
@@ -64,7 +63,7 @@ def overlay(tmp_path, settings):
 
 def run(project, *args):
     return subprocess.run(
-        [*SNAKEMAKE, *args], cwd=project, env=_env(), capture_output=True, text=True, timeout=300
+        [*SNAKEMAKE, *args], cwd=project, env=snakemake_env(), capture_output=True, text=True, timeout=300
     )
 
 

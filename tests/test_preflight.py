@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, SNAKEMAKE, copy_workflow, snakemake_env
 from meddpo import preflight as pf
 from meddpo.hub_checks import check_model, check_source
 from meddpo.jsonl import write_jsonl
 from meddpo.preflight_checks import Finding, check_gemini, check_output, check_slurm
 from meddpo.settings import load_config
-from test_workflow import DEMO, SNAKEMAKE, _copy_workflow, _env
 
 
 def _meddpo(*args, cwd=REPO, env=None, timeout=300):
@@ -477,7 +476,7 @@ def test_preflight_with_a_bad_profile_account_fails(tmp_path):
 
 @pytest.mark.slow
 def test_the_workflow_stops_before_any_job_when_a_model_is_missing(tmp_path):
-    workdir = _copy_workflow(tmp_path / "wf")
+    workdir = copy_workflow(tmp_path / "wf")
     overlay = tmp_path / "missing.yaml"
     overlay.write_text(
         "demo:\n  build_tiny_models: false\nrejected:\n  model: /nowhere/tiny-mistral\n"
@@ -486,7 +485,7 @@ def test_the_workflow_stops_before_any_job_when_a_model_is_missing(tmp_path):
     run = subprocess.run(
         [*SNAKEMAKE, "--cores", "2", "--configfile", "demo/config.yaml", str(overlay)],
         cwd=workdir,
-        env=_env(),
+        env=snakemake_env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -556,12 +555,17 @@ def test_a_broken_config_file_names_the_file_and_line(tmp_path):
     ],
 )
 def test_a_config_mistake_in_snakemake_is_a_few_lines(tmp_path, override, expected):
-    workdir = _copy_workflow(tmp_path / "wf")
+    workdir = copy_workflow(tmp_path / "wf")
     bad = tmp_path / "bad.yaml"
     bad.write_text("questions:\n  selection: newest\n")
     override = [str(bad) if word == "BAD" else word for word in override]
     result = subprocess.run(
-        [*SNAKEMAKE, "-n", *override], cwd=workdir, env=_env(), capture_output=True, text=True, timeout=120
+        [*SNAKEMAKE, "-n", *override],
+        cwd=workdir,
+        env=snakemake_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     lines = _few_lines(result)
@@ -650,21 +654,10 @@ def most_generation_jobs_at_once(log: str) -> int:
 
 
 @pytest.mark.slow
-def test_the_venvs_snakemake_runs_the_demo_one_gpu_job_at_a_time_and_status_reports_it(tmp_path):
-    workdir = _copy_workflow(tmp_path / "wf")
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-    env["PATH"] = "/usr/local/bin:/usr/bin:/bin"  # the venv is not activated
-    snakemake = Path(sys.executable).parent / "snakemake"
-    run = subprocess.run(
-        [str(snakemake), "--cores", "2", *DEMO],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    log = run.stdout + run.stderr
+def test_the_venvs_snakemake_runs_the_demo_one_gpu_job_at_a_time_and_status_reports_it(demo_run):
+    # conftest's session run: the venv's snakemake, no venv activated (no VIRTUAL_ENV or
+    # PYTHONPATH, PATH=/usr/local/bin:/usr/bin:/bin), --cores 2, the demo config; it passed
+    workdir, log = demo_run.workdir, demo_run.log
     assert "meddpo preflight: " in log  # the preflight ran first
     # the default profile's gpu=1: with 2 cores, the 6 generation jobs still ran one at a time
     assert most_generation_jobs_at_once(log) == 1

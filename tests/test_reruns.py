@@ -2,48 +2,31 @@
 rerun, one shard can be redone, and a cut shard file stops the run naming it."""
 
 import json
-import os
 import stat
 import subprocess
 
 import pytest
 
-from conftest import ONE_REJECTED_SHARD_REDONE, REPO
-from test_workflow import DEMO, SNAKEMAKE, _copy_workflow, _env, job_counts
+from conftest import (
+    DEMO,
+    ONE_REJECTED_SHARD_REDONE,
+    REPO,
+    SNAKEMAKE,
+    copy_workflow,
+    git,
+    job_counts,
+    snakemake,
+    snakemake_env,
+)
 
 pytestmark = pytest.mark.slow
 
-
-def _run(workdir, *args, umask=None, timeout=600):
-    return subprocess.run(
-        [*SNAKEMAKE, *args],
-        cwd=workdir,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        preexec_fn=(lambda: os.umask(umask)) if umask is not None else None,
-    )
+# The demo these tests read is conftest's session run `demo_run`: built once under umask 027 in a
+# copy that is its own git repository. A test that changes files or reruns jobs takes `demo_copy`.
 
 
-def _git(workdir, *args):
-    subprocess.run(["git", *args], cwd=workdir, check=True, capture_output=True)
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """The demo, built once under umask 027 in a copy that is its own git repository."""
-    workdir = _copy_workflow(tmp_path_factory.mktemp("reruns"))
-    _git(workdir, "init", "-q")
-    _git(workdir, "add", "-A")
-    _git(workdir, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "demo")
-    run = _run(workdir, "--cores", "2", *DEMO, umask=0o027)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return workdir
-
-
-def test_every_output_honours_the_umask(built):
-    out = built / "results" / "demo"
+def test_every_output_honours_the_umask(demo_run):
+    out = demo_run.workdir / "results" / "demo"
     modes = {}
     for path in out.rglob("*"):
         modes.setdefault(stat.S_IMODE(path.stat().st_mode) if path.is_file() else "dir", []).append(path)
@@ -55,7 +38,8 @@ def test_every_output_honours_the_umask(built):
     assert folders == {0o750}
 
 
-def test_provenance_is_recorded_but_never_forces_a_rerun(built):
+def test_provenance_is_recorded_but_never_forces_a_rerun(demo_copy):
+    built = demo_copy
     stats = json.loads((built / "results" / "demo" / "dataset" / "stage2_med_pairs.stats.json").read_text())
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=built, capture_output=True, text=True
@@ -65,39 +49,41 @@ def test_provenance_is_recorded_but_never_forces_a_rerun(built):
     # an edit of the workflow's files (the tree is dirty), then a commit: nothing to do either way
     snakefile = built / "Snakefile"
     snakefile.write_text(snakefile.read_text() + "\n# a comment that changes nothing\n")
-    dry = _run(built, "-n", *DEMO)
+    dry = snakemake(built, "-n", *DEMO)
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-2000:]
-    _git(built, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "edit")
-    dry = _run(built, "-n", *DEMO)
+    git(built, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "edit")
+    dry = snakemake(built, "-n", *DEMO)
     assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-2000:]
 
     # the README's advice: --summary shows every output as it stands ...
-    summary = _run(built, "--summary", *DEMO)
+    summary = snakemake(built, "--summary", *DEMO)
     assert summary.returncode == 0 and "stage2_med_pairs.jsonl" in summary.stdout
     # ... and a changed setting makes -n list exactly the jobs it affects, with the reason
     overlay = built / "warmer.yaml"
     overlay.write_text("teacher:\n  local:\n    temperature: 0.95\n")
-    dry = _run(built, "-n", "--configfile", "demo/config.yaml", str(overlay))
+    dry = snakemake(built, "-n", "--configfile", "demo/config.yaml", str(overlay))
     counts = job_counts(dry.stdout)  # (test_workflow checks the whole list)
     assert counts["chosen_local"] == 3 and "rejected" not in counts
     assert "Params have changed since last execution" in dry.stdout
 
 
-def test_redo_one_shard_reuses_the_store(built):
+def test_redo_one_shard_reuses_the_store(demo_copy):
+    built = demo_copy
     target = "results/demo/rejected/shard-001.jsonl"
-    run = _run(built, "--cores", "2", *DEMO, "--forcerun", target)
+    run = snakemake(built, "--cores", "2", *DEMO, "--forcerun", target)
     assert run.returncode == 0, run.stderr[-3000:]
     assert job_counts(run.stdout + run.stderr) == ONE_REJECTED_SHARD_REDONE
     log = (built / "results" / "demo" / "logs" / "rejected" / "shard-001.log").read_text()
     assert "21 of 21 answers already there, 0 to generate" in log
 
 
-def test_a_cut_shard_file_fails_the_run_naming_it(built):
+def test_a_cut_shard_file_fails_the_run_naming_it(demo_copy):
+    built = demo_copy
     cut = built / "results" / "demo" / "chosen" / "shard-001.jsonl"
     lines = cut.read_text().splitlines(keepends=True)
     assert len(lines) == 21
     cut.write_text("".join(lines[:10]))  # cut at a line boundary: every line left is valid
-    run = _run(built, "--cores", "2", *DEMO)
+    run = snakemake(built, "--cores", "2", *DEMO)
     assert run.returncode != 0
     log = (built / "results" / "demo" / "logs" / "pairs" / "shard-001.log").read_text()
     errors = [line for line in log.splitlines() if "error" in line]
@@ -125,7 +111,7 @@ def test_refusals_and_transient_errors_through_snakemake_with_the_cluster_retry_
     from meddpo.cleaning import clean_and_dedupe
     from meddpo.gemini_test_server import GeminiTestServer
 
-    workdir = _copy_workflow(tmp_path / "wf")
+    workdir = copy_workflow(tmp_path / "wf")
     overlay = tmp_path / "gemini.yaml"
     overlay.write_text(
         "teacher:\n  backend: gemini\n  gemini:\n    concurrency: 8\n    requests_per_minute: 1000000\n"
@@ -156,7 +142,7 @@ def test_refusals_and_transient_errors_through_snakemake_with_the_cluster_retry_
     command = ["--cores", "2", "--retries", str(retries), "--configfile", "demo/config.yaml", str(overlay)]
     with GeminiTestServer(expected_key=key) as server:
         server.script = script
-        env = {**_env(), "GEMINI_API_KEY": key, "GOOGLE_GEMINI_BASE_URL": server.base_url}
+        env = {**snakemake_env(), "GEMINI_API_KEY": key, "GOOGLE_GEMINI_BASE_URL": server.base_url}
         run = subprocess.run(
             [*SNAKEMAKE, *command], cwd=workdir, env=env, capture_output=True, text=True, timeout=600
         )

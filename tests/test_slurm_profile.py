@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ONE_REJECTED_SHARD_REDONE, REPO
+from conftest import ONE_REJECTED_SHARD_REDONE, REPO, SNAKEMAKE, copy_workflow, job_counts, snakemake_env
 from meddpo.jsonl import read_jsonl_tolerant
-from test_workflow import SNAKEMAKE, _copy_workflow, _env, job_counts
 
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 ACCOUNT = "meddpo-test"
@@ -88,7 +87,7 @@ def _store_rows(store: Path, part: str):
 def test_bridges2_profile_on_a_real_slurm(slurm_cluster, tmp_path):
     from meddpo.gemini_test_server import GeminiTestServer
 
-    workdir = _copy_workflow(tmp_path / "wf")
+    workdir = copy_workflow(tmp_path / "wf")
     profile = _test_profile(tmp_path / "profile")
     overlay = tmp_path / "slurm-test.yaml"
     overlay.write_text(
@@ -109,7 +108,7 @@ def test_bridges2_profile_on_a_real_slurm(slurm_cluster, tmp_path):
         )
     )
     command = [*SNAKEMAKE, "--profile", str(profile), "--configfile", "demo/config.yaml", str(overlay)]
-    env = _env()
+    env = snakemake_env()
     store = workdir / "results" / "demo" / "answer_store"
     before = _all_jobs()
 
@@ -193,7 +192,7 @@ def test_bridges2_profile_on_a_real_slurm(slurm_cluster, tmp_path):
 
 @pytest.mark.slow
 def test_bridges2_profile_with_a_missing_model_submits_nothing(slurm_cluster, tmp_path):
-    workdir = _copy_workflow(tmp_path / "wf")
+    workdir = copy_workflow(tmp_path / "wf")
     profile = _test_profile(tmp_path / "profile")
     overlay = tmp_path / "missing-model.yaml"
     overlay.write_text(
@@ -205,7 +204,7 @@ def test_bridges2_profile_with_a_missing_model_submits_nothing(slurm_cluster, tm
     settings = yaml.safe_load((profile / "config.yaml").read_text())
     settings["default-resources"]["slurm_account"] = f"'{ACCOUNT}'"
     (profile / "config.yaml").write_text(yaml.safe_dump(settings))
-    env = {k: v for k, v in _env().items() if k != "SBATCH_ACCOUNT"}
+    env = {k: v for k, v in snakemake_env().items() if k != "SBATCH_ACCOUNT"}
     before = _all_jobs()
     run = subprocess.run(
         [*SNAKEMAKE, "--profile", str(profile), "--configfile", "demo/config.yaml", str(overlay)],
@@ -227,8 +226,8 @@ def test_bridges2_profile_with_a_missing_model_submits_nothing(slurm_cluster, tm
 
 
 def test_bridges2_dry_run_needs_no_slurm_daemons(tmp_path):
-    workdir = _copy_workflow(tmp_path / "wf")
-    env = _env()
+    workdir = copy_workflow(tmp_path / "wf")
+    env = snakemake_env()
     env["SBATCH_ACCOUNT"] = ACCOUNT
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep))
     result = subprocess.run(
@@ -269,7 +268,7 @@ def test_bridges2_gpu_block_is_written_once_and_each_gpu_rule_gets_its_own_copy(
 
 @pytest.mark.slow
 def test_a_shard_killed_by_its_slurm_time_limit_resumes_on_the_rerun(slurm_cluster, tmp_path):
-    workdir = _copy_workflow(tmp_path / "wf")
+    workdir = copy_workflow(tmp_path / "wf")
     short = _test_profile(tmp_path / "short-profile")
     profile = yaml.safe_load((short / "config.yaml").read_text())
     profile["set-resources"]["rejected"]["runtime"] = 1  # minutes: Slurm kills the job half-way
@@ -290,7 +289,7 @@ def test_a_shard_killed_by_its_slurm_time_limit_resumes_on_the_rerun(slurm_clust
         )
     )
     target = "results/demo/rejected/shard-000.jsonl"
-    env = _env()
+    env = snakemake_env()
     env["SBATCH_ACCOUNT"] = ACCOUNT
     store = workdir / "results" / "demo" / "answer_store"
 

@@ -427,7 +427,9 @@ def test_preflight_accepts_the_built_vllm_environment(vllm_env, tmp_path):
 
 
 def test_the_demo_through_snakemake_with_engine_vllm(vllm_env, tmp_path):
-    from test_workflow import SNAKEMAKE, _copy_workflow, _env
+    from conftest import SNAKEMAKE
+    from conftest import copy_workflow as _copy_workflow
+    from conftest import snakemake_env as _env
 
     workdir = _copy_workflow(tmp_path / "wf")
     (workdir / ".venv-vllm").symlink_to(REPO / ".venv-vllm")  # where vllm.command's default looks
@@ -460,7 +462,7 @@ def test_the_demo_through_snakemake_with_engine_vllm(vllm_env, tmp_path):
 
 
 def test_both_benchmarks_run_both_engines_on_the_cpu_build(vllm_env):
-    from test_benchmarks import run_benchmark
+    from conftest import run_benchmark
 
     summary = run_benchmark(
         "gpu_engine.py", "--engines", "--tiny", "--device", "cpu", "--prompts", "6", "--padded-batch", "4"

@@ -1,64 +1,29 @@
 """The Snakemake workflow itself: config validation, lint, dry runs, the demo DAG end to end."""
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import DPO_ROW_FIELDS, REPO
+from conftest import (
+    DEMO,
+    DPO_ROW_FIELDS,
+    REPO,
+    SNAKEMAKE,
+    copy_workflow,
+    job_counts,
+    snakemake,
+    snakemake_env,
+)
 from meddpo.jsonl import read_jsonl, read_jsonl_tolerant
-
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-DEMO = ["--configfile", "demo/config.yaml"]
-COPIED = ("Snakefile", "config.yaml", "workflow", "demo", "profiles", "envs")
-
-
-def _env():
-    env = dict(os.environ)
-    # `python -m meddpo` in the rules must find this interpreter's packages
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    return env
-
-
-def _copy_workflow(dest: Path) -> Path:
-    """A copy of the workflow in ``dest`` (created), to run Snakemake in."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in COPIED:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy(source, dest / name)
-    return dest
-
-
-def snakemake(workdir: Path, *args, timeout=600):
-    return subprocess.run(
-        [*SNAKEMAKE, *args], cwd=workdir, env=_env(), capture_output=True, text=True, timeout=timeout
-    )
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """The 'Job stats' table of a (dry) run as {rule: count}."""
-    table = output.split("Job stats:", 1)[1]
-    counts = {}
-    for line in table.splitlines()[3:]:
-        match = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
-        if not match:
-            break
-        counts[match.group(1)] = int(match.group(2))
-    return counts
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    return _copy_workflow(tmp_path_factory.mktemp("workflow"))
+    return copy_workflow(tmp_path_factory.mktemp("workflow"))
 
 
 def test_dry_run_of_the_real_config_lists_every_stage(workdir):
@@ -131,10 +96,8 @@ def test_dag_picture(workdir):
 
 
 @pytest.mark.slow
-def test_demo_end_to_end(tmp_path):
-    workdir = _copy_workflow(tmp_path)
-    run = snakemake(workdir, "--cores", "2", *DEMO)
-    assert run.returncode == 0, run.stderr[-5000:]
+def test_demo_end_to_end(demo_run, tmp_path):
+    workdir = demo_run.workdir  # the session's demo run (conftest.py): read, never changed here
     out = workdir / "results" / "demo"
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     demo = yaml.safe_load((REPO / "demo" / "config.yaml").read_text())
@@ -237,7 +200,7 @@ def test_demo_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_growing_n_and_changing_n_shards_generates_only_new_questions(tmp_path):
-    workdir = _copy_workflow(tmp_path / "wf")
+    workdir = copy_workflow(tmp_path / "wf")
     # the judges do not take part in answer reuse (test_judge.py); off here to save their jobs
     no_judge = tmp_path / "no-judge.yaml"
     no_judge.write_text("judge:\n  kinds: []\n")
@@ -275,7 +238,7 @@ def test_growing_n_and_changing_n_shards_generates_only_new_questions(tmp_path):
 def test_demo_with_the_gemini_teacher_keeps_the_key_out_of_every_file(tmp_path):
     from meddpo.gemini_test_server import GeminiTestServer
 
-    workdir = _copy_workflow(tmp_path / "wf")
+    workdir = copy_workflow(tmp_path / "wf")
     overlay = tmp_path / "gemini.yaml"
     overlay.write_text(
         "teacher:\n  backend: gemini\n  gemini:\n    concurrency: 8\n    initial_backoff_s: 0.001\n"
@@ -286,7 +249,7 @@ def test_demo_with_the_gemini_teacher_keeps_the_key_out_of_every_file(tmp_path):
     questions = [json.loads(line)["question"] for line in (REPO / "demo" / "medquad_demo.jsonl").open()]
     with GeminiTestServer(expected_key=key) as server:
         server.script = {questions[0]: ["blocked"], questions[7]: ["429", "ok"]}
-        env = _env()
+        env = snakemake_env()
         env.update(GEMINI_API_KEY=key, GOOGLE_GEMINI_BASE_URL=server.base_url)
         run = subprocess.run(
             [*SNAKEMAKE, "--cores", "2", "--configfile", "demo/config.yaml", str(overlay)],
