@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import local_generation, vllm_engine
+from .backends import asks_gemini, serves_vllm
 from .engine_types import (
     LOCAL_DEFAULTS,
     Answer,
@@ -221,7 +222,7 @@ def answer_shard(
             job=job,
         )
 
-    if m["engine"] != "vllm":
+    if not serves_vllm(m):
         return _local_result(questions, answer(LocalGenerator(spec)))
     try:
         rows = vllm_engine.serve_and_answer(spec, m, vllm, server_log or f"vllm-{store_part}.log", answer)
@@ -270,7 +271,7 @@ def answer_gemini_shard(
 
 def store_key(block: Mapping[str, Any], system_prompt: str) -> dict[str, Any]:
     """The answer store key of a backend block's shard jobs (``teacher``: backend, local, gemini)."""
-    if block["backend"] == "local":
+    if not asks_gemini(block):
         return local_store_key(block["local"], system_prompt)
     from .gemini_client import GeminiSettings
 
@@ -287,7 +288,7 @@ def judge_gemini_settings(config: Mapping[str, Any]):
 def judge_model(config: Mapping[str, Any]) -> dict[str, Any]:
     """The model of the rubric judge of the judge block ``config`` (and a Gemini endpoint not Google's)."""
     out: dict[str, Any] = {}
-    if config["backend"] == "gemini":
+    if asks_gemini(config):
         gemini = judge_gemini_settings(config)
         out["model"] = gemini.model
         endpoint = gemini.endpoint()
@@ -315,7 +316,7 @@ def answer_judge_items(
 ) -> ShardResult:
     """The judge of ``kind`` answers ``items``: Gemini for a rubric judge of backend gemini, else the
     judge block's local model (``classifier`` or ``local``). ``response_schema`` is for Gemini only."""
-    if kind == "rubric" and config["backend"] == "gemini":
+    if kind == "rubric" and asks_gemini(config):
         return answer_gemini_shard(
             items,
             system_prompt,

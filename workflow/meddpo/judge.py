@@ -38,6 +38,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .backends import asks_gemini
 from .errors import UserError
 from .grading import RUBRIC_PROMPT, RUBRIC_SCHEMA, prompt_fingerprint, rubric_message, verdict
 from .resume import PROGRESS_EVERY_S
@@ -99,7 +100,7 @@ def _key_extra(judge: Mapping[str, Any]) -> dict[str, Any]:
 def check_greedy(kind: str, config: Mapping[str, Any]) -> None:
     """Judges decode at temperature 0: a local judge block that says otherwise is an error."""
     block = "classifier" if kind == "classifier" else "local"
-    if kind == "rubric" and config["backend"] != "local":
+    if kind == "rubric" and asks_gemini(config):
         return
     settings = config.get(block)
     if not settings:

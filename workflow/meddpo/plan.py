@@ -16,6 +16,8 @@ import os
 from functools import lru_cache
 from typing import Any
 
+from .backends import asks_gemini, serves_vllm
+
 # Minutes per 100 questions of a shard job (before the start-up allowance), by rule.
 # Guesses until a GPU benchmark and a real cluster run replace them (benchmarks/README.md).
 MINUTES_PER_100_QUESTIONS = {
@@ -97,7 +99,7 @@ def runtime_minutes(rule: str, per_shard: int, attempt: int = 1) -> int:
 
 
 def teacher_rule(config: dict[str, Any]) -> str:
-    return "chosen_gemini" if config["teacher"]["backend"] == "gemini" else "chosen_local"
+    return "chosen_gemini" if asks_gemini(config["teacher"]) else "chosen_local"
 
 
 def judge_rule(config: dict[str, Any], kind: str) -> str:
@@ -118,7 +120,7 @@ def judge_rules(config: dict[str, Any]) -> list[str]:
 def local_models(config: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
     """Every local model of the run by rule: (its config key, its block)."""
     models = {"rejected": ("rejected", config["rejected"])}
-    if config["teacher"]["backend"] == "local":
+    if not asks_gemini(config["teacher"]):
         models["chosen_local"] = ("teacher.local", config["teacher"]["local"])
     rules = judge_rules(config)
     if "judge_classifier" in rules:
@@ -147,7 +149,7 @@ def _approx_tokens(text: str) -> int:
 def engine_speed(config: dict[str, Any], model: dict[str, Any]) -> tuple[float, float]:
     """Assumed new tokens/s per GPU and start-up minutes per job of a local model's engine."""
     assumed = config["estimate"]
-    if model["engine"] == "vllm":
+    if serves_vllm(model):
         return assumed["vllm_tokens_per_second_per_gpu"], assumed["vllm_start_up_minutes"]
     return assumed["tokens_per_second_per_gpu"], assumed["model_start_up_minutes"]
 
@@ -191,7 +193,7 @@ def estimate(config: dict[str, Any]) -> dict[str, Any]:
         "start_up": start_up_share,
         "assumed_per_rule": assumed,
     }
-    if config["teacher"]["backend"] == "gemini":
+    if asks_gemini(config["teacher"]):
         gemini = config["teacher"]["gemini"]
         prompt = _approx_tokens(config["prompts"]["teacher"]) + 30  # a MedQuAD question: ~30 tokens
         dollars = n * (

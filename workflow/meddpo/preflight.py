@@ -38,6 +38,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .backends import asks_gemini
 from .hub_checks import check_model, check_source
 from .paths import ANSWER_STORE_FOLDER, JUDGE_STORE_FOLDER
 from .plan import (
@@ -125,7 +126,7 @@ def judge_preflight(
         findings += check_writable("judge store", store)
     if kind == "classifier":
         findings += check_model("judge.classifier.model", judge["classifier"])
-    elif judge["backend"] == "local":
+    elif not asks_gemini(judge):
         findings += check_model("judge.local.model", judge["local"])
     else:
         findings += check_gemini({"judge": judge}, "judge.gemini")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .backends import asks_gemini, serves_vllm
 from .plan import local_models
 
 # bytes a question needs on disk, all copies included (store, shards, pairs, dataset), at the caps
@@ -38,7 +39,7 @@ class Finding:
 def check_gemini(config: dict[str, Any], block: str = "teacher.gemini") -> list[Finding]:
     """The Gemini key of the teacher's (or the judge's) block is there."""
     section, _, _ = block.partition(".")
-    if config[section]["backend"] != "gemini":
+    if not asks_gemini(config[section]):
         return []
     from .gemini_client import MissingKeyError, load_api_key
 
@@ -54,7 +55,7 @@ def needed_bytes(config: dict[str, Any], questions: int) -> int:
     teacher = config["teacher"]
     caps += (
         teacher["local"]["max_new_tokens"]
-        if teacher["backend"] == "local"
+        if not asks_gemini(teacher)
         else teacher["gemini"]["max_output_tokens"]
     )
     return questions * caps * BYTES_PER_ANSWER_TOKEN
@@ -151,7 +152,7 @@ def check_gpu(config: dict[str, Any]) -> list[Finding]:
 
 def vllm_rules(config: dict[str, Any]) -> list[str]:
     """The rules whose model runs with engine vllm."""
-    return [rule for rule, (_, model) in local_models(config).items() if model["engine"] == "vllm"]
+    return [rule for rule, (_, model) in local_models(config).items() if serves_vllm(model)]
 
 
 def check_vllm(config: dict[str, Any]) -> list[Finding]:

@@ -16,6 +16,7 @@ import shlex
 import subprocess
 from typing import Any
 
+from .backends import asks_gemini, serves_vllm
 from .paths import run_paths, shard_number
 from .plan import judge_rule, judge_rules
 from .settings import demo_model_path
@@ -67,10 +68,6 @@ def tiny_model_input(config: dict[str, Any], model_settings: dict[str, Any]) -> 
 # ------------------------------------------------------------------ local-model generation
 
 
-def serves_vllm(model_settings: dict[str, Any] | None) -> bool:
-    return model_settings is not None and model_settings["engine"] == "vllm"
-
-
 def vllm_server_log(model_settings: dict[str, Any] | None, log_path: str) -> dict[str, str]:
     """The vLLM server's log as a `log:` entry: declared only for a job of engine vllm.
 
@@ -109,14 +106,14 @@ def generation_options(config: dict[str, Any], model_settings: dict[str, Any], s
     The vllm block goes only to jobs of engine vllm, so a change to it reruns no
     transformers job.
     """
-    vllm = {"vllm": config["vllm"]} if model_settings["engine"] == "vllm" else {}
+    vllm = {"vllm": config["vllm"]} if serves_vllm(model_settings) else {}
     store = run_paths(config).answer_store
     return cli_options(**model_settings, **vllm, system_prompt=system_prompt, store=store)
 
 
 def chosen_extras(config: dict[str, Any], kind: str) -> list[str]:
     """Per-shard side files of the Gemini teacher (failures, usage), none for a local teacher."""
-    if config["teacher"]["backend"] != "gemini":
+    if not asks_gemini(config["teacher"]):
         return []
     return [run_paths(config).per_shard("chosen", kind)]
 
@@ -129,7 +126,7 @@ def judge_model(config: dict[str, Any], kind: str) -> dict[str, Any] | None:
     judge = config["judge"]
     if kind == "classifier":
         return judge["classifier"]
-    return judge["local"] if judge["backend"] == "local" else None
+    return None if asks_gemini(judge) else judge["local"]
 
 
 def judge_options(config: dict[str, Any], kind: str) -> str:
@@ -146,7 +143,7 @@ def judge_options(config: dict[str, Any], kind: str) -> str:
         options.update(backend="local", local=model)
     else:
         options.update(backend="gemini", gemini=judge["gemini"], max_usd=judge["max_usd"])
-    if model is not None and model["engine"] == "vllm":
+    if serves_vllm(model):
         options["vllm"] = config["vllm"]
     # the job reads no config file: every setting it uses is in these options
     return cli_options(**options, store=run_paths(config).judge_store, base_config=None)
