@@ -800,7 +800,8 @@ def test_an_endpoint_other_than_googles_is_in_the_store_key_and_the_verdicts(mon
 
 
 def test_meddpo_judge_reads_the_config_files_judge_block_and_options_replace_it(tmp_path):
-    from meddpo.cli import _judge_config, build_parser
+    from meddpo.cli import build_parser
+    from meddpo.commands import judge_config
 
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text("judge:\n  gemini:\n    concurrency: 3\n")
@@ -823,12 +824,12 @@ def test_meddpo_judge_reads_the_config_files_judge_block_and_options_replace_it(
             "none",
         ]
     )
-    config = _judge_config(args)
+    config = judge_config(args)
     # config.yaml's judge block, the overlay, then the options
     assert (config["gemini"]["max_output_tokens"], config["gemini"]["concurrency"]) == (512, 3)
     assert config["gemini"]["model"] == "gemini-x" and config["max_usd"] is None
     assert config["local"]["model"] == "meta-llama/Llama-3.1-8B-Instruct"
-    bare = _judge_config(
+    bare = judge_config(
         build_parser().parse_args(
             ["judge", "--pairs", "p", "--kind", "rubric", "--out", "o", "--base-config", "none"]
         )

@@ -1,4 +1,4 @@
-"""Which code answers a shard: the one map from engine and backend names to the engines.
+"""Which code answers a shard: from a model block's engine or backend to the engine's code.
 
 A local model runs on engine "padded" or "continuous" (transformers, in
 local_generation) or "vllm" (a vLLM server the job starts, in vllm_engine); the
@@ -6,7 +6,8 @@ backend "gemini" is the Gemini shard job (gemini_teacher.answer_shard). Every
 shard job here returns a ShardResult, whatever the backend: the answers in
 question order, the questions left out (refused or failed), the usage, and the
 one-line problem that fails the job. The CLI steps, the judge stage, ``meddpo
-status`` and the benchmarks pick an engine through this module and nowhere else.
+status`` and the benchmarks pick an engine through this module and nowhere else;
+the names themselves are compared only in backends.py.
 
 It imports the engines (local_generation, vllm_engine, and gemini_teacher inside
 the functions that need it), engine_types, resume and settings; never a stage
@@ -22,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import local_generation, vllm_engine
-from .backends import asks_gemini, serves_vllm
+from .backends import asks_gemini, batches_continuously, runs_on_vllm, serves_vllm
 from .engine_types import (
     LOCAL_DEFAULTS,
     Answer,
@@ -150,11 +151,11 @@ def answer_questions(
     )
     prompts = _prompts(job, generator, system_prompt, sampling, engine)
     try:
-        if engine == "vllm":
+        if runs_on_vllm(engine):
             vllm_engine.answer_streamed(generator, prompts, sampling)
-        elif engine == "continuous":
+        elif batches_continuously(engine):
             local_generation.answer_continuous(generator, prompts, sampling)
-        elif engine == "padded":
+        else:  # padded
             local_generation.answer_padded(generator, prompts, sampling, batch_size, max_batch_tokens)
     finally:
         job.close()

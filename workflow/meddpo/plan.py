@@ -206,7 +206,7 @@ def estimate(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# The rubric prompt and the request's framing, in tokens (about 1,750 characters of judge.RUBRIC_PROMPT)
+# The rubric prompt and the request's framing, in tokens (about 1,750 characters of grading.RUBRIC_PROMPT)
 RUBRIC_PROMPT_TOKENS = 450
 
 
