@@ -101,9 +101,9 @@ ENGINE_CHOICE = re.compile(r"""(==|!=|\bin\b)\s*\(?\s*["'](vllm|padded|continuou
 
 
 def test_an_engine_is_chosen_in_one_module_only():
-    choosing = sorted(
-        path.name for path in PACKAGE.glob("*.py") if ENGINE_CHOICE.search(path.read_text()) is not None
-    )
+    # the rule files too: a rule picks its engine or backend through the package
+    files = [*PACKAGE.glob("*.py"), *RULES.glob("*.smk"), REPO / "Snakefile"]
+    choosing = sorted(path.name for path in files if ENGINE_CHOICE.search(path.read_text()) is not None)
     assert choosing == ["backends.py"]
 
 
@@ -124,7 +124,7 @@ def test_modules_and_functions_are_small():
 # workflow.basedir (where the project lies) is Snakemake's documented way to find files next to the
 # Snakefile; everything else on `workflow` (config files, rules, executor, DAG) is internal
 SNAKEMAKE_INTERNALS = re.compile(
-    r"\bworkflow\.(?!basedir\b)\w|\bdag\b|exec_mode|\.raw\b|needrun|\bcheckpoints\.\w"
+    r"\bworkflow\.(?!basedir\b)\w|\bdag\b|exec_mode|\.raw\b|needrun|\bcheckpoints\.\w|\bon(start|success|error):"
 )
 
 

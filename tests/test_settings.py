@@ -102,6 +102,13 @@ def test_documented_defaults():
         settings.default(f"teacher.gemini.{k}") for k in ("concurrency", "requests_per_minute")
     )
     assert f"the defaults: `concurrency: {concurrency}`, `requests_per_minute: {per_minute}`" in gemini
+    assert f"`thinking_budget: {settings.default('teacher.gemini.thinking_budget')}` (the default)" in gemini
+    judge = (REPO / "docs" / "judge.md").read_text(encoding="utf-8")
+    margin = settings.default("judge.min_margin")
+    assert (
+        f"`-judge.min_margin` ({margin})" in judge and f"`min_margin: {margin}` is one rubric point" in judge
+    )
+    assert f"`judge.max_usd` ({settings.default('judge.max_usd'):g} by default)" in judge
 
 
 def test_dataclass_defaults_are_the_schema_defaults():

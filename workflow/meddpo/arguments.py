@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 from pathlib import Path
 
 from . import settings as schema
-
-log = logging.getLogger("meddpo")
 
 
 def integer(text: str) -> int:

@@ -31,3 +31,11 @@ def serves_vllm(model: Mapping[str, Any] | None) -> bool:
 def asks_gemini(block: Mapping[str, Any]) -> bool:
     """Whether a teacher or judge block is answered through Gemini (backend gemini), not a local model."""
     return block["backend"] == "gemini"
+
+
+def judge_block(judge: Mapping[str, Any], kind: str) -> str | None:
+    """The key of the judge block's local model that runs the judge of ``kind`` (``classifier``,
+    or ``local`` for a local rubric judge); None for a rubric judge answered through Gemini."""
+    if kind == "classifier":
+        return "classifier"
+    return None if asks_gemini(judge) else "local"

@@ -42,8 +42,6 @@ from .arguments import (
 )
 from .resume import PROGRESS_EVERY_S
 
-log = logging.getLogger("meddpo")
-
 
 def _add_questions(sub) -> None:
     p = sub.add_parser("questions", help="build the Stage 2A question set")

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import local_generation, vllm_engine
-from .backends import asks_gemini, batches_continuously, runs_on_vllm, serves_vllm
+from .backends import asks_gemini, batches_continuously, judge_block, runs_on_vllm, serves_vllm
 from .engine_types import (
     LOCAL_DEFAULTS,
     Answer,
@@ -36,11 +36,11 @@ from .engine_types import (
 )
 from .local_generation import LocalGenerator
 from .resume import PROGRESS_EVERY_S, ResumableJob
-from .settings import section
+from .settings import choices
 
 log = logging.getLogger(__name__)
 
-ENGINES = tuple(section("local_model")["properties"]["engine"]["enum"])  # the schema's local-model engines
+ENGINES = choices("local_model.engine")  # the schema's local-model engines
 
 
 @dataclass
@@ -49,7 +49,7 @@ class ShardResult:
 
     ``answers``: the answer rows, in question order (what the shard's output file
     holds); ``left_out``: the questions without an answer (rows with ``kind``
-    "refused" or "failed", in the order the backend gave them; a local model
+    "refused" or "failed", in question order; a local model
     leaves none out); ``usage``: requests, tokens and cost (Gemini) or answers
     and tokens (a local model); ``problem``: the one-line reason the job must
     fail, else None.
@@ -317,7 +317,8 @@ def answer_judge_items(
 ) -> ShardResult:
     """The judge of ``kind`` answers ``items``: Gemini for a rubric judge of backend gemini, else the
     judge block's local model (``classifier`` or ``local``). ``response_schema`` is for Gemini only."""
-    if kind == "rubric" and asks_gemini(config):
+    block = judge_block(config, kind)
+    if block is None:
         return answer_gemini_shard(
             items,
             system_prompt,
@@ -331,7 +332,7 @@ def answer_judge_items(
         )
     return answer_shard(
         items,
-        config["classifier"] if kind == "classifier" else config["local"],
+        config[block],
         system_prompt=system_prompt,
         device=device,
         store_root=store_root,

@@ -38,7 +38,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .backends import asks_gemini
+from .backends import judge_block
 from .errors import UserError
 from .grading import RUBRIC_PROMPT, RUBRIC_SCHEMA, prompt_fingerprint, rubric_message, verdict
 from .resume import PROGRESS_EVERY_S
@@ -99,8 +99,8 @@ def _key_extra(judge: Mapping[str, Any]) -> dict[str, Any]:
 
 def check_greedy(kind: str, config: Mapping[str, Any]) -> None:
     """Judges decode at temperature 0: a local judge block that says otherwise is an error."""
-    block = "classifier" if kind == "classifier" else "local"
-    if kind == "rubric" and asks_gemini(config):
+    block = judge_block(config, kind)
+    if block is None:  # Gemini: judge.gemini's temperature is set to 0 (engines.judge_gemini_settings)
         return
     settings = config.get(block)
     if not settings:

@@ -73,14 +73,6 @@ class RunPaths:
         return self.under(JUDGE_STORE_FOLDER)
 
     @property
-    def logs(self) -> str:
-        return self.under(LOGS_FOLDER)
-
-    @property
-    def benchmarks(self) -> str:
-        return self.under(BENCHMARKS_FOLDER)
-
-    @property
     def questions(self) -> str:
         return self.under("questions", "questions.jsonl")
 
@@ -95,10 +87,6 @@ class RunPaths:
     @property
     def all_pairs_stats(self) -> str:
         return self.under("pairs", "all_pairs.stats.json")
-
-    @property
-    def dataset(self) -> str:
-        return self.under(DATASET_FOLDER)
 
     def dataset_file(self, name: str) -> str:
         """A file of the dataset folder, by its DATASET_FILES key."""

@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .backends import asks_gemini
+from .backends import judge_block
 from .hub_checks import check_model, check_source
 from .paths import ANSWER_STORE_FOLDER, JUDGE_STORE_FOLDER
 from .plan import (
@@ -124,10 +124,9 @@ def judge_preflight(
     findings = check_readable("pairs file", pairs)
     if store is not None:
         findings += check_writable("judge store", store)
-    if kind == "classifier":
-        findings += check_model("judge.classifier.model", judge["classifier"])
-    elif not asks_gemini(judge):
-        findings += check_model("judge.local.model", judge["local"])
+    block = judge_block(judge, kind)
+    if block is not None:
+        findings += check_model(f"judge.{block}.model", judge[block])
     else:
         findings += check_gemini({"judge": judge}, "judge.gemini")
     return findings

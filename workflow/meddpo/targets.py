@@ -3,7 +3,7 @@
 Plain functions of the config dict (after defaults) that return strings, lists and
 dicts, so the rules in workflow/rules/*.smk stay thin and this logic is unit-tested
 (tests/test_targets.py). Paths come from meddpo.paths, which judge rules run from
-meddpo.plan. It may import paths, plan and settings (standard library and PyYAML
+meddpo.plan. It may import backends, paths, plan and settings (standard library and PyYAML
 only at import time: the Snakefile imports it); never Snakemake.
 """
 
@@ -16,7 +16,7 @@ import shlex
 import subprocess
 from typing import Any
 
-from .backends import asks_gemini, serves_vllm
+from .backends import asks_gemini, judge_block, serves_vllm
 from .paths import run_paths, shard_number
 from .plan import judge_rule, judge_rules
 from .settings import demo_model_path
@@ -121,12 +121,10 @@ def chosen_extras(config: dict[str, Any], kind: str) -> list[str]:
 # ------------------------------------------------------------------ judges
 
 
-def judge_model(config: dict[str, Any], kind: str) -> dict[str, Any] | None:
+def judge_local_model(config: dict[str, Any], kind: str) -> dict[str, Any] | None:
     """The local model block of one judge kind, or None for the Gemini rubric judge."""
-    judge = config["judge"]
-    if kind == "classifier":
-        return judge["classifier"]
-    return None if asks_gemini(judge) else judge["local"]
+    block = judge_block(config["judge"], kind)
+    return None if block is None else config["judge"][block]
 
 
 def judge_options(config: dict[str, Any], kind: str) -> str:
@@ -135,7 +133,7 @@ def judge_options(config: dict[str, Any], kind: str) -> str:
     The vllm block goes only to a judge of engine vllm; max_usd only to the API judge.
     """
     judge = config["judge"]
-    model = judge_model(config, kind)
+    model = judge_local_model(config, kind)
     options = {"kind": kind}
     if kind == "classifier":
         options.update(classifier=model, classifier_format=judge["classifier_format"])
@@ -154,7 +152,7 @@ def judge_shell(config: dict[str, Any], kind: str) -> str:
     return (
         "python -m meddpo judge --pairs {input.pairs:q} {params.options}"
         " --out {output.verdicts:q} --usage {output.usage:q}"
-        + server_log_option(judge_model(config, kind))
+        + server_log_option(judge_local_model(config, kind))
         + " 2> {log.job:q}"
     )
 
@@ -166,7 +164,7 @@ def judge_rule_outputs(config: dict[str, Any], kind: str) -> dict[str, str]:
 
 def judge_rule_logs(config: dict[str, Any], kind: str) -> dict[str, str]:
     paths = run_paths(config)
-    model = judge_model(config, kind)
+    model = judge_local_model(config, kind)
     server = paths.shard_log(f"judge/{kind}", "vllm.log")
     return dict(job=paths.shard_log(f"judge/{kind}"), **vllm_server_log(model, server))
 

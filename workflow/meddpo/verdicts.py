@@ -6,7 +6,7 @@ rows of several judge kinds into ``meta.judge`` (combine, attach), the margins
 (margin_side, pair_side), the summary (judge_summary) and the notes on a judge
 of the teacher's or the rejected model's family (model_family, self_judging).
 
-It imports only the leaf modules (errors, jsonl, settings), never a stage: the
+It imports only a leaf module (jsonl), never a stage: the
 pairs, quality, validate and report stages read verdicts through it, and so
 does the judge stage that writes them.
 

@@ -7,7 +7,7 @@ in:  {OUT}/shards/shard-{shard}.jsonl (+ the demo's tiny checkpoint when it buil
 out: {OUT}/chosen/shard-{shard}.jsonl  same layout as the rejected answers
 """
 
-if config["teacher"]["backend"] == "local":
+if teacher_rule(config) == "chosen_local":
 
     # The local teacher runs the rejected rule's command with another model, prompt and
     # time limit (its own rule: the vLLM server's log is declared by its own engine).
@@ -34,7 +34,7 @@ if config["teacher"]["backend"] == "local":
             generation_shell(config["teacher"]["local"])
 
 
-if config["teacher"]["backend"] == "gemini":
+if teacher_rule(config) == "chosen_gemini":
 
     rule chosen_gemini:
         input:

@@ -12,7 +12,7 @@ import sys
 from snakemake.utils import validate
 
 from meddpo.paths import run_paths
-from meddpo.plan import judge_rules, questions_per_shard, runtime_minutes
+from meddpo.plan import judge_rules, questions_per_shard, runtime_minutes, teacher_rule
 from meddpo.settings import in_schema_order
 from meddpo.targets import (
     chosen_extras,

@@ -2,7 +2,7 @@
 
 in:  {OUT}/shards/shard-{shard}.jsonl (+ the demo's tiny checkpoint when it builds one)
 out: {OUT}/rejected/shard-{shard}.jsonl  {id, text, finish_reason, new_tokens, prompt_tokens, model, ...}
-log: the job's, and with engine vllm only, the vLLM server's ({LOGS}/rejected/shard-{shard}.vllm.log)
+log: the job's, and with engine vllm only, the vLLM server's ({OUT}/logs/rejected/shard-{shard}.vllm.log)
 """
 
 
