@@ -67,9 +67,13 @@ demo-vllm: $(VENV)/.installed vllm-env
 	@echo "Pairs:  results/demo-vllm/dataset/stage2_med_pairs.jsonl"
 
 # The vLLM tests need .venv-vllm; where it cannot be built they skip, saying why.
+# Test files run side by side on PYTEST_WORKERS processes (pytest-xdist); each file stays on one
+# worker, and the tests that read the session's demo run share one (tests/conftest.py).
+PYTEST_WORKERS ?= 2
+
 test: $(VENV)/.installed system-deps
 	-$(MAKE) --no-print-directory vllm-env
-	$(RUN) $(BIN)/python -m pytest
+	$(RUN) $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

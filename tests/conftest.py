@@ -194,3 +194,15 @@ def copy_run(workdir: Path, dest: Path) -> Path:
 def demo_copy(demo_run, tmp_path) -> Path:
     """A copy of the shared demo run, for a test that changes files or reruns jobs."""
     return copy_run(demo_run.workdir, tmp_path / "demo")
+
+
+# --------------------------------------------------------------------------- side by side (make test)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Groups for pytest-xdist's ``--dist loadgroup`` (make test): each test file runs on one
+    worker, so its module fixtures (a vLLM server, a Slurm cluster) start once; every test that
+    reads the session's demo run, whatever its file, runs on one worker, so the demo runs once."""
+    for item in items:
+        group = "demo-run" if "demo_run" in item.fixturenames else item.path.name
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -14,8 +14,9 @@ def test_gpu_benchmark_script_runs_on_a_tiny_model_on_cpu():
     # three rows share one read of the weights per step: the bound grows with the batch, by at most 3x
     assert 1 < three["bound_tokens_per_s"] / one["bound_tokens_per_s"] <= 3
     for row in (one, three):
+        # the script prints the fraction with 3 decimals: a slow run's 0.0008 is printed as 0.001
         assert row["fraction_of_bound"] == pytest.approx(
-            row["tokens_per_s"] / row["bound_tokens_per_s"], rel=0.02
+            row["tokens_per_s"] / row["bound_tokens_per_s"], rel=0.02, abs=0.0005
         )
 
 
