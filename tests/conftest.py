@@ -206,3 +206,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         group = "demo-run" if "demo_run" in item.fixturenames else item.path.name
         item.add_marker(pytest.mark.xdist_group(group))
+
+
+# --------------------------------------------------------------------------- Gemini against the local server
+
+
+def fast_gemini_settings(server, **overrides):
+    """Gemini settings for the local wire-format server: no pacing, millisecond back-offs, short time-outs."""
+    from meddpo.gemini_client import GeminiSettings
+
+    base = dict(
+        base_url=server.base_url,
+        initial_backoff_s=0.001,
+        max_backoff_s=0.01,
+        timeout_s=2.0,
+        requests_per_minute=1e6,
+        concurrency=8,
+        max_attempts=4,
+    )
+    return GeminiSettings(**{**base, **overrides})

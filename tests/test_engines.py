@@ -6,28 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import fast_gemini_settings
 from meddpo import engines
 from meddpo.engines import ShardResult, answer_gemini_shard, answer_shard
-from meddpo.gemini_client import GeminiSettings
 from meddpo.gemini_test_server import GeminiTestServer
 
 PACKAGE = Path(__file__).resolve().parents[1] / "workflow" / "meddpo"
 KEY = "test-key-not-a-secret-7f3a"
 QUESTIONS = [{"id": f"e{i}", "question": f"Is remedy {i} safe for children ?"} for i in range(3)]
 FIELDS = ["answers", "left_out", "usage", "problem"]
-
-
-def gemini_settings(server, **overrides) -> GeminiSettings:
-    base = dict(
-        base_url=server.base_url,
-        initial_backoff_s=0.001,
-        max_backoff_s=0.01,
-        timeout_s=2.0,
-        requests_per_minute=1e6,
-        concurrency=4,
-        max_attempts=3,
-    )
-    return GeminiSettings(**{**base, **overrides})
 
 
 def check_shape(result) -> None:
@@ -64,7 +51,11 @@ def test_the_gemini_backend_returns_a_shard_result(tmp_path, monkeypatch):
     monkeypatch.setenv("GEMINI_API_KEY", KEY)
     with GeminiTestServer() as server:
         result = answer_gemini_shard(
-            QUESTIONS, "Be careful.", gemini_settings(server), store_root=tmp_path, store_part="t"
+            QUESTIONS,
+            "Be careful.",
+            fast_gemini_settings(server, concurrency=4, max_attempts=3),
+            store_root=tmp_path,
+            store_part="t",
         )
     check_shape(result)
     assert [row["id"] for row in result.answers] == ["e0", "e1", "e2"]
@@ -79,7 +70,11 @@ def test_gemini_refusals_and_failures_are_apart_and_in_order(tmp_path, monkeypat
     with GeminiTestServer() as server:
         server.script = {questions[1]["question"]: ["blocked"], questions[2]["question"]: ["503"] * 3}
         result = answer_gemini_shard(
-            questions, "x", gemini_settings(server), store_root=tmp_path, store_part="t"
+            questions,
+            "x",
+            fast_gemini_settings(server, concurrency=4, max_attempts=3),
+            store_root=tmp_path,
+            store_part="t",
         )
     check_shape(result)
     assert [row["id"] for row in result.answers] == ["g0", "g3"]

@@ -11,6 +11,7 @@ from collections import Counter
 
 import pytest
 
+from conftest import fast_gemini_settings
 from meddpo.gemini_client import (
     GeminiSettings,
     MissingKeyError,
@@ -28,19 +29,6 @@ KEY = "test-key-not-a-secret-7f3a"
 QUESTIONS = [{"id": f"q{i:03d}", "question": f"What helps with condition {i} ?"} for i in range(12)]
 
 
-def fast(server, **overrides):
-    base = dict(
-        base_url=server.base_url,
-        initial_backoff_s=0.001,
-        max_backoff_s=0.01,
-        timeout_s=2.0,
-        requests_per_minute=1e6,
-        concurrency=8,
-        max_attempts=4,
-    )
-    return GeminiSettings(**{**base, **overrides})
-
-
 def run(coro):
     return asyncio.run(coro)
 
@@ -55,7 +43,9 @@ def test_transient_errors_are_retried_until_every_question_is_answered(tmp_path)
         }
         server.hang_s = 3.0  # longer than the 2 s client time-out
         rows, failures, usage = run(
-            answer_with_gemini(QUESTIONS, "Be careful.", fast(server), KEY, store_root=tmp_path)
+            answer_with_gemini(
+                QUESTIONS, "Be careful.", fast_gemini_settings(server), KEY, store_root=tmp_path
+            )
         )
         assert failures == []
         assert [r["id"] for r in rows] == [q["id"] for q in QUESTIONS]
@@ -78,7 +68,9 @@ def test_exhausted_retries_blocked_and_empty_answers_are_failures_with_reasons(t
             QUESTIONS[3]["question"]: ["safety"],
             QUESTIONS[4]["question"]: ["length"],
         }
-        rows, failures, _ = run(answer_with_gemini(QUESTIONS, "Be careful.", fast(server), KEY))
+        rows, failures, _ = run(
+            answer_with_gemini(QUESTIONS, "Be careful.", fast_gemini_settings(server), KEY)
+        )
     assert {f["id"]: f["reason"] for f in failures} == {
         "q000": "retries_exhausted:503 UNAVAILABLE",
         "q001": "prompt_blocked:SAFETY",
@@ -93,7 +85,7 @@ def test_exhausted_retries_blocked_and_empty_answers_are_failures_with_reasons(t
 def test_a_hard_error_stops_the_job_at_once():
     with GeminiTestServer(default_step="403") as server:
         with pytest.raises(HardGeminiError, match="403 PERMISSION_DENIED"):
-            run(answer_with_gemini(QUESTIONS * 10, "x", fast(server, concurrency=4), KEY))
+            run(answer_with_gemini(QUESTIONS * 10, "x", fast_gemini_settings(server, concurrency=4), KEY))
         # nothing was retried and the other questions were not all sent
         assert sum(server.requests.values()) < len(QUESTIONS)
 
@@ -352,7 +344,9 @@ def test_a_400_on_one_question_is_that_questions_failure(tmp_path):
     with GeminiTestServer() as server:
         server.script = {QUESTIONS[5]["question"]: ["400"]}
         rows, left_out, usage = run(
-            answer_with_gemini(QUESTIONS, "Be careful.", fast(server), KEY, store_root=tmp_path)
+            answer_with_gemini(
+                QUESTIONS, "Be careful.", fast_gemini_settings(server), KEY, store_root=tmp_path
+            )
         )
     assert len(rows) == 11
     assert [(r["id"], r["reason"], r["kind"]) for r in left_out] == [
@@ -364,7 +358,7 @@ def test_a_400_on_one_question_is_that_questions_failure(tmp_path):
 def test_the_same_400_on_every_first_request_stops_the_job():
     with GeminiTestServer(default_step="400") as server:
         with pytest.raises(HardGeminiError, match="400 INVALID_ARGUMENT"):
-            run(answer_with_gemini(QUESTIONS * 10, "x", fast(server, concurrency=2), KEY))
+            run(answer_with_gemini(QUESTIONS * 10, "x", fast_gemini_settings(server, concurrency=2), KEY))
         assert sum(server.requests.values()) < 12
 
 
@@ -438,7 +432,7 @@ def test_a_server_that_answers_503_keeps_its_retries_and_the_answers_come():
     with GeminiTestServer() as server:
         # every question: two 503s, then an answer; 24 errors in all, and none stops the job
         server.script = {q["question"]: ["503", "503", "ok"] for q in QUESTIONS}
-        rows, left_out, usage = run(answer_with_gemini(QUESTIONS, "x", fast(server), KEY))
+        rows, left_out, usage = run(answer_with_gemini(QUESTIONS, "x", fast_gemini_settings(server), KEY))
     assert [r["id"] for r in rows] == [q["id"] for q in QUESTIONS] and left_out == []
     assert usage["requests"] == 36 and usage["unreached"] == 0
 
@@ -475,7 +469,7 @@ def test_requests_at_the_server_when_it_goes_away_are_kept_and_never_bought_agai
     # each reply closes its connection, so after the stop every new request is refused
     server = GeminiTestServer(latency_s=0.1, hang_s=3.0, keep_alive=False).start()
     server.script = dict.fromkeys(slow, ["timeout"])
-    settings = fast(server, concurrency=3, timeout_s=20.0)
+    settings = fast_gemini_settings(server, concurrency=3, timeout_s=20.0)
 
     async def go():
         async def unplug():
@@ -499,7 +493,11 @@ def test_requests_at_the_server_when_it_goes_away_are_kept_and_never_bought_agai
     with GeminiTestServer() as again:
         rows, left_out, usage = run(
             answer_with_gemini(
-                QUESTIONS, "x", fast(again, concurrency=3, timeout_s=20.0), KEY, store_root=tmp_path
+                QUESTIONS,
+                "x",
+                fast_gemini_settings(again, concurrency=3, timeout_s=20.0),
+                KEY,
+                store_root=tmp_path,
             )
         )
     assert (again.requests[slow[0]], again.requests[slow[1]]) == (0, 0)
