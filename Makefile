@@ -67,11 +67,11 @@ demo-vllm: $(VENV)/.installed vllm-env
 	@echo "Pairs:  results/demo-vllm/dataset/stage2_med_pairs.jsonl"
 
 # The vLLM tests need .venv-vllm; where it cannot be built they skip, saying why.
-# PYTEST_WORKERS=2 runs test files side by side (pytest-xdist; a file stays on one worker, the
-# tests that read the session's demo run share one). One process by default: under that load
-# the Slurm and vLLM kill tests miss their timing windows (docs/development.md).
-PYTEST_WORKERS ?= 0
-XDIST := $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadgroup)
+# Two pytest processes run test files side by side (pytest-xdist; a file stays on one process,
+# the tests that read the session's demo run share one, the longest groups start first:
+# tests/conftest.py). PYTEST_WORKERS=0 runs everything in one process.
+PYTEST_WORKERS ?= 2
+XDIST := $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
 
 test: $(VENV)/.installed system-deps
 	-$(MAKE) --no-print-directory vllm-env

@@ -80,6 +80,30 @@ def tiny_qwen(tmp_path_factory, demo_texts) -> Path:
 
 # --------------------------------------------------------------------------- running Snakemake
 
+# Snakemake imports every installed executor plugin when it starts, and the Slurm plugin runs
+# `scontrol show config` as it is imported. Where Slurm is installed but no controller answers
+# (this machine once the Slurm tests have stopped their cluster), that waits 9-10 s at every
+# Snakemake start. Tests that use no Slurm cluster find this `scontrol` first on PATH: it fails at
+# once, as on a machine without Slurm. The Slurm tests take it off PATH (``real_scontrol``).
+NO_SLURM_BIN = Path(__file__).resolve().parent / "no-slurm-bin"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_slurm_controller():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PATH", f"{NO_SLURM_BIN}{os.pathsep}{os.environ['PATH']}")
+        yield
+
+
+@pytest.fixture(scope="module")
+def real_scontrol():
+    """PATH without the failing ``scontrol``, for the tests that run a real Slurm cluster."""
+    with pytest.MonkeyPatch.context() as patch:
+        paths = os.environ["PATH"].split(os.pathsep)
+        patch.setenv("PATH", os.pathsep.join(p for p in paths if Path(p) != NO_SLURM_BIN))
+        yield
+
+
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 DEMO = ["--configfile", "demo/config.yaml"]
 # What a copy of the project needs for the Snakefile to run in it.
@@ -199,13 +223,33 @@ def demo_copy(demo_run, tmp_path) -> Path:
 # --------------------------------------------------------------------------- side by side (make test)
 
 
+# The groups that take longest on 2 cores, longest first: with --no-loadscope-reorder (make test)
+# xdist hands groups out in this order, so the short ones fill in around the long ones instead of
+# one long group running alone at the end.
+LONG_GROUPS = (
+    "test_vllm_engine.py",
+    "test_slurm_profile.py",
+    "test_workflow.py",
+    "demo-run",
+    "test_local_generation.py",
+    "test_reruns.py",
+    "test_benchmarks.py",
+)
+
+
+def _group(item) -> str:
+    return "demo-run" if "demo_run" in item.fixturenames else item.path.name
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the node ids
 def pytest_collection_modifyitems(config, items):
     """Groups for pytest-xdist's ``--dist loadgroup`` (make test): each test file runs on one
     worker, so its module fixtures (a vLLM server, a Slurm cluster) start once; every test that
     reads the session's demo run, whatever its file, runs on one worker, so the demo runs once."""
+    rank = {name: i for i, name in enumerate(LONG_GROUPS)}
+    items.sort(key=lambda item: rank.get(_group(item), len(LONG_GROUPS)))  # stable: file order kept
     for item in items:
-        group = "demo-run" if "demo_run" in item.fixturenames else item.path.name
-        item.add_marker(pytest.mark.xdist_group(group))
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
 
 
 # --------------------------------------------------------------------------- Gemini against the local server

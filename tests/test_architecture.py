@@ -145,3 +145,27 @@ def test_the_package_never_imports_snakemake():
                 assert not any(a.name.split(".")[0] == "snakemake" for a in node.names), name
             if isinstance(node, ast.ImportFrom) and node.module:
                 assert node.module.split(".")[0] != "snakemake", name
+
+
+def test_make_test_keeps_each_test_file_on_one_process():
+    # make test's side-by-side run relies on pytest-xdist's groups: a file's module fixtures (the
+    # Slurm cluster) must not start on two processes at once. (pytest 9.2.0 broke this silently.)
+    import subprocess
+    import sys
+
+    files = ["tests/test_jsonl.py", "tests/test_shards.py", "tests/test_answer_store.py"]
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "-n", "2", "--dist", "loadgroup"]
+        + ["--no-loadscope-reorder", *files],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-2000:]
+    passed = re.findall(r"^\[(gw\d)\] .*PASSED (tests/\w+\.py)::\S+@(\S+)", run.stdout, re.MULTILINE)
+    workers = {}
+    for worker, path, group in passed:
+        assert group == path.removeprefix("tests/")
+        workers.setdefault(path, set()).add(worker)
+    assert sorted(workers) == sorted(files) and all(len(w) == 1 for w in workers.values()), workers

@@ -29,7 +29,7 @@ def _sh(*command, timeout=120, check=True):
 
 
 @pytest.fixture(scope="module")
-def slurm_cluster():
+def slurm_cluster(real_scontrol):
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         pytest.skip("SKIPPED LOUDLY: a real Slurm cluster needs root and apt-get; CI requires this test")
     _sh("bash", str(CLUSTER), "install", timeout=600)

@@ -298,13 +298,17 @@ def test_kill_9_mid_shard_loses_no_stored_answer_duplicates_none_and_leaves_no_s
 ):
     n = len(shard.read_text().splitlines())
     # tiny_mistral never ends an answer by itself, so answers finish in waves of max_num_seqs,
-    # every 200 steps: 4 at a time leaves ~15 waves (~3,000 steps) after the fifth answer, time
-    # enough to kill the job mid-shard however fast the machine (with 32 at a time and 120 steps,
-    # a quiet machine finished all 65 before the kill)
-    job, marker, stderr = _job(tmp_path, tiny_mistral, shard, max_new_tokens=200, **SLOW)
+    # every 200 steps: 2 at a time leaves ~30 waves (~6,000 steps) after the fifth answer, time
+    # enough to kill the job mid-shard however fast the machine and however busy the test process
+    # (with 32 at a time and 120 steps, a quiet machine finished all 65 before the kill; with 4 at
+    # a time, once, a loaded one)
+    job, marker, stderr = _job(
+        tmp_path, tiny_mistral, shard, max_new_tokens=200, max_num_seqs=2, requests_in_flight=3
+    )
     try:
-        _wait_for(lambda: len(_stored(tmp_path)) >= 5, 300, "five stored answers")
+        _wait_for(lambda: len(_stored(tmp_path)) >= 1, 300, "a stored answer")
         assert len(_marked(marker)) >= 4  # the job, the guard, vLLM's API server, engine core and worker
+        _wait_for(lambda: len(_stored(tmp_path)) >= 5, 300, "five stored answers")
         job.kill()  # kill -9: no finally, no signal handler runs in the job
         job.wait()
     finally:
