@@ -285,6 +285,33 @@ def test_scripted_judge_drops_exactly_the_inverted_pairs_and_the_stats_add_up(tm
     assert "graded each answer on its own" in card and "sees only the question and one answer" in card
 
 
+def test_the_gemini_judge_in_batch_mode_gives_the_online_verdicts_from_one_batch(tmp_path, gemini_key):
+    from meddpo.gemini_test_batches import BatchPlan
+
+    pairs = _pairs(30)
+    with GeminiTestServer(reply=_scripted_reply(pairs)) as server:
+        # results listed in reverse order: each verdict must still land on its own answer
+        server.batch_plans = [BatchPlan(reverse=True, pending_polls=1)]
+        batch_judge = _gemini_judge(server, gemini={"mode": "batch", "batch_poll_s": 0.01})
+        verdicts, usage, problem = run_judge(
+            pairs, "rubric", batch_judge, store_root=tmp_path / "batch", store_part="shard-000"
+        )
+        online, online_usage, _ = run_judge(
+            pairs, "rubric", _gemini_judge(server), store_root=tmp_path / "online", store_part="shard-000"
+        )
+        assert server.batch_stats()["created"] == 1 and len(server.batches[0].keys) == 60
+        requests = server.stats()["requests"]
+        again, _, _ = run_judge(
+            pairs, "rubric", batch_judge, store_root=tmp_path / "batch", store_part="shard-000"
+        )
+        assert server.batch_stats()["created"] == 1 and server.stats()["requests"] == requests
+    assert problem is None and usage["verdicts"] == {"judged": 60}
+    assert verdicts == online and again == verdicts
+    # the same tokens at half the price
+    assert usage["input_tokens"] == online_usage["input_tokens"]
+    assert usage["estimated_cost_usd"] == round(online_usage["estimated_cost_usd"] / 2, 6)
+
+
 def test_unreadable_and_refused_verdicts_are_counted_not_guessed(tmp_path, gemini_key):
     pairs = _pairs(4)
     replies = _scripted_reply(pairs)
@@ -559,9 +586,13 @@ def test_preflight_estimate_counts_the_judges_jobs_hours_and_dollars(tmp_path):
     assert plan["gpu_hours_at_most"]["judge_classifier"] == 0.79
     # input: 10,000 x (2 x (450 + 30) + 512 + 1,536) tokens at $0.30/M; output: 20,000 x 512 at $2.50/M
     assert plan["judge_usd_at_most"] == 34.62
+    # the same tokens at batch prices ($0.15/M in, $1.25/M out): half
+    assert plan["judge_batch_usd_at_most"] == 17.31
     assert plan["time_limit_minutes"]["judge_rubric_gemini"] == 25
     lines = render_estimate(plan)
-    assert any(line.startswith("Gemini rubric judge at most $34.62") for line in lines)
+    assert any(
+        line.startswith("Gemini rubric judge at most $34.62 online, $17.31 in batch mode") for line in lines
+    )
 
 
 # --------------------------------------------------------------------------- margins, keys and edges

@@ -448,7 +448,10 @@ def test_preflight_of_the_real_config_prints_jobs_and_cost(tmp_path):
     gemini.write_text("teacher:\n  backend: gemini\n")
     run = _meddpo("preflight", "--configfile", str(gemini), env={**os.environ, "GEMINI_API_KEY": "k"})
     # 10,000 x (~134 prompt tokens x $0.30 + 4,096 output tokens x $2.50) per million
-    assert "meddpo preflight: Gemini at most $102.80 (every answer at max_output_tokens)" in run.stdout
+    assert (
+        "meddpo preflight: Gemini at most $102.80 online, $51.40 in batch mode "
+        "(every answer at max_output_tokens)" in run.stdout
+    )
     assert "GPU-hours at most 1.6 (rejected 1.61)" in run.stdout
 
 

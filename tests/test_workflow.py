@@ -274,3 +274,70 @@ def test_demo_with_the_gemini_teacher_keeps_the_key_out_of_every_file(tmp_path):
     leaks = [str(path) for path in workdir.rglob("*") if path.is_file() and key.encode() in path.read_bytes()]
     assert leaks == []
     assert key not in run.stdout + run.stderr
+
+
+@pytest.mark.slow
+def test_the_demo_with_batch_mode_teacher_and_judge_sends_one_batch_per_shard_and_a_rerun_none(
+    demo_copy, tmp_path
+):
+    from meddpo.gemini_test_server import GeminiTestServer, rubric_reply
+
+    # the session's demo run, copied: its rejected answers stand, the Gemini teacher's chosen
+    # answers and everything after them are made here
+    overlay = tmp_path / "batch.yaml"
+    fast = "mode: batch, batch_poll_s: 0.01, initial_backoff_s: 0.001, max_backoff_s: 0.01"
+    overlay.write_text(
+        f"teacher:\n  backend: gemini\n  gemini: {{{fast}, max_failed_fraction: 0.1}}\n"
+        f"judge:\n  kinds: [rubric]\n  backend: gemini\n  gemini: {{{fast}, secrets_file: null}}\n"
+    )
+    key = "AIza-batch-test-key-never-written-0123456789"
+    questions = [json.loads(line)["question"] for line in (REPO / "demo" / "medquad_demo.jsonl").open()]
+    command = [*SNAKEMAKE, "--cores", "2", "--configfile", "demo/config.yaml", str(overlay)]
+
+    def reply(text):  # the teacher's canned answer; rubric JSON for the judge's requests
+        return (
+            rubric_reply(text) if "Answer to grade:" in text else f"A careful answer to: {text} See a doctor."
+        )
+
+    with GeminiTestServer(expected_key=key, reply=reply) as server:
+        server.script = {questions[0]: ["blocked"]}
+        env = snakemake_env()
+        env.update(GEMINI_API_KEY=key, GOOGLE_GEMINI_BASE_URL=server.base_url)
+        run = subprocess.run(command, cwd=demo_copy, env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        # one batch per shard for the teacher, then one per shard for the judge (both answers of a pair)
+        assert sorted(len(batch.keys) for batch in server.batches) == [21, 21, 21, 40, 42, 42]
+        assert server.stats()["requests"] == 63 + 124
+        # the jobs forced to run again find every answer, refusal and verdict in the store
+        again = subprocess.run(
+            [*command, "--forcerun", "chosen_gemini", "judge_rubric_gemini"],
+            cwd=demo_copy,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert "chosen_gemini" in again.stderr and "judge_rubric_gemini" in again.stderr
+        assert len(server.batches) == 6 and server.stats()["requests"] == 63 + 124
+    out = demo_copy / "results" / "demo"
+    stats = json.loads((out / "pairs" / "all_pairs.stats.json").read_text())
+    assert stats["pairs"] == 62 and stats["missing_chosen"] == 1  # 62 pairs + 1 refusal = 63
+    assert stats["chosen_failure_reasons"] == {"prompt_blocked:SAFETY": 1}
+    usage = stats["teacher_usage"]
+    assert usage["requests"] == usage["batch_requests"] == 63
+    # every token at batch prices: $0.15 per million in, $1.25 out (half the online $0.30 and $2.50)
+    expected = (
+        usage["input_tokens"] * 0.15 + (usage["output_tokens"] + usage["thinking_tokens"]) * 1.25
+    ) / 1e6
+    assert usage["estimated_cost_usd"] == pytest.approx(expected, abs=3e-6)
+    report = (out / "dataset" / "report.md").read_text()
+    assert "| batch_requests | 63 |" in report
+    final = json.loads((out / "dataset" / "stage2_med_pairs.stats.json").read_text())
+    judged = final["judge"]["usage"]["rubric"]
+    assert judged["batch_requests"] == judged["requests"] == 124 and judged["verdicts"] == {"judged": 124}
+    assert final["judge"]["summary"]["with_verdict"] == 62
+    leaks = [
+        str(path) for path in demo_copy.rglob("*") if path.is_file() and key.encode() in path.read_bytes()
+    ]
+    assert leaks == []

@@ -178,6 +178,19 @@ def gemini_options(p: argparse.ArgumentParser) -> None:
     setting(
         p, g + "price_output_per_million", "--output-price", type=float, help="USD per million output tokens"
     )
+    setting(p, g + "mode")
+    setting(
+        p, g + "batch_price_input_per_million", type=float, help="USD per million input tokens, batch mode"
+    )
+    setting(
+        p, g + "batch_price_output_per_million", type=float, help="USD per million output tokens, batch mode"
+    )
+    setting(p, g + "batch_poll_s", type=float)
+    setting(p, g + "batch_wait_h", type=float)
+    setting(p, g + "batch_max_age_h", type=float)
+    setting(p, g + "batch_too_old")
+    setting(p, g + "batch_inline_limit_mb", type=float)
+    setting(p, g + "batch_max_attempts", type=integer)
     setting(p, g + "max_failed_fraction", type=float)
     setting(p, g + "ask_refused_again")
     setting(p, g + "max_refused_fraction", type=float)

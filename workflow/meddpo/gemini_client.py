@@ -82,6 +82,15 @@ class GeminiSettings:
     secrets_file: str | None = _DEFAULTS["secrets_file"]
     price_input_per_million: float = _DEFAULTS["price_input_per_million"]
     price_output_per_million: float = _DEFAULTS["price_output_per_million"]
+    mode: str = _DEFAULTS["mode"]
+    batch_price_input_per_million: float = _DEFAULTS["batch_price_input_per_million"]
+    batch_price_output_per_million: float = _DEFAULTS["batch_price_output_per_million"]
+    batch_poll_s: float = _DEFAULTS["batch_poll_s"]
+    batch_wait_h: float = _DEFAULTS["batch_wait_h"]
+    batch_max_age_h: float = _DEFAULTS["batch_max_age_h"]
+    batch_too_old: str = _DEFAULTS["batch_too_old"]
+    batch_inline_limit_mb: float = _DEFAULTS["batch_inline_limit_mb"]
+    batch_max_attempts: int = _DEFAULTS["batch_max_attempts"]
     max_failed_fraction: float = _DEFAULTS["max_failed_fraction"]
     ask_refused_again: bool = _DEFAULTS["ask_refused_again"]
     max_refused_fraction: float = _DEFAULTS["max_refused_fraction"]
@@ -90,7 +99,13 @@ class GeminiSettings:
     # The settings that change the answer text (the rest only change speed and cost).
     TEXT_KEYS: ClassVar[tuple[str, ...]] = ("model", "temperature", "max_output_tokens", "thinking_budget")
 
-    def prices(self) -> dict[str, float]:
+    def prices(self, mode: str | None = None) -> dict[str, float]:
+        """USD per million tokens in ``mode`` (online or batch; None: this block's mode)."""
+        if (mode or self.mode) == "batch":
+            return {
+                "input_per_million": self.batch_price_input_per_million,
+                "output_per_million": self.batch_price_output_per_million,
+            }
         return {
             "input_per_million": self.price_input_per_million,
             "output_per_million": self.price_output_per_million,

@@ -76,12 +76,13 @@ class _ShardRequests:
         self.prices = settings.prices()
         self.spent_before = 0.0
         if max_usd is not None and job.store:
-            self.spent_before = estimate_cost(_add_up(job.store.read_log("requests")), self.prices)
+            self.spent_before = records_cost(job.store.read_log("requests"), settings)
         self.capped: list[float] = []  # the spend when the cap stopped new requests (those in flight finish)
 
     def log_request(self, record: dict) -> None:
         """Count one request sent and its tokens, and append it to the store's request log."""
         self.usage["requests"] += 1
+        self.usage["batch_requests"] += record.get("mode") == "batch"
         self.usage.update({k: v for k, v in record.items() if k.endswith("_tokens")})
         if self.job.store:
             self.job.store.append_log("requests", [record])
@@ -126,6 +127,21 @@ class _ShardRequests:
                 log.warning("question %s: %s", question["id"], describe_error(outcome.client_error))
             self.failures.append(failure)
             self.job.record_failed([failure])
+
+    def in_batches(self) -> None:
+        """Batch mode: the questions left go to the Batch API (gemini_batch); closes the client and job."""
+        from .gemini_batch import BatchRun
+
+        try:
+            if self.max_usd is not None and self.spent_before >= self.max_usd:
+                raise HardGeminiError(
+                    f"the cost cap is reached: about ${self.spent_before:.4f} spent under these settings, "
+                    f"max_usd is ${self.max_usd:g}: raise max_usd and rerun to go on"
+                )
+            BatchRun(self.job, self.settings, self.client, self.config, self.log_request, self.keep).run()
+        finally:
+            self.client.close()
+            self.job.close()
 
     async def ask_all(self) -> None:
         """Ask every question left; the first hard error cancels the rest. Closes the client and the job."""
@@ -194,7 +210,10 @@ async def answer_with_gemini(
     config = generation_config(settings, system_prompt, response_schema)
     client = make_client(api_key, settings)
     requests = _ShardRequests(job, settings, client, limiter, config, max_usd)
-    await requests.ask_all()
+    if settings.mode == "batch":
+        await asyncio.to_thread(requests.in_batches)
+    else:
+        await requests.ask_all()
     rows = job.rows()
     left_out = _left_out(questions, requests.failures, job.refusals())
     usage = requests.usage
@@ -237,6 +256,17 @@ def shard_usage(store: AnswerStore | None, question_ids: set[str], this_job: dic
     if store is None:
         return {key: this_job.get(key, 0) for key in USAGE_COUNTS}
     return _add_up(record for record in store.read_log("requests") if record["id"] in question_ids)
+
+
+def records_cost(records, settings: GeminiSettings, question_ids: set[str] | None = None) -> float:
+    """US dollars of request-log records, each at the prices of the mode it was sent in (online or batch)."""
+    by_mode: dict[str, list[dict]] = {}
+    for record in records:
+        if question_ids is None or record["id"] in question_ids:
+            by_mode.setdefault(record.get("mode", "online"), []).append(record)
+    return round(
+        sum(estimate_cost(_add_up(rows), settings.prices(mode)) for mode, rows in by_mode.items()), 6
+    )
 
 
 def _add_up(records) -> dict:
@@ -301,8 +331,18 @@ def _shard_totals(
     this_job: dict,
 ) -> dict:
     """The shard's usage (every request ever sent, the cost, this job's counts, the outcomes), logged."""
-    usage = shard_usage(store, {q["id"] for q in questions}, this_job)
-    usage["estimated_cost_usd"] = estimate_cost(usage, settings.prices())
+    ids = {q["id"] for q in questions}
+    usage = shard_usage(store, ids, this_job)
+    usage["batch_requests"] = (
+        sum(r["id"] in ids and r.get("mode") == "batch" for r in store.read_log("requests"))
+        if store is not None
+        else this_job.get("batch_requests", 0)
+    )
+    usage["estimated_cost_usd"] = (
+        records_cost(store.read_log("requests"), settings, ids)
+        if store is not None
+        else estimate_cost(usage, settings.prices())
+    )
     refused = [r for r in left_out if r["kind"] == "refused"]
     failed = [r for r in left_out if r["kind"] == "failed"]
     usage.update(

@@ -10,6 +10,25 @@ Served: ``POST /{version}/models/{model}:generateContent``. The request's
 has ``candidates[].content.parts[].text``, ``finishReason`` and
 ``usageMetadata``; errors come as ``{"error": {"code", "message", "status"}}``.
 
+The Batch API (Developer API flavour) is served too, by ``gemini_test_batches``:
+``POST models/{model}:batchGenerateContent`` with inlined requests or a JSONL
+file's (``fileName``), ``GET batches/{id}``, ``GET batches`` (paged, newest
+first) and ``POST batches/{id}:cancel``; and for the file route, by
+``gemini_test_files``, the resumable upload (``POST /upload/{version}/files``),
+``GET``/``DELETE {version}/files/{id}`` and ``GET files/{id}:download``. Each
+request of a batch is answered when the batch is created, by the same steps,
+``script``, ``reply`` and counters as an online request ("timeout" and "drop"
+become a 500 in the batch's output); its body is kept in ``bodies`` as an
+online body is. ``batch_plans[n]`` (a ``BatchPlan``) scripts the n-th batch
+created: how long it stays PENDING, how it ends, what share of its results come
+back and in which order, a lost or late create reply, its age.
+``list_page_size`` caps the page size honoured, ``batches`` holds the batches
+created, ``files`` the files (uploaded, and batches' responses files), and
+``batch_stats()`` counts creates, GETs, list pages, cancels, uploads and
+downloads. A wrong key gets the 400 of ``generateContent`` (the bytes of an
+upload carry no key: their URL is their credential), an unknown batch or file
+a 404; ``latency_s`` delays online requests only.
+
 Faults are scripted per question text: ``script[question] = ["429", "503",
 "ok"]`` answers the first request for that question with a 429, the second
 with a 503, the third normally, and any later one normally. Steps:
@@ -36,7 +55,8 @@ closed while the requests it is still serving finish.
 
 ``default_step`` applies to questions without a script (``"403"`` makes every
 request fail, as a bad key would). ``requests`` counts requests per question;
-``in_flight`` is the number of requests being served now and ``max_in_flight``
+``in_flight`` is the number of requests being served now (a request leaves it
+just before its reply goes out) and ``max_in_flight``
 the most served at once since start (or since ``reset_max_in_flight()``), so a
 caller can check that a client really had N requests open together.
 
@@ -67,22 +87,93 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs
+
+from .gemini_test_batches import BatchPlan, BatchStore, ServedBatch
+from .gemini_test_files import FileStore, Raw, ServedFile
 
 STATUS_NAMES = {
     400: "INVALID_ARGUMENT",
     403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
+    409: "ALREADY_EXISTS",
     429: "RESOURCE_EXHAUSTED",
     500: "INTERNAL",
     503: "UNAVAILABLE",
 }
-_PATH = re.compile(r"^/(?P<version>v[^/]+)/models/(?P<model>[^/:]+):generateContent$")
+_VERSION = r"^/(?P<version>v[^/]+)/"
+_ROUTES = [  # (method, name, path)
+    ("POST", "generate", re.compile(_VERSION + r"models/(?P<model>[^/:]+):generateContent$")),
+    ("POST", "create", re.compile(_VERSION + r"models/(?P<model>[^/:]+):batchGenerateContent$")),
+    ("GET", "get", re.compile(_VERSION + r"batches/(?P<id>[^/:]+)$")),
+    ("GET", "list", re.compile(_VERSION + r"batches$")),
+    ("POST", "cancel", re.compile(_VERSION + r"batches/(?P<id>[^/:]+):cancel$")),
+    ("POST", "upload", re.compile(r"^/upload/(?P<version>v[^/]+)/files$")),
+    ("GET", "file", re.compile(_VERSION + r"files/(?P<id>[^/:]+)$")),
+    ("DELETE", "delete_file", re.compile(_VERSION + r"files/(?P<id>[^/:]+)$")),
+    ("GET", "download", re.compile(r"^(?:/download)?/(?P<version>v[^/]+)/files/(?P<id>[^/:]+):download$")),
+]
+_FILE_ROUTES = ("upload", "file", "delete_file", "download")
 BACKLOG = 1024  # listen() backlog; the kernel caps it at net.core.somaxconn
 
 
 class _Server(ThreadingHTTPServer):
     request_queue_size = BACKLOG  # socketserver's default of 5 drops simultaneous connections
     daemon_threads = True  # a hung handler ("timeout" step) never blocks shutdown
+    owner: GeminiTestServer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One connection's requests, answered by the ``GeminiTestServer`` its server belongs to."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else each reply's body waits 40 ms for a delayed ACK
+    server: _Server
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        self._serve("POST")
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        self._serve("GET")
+
+    def do_DELETE(self):  # noqa: N802 - http.server's naming
+        self._serve("DELETE")
+
+    def _serve(self, method: str) -> None:
+        owner = self.server.owner
+        owner._enter()
+        try:
+            code, payload = owner._handle(self, method)
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        finally:  # before the reply goes out: a client holding its reply never sees its request in flight
+            owner._leave()
+        self._reply(owner, code, payload)
+
+    def _reply(self, owner: GeminiTestServer, code: int | None, payload: dict | Raw | None) -> None:
+        if code is None:  # "drop": close the connection without a reply
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if not isinstance(payload, Raw):
+            payload = Raw(json.dumps(payload).encode("utf-8"))
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", payload.content_type)
+            self.send_header("Content-Length", str(len(payload.data)))
+            for name, value in payload.headers.items():
+                self.send_header(name, value)
+            if not owner.keep_alive:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            self.wfile.write(payload.data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def log_message(self, *args):  # keep test output clean
+        pass
 
 
 class GeminiTestServer:
@@ -98,6 +189,8 @@ class GeminiTestServer:
         reply: Callable[[str], str] | None = None,
         port: int = 0,
         keep_alive: bool = True,
+        batch_plans: list[BatchPlan] | None = None,
+        list_page_size: int = 50,
     ):
         self.port = port  # 0: a free one
         self.keep_alive = keep_alive  # False: each reply closes its connection
@@ -116,6 +209,15 @@ class GeminiTestServer:
         self.max_in_flight = 0
         self._steps_used: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
+        self.file_store = FileStore(_error)
+        self.batch_store = BatchStore(
+            self._lock,
+            self._batch_answer,
+            _error,
+            list(batch_plans or []),
+            list_page_size,
+            files=self.file_store,
+        )
         self._server: _Server | None = None
         self._timer: threading.Timer | None = None
 
@@ -153,30 +255,53 @@ class GeminiTestServer:
             return self.default_step
         return steps[index] if index < len(steps) else "ok"
 
-    def _handle(self, handler: BaseHTTPRequestHandler) -> tuple[int | None, dict | None]:
-        match = _PATH.match(handler.path.split("?", 1)[0])
-        if not match:
-            return 404, _error(404, f"no route for {handler.path}")
-        length = int(handler.headers.get("Content-Length") or 0)
-        body = json.loads(handler.rfile.read(length) or b"{}")
+    def _handle(
+        self, handler: BaseHTTPRequestHandler, method: str = "POST"
+    ) -> tuple[int | None, dict | Raw | None]:
+        path, _, query = handler.path.partition("?")
+        raw = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        route = _route(method, path)
+        if route is None:
+            return 404, _error(404, f"no route for {method} {handler.path}")
+        name, match = route
+        upload_id = (parse_qs(query).get("upload_id") or [None])[0]
+        if name == "upload" and upload_id:  # the bytes of an upload: its URL is its credential, no key
+            version = match.group("version")
+            return self.file_store.upload_chunk(upload_id, handler.headers, raw, self.base_url, version)
+        body = json.loads(raw or b"{}")
         key = handler.headers.get("x-goog-api-key", "")
         with self._lock:
-            self.bodies.append(body)
+            if name == "generate":
+                self.bodies.append(body)
             self.keys_seen.add(key)
         if self.expected_key is not None and key != self.expected_key:
             return 400, _error(400, "API key not valid. Please pass a valid API key.")
-        question = "".join(part.get("text", "") for part in body["contents"][-1]["parts"])
+        if name == "generate":
+            return self._generate(body, match.group("model"))
+        if name in _FILE_ROUTES:
+            file_id = match.group("id") if name != "upload" else None
+            return self.file_store.serve(
+                name, match.group("version"), file_id, handler.headers, body, self.base_url
+            )
+        return self._batch_route(name, match, query, body)
+
+    def _generate(self, body: dict, model: str) -> tuple[int | None, dict | None]:
+        """One online request: its step, then the reply (or a hang, or a dropped connection)."""
+        question = _question(body)
         step = self._next_step(question)
         if self.latency_s:
             time.sleep(self.latency_s)
-        config = body.get("generationConfig", {})
-        usage = {"promptTokenCount": len(question.split()) + 10, "totalTokenCount": 0}
-        thinking = (config.get("thinkingConfig") or {}).get("thinkingBudget") or 0
         if step == "timeout":
             time.sleep(self.hang_s)
             step = "ok"
         if step == "drop":
             return None, None
+        return self._answer(step, question, body.get("generationConfig", {}), model)
+
+    def _answer(self, step: str, question: str, config: dict, model: str) -> tuple[int, dict]:
+        """The reply to ``question`` for an answering step or an error code: online and in batches."""
+        usage = {"promptTokenCount": len(question.split()) + 10, "totalTokenCount": 0}
+        thinking = (config.get("thinkingConfig") or {}).get("thinkingBudget") or 0
         if step.isdigit():
             code = int(step)
             return code, _error(
@@ -197,7 +322,69 @@ class GeminiTestServer:
         output_tokens = len(text.split())
         usage.update(candidatesTokenCount=output_tokens, thoughtsTokenCount=min(thinking, 7))
         usage["totalTokenCount"] = usage["promptTokenCount"] + output_tokens + usage["thoughtsTokenCount"]
-        return 200, {"candidates": [candidate], "usageMetadata": usage, "modelVersion": match.group("model")}
+        return 200, {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model}
+
+    # -- the Batch API (gemini_test_batches) ------------------------------------------------------
+    @property
+    def batch_plans(self) -> list[BatchPlan]:
+        return self.batch_store.plans
+
+    @batch_plans.setter
+    def batch_plans(self, plans: list[BatchPlan]) -> None:
+        self.batch_store.plans = plans
+
+    @property
+    def list_page_size(self) -> int:
+        return self.batch_store.list_page_size
+
+    @list_page_size.setter
+    def list_page_size(self, size: int) -> None:
+        self.batch_store.list_page_size = size
+
+    @property
+    def batches(self) -> list[ServedBatch]:
+        """The batches created so far, oldest first (live objects: state, keys, plan, display_name)."""
+        return self.batch_store.all()
+
+    def batch_stats(self) -> dict[str, int]:
+        """Batches created, GETs of one batch, list pages served, cancels, uploads started, downloads."""
+        return self.batch_store.stats()
+
+    @property
+    def files(self) -> list[ServedFile]:
+        """The files held: uploaded ones and batches' responses files, oldest first."""
+        return self.file_store.all()
+
+    def _batch_answer(self, request: dict, model: str) -> tuple[int, dict]:
+        """One inlined request of a batch being created, counted and scripted like an online one."""
+        with self._lock:
+            self.bodies.append(request)
+        question = _question(request)
+        step = self._next_step(question)
+        if step in ("timeout", "drop"):  # the batch's own worker gave up on it
+            step = "500"
+        return self._answer(step, question, request.get("generationConfig", {}), model)
+
+    def _batch_route(
+        self, name: str, match: re.Match, query: str, body: dict
+    ) -> tuple[int | None, dict | None]:
+        store = self.batch_store
+        if name == "create":
+            code, payload, batch = store.create(match.group("model"), body)
+            if batch is not None and batch.plan.lose_create_reply:
+                return None, None
+            if batch is not None and batch.plan.hang_create_s:
+                time.sleep(batch.plan.hang_create_s)
+            return code, payload
+        if name == "get":
+            return store.get(match.group("id"))
+        if name == "cancel":
+            return store.cancel(match.group("id"))
+        params = parse_qs(query)
+        size = (params.get("pageSize") or [""])[0]
+        if size and not size.isdigit():
+            return 400, _error(400, f"invalid pageSize {size!r}")
+        return store.list_page(int(size) if size else None, (params.get("pageToken") or [None])[0])
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
@@ -207,46 +394,8 @@ class GeminiTestServer:
         return f"http://{host}:{port}"
 
     def start(self) -> GeminiTestServer:
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # else each reply's body waits 40 ms for a delayed ACK
-
-            def do_POST(self):  # noqa: N802 - http.server's naming
-                owner._enter()
-                try:
-                    self._serve()
-                finally:
-                    owner._leave()
-
-            def _serve(self) -> None:
-                try:
-                    code, payload = owner._handle(self)
-                except (BrokenPipeError, ConnectionResetError):
-                    return
-                if code is None:  # "drop": close the connection without a reply
-                    self.close_connection = True
-                    with contextlib.suppress(OSError):
-                        self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                data = json.dumps(payload).encode("utf-8")
-                try:
-                    self.send_response(code)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    if not owner.keep_alive:
-                        self.send_header("Connection", "close")
-                        self.close_connection = True
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def log_message(self, *args):  # keep test output clean
-                pass
-
-        self._server = _Server(("127.0.0.1", self.port), Handler)
+        self._server = _Server(("127.0.0.1", self.port), _Handler)
+        self._server.owner = self
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         self._timer = threading.Timer(self.lifetime_s, self.stop)
         self._timer.daemon = True
@@ -312,6 +461,19 @@ def rubric_reply(text: str) -> str:
         "answers_the_question": 2 if len(answer.split()) >= 20 else 1,
     }
     return json.dumps({**scores, "reason": "keyword stand-in"})
+
+
+def _route(method: str, path: str) -> tuple[str, re.Match] | None:
+    """The route's name and the match of its path, or None."""
+    for verb, name, pattern in _ROUTES:
+        if verb == method and (match := pattern.match(path)):
+            return name, match
+    return None
+
+
+def _question(request: dict) -> str:
+    """The user text of a generateContent request: the parts of its last content."""
+    return "".join(part.get("text", "") for part in request["contents"][-1]["parts"])
 
 
 def _error(code: int, message: str, retry_delay_s: float | None = None) -> dict:

@@ -142,6 +142,7 @@ def check_complete(
 
 USAGE_KEYS = (
     "requests",
+    "batch_requests",  # of those, the ones sent in batch mode (at batch prices)
     "input_tokens",
     "output_tokens",
     "thinking_tokens",

@@ -31,6 +31,9 @@ MINUTES_PER_100_QUESTIONS = {
 }
 START_UP_MINUTES = 15
 MAX_RUNTIME_MINUTES = 480
+# A Gemini job in batch mode waits up to its block's batch_wait_h for the batch, on one core
+# (RM-shared on Bridges-2, whose longest time limit is 48 h).
+BATCH_MAX_RUNTIME_MINUTES = 48 * 60
 QUESTIONS_WHEN_ALL = 50_000  # questions.n null and a hub source: about MedQuAD's size after cleaning
 
 
@@ -96,6 +99,17 @@ def runtime_minutes(rule: str, per_shard: int, attempt: int = 1) -> int:
     """The time limit of one shard job of ``rule``; it grows with each retry."""
     estimate = START_UP_MINUTES + MINUTES_PER_100_QUESTIONS[rule] * per_shard / 100
     return min(MAX_RUNTIME_MINUTES, math.ceil(estimate * attempt))
+
+
+def rule_runtime_minutes(config: dict[str, Any], rule: str, per_shard: int, attempt: int = 1) -> int:
+    """``runtime_minutes``, or for a Gemini rule in batch mode its batch wait plus the start-up."""
+    block = {
+        "chosen_gemini": config["teacher"]["gemini"],
+        "judge_rubric_gemini": config["judge"]["gemini"],
+    }.get(rule)
+    if block is not None and block.get("mode") == "batch":
+        return min(BATCH_MAX_RUNTIME_MINUTES, math.ceil(block["batch_wait_h"] * 60) + START_UP_MINUTES)
+    return runtime_minutes(rule, per_shard, attempt)
 
 
 def teacher_rule(config: dict[str, Any]) -> str:
@@ -186,7 +200,7 @@ def estimate(config: dict[str, Any]) -> dict[str, Any]:
         "questions_per_shard": per_shard,
         "jobs": job_counts(config),
         "time_limit_minutes": {
-            rule: runtime_minutes(rule, per_shard)
+            rule: rule_runtime_minutes(config, rule, per_shard)
             for rule in ("rejected", teacher_rule(config), *judge_rules(config))
         },
         "gpu_hours_at_most": gpu_hours,
@@ -196,21 +210,28 @@ def estimate(config: dict[str, Any]) -> dict[str, Any]:
     if asks_gemini(config["teacher"]):
         gemini = config["teacher"]["gemini"]
         prompt = _approx_tokens(config["prompts"]["teacher"]) + 30  # a MedQuAD question: ~30 tokens
-        dollars = n * (
-            prompt * gemini["price_input_per_million"]
-            + gemini["max_output_tokens"] * gemini["price_output_per_million"]
-        )
-        out["gemini_usd_at_most"] = round(dollars / 1e6, 2)
+        out["gemini_usd_at_most"] = _usd(gemini, n * prompt, n * gemini["max_output_tokens"], "")
+        out["gemini_batch_usd_at_most"] = _usd(gemini, n * prompt, n * gemini["max_output_tokens"], "batch_")
     if "judge_rubric_gemini" in judge_rules(config):
         out["judge_usd_at_most"] = judge_gemini_usd(config, n)
+        out["judge_batch_usd_at_most"] = judge_gemini_usd(config, n, "batch_")
     return out
+
+
+def _usd(gemini: dict[str, Any], input_tokens: int, output_tokens: int, prices: str) -> float:
+    """Dollars at the block's online (``prices`` "") or batch ("batch_") prices."""
+    dollars = (
+        input_tokens * gemini[prices + "price_input_per_million"]
+        + output_tokens * gemini[prices + "price_output_per_million"]
+    )
+    return round(dollars / 1e6, 2)
 
 
 # The rubric prompt and the request's framing, in tokens (about 1,750 characters of grading.RUBRIC_PROMPT)
 RUBRIC_PROMPT_TOKENS = 450
 
 
-def judge_gemini_usd(config: dict[str, Any], n: int) -> float:
+def judge_gemini_usd(config: dict[str, Any], n: int, prices: str = "") -> float:
     """Dollars of a Gemini rubric judge at most: both answers at their caps, verdicts at max_output_tokens."""
     gemini = config["judge"]["gemini"]
     teacher = config["teacher"][config["teacher"]["backend"]]
@@ -218,11 +239,7 @@ def judge_gemini_usd(config: dict[str, Any], n: int) -> float:
         "max_new_tokens", teacher.get("max_output_tokens", 0)
     )
     input_tokens = n * (2 * (RUBRIC_PROMPT_TOKENS + 30) + answer_caps)
-    output_tokens = 2 * n * gemini["max_output_tokens"]
-    dollars = (
-        input_tokens * gemini["price_input_per_million"] + output_tokens * gemini["price_output_per_million"]
-    )
-    return round(dollars / 1e6, 2)
+    return _usd(gemini, input_tokens, 2 * n * gemini["max_output_tokens"], prices)
 
 
 def render_estimate(plan: dict[str, Any]) -> list[str]:
@@ -253,10 +270,14 @@ def render_estimate(plan: dict[str, Any]) -> list[str]:
             )
         )
     if "gemini_usd_at_most" in plan:
-        lines.append(f"Gemini at most ${plan['gemini_usd_at_most']:.2f} (every answer at max_output_tokens)")
+        lines.append(
+            f"Gemini at most ${plan['gemini_usd_at_most']:.2f} online, "
+            f"${plan['gemini_batch_usd_at_most']:.2f} in batch mode (every answer at max_output_tokens)"
+        )
     if "judge_usd_at_most" in plan:
         lines.append(
-            f"Gemini rubric judge at most ${plan['judge_usd_at_most']:.2f} (both answers at their caps, "
+            f"Gemini rubric judge at most ${plan['judge_usd_at_most']:.2f} online, "
+            f"${plan['judge_batch_usd_at_most']:.2f} in batch mode (both answers at their caps, "
             "every verdict at max_output_tokens; judge.max_usd stops it earlier)"
         )
     return lines

@@ -36,6 +36,7 @@ def shard_status(config: dict[str, Any]) -> list[dict[str, Any]]:
     for role, settings in store_settings(config).items():
         store = AnswerStore(Path(paths.answer_store), settings, "status")
         answers, refused = store.load(), store.load_refusals()
+        batches = batches_by_part(store.read_log("batches"))
         for index in range(config["n_shards"]):
             name = shard_name(shard_number(index))
             shard = Path(paths.shard(shard_number(index)))
@@ -47,9 +48,35 @@ def shard_status(config: dict[str, Any]) -> list[dict[str, Any]]:
                     answered=sum(i in answers for i in ids),
                     refused=sum(i in refused for i in ids),
                     done=Path(paths.answers(ROLES[role], shard_number(index))).is_file(),
+                    batches=batches.get(f"{name}.jsonl", []),
                 )
             rows.append(row)
     return rows
+
+
+def batches_by_part(records: list[dict[str, Any]], now: float | None = None) -> dict[str, list[dict]]:
+    """Gemini batch mode: each batch of each store part, from the store's batches log (no API call).
+
+    ``state`` is ``waiting`` until the batch's results are stored, then its final state;
+    ``age_h`` counts from the batch's intent record.
+    """
+    import time
+
+    now = time.time() if now is None else now
+    parts: dict[str, dict[str, dict]] = {}
+    for record in records:
+        fresh = {"name": None, "state": "waiting", "questions": 0, "since": record["time"]}
+        batch = parts.setdefault(record["part"], {}).setdefault(record["display_name"], fresh)
+        if record["event"] == "intent":
+            batch.update(questions=len(record["keys"]), since=record["time"])
+        elif record["event"] == "created":
+            batch["name"] = record["name"]
+        elif record["event"] == "ended":
+            batch.update(state=record["state"].removeprefix("JOB_STATE_"), results=record.get("results", 0))
+    for found in parts.values():
+        for batch in found.values():
+            batch["age_h"] = round((now - batch.pop("since")) / 3600, 2)
+    return {part: list(found.values()) for part, found in parts.items()}
 
 
 def render(rows: list[dict[str, Any]]) -> list[str]:
@@ -62,6 +89,11 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
         state = "done" if row["done"] else "in the store so far"
         counts = f"{row['answered']}/{row['questions']} answered{refused}"
         lines.append(f"{row['role']:<9} {row['shard']}  {counts}  {state}")
+        for batch in row.get("batches", []):
+            lines.append(
+                f"{'':<9} {'':<9}  batch {batch['name'] or '(not created)'}: {batch['state']}, "
+                f"{batch['questions']} questions, {batch['age_h']:.2f} h old"
+            )
     for role in dict.fromkeys(r["role"] for r in rows):
         mine = [r for r in rows if r["role"] == role and r["questions"] is not None]
         total = sum(r["questions"] for r in mine)

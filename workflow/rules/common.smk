@@ -12,7 +12,12 @@ import sys
 from snakemake.utils import validate
 
 from meddpo.paths import run_paths
-from meddpo.plan import judge_rules, questions_per_shard, runtime_minutes, teacher_rule
+from meddpo.plan import (
+    judge_rules,
+    questions_per_shard,
+    rule_runtime_minutes,
+    teacher_rule,
+)
 from meddpo.settings import in_schema_order
 from meddpo.targets import (
     chosen_extras,
@@ -64,13 +69,14 @@ wildcard_constraints:
 
 # Portable time limits (minutes) for the generation jobs, sized from the shard and
 # grown with each retry (Slurm kills a job at its limit; the retry resumes from the
-# answer store). The formula is meddpo.plan's, which the preflight prints too.
+# answer store); a Gemini rule in batch mode gets its batch wait instead. The formula is
+# meddpo.plan's, which the preflight prints too.
 QUESTIONS_PER_SHARD = questions_per_shard(config)
 
 
 def runtime(rule_name):
-    return lambda wildcards, attempt: runtime_minutes(
-        rule_name, QUESTIONS_PER_SHARD, attempt
+    return lambda wildcards, attempt: rule_runtime_minutes(
+        config, rule_name, QUESTIONS_PER_SHARD, attempt
     )
 
 

@@ -1,0 +1,329 @@
+"""Gemini Batch mode: the real google-genai client against the local server's Batch API.
+
+One batch per shard job, results mapped by key, exactly one ``create`` per batch across
+lost replies and kill -9, partial batches resubmitting only what has no outcome, and usage
+at batch prices. The workflow's run in batch mode is in test_workflow.py.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import fast_gemini_settings
+from meddpo.gemini_teacher import answer_shard
+from meddpo.gemini_test_batches import BatchPlan
+from meddpo.gemini_test_server import GeminiTestServer
+from meddpo.jsonl import read_jsonl, read_jsonl_tolerant, write_jsonl
+
+KEY = "test-key-for-batches-5e1d"
+QUESTIONS = [{"id": f"q{i:03d}", "question": f"What helps with condition {i} ?"} for i in range(12)]
+IDS = [q["id"] for q in QUESTIONS]
+
+
+def batch_settings(server, **overrides):
+    return fast_gemini_settings(server, mode="batch", batch_poll_s=0.01, **overrides)
+
+
+def shard_job(server, tmp_path, questions=QUESTIONS, **overrides):
+    """One shard job in batch mode against ``server``: (answers, left_out, usage, problem)."""
+    os.environ["GEMINI_API_KEY"] = KEY
+    try:
+        return answer_shard(
+            questions,
+            "Be careful.",
+            batch_settings(server, **overrides),
+            store_root=tmp_path / "store",
+            store_part="shard-000",
+        )
+    finally:
+        del os.environ["GEMINI_API_KEY"]
+
+
+def test_a_shard_is_one_batch_and_its_rerun_creates_none_and_sends_nothing(tmp_path):
+    with GeminiTestServer(expected_key=KEY) as server:
+        answers, left_out, usage, problem = shard_job(server, tmp_path)
+        assert server.batch_stats()["created"] == 1
+        assert server.stats()["requests"] == 12
+        (batch,) = server.batches
+        assert batch.keys == IDS
+        request = batch.requests[0]["request"]
+        assert request["systemInstruction"]["parts"][0]["text"] == "Be careful."
+        assert request["generationConfig"]["maxOutputTokens"] == 4096
+
+        again = shard_job(server, tmp_path)
+        assert server.batch_stats() == {
+            "created": 1,
+            "gets": 1,
+            "lists": 0,
+            "cancels": 0,
+            "uploads": 0,
+            "downloads": 0,
+        }
+        assert server.stats()["requests"] == 12
+    assert problem is None and left_out == []
+    assert [a["id"] for a in answers] == IDS
+    assert answers[3]["text"].startswith("A careful answer to: What helps with condition 3 ?")
+    # 12 x 16 input and 12 x 18 output tokens at $0.15 and $1.25 per million: $0.0002988, half of the
+    # $0.0005976 they cost online
+    assert usage["requests"] == 12 and usage["input_tokens"] == 192 and usage["output_tokens"] == 216
+    assert usage["estimated_cost_usd"] == 0.000299
+    assert again[0] == answers and again[2]["requests_this_job"] == 0 and again[2]["reused_from_store"] == 12
+
+
+def test_a_shard_over_the_inline_limit_goes_as_an_uploaded_file_and_its_results_by_key(tmp_path):
+    plans = [BatchPlan(final="EXPIRED", answered_fraction=0.5, reverse=True)]
+    with GeminiTestServer(batch_plans=plans) as server:
+        server.script = {QUESTIONS[4]["question"]: ["500"]}
+        answers, left_out, usage, _ = shard_job(server, tmp_path, batch_inline_limit_mb=0.001)
+        stats = server.batch_stats()
+        first, second = server.batches
+        uploaded = [f for f in server.files if f.source == "UPLOADED"]
+    assert stats["created"] == 2 and stats["uploads"] == 2 and stats["downloads"] == 2
+    assert first.source_file and first.keys == IDS and second.keys == IDS[6:]
+    line = json.loads(uploaded[0].data.decode().splitlines()[0])
+    assert line["key"] == "q000" and line["request"]["systemInstruction"] == {
+        "parts": [{"text": "Be careful."}]
+    }
+    assert line["request"]["contents"] == [
+        {"role": "user", "parts": [{"text": "What helps with condition 0 ?"}]}
+    ]
+    assert [a["id"] for a in answers] == [i for i in IDS if i != "q004"]
+    assert left_out == [{"id": "q004", "reason": "batch_error:500", "attempts": 1, "kind": "failed"}]
+    for answer in answers:
+        assert f"condition {int(answer['id'][1:])} ?" in answer["text"]
+    assert usage["requests"] == 12 and usage["batch_requests"] == 12
+
+
+def test_results_listed_out_of_order_land_on_their_own_ids(tmp_path):
+    with GeminiTestServer(batch_plans=[BatchPlan(reverse=True, pending_polls=2)]) as server:
+        answers, _, _, _ = shard_job(server, tmp_path)
+        assert server.batch_stats()["gets"] == 4  # PENDING, PENDING, RUNNING, SUCCEEDED
+    assert [a["id"] for a in answers] == IDS
+    for answer, question in zip(answers, QUESTIONS, strict=True):
+        assert f"to: {question['question']} Please" in answer["text"]
+
+
+def test_an_expired_batch_with_half_its_results_resubmits_exactly_the_other_half_once(tmp_path):
+    with GeminiTestServer(batch_plans=[BatchPlan(final="EXPIRED", answered_fraction=0.5)]) as server:
+        answers, left_out, usage, _ = shard_job(server, tmp_path)
+        first, second = server.batches
+    assert first.keys == IDS and second.keys == IDS[6:]
+    assert [a["id"] for a in answers] == IDS and left_out == []
+    # requests that came back: 6 from the expired batch, 6 from the second
+    assert usage["requests"] == 12
+    log = [r for p in (tmp_path / "store").glob("*/*/batches/*.jsonl") for r in read_jsonl_tolerant(p)]
+    ended = [r for r in log if r["event"] == "ended"]
+    assert [(r["state"], r["results"]) for r in ended] == [
+        ("JOB_STATE_EXPIRED", 6),
+        ("JOB_STATE_SUCCEEDED", 6),
+    ]
+
+
+def test_per_key_errors_fail_blocks_are_final_and_only_the_errors_go_into_the_rerun(tmp_path):
+    with GeminiTestServer() as server:
+        server.script = {
+            QUESTIONS[1]["question"]: ["500"],
+            QUESTIONS[2]["question"]: ["blocked"],
+            QUESTIONS[3]["question"]: ["safety"],
+        }
+        answers, left_out, _, _ = shard_job(server, tmp_path)
+        assert server.batch_stats()["created"] == 1  # an error is an outcome: not resubmitted in the job
+        rerun, rerun_left_out, _, _ = shard_job(server, tmp_path)
+        assert [b.keys for b in server.batches] == [IDS, ["q001"]]
+    assert {r["id"]: (r["kind"], r["reason"]) for r in left_out} == {
+        "q001": ("failed", "batch_error:500"),
+        "q002": ("refused", "prompt_blocked:SAFETY"),
+        "q003": ("refused", "finish_reason:SAFETY"),
+    }
+    assert len(answers) == 9
+    assert [a["id"] for a in rerun] == [i for i in IDS if i not in ("q002", "q003")]
+    assert [r["id"] for r in rerun_left_out] == ["q002", "q003"]
+
+
+def test_a_lost_create_reply_is_found_by_its_display_name_over_every_page(tmp_path):
+    from google import genai
+    from google.genai import types
+
+    with GeminiTestServer(list_page_size=2) as server:
+        client = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=server.base_url))
+        for i in range(5):  # other batches, so the lookup needs more than one page
+            client.batches.create(
+                model="gemini-2.5-flash",
+                src=[types.InlinedRequest(contents=f"other {i}", metadata={"key": f"o{i}"})],
+                config={"display_name": f"someone-else-{i}"},
+            )
+        server.batch_plans = [BatchPlan()] * 5 + [BatchPlan(lose_create_reply=True)]
+        answers, _, _, _ = shard_job(server, tmp_path)
+        stats = server.batch_stats()
+    assert stats["created"] == 6 and stats["lists"] == 3  # 6 batches, 2 a page
+    assert [a["id"] for a in answers] == IDS
+
+
+def test_kill_9_during_create_then_rerun_creates_no_second_batch(tmp_path):
+    shard = tmp_path / "shard.jsonl"
+    write_jsonl(shard, QUESTIONS)
+    with GeminiTestServer(batch_plans=[BatchPlan(hang_create_s=60)]) as server:
+        job = subprocess.Popen(_cli(shard, tmp_path), env=_env(server), stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while server.batch_stats()["created"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        job.send_signal(signal.SIGKILL)  # the batch exists at the server; its name never reached the job
+        job.wait(timeout=30)
+        assert server.batch_stats()["created"] == 1
+        rerun = subprocess.run(
+            _cli(shard, tmp_path), env=_env(server), capture_output=True, text=True, timeout=120
+        )
+        assert rerun.returncode == 0, rerun.stderr
+        assert server.batch_stats()["created"] == 1
+        assert server.stats()["requests"] == 12
+    assert [r["id"] for r in read_jsonl(tmp_path / "chosen" / "shard-000.jsonl")] == IDS
+    assert "taking it up" in rerun.stderr
+
+
+def test_a_wait_that_runs_out_is_one_line_and_the_rerun_collects_the_batch(tmp_path):
+    shard = tmp_path / "shard.jsonl"
+    write_jsonl(shard, QUESTIONS)
+    with GeminiTestServer(batch_plans=[BatchPlan(pending_polls=3)]) as server:
+        first = subprocess.run(
+            _cli(shard, tmp_path, "--batch-wait-h", "1e-9"),
+            env=_env(server),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert first.returncode == 2
+        errors = [line for line in first.stderr.splitlines() if "error" in line]
+        assert errors == [
+            "meddpo gemini: error: batch batches/test-0001 (12 questions) is still PENDING after this job "
+            "waited 0.00 h (batch_wait_h 1e-09); it runs on at Google: rerun the job to collect it "
+            "(nothing is sent again)"
+        ]
+        assert not (tmp_path / "chosen" / "shard-000.jsonl").exists()
+        rerun = subprocess.run(
+            _cli(shard, tmp_path), env=_env(server), capture_output=True, text=True, timeout=120
+        )
+        assert rerun.returncode == 0, rerun.stderr
+        assert server.batch_stats()["created"] == 1 and server.stats()["requests"] == 12
+    usage = json.loads((tmp_path / "chosen" / "shard-000.usage.json").read_text())
+    assert usage["answered"] == 12 and usage["requests"] == 12
+
+
+def test_a_batch_past_its_age_is_cancelled_and_only_its_missing_half_resubmitted(tmp_path):
+    old = BatchPlan(pending_polls=100, age_s=3 * 3600, answered_fraction=0.5)
+    with GeminiTestServer(batch_plans=[old]) as server:
+        answers, _, _, _ = shard_job(server, tmp_path, batch_max_age_h=2)
+        assert server.batch_stats()["cancels"] == 1
+        assert [b.keys for b in server.batches] == [IDS, IDS[6:]]
+    assert [a["id"] for a in answers] == IDS
+
+
+def test_a_batch_past_its_age_stops_the_job_when_told_to(tmp_path):
+    shard = tmp_path / "shard.jsonl"
+    write_jsonl(shard, QUESTIONS)
+    old = BatchPlan(pending_polls=100, age_s=3 * 3600)
+    with GeminiTestServer(batch_plans=[old]) as server:
+        result = subprocess.run(
+            _cli(shard, tmp_path, "--batch-max-age-h", "2", "--batch-too-old", "stop"),
+            env=_env(server),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert server.batch_stats()["cancels"] == 0 and server.batch_stats()["created"] == 1
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert errors == [
+        "meddpo gemini: error: batch batches/test-0001 is still PENDING 3.0 h after it was created "
+        "(batch_max_age_h 2); cancel it or wait longer, then rerun"
+    ]
+
+
+def test_status_shows_each_batch_with_its_state_and_age():
+    from meddpo.status import batches_by_part
+
+    records = [
+        {
+            "event": "intent",
+            "part": "shard-000.jsonl",
+            "display_name": "a",
+            "attempt": 1,
+            "keys": ["x", "y"],
+            "time": 1000.0,
+        },
+        {
+            "event": "created",
+            "part": "shard-000.jsonl",
+            "display_name": "a",
+            "name": "batches/1",
+            "time": 1001.0,
+        },
+        {
+            "event": "ended",
+            "part": "shard-000.jsonl",
+            "display_name": "a",
+            "name": "batches/1",
+            "state": "JOB_STATE_EXPIRED",
+            "results": 1,
+            "time": 5000.0,
+        },
+        {
+            "event": "intent",
+            "part": "shard-000.jsonl",
+            "display_name": "b",
+            "attempt": 2,
+            "keys": ["y"],
+            "time": 5001.0,
+        },
+        {
+            "event": "created",
+            "part": "shard-000.jsonl",
+            "display_name": "b",
+            "name": "batches/2",
+            "time": 5002.0,
+        },
+    ]
+    assert batches_by_part(records, now=1000.0 + 7200) == {
+        "shard-000.jsonl": [
+            {"name": "batches/1", "state": "EXPIRED", "questions": 2, "results": 1, "age_h": 2.0},
+            {"name": "batches/2", "state": "waiting", "questions": 1, "age_h": 0.89},
+        ]
+    }
+
+
+def _cli(shard, tmp_path, *extra):
+    chosen = tmp_path / "chosen"
+    return [
+        *(sys.executable, "-m", "meddpo", "gemini", "--shard", str(shard)),
+        *("--out", str(chosen / "shard-000.jsonl"), "--failures", str(chosen / "shard-000.failures.jsonl")),
+        *("--usage", str(chosen / "shard-000.usage.json"), "--system-prompt", "Be careful."),
+        *("--store", str(tmp_path / "store"), "--mode", "batch", "--batch-poll-s", "0.01"),
+        *("--initial-backoff", "0.001", "--max-backoff", "0.01", "--timeout", "5"),
+        *extra,
+    ]
+
+
+def _env(server):
+    env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
+    env.update(GEMINI_API_KEY=KEY, GOOGLE_GEMINI_BASE_URL=server.base_url)
+    return env
+
+
+def test_a_batch_mode_job_gets_its_wait_as_time_limit_and_preflight_prints_both_prices(tmp_path):
+    from conftest import REPO
+    from meddpo.plan import estimate, render_estimate
+    from meddpo.settings import load_config
+
+    overlay = tmp_path / "batch.yaml"
+    overlay.write_text("teacher:\n  backend: gemini\n  gemini:\n    mode: batch\n")
+    plan = estimate(load_config([overlay], base=REPO / "config.yaml"))
+    assert plan["time_limit_minutes"]["chosen_gemini"] == 20 * 60 + 15  # batch_wait_h 20, plus start-up
+    overlay.write_text("teacher:\n  backend: gemini\n  gemini:\n    mode: batch\n    batch_wait_h: 100\n")
+    plan = estimate(load_config([overlay], base=REPO / "config.yaml"))
+    assert plan["time_limit_minutes"]["chosen_gemini"] == 48 * 60
+    assert plan["gemini_usd_at_most"] == 102.8 and plan["gemini_batch_usd_at_most"] == 51.4
+    assert "Gemini at most $102.80 online, $51.40 in batch mode (every answer at max_output_tokens)" in (
+        render_estimate(plan)
+    )
