@@ -13,6 +13,7 @@ import sys
 import time
 
 from conftest import fast_gemini_settings
+from meddpo.errors import UserError
 from meddpo.gemini_teacher import answer_shard
 from meddpo.gemini_test_batches import BatchPlan
 from meddpo.gemini_test_server import GeminiTestServer
@@ -29,7 +30,7 @@ def batch_settings(server, **overrides):
 
 def shard_job(server, tmp_path, questions=QUESTIONS, **overrides):
     """One shard job in batch mode against ``server``: (answers, left_out, usage, problem)."""
-    os.environ["GEMINI_API_KEY"] = KEY
+    before, os.environ["GEMINI_API_KEY"] = os.environ.get("GEMINI_API_KEY"), KEY
     try:
         return answer_shard(
             questions,
@@ -39,7 +40,10 @@ def shard_job(server, tmp_path, questions=QUESTIONS, **overrides):
             store_part="shard-000",
         )
     finally:
-        del os.environ["GEMINI_API_KEY"]
+        if before is None:
+            del os.environ["GEMINI_API_KEY"]
+        else:
+            os.environ["GEMINI_API_KEY"] = before
 
 
 def test_a_shard_is_one_batch_and_its_rerun_creates_none_and_sends_nothing(tmp_path):
@@ -237,7 +241,7 @@ def test_a_batch_past_its_age_stops_the_job_when_told_to(tmp_path):
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert errors == [
         "meddpo gemini: error: batch batches/test-0001 is still PENDING 3.0 h after it was created "
-        "(batch_max_age_h 2); cancel it or wait longer, then rerun"
+        "(batch_max_age_h 2); cancel it, or raise batch_max_age_h, then rerun"
     ]
 
 
@@ -320,10 +324,55 @@ def test_a_batch_mode_job_gets_its_wait_as_time_limit_and_preflight_prints_both_
     overlay.write_text("teacher:\n  backend: gemini\n  gemini:\n    mode: batch\n")
     plan = estimate(load_config([overlay], base=REPO / "config.yaml"))
     assert plan["time_limit_minutes"]["chosen_gemini"] == 20 * 60 + 15  # batch_wait_h 20, plus start-up
-    overlay.write_text("teacher:\n  backend: gemini\n  gemini:\n    mode: batch\n    batch_wait_h: 100\n")
+    overlay.write_text("teacher:\n  backend: gemini\n  gemini:\n    mode: batch\n    batch_wait_h: 47.5\n")
     plan = estimate(load_config([overlay], base=REPO / "config.yaml"))
-    assert plan["time_limit_minutes"]["chosen_gemini"] == 48 * 60
+    assert plan["time_limit_minutes"]["chosen_gemini"] == 47 * 60 + 30 + 15  # under RM-shared's 48 h
     assert plan["gemini_usd_at_most"] == 102.8 and plan["gemini_batch_usd_at_most"] == 51.4
     assert "Gemini at most $102.80 online, $51.40 in batch mode (every answer at max_output_tokens)" in (
         render_estimate(plan)
     )
+
+
+def test_a_job_never_asks_questions_that_an_open_batch_holds(tmp_path, monkeypatch):
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    with GeminiTestServer(batch_plans=[BatchPlan(pending_polls=100)]) as server:
+        # a batch-mode job stops waiting (its wait is tiny); its batch stays open at Google
+        try:
+            shard_job(server, tmp_path, batch_wait_h=1e-9)
+        except UserError as error:
+            assert "is still PENDING" in str(error)
+        # the same shard online now would pay twice for the 12 questions: one line, no request
+        for settings in ({"mode": "online"}, {"mode": "batch", "batch_wait_h": 1e-9}):
+            try:
+                answer_shard(
+                    QUESTIONS[:3],
+                    "Be careful.",
+                    fast_gemini_settings(server, batch_poll_s=0.01, **settings),
+                    store_root=tmp_path / "store",
+                    store_part="shard-001" if settings["mode"] == "batch" else "shard-000",
+                )
+            except UserError as error:
+                message = str(error)
+            else:
+                raise AssertionError("the job asked questions that an open batch holds")
+            assert message == (
+                "batch batches/test-0001 (store part shard-000.jsonl) is still open and holds 3 of these "
+                "questions: run that shard's job in batch mode to collect it first (asking them now would "
+                "pay twice)"
+            )
+        assert server.stats()["requests"] == 12 and server.batch_stats()["created"] == 1
+
+
+def test_collecting_a_batch_again_after_a_kill_keeps_and_counts_each_result_once(tmp_path):
+    with GeminiTestServer() as server:
+        server.script = {QUESTIONS[1]["question"]: ["500"]}
+        shard_job(server, tmp_path)
+        # as if the job had been killed after storing the results but before the batch's end record
+        (batches,) = (tmp_path / "store").glob("*/*/batches/shard-000.jsonl")
+        batches.write_text("".join(line + "\n" for line in batches.read_text().splitlines()[:-1]))
+        answers, left_out, usage, _ = shard_job(server, tmp_path)
+        # the second job collects the batch again (kept results skipped) and asks q001 again
+        assert [b.keys for b in server.batches] == [IDS, ["q001"]]
+    assert [a["id"] for a in answers] == IDS and left_out == []
+    (requests,) = (tmp_path / "store").glob("*/*/requests/shard-000.jsonl")
+    assert len(read_jsonl_tolerant(requests)) == 13 and usage["requests"] == 13

@@ -571,7 +571,12 @@ def test_bridges2_profile_gives_local_judges_an_h100_and_the_gemini_judge_none()
     # the Gemini judge takes the defaults: RM-shared, one core, and the key's one-job resource
     assert "judge_rubric_gemini" not in profile["set-resources"]
     assert profile["default-resources"]["slurm_partition"] == "'RM-shared'"
-    assert (REPO / "workflow" / "rules" / "judge.smk").read_text().count("gemini_jobs=1") == 1
+    from meddpo.plan import gemini_jobs
+
+    rules = (REPO / "workflow" / "rules" / "judge.smk").read_text()
+    assert rules.count('gemini_jobs=gemini_jobs(config["judge"]["gemini"])') == 1
+    # one online Gemini job at a time (the key's per-minute quota); in batch mode, no such limit
+    assert gemini_jobs({"mode": "online"}) == 1 and gemini_jobs({"mode": "batch"}) == 0
 
 
 def test_preflight_estimate_counts_the_judges_jobs_hours_and_dollars(tmp_path):

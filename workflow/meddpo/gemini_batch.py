@@ -41,9 +41,8 @@ import json
 import logging
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
@@ -54,8 +53,17 @@ from .resume import ResumableJob
 log = logging.getLogger(__name__)
 
 BATCH_LOG = "batches"
-FINAL_STATES = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED")
+FINAL_STATES = (
+    "JOB_STATE_SUCCEEDED",
+    "JOB_STATE_PARTIALLY_SUCCEEDED",
+    "JOB_STATE_FAILED",
+    "JOB_STATE_CANCELLED",
+    "JOB_STATE_EXPIRED",
+)
 LONGEST_POLL_S = 600.0
+# A create call that failed without a reply may still land at Google: its batch counts as never
+# created only when no batch has its display name this long after the intent (plus timeout_s).
+CREATE_GRACE_S = 300.0
 
 
 class BatchStillRunning(UserError):
@@ -70,6 +78,8 @@ class _Open:
     attempt: int
     keys: list[str]
     name: str | None = None
+    part: str = ""
+    since: float = 0.0  # time of the intent record
 
 
 @dataclass
@@ -84,7 +94,6 @@ class BatchRun:
     keep: Callable[[dict, Outcome], None]
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
-    usage: Counter = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self.started = self.clock()
@@ -106,16 +115,10 @@ class BatchRun:
 
     def open_batches(self) -> list[_Open]:
         """This part's batches that have an intent but no end, oldest first."""
-        found: dict[str, _Open] = {}
-        for record in self._records():
-            display = record["display_name"]
-            if record["event"] == "intent":
-                found[display] = _Open(display, record["attempt"], record["keys"])
-            elif record["event"] == "created" and display in found:
-                found[display].name = record["name"]
-            elif record["event"] == "ended":
-                found.pop(display, None)
-        return list(found.values())
+        return [b for b in open_batches(self._all_records()) if b.part == self.part]
+
+    def _all_records(self) -> list[dict]:
+        return self.job.store.read_log(BATCH_LOG) if self.job.store else self._log_memory
 
     def attempts_used(self) -> int:
         return max((r["attempt"] for r in self._records() if r["event"] == "intent"), default=0)
@@ -132,10 +135,7 @@ class BatchRun:
             if batch.name is None:
                 batch.name = self.find_by_display_name(batch.display_name)
                 if batch.name is None:
-                    log.info("no batch is named %s at Google: it was never created", batch.display_name)
-                    self._append(
-                        {"event": "ended", "display_name": batch.display_name, "state": "NOT_CREATED"}
-                    )
+                    self.never_created(batch)
                     continue
                 self._append({"event": "created", "display_name": batch.display_name, "name": batch.name})
             self.collect(batch)
@@ -147,6 +147,19 @@ class BatchRun:
         todo = [q for q in self.job.todo if q["id"] not in self.done]
         if todo:
             self.give_up(todo)
+
+    def never_created(self, batch: _Open) -> None:
+        """An intent whose batch Google does not list: ended as never created, once its create call
+        can no longer land; before that, the job stops with one line."""
+        left = batch.since + self.settings.timeout_s + CREATE_GRACE_S - time.time()
+        if left > 0:
+            raise HardGeminiError(
+                f"batch {batch.display_name}: its create call got no reply and Google lists no batch by "
+                f"that name yet; it may still appear: rerun in {left / 60:.0f} minutes or later (nothing "
+                "is sent again before then)"
+            )
+        log.info("no batch is named %s at Google: it was never created", batch.display_name)
+        self._append({"event": "ended", "display_name": batch.display_name, "state": "NOT_CREATED"})
 
     def give_up(self, todo: list[dict]) -> None:
         """Questions still without an outcome after ``batch_max_attempts`` batches: failures of this job."""
@@ -190,9 +203,11 @@ class BatchRun:
                 raise HardGeminiError(f"batch {display} not created: {describe_error(error)}") from None
             log.warning("creating batch %s: %s; looking it up by its name", display, describe_error(error))
             batch.name = self.find_by_display_name(display)
-            if batch.name is None:
-                self._append({"event": "ended", "display_name": display, "state": "NOT_CREATED"})
-                raise HardGeminiError(f"batch {display} was not created: {describe_error(error)}") from None
+            if batch.name is None:  # it may still land: the intent stays open for the rerun to look up
+                raise HardGeminiError(
+                    f"creating batch {display}: {describe_error(error)}; Google lists no batch by that name "
+                    "yet: rerun in a few minutes, and the batch is looked up again before anything is sent"
+                ) from None
         self._append({"event": "created", "display_name": display, "name": batch.name})
         log.info("batch %s created as %s: %d requests (attempt %d)", display, batch.name, len(todo), attempt)
         return batch
@@ -223,9 +238,13 @@ class BatchRun:
         job = self.wait(batch)
         state = _state(job)
         wanted = set(batch.keys)
+        requests = self.job.store.read_log("requests") if self.job.store else []
+        logged = {r["id"] for r in requests if r.get("batch") == batch.name}  # kept by a killed job
         kept = 0
         for key, response, error in self.results(job):
             if key not in wanted or key in self.done or key in self.job.stored or key in self.job.refused:
+                continue
+            if key in logged:
                 continue  # not this batch's, or kept already (by this job, or by a killed one)
             self.keep_result(key, response, error, batch)
             kept += 1
@@ -245,21 +264,11 @@ class BatchRun:
 
     def results(self, job) -> list[tuple[str | None, object, object]]:
         """``(key, response, error code)`` of each result of an ended batch, inline or in its results file."""
-        from google.genai import types
-
         dest = job.dest
         if dest is not None and dest.file_name:
             data = self._retry(lambda: self.client.files.download(file=dest.file_name))
-            rows = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
             return [
-                (
-                    row.get("key"),
-                    types.GenerateContentResponse.model_validate(row["response"])
-                    if "response" in row
-                    else None,
-                    None if "response" in row else (row.get("error") or {}).get("code", "unknown"),
-                )
-                for row in rows
+                _file_result(line) for line in data.decode("utf-8", "replace").splitlines() if line.strip()
             ]
         return [
             ((entry.metadata or {}).get("key"), entry.response, _code(entry.error) if entry.error else None)
@@ -270,29 +279,31 @@ class BatchRun:
         """One result of a batch: an answer or refusal (with its tokens logged), or a failure."""
         question = {"id": key}
         record = {"id": key, "attempt": batch.attempt, "mode": "batch", "batch": batch.name}
+        # the outcome is stored before the request is logged: a logged result is a kept one, so a
+        # rerun that collects the batch again skips it (a kill in between only undercounts it)
         if response is None:
-            self.log_request({**record, "error": str(error)})
             failure = {"id": key, "reason": f"batch_error:{error}"}
             self.keep(question, Outcome(failure=failure, attempts=batch.attempt))
+            self.log_request({**record, "error": str(error)})
         else:
             outcome = interpret_response(key, response, self.settings)
-            self.log_request({**record, **(outcome.usage or {})})
             outcome.attempts = batch.attempt
             self.keep(question, outcome)
+            self.log_request({**record, **(outcome.usage or {})})
         self.done.add(key)
 
     def wait(self, batch: _Open):
         """Poll ``batch`` until it ends; BatchStillRunning once ``batch_wait_h`` has gone by."""
-        delay = self.settings.batch_poll_s
+        delay, cancelled = min(self.settings.batch_poll_s, LONGEST_POLL_S), False
         while True:
             job = self._retry(lambda: self.client.batches.get(name=batch.name))
             state = _state(job)
             if state in FINAL_STATES:
                 return job
             age_h = _age_h(job)
-            if age_h is not None and age_h > self.settings.batch_max_age_h:
+            if age_h is not None and age_h > self.settings.batch_max_age_h and not cancelled:
                 self.too_old(batch, state, age_h)
-                continue
+                cancelled = True  # a cancel takes a while at Google: asked once, then waited for
             waited = self.clock() - self.started
             if waited + delay > self.settings.batch_wait_h * 3600:
                 raise BatchStillRunning(
@@ -310,7 +321,7 @@ class BatchRun:
             f"(batch_max_age_h {self.settings.batch_max_age_h:g})"
         )
         if self.settings.batch_too_old == "stop":
-            raise HardGeminiError(message + "; cancel it or wait longer, then rerun")
+            raise HardGeminiError(message + "; cancel it, or raise batch_max_age_h, then rerun")
         log.warning("%s: cancelling it; what it answered is kept and the rest resubmitted", message)
         self._retry(lambda: self.client.batches.cancel(name=batch.name))
 
@@ -327,6 +338,54 @@ class BatchRun:
                 self.sleep(delay)
                 delay = min(max(delay * 2, 0.001), self.settings.max_backoff_s)
         raise AssertionError("unreachable")
+
+
+def open_batches(records: list[dict]) -> list[_Open]:
+    """The batches of a store's batches log that have an intent but no end (every part), oldest first."""
+    found: dict[str, _Open] = {}
+    for record in records:
+        display = record["display_name"]
+        if record["event"] == "intent":
+            found[display] = _Open(
+                display, record["attempt"], record["keys"], part=record["part"], since=record["time"]
+            )
+        elif record["event"] == "created" and display in found:
+            found[display].name = record["name"]
+        elif record["event"] == "ended":
+            found.pop(display, None)
+    return list(found.values())
+
+
+def refuse_open_batches(records: list[dict], ids: set[str], except_part: str | None = None) -> None:
+    """Stop with one line when a batch still open holds one of ``ids`` (a batch-mode job takes up
+    its own part's, ``except_part``): asking those questions now would pay for them twice."""
+    for batch in open_batches(records):
+        if batch.part != except_part and ids & set(batch.keys):
+            raise HardGeminiError(
+                f"batch {batch.name or batch.display_name} (store part {batch.part}) is still open and holds "
+                f"{len(ids & set(batch.keys))} of these questions: run that shard's job in batch mode to "
+                "collect it first (asking them now would pay twice)"
+            )
+
+
+def _file_result(line: str) -> tuple[str | None, object, object]:
+    """One line of a batch's results file, read as the SDK reads an inline result (unknown fields
+    dropped); a line that cannot be read is a failure of its key."""
+    from google.genai import types
+    from google.genai.batches import _InlinedResponse_from_mldev
+
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None, None, "unreadable_result"  # no key to put it on: its question gets no outcome
+    key = row.get("key") if isinstance(row, dict) else None
+    if key is None or "response" not in row:
+        return key, None, (row.get("error") or {}).get("code", "unknown") if key else "unreadable_result"
+    try:
+        entry = _InlinedResponse_from_mldev({"response": row["response"]})
+        return key, types.InlinedResponse.model_validate(entry).response, None
+    except Exception:  # noqa: BLE001 - an unreadable result is that key's failure, never a traceback
+        return key, None, "unreadable_result"
 
 
 def request_json(question: str, config) -> dict:

@@ -199,6 +199,7 @@ async def answer_with_gemini(
         progress_every_s=progress_every_s,
         ask_refused_again=settings.ask_refused_again,
     )
+    _refuse_open_batches(job, settings)
     log.info(
         "Gemini %s: %d questions to request, %d in flight at most, %.0f requests/min",
         settings.model,
@@ -211,7 +212,7 @@ async def answer_with_gemini(
     client = make_client(api_key, settings)
     requests = _ShardRequests(job, settings, client, limiter, config, max_usd)
     if settings.mode == "batch":
-        await asyncio.to_thread(requests.in_batches)
+        requests.in_batches()  # blocking, in this thread: Ctrl-C stops it at once
     else:
         await requests.ask_all()
     rows = job.rows()
@@ -221,6 +222,20 @@ async def answer_with_gemini(
     usage["unreached"] = requests.reach.attempts
     usage["log"] = str(job.store.log_path("failures")) if job.store else None
     return rows, left_out, dict(usage)
+
+
+def _refuse_open_batches(job: ResumableJob, settings: GeminiSettings) -> None:
+    """One line when a batch still open holds some of the job's questions: asking them would pay twice."""
+    if not job.store:
+        return
+    from .gemini_batch import BATCH_LOG, refuse_open_batches
+
+    try:
+        own = job.store.part.name if settings.mode == "batch" else None  # a batch job takes up its own
+        refuse_open_batches(job.store.read_log(BATCH_LOG), {q["id"] for q in job.todo}, own)
+    except HardGeminiError:
+        job.close()
+        raise
 
 
 def _left_out(questions: Sequence[dict], failures: list[dict], refusals) -> list[dict]:

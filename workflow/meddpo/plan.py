@@ -112,6 +112,12 @@ def rule_runtime_minutes(config: dict[str, Any], rule: str, per_shard: int, atte
     return runtime_minutes(rule, per_shard, attempt)
 
 
+def gemini_jobs(block: dict[str, Any]) -> int:
+    """The ``gemini_jobs`` resource of a Gemini rule: 1 online (the key's per-minute quota is shared,
+    one such job at a time), 0 in batch mode (no such quota: every shard's batch waits at once)."""
+    return 0 if block.get("mode") == "batch" else 1
+
+
 def teacher_rule(config: dict[str, Any]) -> str:
     return "chosen_gemini" if asks_gemini(config["teacher"]) else "chosen_local"
 
@@ -277,7 +283,7 @@ def render_estimate(plan: dict[str, Any]) -> list[str]:
     if "judge_usd_at_most" in plan:
         lines.append(
             f"Gemini rubric judge at most ${plan['judge_usd_at_most']:.2f} online, "
-            f"${plan['judge_batch_usd_at_most']:.2f} in batch mode (both answers at their caps, "
-            "every verdict at max_output_tokens; judge.max_usd stops it earlier)"
+            f"${plan['judge_batch_usd_at_most']:.2f} in batch mode (both answers at their caps, every "
+            "verdict at max_output_tokens; judge.max_usd stops it earlier, in batch mode before a batch)"
         )
     return lines

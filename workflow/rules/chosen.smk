@@ -50,7 +50,7 @@ if teacher_rule(config) == "chosen_gemini":
         conda:
             CONDA_ENV
         resources:
-            gemini_jobs=1,
+            gemini_jobs=gemini_jobs(config["teacher"]["gemini"]),
             runtime=runtime("chosen_gemini"),
         params:
             # the teacher.gemini block as it is (never the key itself: it stays out of command lines)

@@ -13,6 +13,7 @@ from snakemake.utils import validate
 
 from meddpo.paths import run_paths
 from meddpo.plan import (
+    gemini_jobs,
     judge_rules,
     questions_per_shard,
     rule_runtime_minutes,

@@ -70,7 +70,7 @@ if "judge_rubric_gemini" in JUDGE_RULES:
         conda:
             CONDA_ENV
         resources:
-            gemini_jobs=1,
+            gemini_jobs=gemini_jobs(config["judge"]["gemini"]),
             runtime=runtime("judge_rubric_gemini"),
         params:
             options=judge_options(config, "rubric"),
