@@ -4,6 +4,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -337,6 +338,19 @@ def test_the_demo_with_batch_mode_teacher_and_judge_sends_one_batch_per_shard_an
     judged = final["judge"]["usage"]["rubric"]
     assert judged["batch_requests"] == judged["requests"] == 124 and judged["verdicts"] == {"judged": 124}
     assert final["judge"]["summary"]["with_verdict"] == 62
+    # meddpo status lists every batch, the teacher's under its shards and the judge's apart, from the stores
+    status = subprocess.run(
+        [sys.executable, "-m", "meddpo", "status", "--configfile", "demo/config.yaml", str(overlay)],
+        cwd=demo_copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert status.returncode == 0, status.stderr
+    batches = re.findall(r"batch batches/test-\d{4}: (\w+), (\d+) questions, [\d.]+ h old", status.stdout)
+    assert sorted(batches) == [("SUCCEEDED", "21")] * 3 + [("SUCCEEDED", "40")] + [("SUCCEEDED", "42")] * 2
+    assert "judge     shard-002  Gemini judge batches" in status.stdout
     leaks = [
         str(path) for path in demo_copy.rglob("*") if path.is_file() and key.encode() in path.read_bytes()
     ]

@@ -366,7 +366,8 @@ def _profile_executor(profile: Path) -> str | None:
 
 def status(args: argparse.Namespace) -> None:
     from .settings import load_config
-    from .status import render, shard_status
+    from .status import judge_batches, render, shard_status
 
-    for line in render(shard_status(load_config(args.configfile, base=args.base_config))):
+    config = load_config(args.configfile, base=args.base_config)
+    for line in render(shard_status(config), judge_batches(config)):
         print(line)

@@ -54,6 +54,13 @@ def shard_status(config: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def judge_batches(config: dict[str, Any]) -> dict[str, list[dict]]:
+    """The Gemini judge's batches (batch mode) by store part, from every batches log in the judge store."""
+    paths = RunPaths(str(Path(config["output"]["dir"])))
+    logs = sorted(Path(paths.judge_store).glob("*/*/batches/*.jsonl"))
+    return batches_by_part([record for log in logs for record in read_jsonl_tolerant(log)])
+
+
 def batches_by_part(records: list[dict[str, Any]], now: float | None = None) -> dict[str, list[dict]]:
     """Gemini batch mode: each batch of each store part, from the store's batches log (no API call).
 
@@ -79,7 +86,8 @@ def batches_by_part(records: list[dict[str, Any]], now: float | None = None) -> 
     return {part: list(found.values()) for part, found in parts.items()}
 
 
-def render(rows: list[dict[str, Any]]) -> list[str]:
+def render(rows: list[dict[str, Any]], judge: dict[str, list[dict]] | None = None) -> list[str]:
+    """Lines a person reads: a line per shard and role (with its batches), the judge's batches, totals."""
     lines = []
     for row in rows:
         if row["questions"] is None:
@@ -89,11 +97,10 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
         state = "done" if row["done"] else "in the store so far"
         counts = f"{row['answered']}/{row['questions']} answered{refused}"
         lines.append(f"{row['role']:<9} {row['shard']}  {counts}  {state}")
-        for batch in row.get("batches", []):
-            lines.append(
-                f"{'':<9} {'':<9}  batch {batch['name'] or '(not created)'}: {batch['state']}, "
-                f"{batch['questions']} questions, {batch['age_h']:.2f} h old"
-            )
+        lines += _batch_lines(row.get("batches", []))
+    for part, batches in sorted((judge or {}).items()):
+        lines.append(f"{'judge':<9} {part.removesuffix('.jsonl')}  Gemini judge batches")
+        lines += _batch_lines(batches)
     for role in dict.fromkeys(r["role"] for r in rows):
         mine = [r for r in rows if r["role"] == role and r["questions"] is not None]
         total = sum(r["questions"] for r in mine)
@@ -102,3 +109,11 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
         shards = sum(1 for r in rows if r["role"] == role)
         lines.append(f"{role}: {answered}/{total} answered; {done} of {shards} shard files written")
     return lines
+
+
+def _batch_lines(batches: list[dict]) -> list[str]:
+    return [
+        f"{'':<9} {'':<9}  batch {batch['name'] or '(not created)'}: {batch['state']}, "
+        f"{batch['questions']} questions, {batch['age_h']:.2f} h old"
+        for batch in batches
+    ]
