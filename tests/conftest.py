@@ -255,6 +255,13 @@ def pytest_collection_modifyitems(config, items):
 # --------------------------------------------------------------------------- Gemini against the local server
 
 
+def gemini_env(server, key, **extra) -> dict[str, str]:
+    """This environment with ``key`` as the only Gemini key and the SDK pointed at the local server."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
+    env.update(GEMINI_API_KEY=key, GOOGLE_GEMINI_BASE_URL=server.base_url, **extra)
+    return env
+
+
 def fast_gemini_settings(server, **overrides):
     """Gemini settings for the local wire-format server: no pacing, millisecond back-offs, short time-outs."""
     from meddpo.gemini_client import GeminiSettings

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from conftest import fast_gemini_settings
+from conftest import fast_gemini_settings, gemini_env
 from meddpo.errors import UserError
 from meddpo.gemini_teacher import answer_shard
 from meddpo.gemini_test_batches import BatchPlan
@@ -170,7 +170,7 @@ def test_kill_9_during_create_then_rerun_creates_no_second_batch(tmp_path):
     shard = tmp_path / "shard.jsonl"
     write_jsonl(shard, QUESTIONS)
     with GeminiTestServer(batch_plans=[BatchPlan(hang_create_s=60)]) as server:
-        job = subprocess.Popen(_cli(shard, tmp_path), env=_env(server), stderr=subprocess.DEVNULL)
+        job = subprocess.Popen(_cli(shard, tmp_path), env=gemini_env(server, KEY), stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while server.batch_stats()["created"] == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -178,7 +178,7 @@ def test_kill_9_during_create_then_rerun_creates_no_second_batch(tmp_path):
         job.wait(timeout=30)
         assert server.batch_stats()["created"] == 1
         rerun = subprocess.run(
-            _cli(shard, tmp_path), env=_env(server), capture_output=True, text=True, timeout=120
+            _cli(shard, tmp_path), env=gemini_env(server, KEY), capture_output=True, text=True, timeout=120
         )
         assert rerun.returncode == 0, rerun.stderr
         assert server.batch_stats()["created"] == 1
@@ -193,7 +193,7 @@ def test_a_wait_that_runs_out_is_one_line_and_the_rerun_collects_the_batch(tmp_p
     with GeminiTestServer(batch_plans=[BatchPlan(pending_polls=3)]) as server:
         first = subprocess.run(
             _cli(shard, tmp_path, "--batch-wait-h", "1e-9"),
-            env=_env(server),
+            env=gemini_env(server, KEY),
             capture_output=True,
             text=True,
             timeout=120,
@@ -207,7 +207,7 @@ def test_a_wait_that_runs_out_is_one_line_and_the_rerun_collects_the_batch(tmp_p
         ]
         assert not (tmp_path / "chosen" / "shard-000.jsonl").exists()
         rerun = subprocess.run(
-            _cli(shard, tmp_path), env=_env(server), capture_output=True, text=True, timeout=120
+            _cli(shard, tmp_path), env=gemini_env(server, KEY), capture_output=True, text=True, timeout=120
         )
         assert rerun.returncode == 0, rerun.stderr
         assert server.batch_stats()["created"] == 1 and server.stats()["requests"] == 12
@@ -231,7 +231,7 @@ def test_a_batch_past_its_age_stops_the_job_when_told_to(tmp_path):
     with GeminiTestServer(batch_plans=[old]) as server:
         result = subprocess.run(
             _cli(shard, tmp_path, "--batch-max-age-h", "2", "--batch-too-old", "stop"),
-            env=_env(server),
+            env=gemini_env(server, KEY),
             capture_output=True,
             text=True,
             timeout=120,
@@ -307,12 +307,6 @@ def _cli(shard, tmp_path, *extra):
         *("--initial-backoff", "0.001", "--max-backoff", "0.01", "--timeout", "5"),
         *extra,
     ]
-
-
-def _env(server):
-    env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
-    env.update(GEMINI_API_KEY=KEY, GOOGLE_GEMINI_BASE_URL=server.base_url)
-    return env
 
 
 def test_a_batch_mode_job_gets_its_wait_as_time_limit_and_preflight_prints_both_prices(tmp_path):

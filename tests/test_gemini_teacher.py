@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import fast_gemini_settings
+from conftest import fast_gemini_settings, gemini_env
 from meddpo.gemini_client import (
     GeminiSettings,
     MissingKeyError,
@@ -183,9 +183,7 @@ def _cli(shard, tmp_path, *extra):
 
 
 def _env(server, **extra):
-    env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
-    env.update(GEMINI_API_KEY=KEY, GOOGLE_GEMINI_BASE_URL=server.base_url, **extra)
-    return env
+    return gemini_env(server, KEY, **extra)
 
 
 def test_cli_bad_key_fails_fast_with_one_line_and_no_output(tmp_path):

@@ -71,8 +71,8 @@ class BatchStillRunning(UserError):
 
 
 @dataclass
-class _Open:
-    """One batch of this part that has not ended: from its intent record (and created record)."""
+class Batch:
+    """One batch as the store's batches log tells it: from its intent, created and ended records."""
 
     display_name: str
     attempt: int
@@ -80,6 +80,8 @@ class _Open:
     name: str | None = None
     part: str = ""
     since: float = 0.0  # time of the intent record
+    state: str | None = None  # the final state once its ended record is there; None while open
+    results: int = 0  # results kept, once ended
 
 
 @dataclass
@@ -109,19 +111,17 @@ class BatchRun:
         else:
             self._log_memory.append(record)
 
-    def _records(self) -> list[dict]:
+    def history(self) -> list[Batch]:
+        """This part's batches, from the batches log, in the order of their intents."""
         records = self.job.store.read_log(BATCH_LOG) if self.job.store else self._log_memory
-        return [r for r in records if r.get("part") == self.part]
+        return [batch for batch in batch_history(records) if batch.part == self.part]
 
-    def open_batches(self) -> list[_Open]:
+    def open_batches(self) -> list[Batch]:
         """This part's batches that have an intent but no end, oldest first."""
-        return [b for b in open_batches(self._all_records()) if b.part == self.part]
-
-    def _all_records(self) -> list[dict]:
-        return self.job.store.read_log(BATCH_LOG) if self.job.store else self._log_memory
+        return [batch for batch in self.history() if batch.state is None]
 
     def attempts_used(self) -> int:
-        return max((r["attempt"] for r in self._records() if r["event"] == "intent"), default=0)
+        return max((batch.attempt for batch in self.history()), default=0)
 
     # -- the job --------------------------------------------------------------------------------
     def run(self) -> None:
@@ -148,7 +148,7 @@ class BatchRun:
         if todo:
             self.give_up(todo)
 
-    def never_created(self, batch: _Open) -> None:
+    def never_created(self, batch: Batch) -> None:
         """An intent whose batch Google does not list: ended as never created, once its create call
         can no longer land; before that, the job stops with one line."""
         left = batch.since + self.settings.timeout_s + CREATE_GRACE_S - time.time()
@@ -172,13 +172,13 @@ class BatchRun:
             failure = {"id": question["id"], "reason": "batch_attempts_used"}
             self.keep(question, Outcome(failure=failure, attempts=self.settings.batch_max_attempts))
 
-    def submit(self, todo: list[dict], attempt: int) -> _Open:
+    def submit(self, todo: list[dict], attempt: int) -> Batch:
         """Create one batch for ``todo``; its intent is on disk first and its name right after."""
         from google.genai import types
 
         fingerprint = self.job.store.key if self.job.store else "nostore"
         display = f"meddpo-{fingerprint}-{self.part}-a{attempt}-{uuid.uuid4().hex[:12]}"
-        batch = _Open(display, attempt, [q["id"] for q in todo])
+        batch = Batch(display, attempt, [q["id"] for q in todo])
         lines = [{"key": q["id"], "request": request_json(q["question"], self.config)} for q in todo]
         if sum(len(json.dumps(line)) for line in lines) > self.settings.batch_inline_limit_mb * 1e6:
             src = self.upload(display, lines)  # an uploaded file costs nothing: no intent needed yet
@@ -233,7 +233,7 @@ class BatchRun:
                 return item.name
         return None
 
-    def collect(self, batch: _Open) -> None:
+    def collect(self, batch: Batch) -> None:
         """Wait for ``batch`` to end (cancelling it when too old), then keep every result it has."""
         job = self.wait(batch)
         state = _state(job)
@@ -275,7 +275,7 @@ class BatchRun:
             for entry in (dest.inlined_responses if dest is not None else None) or []
         ]
 
-    def keep_result(self, key: str, response, error, batch: _Open) -> None:
+    def keep_result(self, key: str, response, error, batch: Batch) -> None:
         """One result of a batch: an answer or refusal (with its tokens logged), or a failure."""
         question = {"id": key}
         record = {"id": key, "attempt": batch.attempt, "mode": "batch", "batch": batch.name}
@@ -292,7 +292,7 @@ class BatchRun:
             self.log_request({**record, **(outcome.usage or {})})
         self.done.add(key)
 
-    def wait(self, batch: _Open):
+    def wait(self, batch: Batch):
         """Poll ``batch`` until it ends; BatchStillRunning once ``batch_wait_h`` has gone by."""
         delay, cancelled = min(self.settings.batch_poll_s, LONGEST_POLL_S), False
         while True:
@@ -314,7 +314,7 @@ class BatchRun:
             self.sleep(delay)
             delay = min(delay * 2, LONGEST_POLL_S)
 
-    def too_old(self, batch: _Open, state: str, age_h: float) -> None:
+    def too_old(self, batch: Batch, state: str, age_h: float) -> None:
         """Cancel a batch past ``batch_max_age_h`` (or stop, with ``batch_too_old: stop``)."""
         message = (
             f"batch {batch.name} is still {_short(state)} {age_h:.1f} h after it was created "
@@ -340,20 +340,27 @@ class BatchRun:
         raise AssertionError("unreachable")
 
 
-def open_batches(records: list[dict]) -> list[_Open]:
-    """The batches of a store's batches log that have an intent but no end (every part), oldest first."""
-    found: dict[str, _Open] = {}
+def batch_history(records: list[dict]) -> list[Batch]:
+    """Every batch a store's batches log records (every part), in the order of their intents."""
+    found: dict[str, Batch] = {}
     for record in records:
         display = record["display_name"]
         if record["event"] == "intent":
-            found[display] = _Open(
+            found[display] = Batch(
                 display, record["attempt"], record["keys"], part=record["part"], since=record["time"]
             )
-        elif record["event"] == "created" and display in found:
+        elif display not in found:
+            continue  # no intent before it: not a batch this log can speak for
+        elif record["event"] == "created":
             found[display].name = record["name"]
         elif record["event"] == "ended":
-            found.pop(display, None)
+            found[display].state, found[display].results = record["state"], record.get("results", 0)
     return list(found.values())
+
+
+def open_batches(records: list[dict]) -> list[Batch]:
+    """The batches of a store's batches log that have an intent but no end (every part), oldest first."""
+    return [batch for batch in batch_history(records) if batch.state is None]
 
 
 def refuse_open_batches(records: list[dict], ids: set[str], except_part: str | None = None) -> None:

@@ -262,23 +262,11 @@ def _left_out(questions: Sequence[dict], failures: list[dict], refusals) -> list
 USAGE_COUNTS = ("requests", "input_tokens", "output_tokens", "thinking_tokens")
 
 
-def shard_usage(store: AnswerStore | None, question_ids: set[str], this_job: dict) -> dict:
-    """Requests and tokens of every job that ever asked these questions under these settings.
-
-    From the store's request log (killed and failed jobs included); without a
-    store, this job's own counts.
-    """
-    if store is None:
-        return {key: this_job.get(key, 0) for key in USAGE_COUNTS}
-    return _add_up(record for record in store.read_log("requests") if record["id"] in question_ids)
-
-
-def records_cost(records, settings: GeminiSettings, question_ids: set[str] | None = None) -> float:
+def records_cost(records, settings: GeminiSettings) -> float:
     """US dollars of request-log records, each at the prices of the mode it was sent in (online or batch)."""
     by_mode: dict[str, list[dict]] = {}
     for record in records:
-        if question_ids is None or record["id"] in question_ids:
-            by_mode.setdefault(record.get("mode", "online"), []).append(record)
+        by_mode.setdefault(record.get("mode", "online"), []).append(record)
     return round(
         sum(estimate_cost(_add_up(rows), settings.prices(mode)) for mode, rows in by_mode.items()), 6
     )
@@ -346,18 +334,16 @@ def _shard_totals(
     this_job: dict,
 ) -> dict:
     """The shard's usage (every request ever sent, the cost, this job's counts, the outcomes), logged."""
-    ids = {q["id"] for q in questions}
-    usage = shard_usage(store, ids, this_job)
-    usage["batch_requests"] = (
-        sum(r["id"] in ids and r.get("mode") == "batch" for r in store.read_log("requests"))
-        if store is not None
-        else this_job.get("batch_requests", 0)
-    )
-    usage["estimated_cost_usd"] = (
-        records_cost(store.read_log("requests"), settings, ids)
-        if store is not None
-        else estimate_cost(usage, settings.prices())
-    )
+    if store is None:  # this job's own counts
+        usage = {key: this_job.get(key, 0) for key in USAGE_COUNTS}
+        usage["batch_requests"] = this_job.get("batch_requests", 0)
+        usage["estimated_cost_usd"] = estimate_cost(usage, settings.prices())
+    else:  # every request ever sent for these questions under these settings, from the request log
+        ids = {q["id"] for q in questions}
+        records = [record for record in store.read_log("requests") if record["id"] in ids]
+        usage = _add_up(records)
+        usage["batch_requests"] = sum(record.get("mode") == "batch" for record in records)
+        usage["estimated_cost_usd"] = records_cost(records, settings)
     refused = [r for r in left_out if r["kind"] == "refused"]
     failed = [r for r in left_out if r["kind"] == "failed"]
     usage.update(

@@ -69,21 +69,17 @@ def batches_by_part(records: list[dict[str, Any]], now: float | None = None) -> 
     """
     import time
 
+    from .gemini_batch import batch_history
+
     now = time.time() if now is None else now
-    parts: dict[str, dict[str, dict]] = {}
-    for record in records:
-        fresh = {"name": None, "state": "waiting", "questions": 0, "since": record["time"]}
-        batch = parts.setdefault(record["part"], {}).setdefault(record["display_name"], fresh)
-        if record["event"] == "intent":
-            batch.update(questions=len(record["keys"]), since=record["time"])
-        elif record["event"] == "created":
-            batch["name"] = record["name"]
-        elif record["event"] == "ended":
-            batch.update(state=record["state"].removeprefix("JOB_STATE_"), results=record.get("results", 0))
-    for found in parts.values():
-        for batch in found.values():
-            batch["age_h"] = round((now - batch.pop("since")) / 3600, 2)
-    return {part: list(found.values()) for part, found in parts.items()}
+    parts: dict[str, list[dict]] = {}
+    for batch in batch_history(records):
+        row = {"name": batch.name, "state": "waiting", "questions": len(batch.keys)}
+        if batch.state is not None:
+            row.update(state=batch.state.removeprefix("JOB_STATE_"), results=batch.results)
+        row["age_h"] = round((now - batch.since) / 3600, 2)
+        parts.setdefault(batch.part, []).append(row)
+    return parts
 
 
 def render(rows: list[dict[str, Any]], judge: dict[str, list[dict]] | None = None) -> list[str]:
