@@ -227,13 +227,13 @@ def demo_copy(demo_run, tmp_path) -> Path:
 # xdist hands groups out in this order, so the short ones fill in around the long ones instead of
 # one long group running alone at the end.
 LONG_GROUPS = (
-    "test_vllm_engine.py",
     "test_slurm_profile.py",
-    "test_workflow.py",
+    "test_vllm_engine.py",
     "demo-run",
-    "test_local_generation.py",
-    "test_reruns.py",
-    "test_benchmarks.py",
+    "test_preflight.py",
+    "test_gemini_teacher.py",
+    "test_resume.py",
+    "test_judge.py",
 )
 
 

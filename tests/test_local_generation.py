@@ -176,3 +176,13 @@ def test_store_answers_are_reused_not_regenerated(never_stops, tmp_path, monkeyp
     # another system prompt is another fingerprint: nothing reused
     answer_questions(never_stops, QUESTIONS, "Be brief.", sampling, 8, store_root=tmp_path)
     assert calls == [2, 5]
+
+
+def test_continuous_engine_on_a_cpu_sizes_its_cache_to_the_prompts(never_stops):
+    # transformers would size the cache from free memory: most of the machine's RAM on a CPU,
+    # zeroed on every call; 256-token pages for every prompt plus its new tokens are enough
+    config = never_stops._cpu_cache_config(
+        [[1] * 10, [1] * 300, [1] * 472], Sampling(max_new_tokens=40, temperature=0.7)
+    )
+    assert config.num_blocks == 1 + 2 + 2
+    assert config.max_batch_tokens is None  # the scheduler's own choice, as on a GPU

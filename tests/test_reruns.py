@@ -12,7 +12,6 @@ from conftest import (
     ONE_REJECTED_SHARD_REDONE,
     REPO,
     SNAKEMAKE,
-    copy_workflow,
     git,
     job_counts,
     snakemake,
@@ -103,19 +102,24 @@ def test_the_readme_gives_the_commands_these_tests_use():
     )
 
 
-def test_refusals_and_transient_errors_through_snakemake_with_the_cluster_retry_setting(tmp_path):
+def test_refusals_and_transient_errors_through_snakemake_with_the_cluster_retry_setting(demo_copy, tmp_path):
     """~6% permanent refusals, ~30% transient errors: exit 0, every other question answered, each
-    refusal asked once and recorded once, and a --forcerun of the teacher sends nothing."""
+    refusal asked once and recorded once, and a --forcerun of the teacher sends nothing.
+
+    On a copy of the session's demo run: its rejected answers stand, the Gemini teacher's chosen
+    answers and the pairs, dataset and report after them are made here (the judges are off: they
+    read only pairs, and refused questions make none)."""
     import yaml
 
     from meddpo.cleaning import clean_and_dedupe
     from meddpo.gemini_test_server import GeminiTestServer
 
-    workdir = copy_workflow(tmp_path / "wf")
+    workdir = demo_copy
     overlay = tmp_path / "gemini.yaml"
     overlay.write_text(
         "teacher:\n  backend: gemini\n  gemini:\n    concurrency: 8\n    requests_per_minute: 1000000\n"
         "    initial_backoff_s: 0.001\n    max_backoff_s: 0.01\n"
+        "judge:\n  kinds: []\n"
     )
     retries = yaml.safe_load((REPO / "profiles" / "bridges2" / "config.yaml").read_text())["retries"]
     rows = [json.loads(line) for line in (REPO / "demo" / "medquad_demo.jsonl").open()]

@@ -438,7 +438,8 @@ def test_the_demo_through_snakemake_with_engine_vllm(vllm_env, tmp_path):
     workdir = _copy_workflow(tmp_path / "wf")
     (workdir / ".venv-vllm").symlink_to(REPO / ".venv-vllm")  # where vllm.command's default looks
     overlay = tmp_path / "one-shard.yaml"
-    overlay.write_text("n_shards: 1\n")
+    # the judges run on transformers in this demo (demo/vllm.yaml): off, they would only add jobs
+    overlay.write_text("n_shards: 1\njudge:\n  kinds: []\n")
     marker = uuid.uuid4().hex
     run = subprocess.run(
         [*SNAKEMAKE, "--cores", "2", "--configfile", "demo/config.yaml", "demo/vllm.yaml", str(overlay)],

@@ -200,8 +200,13 @@ def test_demo_end_to_end(demo_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_growing_n_and_changing_n_shards_generates_only_new_questions(tmp_path):
-    workdir = copy_workflow(tmp_path / "wf")
+def test_growing_n_and_changing_n_shards_generates_only_new_questions(demo_copy, tmp_path):
+    # the session's demo run, copied, with every output but its tiny models removed: a first run
+    # with checkpoints in place and an empty answer store
+    workdir = demo_copy
+    for path in (workdir / "results" / "demo").iterdir():
+        if path.name != "models":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     # the judges do not take part in answer reuse (test_judge.py); off here to save their jobs
     no_judge = tmp_path / "no-judge.yaml"
     no_judge.write_text("judge:\n  kinds: []\n")
@@ -236,10 +241,12 @@ def test_growing_n_and_changing_n_shards_generates_only_new_questions(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_with_the_gemini_teacher_keeps_the_key_out_of_every_file(tmp_path):
+def test_demo_with_the_gemini_teacher_keeps_the_key_out_of_every_file(demo_copy, tmp_path):
     from meddpo.gemini_test_server import GeminiTestServer
 
-    workdir = copy_workflow(tmp_path / "wf")
+    # the session's demo run, copied: its rejected answers stand, the Gemini teacher's chosen
+    # answers and everything after them are made here
+    workdir = demo_copy
     overlay = tmp_path / "gemini.yaml"
     overlay.write_text(
         "teacher:\n  backend: gemini\n  gemini:\n    concurrency: 8\n    initial_backoff_s: 0.001\n"

@@ -152,12 +152,30 @@ class LocalGenerator:
         # generate_batch decodes in a worker thread of its own and manages grad mode
         # there; wrapping it in inference_mode here breaks its cache tensors.
         outputs = self.model.generate_batch(
-            inputs=[list(ids) for ids in prompt_ids], generation_config=config, progress_bar=False
+            inputs=[list(ids) for ids in prompt_ids],
+            generation_config=config,
+            continuous_batching_config=self._cpu_cache_config(prompt_ids, sampling),
+            progress_bar=False,
         )
         ordered = [outputs[f"req_{index}"] for index in range(len(prompt_ids))]
         return [
             self._answer(out.generated_tokens, len(ids)) for out, ids in zip(ordered, prompt_ids, strict=True)
         ]
+
+    def _cpu_cache_config(self, prompt_ids: Sequence[Sequence[int]], sampling: Sampling):
+        """On a CPU, a paged cache just big enough for every prompt at once; elsewhere None.
+
+        Left to itself, generate_batch sizes its cache (and an attention mask over all of
+        it) from the device's free memory: on a CPU that is most of the machine's RAM,
+        filled with zeros on every call (~15-30 s for a tiny model, and the answers are
+        the same either way). A GPU keeps transformers' own sizing."""
+        if self.device != "cpu":
+            return None
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        page = ContinuousBatchingConfig.page_size
+        blocks = sum(-(-(len(ids) + sampling.max_new_tokens) // page) for ids in prompt_ids)
+        return ContinuousBatchingConfig(num_blocks=blocks)
 
 
 def plan_batches(
