@@ -211,7 +211,7 @@ def test_growing_n_and_changing_n_shards_generates_only_new_questions(demo_copy,
     no_judge = tmp_path / "no-judge.yaml"
     no_judge.write_text("judge:\n  kinds: []\n")
     pilot = tmp_path / "pilot.yaml"
-    pilot.write_text("questions:\n  n: 30\nn_shards: 2\n")
+    pilot.write_text("questions:\n  n: 30\nn_shards: 1\n")
     first = snakemake(workdir, "--cores", "2", "--configfile", "demo/config.yaml", str(no_judge), str(pilot))
     assert first.returncode == 0, first.stderr[-3000:]
     store = workdir / "results" / "demo" / "answer_store"
@@ -228,7 +228,9 @@ def test_growing_n_and_changing_n_shards_generates_only_new_questions(demo_copy,
         "results--demo--models--tiny-qwen2": 30,
     }
 
-    full = snakemake(workdir, "--cores", "2", *DEMO, str(no_judge))  # all 63 questions, 3 shards
+    two_shards = tmp_path / "two-shards.yaml"
+    two_shards.write_text("n_shards: 2\n")
+    full = snakemake(workdir, "--cores", "2", *DEMO, str(no_judge), str(two_shards))  # all 63 questions
     assert full.returncode == 0, full.stderr[-3000:]
     for name, ids in generations().items():
         assert len(ids) == len(set(ids)) == 63, f"{name}: an answer was generated twice"
