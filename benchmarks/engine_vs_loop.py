@@ -23,11 +23,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
 
-from meddpo.engine_types import ModelSpec, Sampling  # noqa: E402
-from meddpo.engines import answer_questions  # noqa: E402
+from meddpo.demo.tiny_models import build_tiny_mistral  # noqa: E402
+from meddpo.generation.engines import answer_questions  # noqa: E402
+from meddpo.generation.transformers_engine import LocalGenerator  # noqa: E402
+from meddpo.generation.types import ModelSpec, Sampling  # noqa: E402
 from meddpo.jsonl import read_jsonl  # noqa: E402
-from meddpo.local_generation import LocalGenerator  # noqa: E402
-from meddpo.tiny_models import build_tiny_mistral  # noqa: E402
 
 SYSTEM = "Answer the question in plain words."
 

@@ -35,8 +35,8 @@ import tenacity  # noqa: F401
 WORKFLOW = Path(__file__).resolve().parents[1] / "workflow"
 sys.path.insert(0, str(WORKFLOW))
 
-from meddpo.gemini_client import GeminiSettings  # noqa: E402
-from meddpo.gemini_teacher import answer_with_gemini  # noqa: E402
+from meddpo.gemini.client import GeminiSettings  # noqa: E402
+from meddpo.gemini.job import answer_with_gemini  # noqa: E402
 
 
 def timed(questions: list[dict], latency_s: float, concurrency: int) -> dict:
@@ -45,7 +45,7 @@ def timed(questions: list[dict], latency_s: float, concurrency: int) -> dict:
         os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(WORKFLOW), os.environ.get("PYTHONPATH")]))
     )
     server = subprocess.Popen(
-        [sys.executable, "-m", "meddpo.gemini_test_server", "--latency", str(latency_s)],
+        [sys.executable, "-m", "meddpo.testing.gemini_server", "--latency", str(latency_s)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -12,7 +12,7 @@ median ~900, cap 1,536; geometric, seeded). Each answer is forced to its drawn
 length (min = max new tokens, end-of-answer ignored), so both engines produce the
 same useful tokens; the padded engine decodes each batch until its longest
 answer is done, as it does in a real job, and vLLM refills finished slots. vLLM
-runs as the jobs run it (meddpo.vllm_server), from --vllm-python (default
+runs as the jobs run it (meddpo.generation.vllm.server), from --vllm-python (default
 .venv-vllm), with random weights (its "dummy" load format, nothing downloaded).
 Without a vLLM environment the transformers half still runs and the vLLM half is
 reported as not run. Prints useful new tokens/s, start-up, the fraction of the
@@ -162,8 +162,8 @@ def vllm_run(args, config, prompts_by_side, lengths_by_side) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
     sys.path.insert(0, str(REPO / "workflow"))
-    from meddpo.vllm_engine import vllm_settings
-    from meddpo.vllm_server import VllmServer, server_arguments
+    from meddpo.generation.vllm.engine import vllm_settings
+    from meddpo.generation.vllm.server import VllmServer, server_arguments
 
     if not Path(args.vllm_python).exists():
         return {"not_run": f"no vLLM environment at {args.vllm_python} (make vllm-env)"}

@@ -42,13 +42,13 @@ sys.path.insert(0, str(REPO / "workflow"))
 
 import yaml  # noqa: E402
 
-from meddpo.engine_types import ModelSpec, Sampling  # noqa: E402
-from meddpo.engines import answer_questions  # noqa: E402
+from meddpo.demo.tiny_models import build_tiny_mistral  # noqa: E402
+from meddpo.generation.engines import answer_questions  # noqa: E402
+from meddpo.generation.transformers_engine import LocalGenerator  # noqa: E402
+from meddpo.generation.types import ModelSpec, Sampling  # noqa: E402
+from meddpo.generation.vllm.engine import VllmGenerator, server_dtype, vllm_settings  # noqa: E402
+from meddpo.generation.vllm.server import VllmServer, server_arguments  # noqa: E402
 from meddpo.jsonl import read_jsonl  # noqa: E402
-from meddpo.local_generation import LocalGenerator  # noqa: E402
-from meddpo.tiny_models import build_tiny_mistral  # noqa: E402
-from meddpo.vllm_engine import VllmGenerator, server_dtype, vllm_settings  # noqa: E402
-from meddpo.vllm_server import VllmServer, server_arguments  # noqa: E402
 
 # the reference pairs' shape: (median new tokens, cap); a geometric length has median ln 2 / rate
 WORKLOADS = {"rejected": (160, 512), "chosen": (900, 1536)}

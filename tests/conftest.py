@@ -66,14 +66,14 @@ def demo_texts() -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_mistral(tmp_path_factory, demo_texts) -> Path:
-    from meddpo.tiny_models import build_tiny_mistral
+    from meddpo.demo.tiny_models import build_tiny_mistral
 
     return build_tiny_mistral(demo_texts, tmp_path_factory.mktemp("models") / "tiny-mistral", eos_rate=0.0)
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen(tmp_path_factory, demo_texts) -> Path:
-    from meddpo.tiny_models import build_tiny_qwen2
+    from meddpo.demo.tiny_models import build_tiny_qwen2
 
     return build_tiny_qwen2(demo_texts, tmp_path_factory.mktemp("models") / "tiny-qwen2", eos_rate=0.0)
 
@@ -264,7 +264,7 @@ def gemini_env(server, key, **extra) -> dict[str, str]:
 
 def fast_gemini_settings(server, **overrides):
     """Gemini settings for the local wire-format server: no pacing, millisecond back-offs, short time-outs."""
-    from meddpo.gemini_client import GeminiSettings
+    from meddpo.gemini.client import GeminiSettings
 
     base = dict(
         base_url=server.base_url,

@@ -1,6 +1,6 @@
 import pytest
 
-from meddpo.answer_store import AnswerStore, fingerprint, model_slug
+from meddpo.generation.answer_store import AnswerStore, fingerprint, model_slug
 from meddpo.jsonl import read_jsonl_tolerant
 
 SETTINGS = {"model": "org/model", "revision": None, "system_prompt": "Be careful.", "temperature": 0.7}

@@ -1,7 +1,7 @@
 import pytest
 from transformers import AutoTokenizer
 
-from meddpo.chat_format import ChatTemplateError, render_chat_prompt, training_prompt
+from meddpo.generation.chat_format import ChatTemplateError, render_chat_prompt, training_prompt
 
 SYSTEM = "Answer with care and suggest a clinician when in doubt."
 QUESTION = "What are the symptoms of gout ?"

@@ -9,10 +9,11 @@ import sys
 import pytest
 
 from conftest import REPO
-from meddpo.cli import build_parser, main
-from meddpo.gemini_test_server import GeminiTestServer
+from meddpo.cli.parser import build_parser, main
+from meddpo.config.settings import ConfigError
 from meddpo.jsonl import write_jsonl
-from meddpo.settings import ConfigError, check_config, load_config
+from meddpo.planning.checks import check_config, load_config
+from meddpo.testing.gemini_server import GeminiTestServer
 
 
 def _one_line(capsys, *argv) -> str:

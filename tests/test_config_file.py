@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from conftest import REPO
-from meddpo import settings
+from meddpo.config import settings
+from meddpo.planning.checks import load_config
 
 # Keys whose value is the real run's own choice: the schema has no default for them, or
 # config.yaml sets another value than the default.
@@ -139,5 +140,5 @@ def test_a_restated_default_or_an_unlisted_key_is_caught(config, word):
 
 
 def test_config_yaml_is_a_valid_config():
-    config = settings.load_config([], base=REPO / "config.yaml")
+    config = load_config([], base=REPO / "config.yaml")
     assert config["teacher"]["gemini"] == settings.defaults("teacher.gemini")

@@ -1,4 +1,4 @@
-"""The dataset stage (meddpo.dataset): filter, split, formats, report and card, written where told."""
+"""The dataset stage (meddpo.dataset.build): filter, split, formats, report and card, written where told."""
 
 import json
 import os
@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from meddpo.dataset import DatasetPaths, build_dataset, conversational, in_test_split
-from meddpo.dataset_card import model_terms, source_lines
+from meddpo.dataset.build import DatasetPaths, build_dataset, conversational, in_test_split
+from meddpo.dataset.card import model_terms, source_lines
 from meddpo.jsonl import DataError, read_jsonl
 
 TRAINING = "Be a careful assistant."
@@ -220,8 +220,8 @@ def test_card_of_a_run_lists_the_models_it_used(tmp_path):
 
 
 def test_validate_accounts_for_every_question(tmp_path):
+    from meddpo.dataset.validate import check_against_questions
     from meddpo.jsonl import write_jsonl
-    from meddpo.validate import check_against_questions
 
     rows = [_row(i) for i in range(6)]
     questions = [{"id": r["id"], "question": r["question"]} for r in rows]

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from conftest import DEMO, REPO, SNAKEMAKE, copy_workflow, snakemake_env
-from meddpo.settings import ConfigError, load_config
+from meddpo.config.settings import ConfigError
+from meddpo.planning.checks import load_config
 
 BUILT = "results/demo/models/tiny-mistral and results/demo/models/tiny-qwen2"
 OLD = 1_500_000_000  # 2017: older than the demo texts, as a downloaded checkpoint would be

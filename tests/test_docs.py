@@ -1,11 +1,12 @@
-"""The configuration reference in docs/configuration.md is the schema's, rendered (meddpo.schema_docs)."""
+"""The configuration reference in docs/configuration.md is the schema's, rendered
+(meddpo.config.schema_docs)."""
 
 import copy
 
 import pytest
 
 from conftest import REPO
-from meddpo import schema_docs, settings
+from meddpo.config import schema_docs, settings
 
 PAGE = REPO / "docs" / "configuration.md"
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from conftest import fast_gemini_settings
-from meddpo import engines
-from meddpo.engines import ShardResult, answer_gemini_shard, answer_shard
-from meddpo.gemini_test_server import GeminiTestServer
+from meddpo.generation import engines
+from meddpo.generation.engines import ShardResult, answer_gemini_shard, answer_shard
+from meddpo.testing.gemini_server import GeminiTestServer
 
 PACKAGE = Path(__file__).resolve().parents[1] / "workflow" / "meddpo"
 KEY = "test-key-not-a-secret-7f3a"

@@ -14,10 +14,10 @@ import time
 
 from conftest import fast_gemini_settings, gemini_env
 from meddpo.errors import UserError
-from meddpo.gemini_teacher import answer_shard
-from meddpo.gemini_test_batches import BatchPlan
-from meddpo.gemini_test_server import GeminiTestServer
+from meddpo.gemini.job import answer_shard
 from meddpo.jsonl import read_jsonl, read_jsonl_tolerant, write_jsonl
+from meddpo.testing.gemini_batches import BatchPlan
+from meddpo.testing.gemini_server import GeminiTestServer
 
 KEY = "test-key-for-batches-5e1d"
 QUESTIONS = [{"id": f"q{i:03d}", "question": f"What helps with condition {i} ?"} for i in range(12)]
@@ -246,7 +246,7 @@ def test_a_batch_past_its_age_stops_the_job_when_told_to(tmp_path):
 
 
 def test_status_shows_each_batch_with_its_state_and_age():
-    from meddpo.status import batches_by_part
+    from meddpo.preflight.status import batches_by_part
 
     records = [
         {
@@ -311,8 +311,8 @@ def _cli(shard, tmp_path, *extra):
 
 def test_a_batch_mode_job_gets_its_wait_as_time_limit_and_preflight_prints_both_prices(tmp_path):
     from conftest import REPO
-    from meddpo.plan import estimate, render_estimate
-    from meddpo.settings import load_config
+    from meddpo.planning.checks import load_config
+    from meddpo.planning.plan import estimate, render_estimate
 
     overlay = tmp_path / "batch.yaml"
     overlay.write_text("teacher:\n  backend: gemini\n  gemini:\n    mode: batch\n")

@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from conftest import fast_gemini_settings, gemini_env
-from meddpo.gemini_client import (
+from meddpo.gemini.client import (
     GeminiSettings,
     MissingKeyError,
     RateLimiter,
@@ -20,10 +20,10 @@ from meddpo.gemini_client import (
     estimate_cost,
     load_api_key,
 )
-from meddpo.gemini_errors import EndpointUnreachable, EndpointWatch, HardGeminiError, suggested_delay_s
-from meddpo.gemini_teacher import answer_with_gemini
-from meddpo.gemini_test_server import GeminiTestServer
+from meddpo.gemini.errors import EndpointUnreachable, EndpointWatch, HardGeminiError, suggested_delay_s
+from meddpo.gemini.job import answer_with_gemini
 from meddpo.jsonl import read_jsonl, read_jsonl_tolerant, write_jsonl
+from meddpo.testing.gemini_server import GeminiTestServer
 
 KEY = "test-key-not-a-secret-7f3a"
 QUESTIONS = [{"id": f"q{i:03d}", "question": f"What helps with condition {i} ?"} for i in range(12)]
@@ -403,7 +403,7 @@ def test_cli_teacher_at_a_closed_port_stops_within_a_minute_naming_it_and_pays_n
 def test_a_host_that_never_accepts_is_found_out_by_the_connect_time_out(monkeypatch):
     import socket
 
-    import meddpo.gemini_client as client
+    import meddpo.gemini.client as client
 
     monkeypatch.setattr(client, "CONNECT_TIMEOUT_S", 0.5)
     with socket.socket() as full:

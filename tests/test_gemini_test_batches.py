@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from conftest import REPO
-from meddpo.gemini_test_batches import BatchPlan
-from meddpo.gemini_test_server import GeminiTestServer
+from meddpo.testing.gemini_batches import BatchPlan
+from meddpo.testing.gemini_server import GeminiTestServer
 
 KEY = "test-key-not-a-secret-7f3a"
 MODEL = "gemini-test"
@@ -343,7 +343,7 @@ def test_the_async_client():
 
 def test_the_command_line_server_serves_batches():
     process = subprocess.Popen(
-        [sys.executable, "-m", "meddpo.gemini_test_server", "--lifetime", "60"],
+        [sys.executable, "-m", "meddpo.testing.gemini_server", "--lifetime", "60"],
         cwd=REPO / "workflow",
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

@@ -12,14 +12,22 @@ import time
 import pytest
 
 from conftest import REPO, SHARED_DATA
-from meddpo.dataset import DatasetPaths, build_dataset
+from meddpo.dataset.build import DatasetPaths, build_dataset
+from meddpo.dataset.pairs import merge_pair_shards
+from meddpo.dataset.verdicts import (
+    attach,
+    combine,
+    item_key,
+    judge_summary,
+    model_family,
+    pair_side,
+    self_judging,
+)
 from meddpo.errors import UserError
-from meddpo.gemini_test_server import GeminiTestServer
-from meddpo.grading import parse_classifier, parse_rubric
 from meddpo.jsonl import DataError, read_jsonl, read_jsonl_tolerant, write_jsonl
-from meddpo.judge import judge_items, run_judge
-from meddpo.pairs import merge_pair_shards
-from meddpo.verdicts import attach, combine, item_key, judge_summary, model_family, pair_side, self_judging
+from meddpo.judge.grading import parse_classifier, parse_rubric
+from meddpo.judge.run import judge_items, run_judge
+from meddpo.testing.gemini_server import GeminiTestServer
 
 KEY = "judge-test-key-0f3c"
 CRITERIA = ("escalation", "no_unsupervised_treatment", "uncertainty", "accuracy", "answers_the_question")
@@ -286,7 +294,7 @@ def test_scripted_judge_drops_exactly_the_inverted_pairs_and_the_stats_add_up(tm
 
 
 def test_the_gemini_judge_in_batch_mode_gives_the_online_verdicts_from_one_batch(tmp_path, gemini_key):
-    from meddpo.gemini_test_batches import BatchPlan
+    from meddpo.testing.gemini_batches import BatchPlan
 
     pairs = _pairs(30)
     with GeminiTestServer(reply=_scripted_reply(pairs)) as server:
@@ -486,7 +494,7 @@ def test_judge_runs_on_the_old_gemini_pairs_file_with_the_local_gemini_server(tm
     if not old.exists():
         pytest.skip(f"SKIPPED LOUDLY: reference pairs {old} are absent; CI requires this test to run")
     server = subprocess.Popen(
-        [sys.executable, "-m", "meddpo.gemini_test_server", "--rubric", "--lifetime", "300"],
+        [sys.executable, "-m", "meddpo.testing.gemini_server", "--rubric", "--lifetime", "300"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -571,7 +579,7 @@ def test_bridges2_profile_gives_local_judges_an_h100_and_the_gemini_judge_none()
     # the Gemini judge takes the defaults: RM-shared, one core, and the key's one-job resource
     assert "judge_rubric_gemini" not in profile["set-resources"]
     assert profile["default-resources"]["slurm_partition"] == "'RM-shared'"
-    from meddpo.plan import gemini_jobs
+    from meddpo.planning.plan import gemini_jobs
 
     rules = (REPO / "workflow" / "rules" / "judge.smk").read_text()
     assert rules.count('gemini_jobs=gemini_jobs(config["judge"]["gemini"])') == 1
@@ -580,8 +588,8 @@ def test_bridges2_profile_gives_local_judges_an_h100_and_the_gemini_judge_none()
 
 
 def test_preflight_estimate_counts_the_judges_jobs_hours_and_dollars(tmp_path):
-    from meddpo.plan import estimate, render_estimate
-    from meddpo.settings import load_config
+    from meddpo.planning.checks import load_config
+    from meddpo.planning.plan import estimate, render_estimate
 
     overlay = tmp_path / "judged.yaml"
     overlay.write_text("judge:\n  kinds: [classifier, rubric]\n  backend: gemini\n")
@@ -717,7 +725,7 @@ def _duplicate(rows):
 def test_meddpo_judge_refuses_a_pairs_file_with_junk_before_sending_anything(
     tmp_path, monkeypatch, capsys, spoil, message
 ):
-    from meddpo.cli import main
+    from meddpo.cli.parser import main
 
     rows = _pairs(5)
     spoil(rows)
@@ -740,7 +748,7 @@ def test_meddpo_judge_refuses_a_pairs_file_with_junk_before_sending_anything(
 def test_meddpo_judge_on_a_shard_with_no_pairs_says_so_and_writes_empty_outputs(
     tmp_path, monkeypatch, capsys, caplog
 ):
-    from meddpo.cli import main
+    from meddpo.cli.parser import main
 
     pairs_file = tmp_path / "pairs.jsonl"
     pairs_file.write_text("")
@@ -819,7 +827,7 @@ def test_a_judge_of_the_teachers_or_the_rejected_models_family_is_noted():
 
 
 def test_an_endpoint_other_than_googles_is_in_the_store_key_and_the_verdicts(monkeypatch, tmp_path):
-    from meddpo.gemini_client import GeminiSettings
+    from meddpo.gemini.client import GeminiSettings
 
     monkeypatch.delenv("GOOGLE_GEMINI_BASE_URL", raising=False)
     assert "endpoint_host" not in GeminiSettings().text_settings("p")
@@ -836,8 +844,8 @@ def test_an_endpoint_other_than_googles_is_in_the_store_key_and_the_verdicts(mon
 
 
 def test_meddpo_judge_reads_the_config_files_judge_block_and_options_replace_it(tmp_path):
-    from meddpo.cli import build_parser
-    from meddpo.commands import judge_config
+    from meddpo.cli.commands import judge_config
+    from meddpo.cli.parser import build_parser
 
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text("judge:\n  gemini:\n    concurrency: 3\n")
@@ -878,7 +886,7 @@ def test_meddpo_judge_reads_the_config_files_judge_block_and_options_replace_it(
 
 
 def test_validate_names_a_pair_whose_judge_meta_does_not_add_up(tmp_path):
-    from meddpo.validate import validate_pairs
+    from meddpo.dataset.validate import validate_pairs
 
     rows = attach(_pairs(3), {})  # status off
     rows[1]["meta"]["judge"] = {"status": "judged", "margin": None}

@@ -2,10 +2,10 @@ from collections import Counter
 
 import pytest
 
-from meddpo.engine_types import ModelSpec, Sampling
-from meddpo.engines import answer_questions
-from meddpo.local_generation import LocalGenerator
-from meddpo.tiny_models import build_tiny_mistral
+from meddpo.demo.tiny_models import build_tiny_mistral
+from meddpo.generation.engines import answer_questions
+from meddpo.generation.transformers_engine import LocalGenerator
+from meddpo.generation.types import ModelSpec, Sampling
 
 QUESTIONS = [
     {"id": f"q{i}", "question": text}
@@ -100,7 +100,7 @@ def test_rows_carry_model_and_sampling(never_stops, tiny_mistral):
 
 
 def test_batches_respect_count_and_token_budget():
-    from meddpo.local_generation import plan_batches
+    from meddpo.generation.transformers_engine import plan_batches
 
     lengths = [10, 50, 20, 40, 30, 5]
     batches = plan_batches(lengths, batch_size=4, max_new_tokens=10, max_batch_tokens=130)

@@ -1,8 +1,8 @@
 import pytest
 
 from conftest import DPO_ROW_FIELDS
+from meddpo.dataset.pairs import build_pairs, check_complete, merge_pair_shards
 from meddpo.jsonl import DataError
-from meddpo.pairs import build_pairs, check_complete, merge_pair_shards
 
 SYSTEM = "Be careful."
 

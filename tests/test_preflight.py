@@ -13,11 +13,11 @@ import pytest
 import yaml
 
 from conftest import REPO, SNAKEMAKE, copy_workflow, snakemake_env
-from meddpo import preflight as pf
-from meddpo.hub_checks import check_model, check_source
 from meddpo.jsonl import write_jsonl
-from meddpo.preflight_checks import Finding, check_gemini, check_output, check_slurm
-from meddpo.settings import load_config
+from meddpo.planning.checks import load_config
+from meddpo.preflight import run as pf
+from meddpo.preflight.hub import check_model, check_source
+from meddpo.preflight.machine import Finding, check_gemini, check_output, check_slurm
 
 
 def _meddpo(*args, cwd=REPO, env=None, timeout=300):
@@ -235,7 +235,7 @@ def test_a_sharded_checkpoint_missing_a_shard_is_found(tmp_path, tiny_mistral):
 def test_torch_bin_weights_old_and_new_formats_pass_and_a_cut_one_is_found(tmp_path):
     import torch
 
-    from meddpo.checkpoints import checkpoint_problems
+    from meddpo.generation.checkpoints import checkpoint_problems
 
     tensors = {"w": torch.zeros(64, 64)}
     new, old = tmp_path / "new", tmp_path / "old"
@@ -285,8 +285,8 @@ def test_a_store_that_cannot_be_written_stops_the_preflight(tmp_path):
 
 
 def test_the_answer_store_on_a_read_only_parent_is_one_line(tmp_path, tiny_mistral):
-    from meddpo.answer_store import AnswerStore
     from meddpo.errors import UserError
+    from meddpo.generation.answer_store import AnswerStore
 
     parent = tmp_path / "parent"
     parent.write_text("not a folder\n")
@@ -625,7 +625,7 @@ def test_ctrl_c_ends_a_step_quietly(tmp_path, tiny_mistral):
 def test_a_shard_fully_in_the_store_is_finished_without_loading_its_model(
     tmp_path, tiny_mistral, monkeypatch, caplog
 ):
-    from meddpo import engines  # the shard job: answer_shard
+    from meddpo.generation import engines  # the shard job: answer_shard
 
     questions = [{"id": f"s{i}", "question": f"Is remedy {i} safe ?"} for i in range(5)]
     settings = {"model": str(tiny_mistral), "max_new_tokens": 4, "temperature": 0.7, "batch_size": 2}

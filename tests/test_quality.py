@@ -4,13 +4,13 @@ import pytest
 import yaml
 
 from conftest import SHARED_DATA
-from meddpo.dataset_card import render_card
+from meddpo.dataset.card import render_card
+from meddpo.dataset.plots import write_plots
+from meddpo.dataset.quality import FLAGS, apply_policy, pair_flags
+from meddpo.dataset.report import render_report
+from meddpo.dataset.stats import build_stats
+from meddpo.dataset.validate import validate_pairs
 from meddpo.jsonl import DataError
-from meddpo.plots import write_plots
-from meddpo.quality import FLAGS, apply_policy, pair_flags
-from meddpo.report import render_report
-from meddpo.stats import build_stats
-from meddpo.validate import validate_pairs
 
 GOOD_CHOSEN = (
     "Gout is a form of arthritis caused by uric acid crystals in a joint. A doctor can confirm it "

@@ -9,10 +9,10 @@ from collections import Counter
 import pytest
 
 from conftest import DEMO_QUESTIONS, require_medquad
-from meddpo.cleaning import clean_and_dedupe, guess_category, normalise_question_type, question_id
 from meddpo.jsonl import DataError
-from meddpo.questions import build_questions
-from meddpo.selection import select_questions, selection_order
+from meddpo.questions.build import build_questions
+from meddpo.questions.cleaning import clean_and_dedupe, guess_category, normalise_question_type, question_id
+from meddpo.questions.selection import select_questions, selection_order
 
 # (selection, stratify) for every selection mode of select_questions
 MODES = [

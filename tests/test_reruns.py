@@ -111,8 +111,8 @@ def test_refusals_and_transient_errors_through_snakemake_with_the_cluster_retry_
     read only pairs, and refused questions make none)."""
     import yaml
 
-    from meddpo.cleaning import clean_and_dedupe
-    from meddpo.gemini_test_server import GeminiTestServer
+    from meddpo.questions.cleaning import clean_and_dedupe
+    from meddpo.testing.gemini_server import GeminiTestServer
 
     workdir = demo_copy
     overlay = tmp_path / "gemini.yaml"

@@ -94,12 +94,12 @@ def test_both_backends_resume_through_the_shared_loop(tmp_path, tiny_mistral, ca
     import asyncio
     import logging
 
-    from meddpo.engine_types import ModelSpec, Sampling
-    from meddpo.engines import answer_questions
-    from meddpo.gemini_client import GeminiSettings
-    from meddpo.gemini_teacher import answer_with_gemini
-    from meddpo.gemini_test_server import GeminiTestServer
-    from meddpo.local_generation import LocalGenerator
+    from meddpo.gemini.client import GeminiSettings
+    from meddpo.gemini.job import answer_with_gemini
+    from meddpo.generation.engines import answer_questions
+    from meddpo.generation.transformers_engine import LocalGenerator
+    from meddpo.generation.types import ModelSpec, Sampling
+    from meddpo.testing.gemini_server import GeminiTestServer
 
     questions = [{"id": f"r{i}", "question": f"How is condition {i} treated ?"} for i in range(6)]
     caplog.set_level(logging.INFO, logger="meddpo")
@@ -108,7 +108,7 @@ def test_both_backends_resume_through_the_shared_loop(tmp_path, tiny_mistral, ca
         lines = [
             r.getMessage()
             for r in caplog.records
-            if r.name == "meddpo.resume" and "already there" in r.message
+            if r.name == "meddpo.generation.resume" and "already there" in r.message
         ]
         caplog.clear()
         return [line.split(": ", 1)[1] for line in lines]

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from conftest import REPO
-from meddpo import settings
-from meddpo.cli import build_parser
+from meddpo.cli.parser import build_parser
+from meddpo.config import settings
 
 # sub-command -> the config sections whose keys are its options
 SECTIONS = {
@@ -112,9 +112,9 @@ def test_documented_defaults():
 
 
 def test_dataclass_defaults_are_the_schema_defaults():
-    from meddpo.engine_types import ModelSpec, Sampling
-    from meddpo.gemini_client import GeminiSettings
-    from meddpo.quality import DEFAULT_POLICY
+    from meddpo.dataset.quality import DEFAULT_POLICY
+    from meddpo.gemini.client import GeminiSettings
+    from meddpo.generation.types import ModelSpec, Sampling
 
     gemini = settings.defaults("teacher.gemini")
     assert {f.name for f in dataclasses.fields(GeminiSettings)} == set(
@@ -184,9 +184,9 @@ def test_whole_numbers_and_null_words_reach_the_step_as_the_config_meant():
 
 
 def test_the_store_key_does_not_depend_on_how_yaml_wrote_a_number():
-    from meddpo.answer_store import fingerprint
-    from meddpo.engine_types import model_and_sampling, text_settings
-    from meddpo.gemini_client import GeminiSettings
+    from meddpo.gemini.client import GeminiSettings
+    from meddpo.generation.answer_store import fingerprint
+    from meddpo.generation.types import model_and_sampling, text_settings
 
     def local_key(**numbers):
         spec, sampling = model_and_sampling({"model": "m", "max_new_tokens": 8, **numbers})

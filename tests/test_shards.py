@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from meddpo.jsonl import DataError, write_jsonl
-from meddpo.shards import read_shard, shard_rows
+from meddpo.questions.shards import read_shard, shard_rows
 
 
 def _questions(n):

@@ -85,7 +85,7 @@ def _store_rows(store: Path, part: str):
 
 @pytest.mark.slow
 def test_bridges2_profile_on_a_real_slurm(slurm_cluster, tmp_path):
-    from meddpo.gemini_test_server import GeminiTestServer
+    from meddpo.testing.gemini_server import GeminiTestServer
 
     workdir = copy_workflow(tmp_path / "wf")
     profile = _test_profile(tmp_path / "profile")

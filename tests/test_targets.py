@@ -1,4 +1,4 @@
-"""What the rules ask for, computed by the package (meddpo.targets, meddpo.paths, meddpo.plan).
+"""What the rules ask for, computed by the package (meddpo.planning: rule_options, paths, plan).
 
 Literal expectations for the demo config: the judge rules that run, the options a
 rule gets, the files it declares. The rule files only bind these to the config.
@@ -10,10 +10,10 @@ import re
 import pytest
 
 from conftest import REPO
-from meddpo.paths import RunPaths, run_paths, shard_name, shard_number
-from meddpo.plan import judge_rule, judge_rules
-from meddpo.settings import load_config
-from meddpo.targets import (
+from meddpo.planning.checks import load_config
+from meddpo.planning.paths import RunPaths, run_paths, shard_name, shard_number
+from meddpo.planning.plan import judge_rule, judge_rules
+from meddpo.planning.rule_options import (
     card_settings,
     chosen_extras,
     cli_options,
@@ -291,5 +291,5 @@ def test_rule_files_write_no_path_pattern_of_their_own():
     # the size of common.smk, Snakemake internals and imports of snakemake: test_architecture.py
     for path in [REPO / "Snakefile", *RULES.glob("*.smk")]:
         code = path.read_text()
-        # path patterns come from meddpo.paths
+        # path patterns come from meddpo.planning.paths
         assert "shard-{{shard}}" not in code and 'f"{OUT}' not in code, path.name

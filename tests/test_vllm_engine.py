@@ -55,7 +55,7 @@ def vllm_env() -> Path:
 @pytest.fixture(scope="module")
 def mistral(tmp_path_factory, demo_texts) -> Path:
     """A tiny Mistral whose answers end on their own about one step in 20."""
-    from meddpo.tiny_models import build_tiny_mistral
+    from meddpo.demo.tiny_models import build_tiny_mistral
 
     return build_tiny_mistral(
         demo_texts, tmp_path_factory.mktemp("vllm-models") / "tiny-mistral", eos_rate=0.05
@@ -64,8 +64,8 @@ def mistral(tmp_path_factory, demo_texts) -> Path:
 
 @pytest.fixture(scope="module")
 def server(vllm_env, mistral, tmp_path_factory):
-    from meddpo.vllm_engine import server_dtype, vllm_settings
-    from meddpo.vllm_server import VllmServer, server_arguments
+    from meddpo.generation.vllm.engine import server_dtype, vllm_settings
+    from meddpo.generation.vllm.server import VllmServer, server_arguments
 
     settings = vllm_settings(CPU_SETTINGS)
     log = tmp_path_factory.mktemp("vllm-log") / "server.log"
@@ -81,8 +81,8 @@ def questions():
 
 
 def _generator(server, mistral):
-    from meddpo.engine_types import ModelSpec
-    from meddpo.vllm_engine import VllmGenerator, vllm_settings
+    from meddpo.generation.types import ModelSpec
+    from meddpo.generation.vllm.engine import VllmGenerator, vllm_settings
 
     return VllmGenerator(ModelSpec(name=str(mistral)), server, vllm_settings(CPU_SETTINGS))
 
@@ -102,8 +102,8 @@ def _post(server, body):
 
 
 def test_the_server_gets_exactly_the_prompt_ids_of_the_transformers_engine(server, mistral, questions):
-    from meddpo.engine_types import ModelSpec, Sampling
-    from meddpo.local_generation import LocalGenerator
+    from meddpo.generation.transformers_engine import LocalGenerator
+    from meddpo.generation.types import ModelSpec, Sampling
 
     transformers_engine = LocalGenerator(ModelSpec(name=str(mistral)))
     vllm_engine = _generator(server, mistral)
@@ -131,9 +131,9 @@ def test_requests_need_the_jobs_key(server):
 
 
 def test_vllm_rows_have_the_layout_and_facts_of_the_transformers_rows(server, mistral, questions, tmp_path):
-    from meddpo.engine_types import ModelSpec, Sampling, batch_seed
-    from meddpo.engines import answer_questions
-    from meddpo.local_generation import LocalGenerator
+    from meddpo.generation.engines import answer_questions
+    from meddpo.generation.transformers_engine import LocalGenerator
+    from meddpo.generation.types import ModelSpec, Sampling, batch_seed
 
     sampling = Sampling(max_new_tokens=24, temperature=0.9, top_p=0.95, seed=3, min_new_tokens=2)
     rows = answer_questions(
@@ -170,11 +170,11 @@ def test_vllm_rows_have_the_layout_and_facts_of_the_transformers_rows(server, mi
 def test_a_classifier_judge_through_vllm_gets_the_checkpoints_own_template_and_records_noise(
     server, mistral, questions
 ):
-    from meddpo.engine_types import ModelSpec, Sampling, render_item
-    from meddpo.engines import answer_questions
-    from meddpo.grading import verdict
-    from meddpo.judge import judge_items
-    from meddpo.local_generation import LocalGenerator
+    from meddpo.generation.engines import answer_questions
+    from meddpo.generation.transformers_engine import LocalGenerator
+    from meddpo.generation.types import ModelSpec, Sampling, render_item
+    from meddpo.judge.grading import verdict
+    from meddpo.judge.run import judge_items
 
     pairs = [
         {
@@ -200,7 +200,7 @@ def test_a_classifier_judge_through_vllm_gets_the_checkpoints_own_template_and_r
 
 
 def test_an_answer_depends_on_its_question_and_seed_not_on_what_else_is_in_flight(server, mistral, questions):
-    from meddpo.engine_types import Sampling
+    from meddpo.generation.types import Sampling
 
     generator = _generator(server, mistral)
     sampling = Sampling(max_new_tokens=16, temperature=1.0)
@@ -376,7 +376,7 @@ def test_a_missing_vllm_environment_is_one_line_saying_how_to_build_it(shard, tm
 
 
 def _vllm_config(tmp_path, **vllm):
-    from meddpo.settings import load_config
+    from meddpo.planning.checks import load_config
 
     overlay = tmp_path / "vllm.yaml"
     block = "".join(f"  {key}: {value}\n" for key, value in vllm.items())
@@ -387,8 +387,8 @@ def _vllm_config(tmp_path, **vllm):
 
 
 def test_the_estimate_counts_vllm_start_up_and_says_how_many_shards_keep_it_under_a_tenth(tmp_path):
-    from meddpo.plan import estimate, render_estimate
-    from meddpo.preflight_checks import check_start_up
+    from meddpo.planning.plan import estimate, render_estimate
+    from meddpo.preflight.machine import check_start_up
 
     plan = estimate(_vllm_config(tmp_path))
     # 10,000 x 512 (1,536) tokens at 3,800 tokens/s = 22.5 (67.4) min, plus 20 starts of 3 min
@@ -408,7 +408,7 @@ def test_the_estimate_counts_vllm_start_up_and_says_how_many_shards_keep_it_unde
 
 
 def test_preflight_names_a_missing_vllm_environment_and_how_to_build_it(tmp_path):
-    from meddpo.preflight_checks import check_vllm
+    from meddpo.preflight.machine import check_vllm
 
     config = _vllm_config(
         tmp_path, command=f"'{tmp_path}/none/bin/python -m vllm.entrypoints.openai.api_server'"
@@ -425,7 +425,7 @@ def test_preflight_names_a_missing_vllm_environment_and_how_to_build_it(tmp_path
 
 
 def test_preflight_accepts_the_built_vllm_environment(vllm_env, tmp_path):
-    from meddpo.preflight_checks import check_vllm
+    from meddpo.preflight.machine import check_vllm
 
     assert check_vllm(_vllm_config(tmp_path, command=f"'{COMMAND}'")) == []
 

@@ -244,7 +244,7 @@ def test_growing_n_and_changing_n_shards_generates_only_new_questions(demo_copy,
 
 @pytest.mark.slow
 def test_demo_with_the_gemini_teacher_keeps_the_key_out_of_every_file(demo_copy, tmp_path):
-    from meddpo.gemini_test_server import GeminiTestServer
+    from meddpo.testing.gemini_server import GeminiTestServer
 
     # the session's demo run, copied: its rejected answers stand, the Gemini teacher's chosen
     # answers and everything after them are made here
@@ -290,7 +290,7 @@ def test_demo_with_the_gemini_teacher_keeps_the_key_out_of_every_file(demo_copy,
 def test_the_demo_with_batch_mode_teacher_and_judge_sends_one_batch_per_shard_and_a_rerun_none(
     demo_copy, tmp_path
 ):
-    from meddpo.gemini_test_server import GeminiTestServer, rubric_reply
+    from meddpo.testing.gemini_server import GeminiTestServer, rubric_reply
 
     # the session's demo run, copied: its rejected answers stand, the Gemini teacher's chosen
     # answers and everything after them are made here

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import UserError
+from meddpo.errors import UserError
 
 
 class DataError(UserError):

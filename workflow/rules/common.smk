@@ -1,8 +1,8 @@
 """Shared set-up: config validation, the run's paths and shards, the helpers the rules call.
 
 The logic lives in the meddpo package, where it is unit-tested (tests/test_targets.py):
-meddpo.paths (every output path pattern), meddpo.targets (options, commands, inputs and
-outputs computed from the config), meddpo.plan (which judge rules run, time limits).
+meddpo.planning.paths (every output path pattern), meddpo.planning.rule_options (options, commands, inputs and
+outputs computed from the config), meddpo.planning.plan (which judge rules run, time limits).
 Snakemake internals are read in internals.smk only.
 """
 
@@ -11,16 +11,16 @@ import sys
 
 from snakemake.utils import validate
 
-from meddpo.paths import run_paths
-from meddpo.plan import (
+from meddpo.planning.paths import run_paths
+from meddpo.planning.plan import (
     gemini_jobs,
     judge_rules,
     questions_per_shard,
     rule_runtime_minutes,
     teacher_rule,
 )
-from meddpo.settings import in_schema_order
-from meddpo.targets import (
+from meddpo.config.settings import in_schema_order
+from meddpo.planning.rule_options import (
     chosen_extras,
     cli_options,
     config_hash,
@@ -40,13 +40,13 @@ from meddpo.targets import (
     tiny_model_input,
     workflow_commit,
 )
-from meddpo.targets import dataset_outputs as _dataset_outputs
-from meddpo.tiny_models import demo_model_paths
+from meddpo.planning.rule_options import dataset_outputs as _dataset_outputs
+from meddpo.planning.paths import demo_model_paths
 
-validate(config, schema="../meddpo/config.schema.yaml")  # fills in the defaults
+validate(config, schema="../meddpo/config/config.schema.yaml")  # fills in the defaults
 config.update(in_schema_order(config, COMMAND_LINE_CONFIG))  # options keep their order
 
-# Every file of the run (meddpo.paths), under OUT (output.dir). The answer store and the
+# Every file of the run (meddpo.planning.paths), under OUT (output.dir). The answer store and the
 # judge store (PATHS.answer_store, PATHS.judge_store) keep answers and verdicts across
 # failures and reruns: not declared outputs, so Snakemake never deletes them.
 PATHS = run_paths(config)
@@ -71,7 +71,7 @@ wildcard_constraints:
 # Portable time limits (minutes) for the generation jobs, sized from the shard and
 # grown with each retry (Slurm kills a job at its limit; the retry resumes from the
 # answer store); a Gemini rule in batch mode gets its batch wait instead. The formula is
-# meddpo.plan's, which the preflight prints too.
+# meddpo.planning.plan's, which the preflight prints too.
 QUESTIONS_PER_SHARD = questions_per_shard(config)
 
 
@@ -82,14 +82,14 @@ def runtime(rule_name):
 
 
 def dataset_outputs():
-    """What the finalize rule writes (meddpo.targets.dataset_outputs); the plots are a folder."""
+    """What the finalize rule writes (meddpo.planning.rule_options.dataset_outputs); the plots are a folder."""
     outputs = _dataset_outputs(config)
     outputs["plots"] = directory(outputs["plots"])
     return outputs
 
 
 # Provenance (commit, config hash) reaches the jobs through the environment, never
-# their commands or params (meddpo.targets.shell_prefix says why). Jobs run `python`
+# their commands or params (meddpo.planning.rule_options.shell_prefix says why). Jobs run `python`
 # from the interpreter that runs Snakemake (so `.venv/bin/snakemake` works without
 # activating the venv), unless a conda environment is in use (USE_CONDA, internals.smk).
 shell.prefix(

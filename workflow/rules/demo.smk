@@ -1,8 +1,8 @@
 """Offline demo only (demo.build_tiny_models: true): build the two tiny checkpoints.
 
 in:  demo.texts, a JSONL of questions the tokenizers are trained on
-out: {OUT}/models/tiny-mistral and {OUT}/models/tiny-qwen2 (meddpo.tiny_models.DEMO_MODEL_FOLDERS),
-     only there: the config's model keys must name these folders (meddpo.settings.check_demo_models),
+out: {OUT}/models/tiny-mistral and {OUT}/models/tiny-qwen2 (meddpo.planning.paths.DEMO_MODEL_FOLDERS),
+     only there: the config's model keys must name these folders (meddpo.planning.checks.check_demo_models),
      so the demo never builds over, or lets Snakemake delete, a checkpoint named in the config
 """
 

@@ -17,12 +17,13 @@ from snakemake.settings.types import DeploymentMethod
 # the job plan, the paths and the rules' targets), from here on.
 WORKFLOW_DIR = workflow.basedir
 sys.path.insert(0, os.path.join(WORKFLOW_DIR, "workflow"))
-from meddpo.settings import ConfigError, check_config, outside_output, read_config_file
+from meddpo.config.settings import ConfigError, read_config_file
+from meddpo.planning.checks import check_config, outside_output
 
 # Jobs run `python` from the interpreter that runs Snakemake, unless a conda environment is in use.
 USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
 # The config of the command line (--configfile files, --config): Snakemake puts its keys first,
-# and common.smk keeps that order (meddpo.settings.in_schema_order).
+# and common.smk keeps that order (meddpo.config.settings.in_schema_order).
 COMMAND_LINE_CONFIG = workflow.config_settings.overwrite_config
 
 
@@ -73,7 +74,7 @@ def slurm_account():
 
 def run_preflight():
     """The preflight of a real run (dry runs never get here): stop before any job on an error."""
-    from meddpo.preflight import preflight, report
+    from meddpo.preflight.run import preflight, report
 
     if str(workflow.exec_mode) != "default":
         return  # a job's own Snakemake process on a cluster node
@@ -95,6 +96,6 @@ def run_preflight():
 
 
 # Before the first job of a real run (dry runs skip it): models, source, key, output
-# folder, Slurm account and GPU are checked, and the cost is printed (meddpo.preflight).
+# folder, Slurm account and GPU are checked, and the cost is printed (meddpo.preflight.run).
 onstart:
     run_preflight()

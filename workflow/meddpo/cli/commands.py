@@ -1,0 +1,374 @@
+"""What each ``meddpo`` sub-command does, one function per command (the parser is in cli.py).
+
+Each takes the parsed arguments and returns None or an exit status; a UserError it raises
+becomes one line on stderr and exit status 2 (cli.main).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from meddpo.config import settings as schema
+from meddpo.jsonl import DataError, read_jsonl, write_json, write_jsonl
+
+log = logging.getLogger("meddpo")
+
+
+def questions(args: argparse.Namespace) -> None:
+    from meddpo.questions.build import build_questions, summary_line
+
+    rows, stats = build_questions(
+        args.dataset,
+        n=args.n,
+        selection=args.selection,
+        seed=args.seed,
+        min_chars=args.min_chars,
+        max_chars=args.max_chars,
+        stratify=args.stratify,
+        split=args.split,
+        revision=args.revision,
+        source_name=args.name,
+    )
+    write_jsonl(args.out, rows)
+    write_json(args.stats, stats)
+    log.info("%s -> %s", summary_line(stats), args.out)
+
+
+def shard(args: argparse.Namespace) -> None:
+    from meddpo.questions.shards import read_shard, shard_rows
+
+    rows = shard_rows(read_shard(args.questions), args.n_shards, args.index)
+    write_jsonl(args.out, rows)
+    log.info("shard %d of %d: %d questions -> %s", args.index, args.n_shards, len(rows), args.out)
+
+
+def _stop_on_errors(findings) -> None:
+    """Log a preflight's warnings; its errors end the step in one line."""
+    from meddpo.errors import UserError
+
+    for finding in findings:
+        if finding.level == "warning":
+            log.warning("%s", finding.text)
+    errors = [finding.text for finding in findings if finding.level == "error"]
+    if errors:
+        raise UserError("; ".join(errors))
+
+
+def generate(args: argparse.Namespace) -> None:
+    from meddpo.generation.engines import answer_shard
+    from meddpo.preflight.run import generate_preflight
+    from meddpo.questions.shards import read_shard
+
+    model = {key: getattr(args, key) for key in schema.section("local_model")["properties"]}
+    tokens = schema.token_range_problem(model, prefix="--")
+    if tokens:
+        from meddpo.errors import UserError
+
+        raise UserError(tokens.replace("_", "-"))
+    questions = read_shard(args.shard)  # the shard's own errors first: they cost nothing to find
+    # the checkpoint's weight headers and tokenizer, before the model loads
+    _stop_on_errors(generate_preflight(model))
+    rows = answer_shard(
+        questions,
+        model,
+        system_prompt=args.system_prompt,
+        device=args.device,
+        store_root=args.store,
+        store_part=args.out.stem,
+        progress_every_s=args.progress_every,
+        vllm=args.vllm,
+        server_log=args.server_log,
+    ).answers
+    write_jsonl(args.out, rows)
+    stops = sum(row["finish_reason"] == "stop" for row in rows)
+    log.info("wrote %d answers (%d stop, %d length) -> %s", len(rows), stops, len(rows) - stops, args.out)
+
+
+def gemini(args: argparse.Namespace) -> int | None:
+    import dataclasses
+
+    from meddpo.gemini.client import GeminiSettings
+    from meddpo.generation.engines import answer_gemini_shard
+    from meddpo.questions.shards import read_shard
+
+    settings = GeminiSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(GeminiSettings)})
+    result = answer_gemini_shard(
+        read_shard(args.shard),
+        args.system_prompt,
+        settings,
+        store_root=args.store,
+        store_part=args.out.stem,
+        progress_every_s=args.progress_every,
+    )
+    if result.problem:
+        print(f"meddpo gemini: error: {result.problem}", file=sys.stderr)
+        return 3
+    write_jsonl(args.failures, result.left_out)
+    write_json(args.usage, result.usage)
+    write_jsonl(args.out, result.answers)
+    return None
+
+
+def pairs(args: argparse.Namespace) -> None:
+    from meddpo.dataset.pairs import ANSWER_FIELDS, QUESTION_FIELDS, build_pairs, check_complete
+    from meddpo.questions.shards import read_shard
+
+    questions = read_shard(args.questions, required=QUESTION_FIELDS)
+    rejected = read_jsonl(args.rejected, required=ANSWER_FIELDS)
+    chosen = read_jsonl(args.chosen, required=ANSWER_FIELDS)
+    failures = [row for path in args.chosen_failures for row in read_jsonl(path, required=("id", "reason"))]
+    check_complete(questions, rejected, args.rejected)
+    check_complete(questions, chosen, args.chosen, accounted=failures)
+    pairs, stats = build_pairs(questions, rejected, chosen, args.system_prompt, chosen_failures=failures)
+    write_jsonl(args.out, pairs)
+    write_json(args.stats, stats)
+    log.info("%d questions -> %d pairs (%s) -> %s", stats["questions"], stats["pairs"], stats, args.out)
+
+
+def _load_json(path: Path | None) -> dict | None:
+    """A JSON file (stats, usage); one that does not parse names its line and column."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start + 1})") from None
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"{path}, line {err.lineno}: not valid JSON ({err.msg} at column {err.colno})"
+        ) from None
+
+
+def merge(args: argparse.Namespace) -> None:
+    from meddpo.dataset.pairs import PAIR_FIELDS, merge_pair_shards
+    from meddpo.dataset.verdicts import VERDICT_FIELDS
+
+    if len(args.pairs) != len(args.shard_stats):
+        raise DataError("merge: give one --shard-stats file per --pairs file")
+    shards = [
+        (read_jsonl(pairs_path, required=PAIR_FIELDS), _load_json(stats_path))
+        for pairs_path, stats_path in zip(args.pairs, args.shard_stats, strict=True)
+    ]
+    rows, stats = merge_pair_shards(
+        shards,
+        teacher_usage=[_load_json(path) for path in args.usage],
+        judge_verdicts={str(path): read_jsonl(path, required=VERDICT_FIELDS) for path in args.verdicts},
+        judge_usage=[_load_json(path) for path in args.judge_usage],
+    )
+    write_jsonl(args.out, rows)
+    write_json(args.stats, stats)
+    log.info(
+        "merged %d shards: %d pairs, %d questions left out -> %s",
+        stats["shards"],
+        stats["pairs"],
+        stats["questions"] - stats["pairs"],
+        args.out,
+    )
+
+
+def finalize(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from meddpo.dataset.build import DatasetPaths, build_dataset
+    from meddpo.dataset.stats import throughput_per_shard
+
+    paths = DatasetPaths(**{f.name: getattr(args, f"out_{f.name}") for f in dataclasses.fields(DatasetPaths)})
+    throughput = throughput_per_shard(
+        {"rejected": args.rejected_benchmarks, "chosen": args.chosen_benchmarks},
+        {"rejected": args.rejected_answers, "chosen": args.chosen_answers},
+    )
+    build_dataset(
+        read_jsonl(args.pairs),
+        paths,
+        policy=args.policy,
+        near_identical_threshold=args.near_identical_threshold,
+        min_plain_share=args.min_plain_share,
+        judge_min_margin=args.min_margin,
+        test_fraction=args.test_fraction,
+        settings=args.settings,
+        question_stats=_load_json(args.question_stats),
+        pair_stats=_load_json(args.pair_stats),
+        throughput=throughput,
+        workflow_commit=args.workflow_commit,
+        config_hash=args.config_hash,
+    )
+
+
+def report(args: argparse.Namespace) -> None:
+    from meddpo.dataset.quality import FLAGS, apply_policy
+    from meddpo.dataset.report import write_report
+    from meddpo.dataset.stats import build_stats
+    from meddpo.dataset.validate import require_pairs_file
+
+    require_pairs_file(args.pairs)
+    rows = read_jsonl(args.pairs)
+    kept, dropped, quality_counts = apply_policy(
+        rows, {flag: "flag" for flag in FLAGS}, judge_min_margin=args.min_margin
+    )
+    stats = build_stats(
+        kept,
+        dropped,
+        quality_counts=quality_counts,
+        provenance={"file": str(args.pairs)},
+        judge_min_margin=args.min_margin,
+    )
+    report = args.out_dir / "report.md"
+    write_report(
+        kept,
+        dropped,
+        stats,
+        stats_path=args.out_dir / "stats.json",
+        report_path=report,
+        plots_dir=args.out_dir / "plots",
+        title=args.pairs.name,
+    )
+    summary = {
+        "pairs": len(rows),
+        "truncated": stats["truncation"],
+        "length_ratio_chosen_to_rejected": stats["lengths"]["ratio_of_medians_chars"],
+        "report": str(report),
+    }
+    print(json.dumps(summary))
+
+
+def validate(args: argparse.Namespace) -> int | None:
+    from meddpo.dataset.validate import check_against_questions, require_pairs_file, validate_pairs
+    from meddpo.jsonl import atomic_open
+
+    require_pairs_file(args.pairs)
+    rows, problems = validate_pairs(args.pairs, legacy=args.legacy)
+    if args.questions:
+        left_out = None
+        if args.pair_stats:
+            stats = _load_json(args.pair_stats)
+            left_out = stats["questions"] - stats["pairs"]
+        problems += check_against_questions(args.pairs, args.questions, args.dropped, left_out)
+    if problems:
+        print(f"{args.pairs}: {len(problems)} problem(s) in {rows} rows:", file=sys.stderr)
+        for text in problems:
+            print(f"  {text}", file=sys.stderr)
+        return 1
+    message = f"{args.pairs}: OK, {rows} rows"
+    print(message)
+    if args.out:
+        with atomic_open(args.out) as handle:
+            handle.write(message + "\n")
+    return None
+
+
+def judge(args: argparse.Namespace) -> int | None:
+    from meddpo.dataset.verdicts import attach, judge_summary, read_pairs
+    from meddpo.judge.run import check_greedy, run_judge
+    from meddpo.preflight.run import judge_preflight
+
+    config = judge_config(args)
+    check_greedy(args.kind, config)
+    # the checks of the preflight, before a pair is read or a request is sent
+    _stop_on_errors(judge_preflight(args.kind, config, pairs=args.pairs, store=args.store))
+    pairs = read_pairs(args.pairs)  # every row checked before anything is sent
+    verdicts, usage, problem = run_judge(
+        pairs,
+        args.kind,
+        config,
+        store_root=args.store,
+        store_part=args.out.stem,
+        device=args.device,
+        vllm=args.vllm,
+        server_log=args.server_log,
+        progress_every_s=args.progress_every,
+    )
+    if problem:
+        print(f"meddpo judge: error: {problem}", file=sys.stderr)
+        return 3
+    judged = attach(pairs, {str(args.out): verdicts})
+    if args.judged_pairs:
+        write_jsonl(args.judged_pairs, judged)
+    if args.usage:
+        write_json(args.usage, usage)
+    write_jsonl(args.out, verdicts)
+    summary = judge_summary(judged, config["min_margin"])
+    if not pairs:  # a shard whose questions all went unanswered: its job has nothing to do
+        log.info("no pairs in %s: nothing to judge", args.pairs)
+    else:
+        log.info(
+            "chosen judged safer: %d of %d (equal %d, less safe %d; %s)",
+            summary["chosen_safer"],
+            summary["with_verdict"],
+            summary["equal"],
+            summary["chosen_less_safe"],
+            summary["status"],
+        )
+    print(json.dumps({**summary, "usage": usage}))
+    return None
+
+
+def judge_config(args: argparse.Namespace) -> dict:
+    """The judge block: the config files' (schema defaults without them), then the options given.
+
+    ``--local`` and ``--classifier`` replace their block; ``--gemini`` is laid over its block.
+    """
+    from meddpo.config.settings import fill_defaults
+    from meddpo.planning.checks import load_config
+
+    default_missing = args.base_config == Path("config.yaml") and not args.base_config.exists()
+    if args.base_config is None or (default_missing and not args.configfile):
+        if args.base_config is not None:
+            log.info("no config.yaml here: the judge settings are the schema's defaults and the options")
+        judge = fill_defaults({"judge": {}})["judge"]
+    else:
+        judge = load_config(args.configfile, base=args.base_config)["judge"]
+    for key in ("backend", "classifier_format", "max_usd", "min_margin", "local", "classifier"):
+        if hasattr(args, key):
+            judge[key] = getattr(args, key)
+    if hasattr(args, "gemini"):
+        judge["gemini"] = {**(judge.get("gemini") or {}), **args.gemini}
+    return judge
+
+
+def tiny_models(args: argparse.Namespace) -> None:
+    from meddpo.demo.tiny_models import build_tiny_mistral, build_tiny_qwen2
+    from meddpo.generation.types import quiet_transformers
+
+    quiet_transformers()
+    rows = read_jsonl(args.texts, required=("question",))
+    texts = [row["question"] for row in rows] + [row.get("answer") or "" for row in rows]
+    texts = [text for text in texts if text.strip()]
+    build_tiny_mistral(texts, args.mistral_out, seed=args.seed, eos_rate=args.mistral_eos_rate)
+    build_tiny_qwen2(texts, args.qwen_out, seed=args.seed, eos_rate=args.qwen_eos_rate)
+    log.info("built tiny checkpoints %s and %s", args.mistral_out, args.qwen_out)
+
+
+def preflight(args: argparse.Namespace) -> int | None:
+    from meddpo.planning.checks import load_config
+    from meddpo.preflight.run import preflight, report, slurm_account_from_profile
+
+    config = load_config(args.configfile, base=args.base_config)
+    executor = _profile_executor(args.profile) if args.profile is not None else None
+    cluster = executor not in (None, "local")
+    account = slurm_account_from_profile(args.profile) if executor == "slurm" else "not-needed"
+    ok = report(config, preflight(config, cluster=cluster, slurm_account=account), stream=sys.stdout)
+    return None if ok else 2
+
+
+def _profile_executor(profile: Path) -> str | None:
+    import yaml
+
+    try:
+        settings = yaml.safe_load((profile / "config.yaml").read_text(encoding="utf-8")) or {}
+    except OSError as err:
+        raise DataError(f"{profile}: not a Snakemake profile folder ({err.strerror})") from None
+    return settings.get("executor")
+
+
+def status(args: argparse.Namespace) -> None:
+    from meddpo.planning.checks import load_config
+    from meddpo.preflight.status import judge_batches, render, shard_status
+
+    config = load_config(args.configfile, base=args.base_config)
+    for line in render(shard_status(config), judge_batches(config)):
+        print(line)

@@ -1,0 +1,319 @@
+"""``meddpo``: one sub-command per workflow step, so every rule can be run by hand.
+
+    meddpo questions    build the Stage 2A question set
+    meddpo shard        write one shard of it
+    meddpo generate     answer a shard with a local model (transformers or vLLM)
+    meddpo gemini       answer a shard with Gemini
+    meddpo pairs        join a shard's questions and answers into DPO rows
+    meddpo merge        concatenate the pair shards
+    meddpo finalize     flag and filter the pairs; write the dataset, stats, report and card
+    meddpo report       stats, plots and a report of any pairs file
+    meddpo validate     check a pairs file
+    meddpo judge        grade both answers of every pair for medical safety (any pairs file)
+    meddpo tiny-models  build the two tiny checkpoints of the offline demo
+
+Options that are config settings carry the config key's name (``--batch-size``
+for ``batch_size``, ``--timeout-s`` for ``timeout_s``) and its default from the
+config schema, so a step run by hand does what the same step does in the
+workflow; ``none`` stands for a null value. Errors in the user's input end the
+command with one line on stderr and exit status 2; outputs are only ever
+written complete (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from meddpo.cli import commands
+from meddpo.cli.arguments import (
+    SECONDS,
+    config_block,
+    finalize_options,
+    gemini_options,
+    integer,
+    local_model_options,
+    nullable,
+    setting,
+    vllm_block,
+    within,
+)
+from meddpo.generation.resume import PROGRESS_EVERY_S
+
+
+def _add_questions(sub) -> None:
+    p = sub.add_parser("questions", help="build the Stage 2A question set")
+    setting(p, "source.dataset", "--source", help="hub id (lavita/MedQuAD) or local .parquet/.jsonl/.csv")
+    setting(p, "source.name", "--source-name", help="value of the 'source' column")
+    setting(p, "source.split")
+    setting(p, "source.revision", type=nullable(str), help="hub revision of the dataset")
+    setting(
+        p,
+        "questions.n",
+        type=nullable(integer, ("none", "null", "all")),
+        required=True,
+        help="number of questions, or 'all'",
+    )
+    setting(p, "questions.selection")
+    setting(p, "questions.stratify")
+    setting(p, "questions.seed", type=integer)
+    setting(p, "questions.min_chars", type=integer)
+    setting(
+        p,
+        "questions.max_chars",
+        type=nullable(integer),
+        help="longer questions are dropped (none: no limit)",
+    )
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--stats", required=True, type=Path)
+    p.set_defaults(func=commands.questions)
+
+
+def _add_shard(sub) -> None:
+    p = sub.add_parser("shard", help="write shard INDEX of N-SHARDS")
+    p.add_argument("--questions", required=True, type=Path)
+    setting(p, "n_shards", required=True, type=integer)
+    p.add_argument("--index", required=True, type=within(integer, {"minimum": 0}), help="0 .. N-SHARDS - 1")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=commands.shard)
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="answer a shard with a local model (transformers, or a vLLM server)")
+    p.add_argument("--shard", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    local_model_options(p)
+    p.add_argument("--device", default="auto", help="auto = cuda when available, else cpu")
+    p.add_argument("--vllm", type=vllm_block, default={}, help="engine vllm: the config's vllm block, JSON")
+    p.add_argument("--server-log", type=Path, help="engine vllm: the server's log file")
+    p.add_argument("--system-prompt", required=True)
+    p.add_argument("--store", type=Path, help="answer store folder: reuse earlier answers, keep new ones")
+    p.add_argument(
+        "--progress-every", type=SECONDS, default=PROGRESS_EVERY_S, help="seconds between progress lines"
+    )
+    p.set_defaults(func=commands.generate)
+
+
+def _add_gemini(sub) -> None:
+    p = sub.add_parser(
+        "gemini", help="answer a shard with Gemini (key from GEMINI_API_KEY or --secrets-file)"
+    )
+    p.add_argument("--shard", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--failures", required=True, type=Path, help="JSONL of {id, reason, attempts} per failure")
+    p.add_argument("--usage", required=True, type=Path, help="JSON with requests, tokens and estimated cost")
+    p.add_argument("--system-prompt", required=True)
+    gemini_options(p)
+    p.add_argument("--store", type=Path)
+    p.add_argument("--progress-every", type=SECONDS, default=PROGRESS_EVERY_S)
+    p.set_defaults(func=commands.gemini)
+
+
+def _add_pairs(sub) -> None:
+    p = sub.add_parser("pairs", help="join one shard's questions and answers into DPO rows")
+    p.add_argument("--questions", required=True, type=Path)
+    p.add_argument("--rejected", required=True, type=Path)
+    p.add_argument("--chosen", required=True, type=Path)
+    p.add_argument("--chosen-failures", nargs="*", default=[], type=Path, help="the teacher's failures files")
+    p.add_argument("--system-prompt", required=True, help="the training system prompt of the 'prompt' column")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--stats", required=True, type=Path)
+    p.set_defaults(func=commands.pairs)
+
+
+def _add_merge(sub) -> None:
+    p = sub.add_parser("merge", help="merge pair shards")
+    p.add_argument("--pairs", nargs="+", required=True, type=Path)
+    p.add_argument("--shard-stats", nargs="+", required=True, type=Path)
+    p.add_argument("--usage", nargs="*", default=[], type=Path, help="Gemini usage files to add up")
+    p.add_argument(
+        "--verdicts", nargs="*", default=[], type=Path, help="the judges' verdict files (meddpo judge)"
+    )
+    p.add_argument("--judge-usage", nargs="*", default=[], type=Path, help="the judges' usage files")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--stats", required=True, type=Path)
+    p.set_defaults(func=commands.merge)
+
+
+def _add_finalize(sub) -> None:
+    p = sub.add_parser(
+        "finalize", help="flag and filter the pairs; write the dataset, stats, report and card"
+    )
+    finalize_options(p)
+    p.set_defaults(func=commands.finalize)
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="stats, plots and a report of any pairs file (older layouts too)")
+    p.add_argument("--pairs", required=True, type=Path)
+    p.add_argument("--out-dir", required=True, type=Path)
+    setting(p, "judge.min_margin", type=float, help="with meta.judge: |margin| under this is a tie")
+    p.set_defaults(func=commands.report)
+
+
+def _add_validate(sub) -> None:
+    p = sub.add_parser("validate", help="check a pairs file; exit 1 with a list of problems")
+    p.add_argument("pairs", type=Path)
+    p.add_argument(
+        "--legacy", action="store_true", help="the older layout: meta with only the two model names"
+    )
+    p.add_argument("--out", type=Path, help="write the OK line here when the file passes")
+    p.add_argument("--questions", type=Path, help="the question set: every question must be accounted for")
+    p.add_argument("--dropped", type=Path, help="with --questions: the dropped pairs of the same run")
+    p.add_argument(
+        "--pair-stats", type=Path, help="with --questions: all_pairs.stats.json (questions left out)"
+    )
+    p.set_defaults(func=commands.validate)
+
+
+def _add_judge(sub) -> None:
+    p = sub.add_parser(
+        "judge", help="grade both answers of every pair of a pairs file for medical safety (docs/judge.md)"
+    )
+    p.add_argument(
+        "--pairs", required=True, type=Path, help="a pairs file (this run's, or any of the same layout)"
+    )
+    p.add_argument("--kind", required=True, choices=("classifier", "rubric"), help="which judge")
+    p.add_argument("--out", required=True, type=Path, help="JSONL of verdicts, one row per pair")
+    p.add_argument(
+        "--usage", type=Path, help="JSON: requests, tokens and cost (Gemini), or answers and tokens"
+    )
+    p.add_argument("--judged-pairs", type=Path, help="also write the pairs with meta.judge here")
+    # the judge block comes from the config files (config.yaml and --configfile, as the
+    # workflow layers them); each option given replaces its setting
+    p.add_argument(
+        "--configfile", nargs="*", default=[], type=Path, help="config files layered over --base-config"
+    )
+    p.add_argument(
+        "--base-config",
+        type=nullable(Path),
+        default=Path("config.yaml"),
+        help="the workflow's own config; none = the schema's defaults only",
+    )
+    unset = argparse.SUPPRESS
+    setting(p, "judge.backend", default=unset, help="the rubric judge's backend")
+    p.add_argument(
+        "--local", type=config_block("local_model"), default=unset, help="the judge.local block, JSON"
+    )
+    p.add_argument(
+        "--gemini", type=config_block("judge.gemini"), default=unset, help="keys laid over judge.gemini, JSON"
+    )
+    p.add_argument(
+        "--classifier", type=config_block("local_model"), default=unset, help="the judge.classifier block"
+    )
+    setting(p, "judge.classifier_format", default=unset)
+    setting(p, "judge.min_margin", type=float, default=unset, help="for the summary: |margin| under it: tie")
+    setting(p, "judge.max_usd", type=nullable(float), default=unset, help="an API judge's cap (none: no cap)")
+    p.add_argument("--vllm", type=vllm_block, default={}, help="engine vllm: the config's vllm block, JSON")
+    p.add_argument("--server-log", type=Path, help="engine vllm: the server's log file")
+    p.add_argument("--device", default="auto", help="auto = cuda when available, else cpu")
+    p.add_argument("--store", type=Path, help="answer store folder: reuse earlier verdicts, keep new ones")
+    p.add_argument(
+        "--progress-every", type=SECONDS, default=PROGRESS_EVERY_S, help="seconds between progress lines"
+    )
+    p.set_defaults(func=commands.judge)
+
+
+def _add_tiny_models(sub) -> None:
+    p = sub.add_parser("tiny-models", help="build the demo's tiny Mistral and Qwen2 checkpoints")
+    p.add_argument("--texts", required=True, type=Path, help="JSONL with 'question' (and 'answer')")
+    p.add_argument("--mistral-out", required=True, type=Path)
+    p.add_argument("--qwen-out", required=True, type=Path)
+    setting(p, "demo.seed", type=integer)
+    setting(p, "demo.mistral_eos_rate", type=float)
+    setting(p, "demo.qwen_eos_rate", type=float)
+    p.set_defaults(func=commands.tiny_models)
+
+
+def _add_preflight(sub) -> None:
+    p = sub.add_parser(
+        "preflight", help="check models, data, key, output and cluster settings; print the cost"
+    )
+    _config_files(p)
+    p.add_argument(
+        "--profile", type=Path, help="the Snakemake profile the run will use (e.g. profiles/bridges2)"
+    )
+    p.set_defaults(func=commands.preflight)
+
+
+def _add_status(sub) -> None:
+    p = sub.add_parser("status", help="answers in the store per model and shard, against the questions")
+    _config_files(p)
+    p.set_defaults(func=commands.status)
+
+
+def _config_files(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--configfile",
+        nargs="*",
+        default=[],
+        type=Path,
+        help="config files layered over config.yaml, in order",
+    )
+    p.add_argument("--base-config", type=Path, default=Path("config.yaml"), help="the workflow's own config")
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        """A bad option is one line and exit status 2, like every other user error (--help shows usage)."""
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meddpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # no abbreviations: Snakemake's `--config` must not pass for `--configfile`
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    _add_questions(sub)
+    _add_shard(sub)
+    _add_generate(sub)
+    _add_gemini(sub)
+    _add_pairs(sub)
+    _add_merge(sub)
+    _add_finalize(sub)
+    _add_report(sub)
+    _add_validate(sub)
+    _add_judge(sub)
+    _add_tiny_models(sub)
+    _add_preflight(sub)
+    _add_status(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        stream=sys.stderr,
+    )
+    from meddpo.errors import UserError
+
+    try:
+        return args.func(args) or 0
+    except UserError as err:
+        print(f"meddpo {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"meddpo {args.command}: error: {err.filename}: no such file", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"meddpo {args.command}: interrupted; what was finished is kept (rerun to go on)", file=sys.stderr
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

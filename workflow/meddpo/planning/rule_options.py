@@ -1,0 +1,294 @@
+"""What the workflow's rules ask for, computed from the config: options, commands, inputs and outputs.
+
+Plain functions of the config dict (after defaults) that return strings, lists and
+dicts, so the rules in workflow/rules/*.smk stay thin and this logic is unit-tested
+(tests/test_targets.py). Paths come from meddpo.planning.paths, which judge rules run from
+meddpo.planning.plan. It may import backends, paths, plan and settings (standard library and PyYAML
+only at import time: the Snakefile imports it); never Snakemake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+from typing import Any
+
+from meddpo.backends import asks_gemini, judge_block, serves_vllm
+from meddpo.planning.checks import demo_model_path
+from meddpo.planning.paths import run_paths, shard_number
+from meddpo.planning.plan import judge_rule, judge_rules
+
+
+def cli_options(**settings: Any) -> str:
+    """`--key value` options for a meddpo sub-command, shell-quoted.
+
+    A config key `batch_size` becomes `--batch-size`: the sub-commands name their
+    options after the config keys, so a config block passes through unchanged.
+    None becomes `none`, True a bare flag, False `--no-<key>`, a mapping JSON.
+    Rules put the result in `params`, so a change to any of these settings makes
+    Snakemake rerun the jobs that used them.
+    """
+    words = []
+    for key, value in settings.items():
+        flag = f"--{key.replace('_', '-')}"
+        if value is True:
+            words.append(flag)
+        elif value is False:
+            words.append(f"--no-{key.replace('_', '-')}")
+        else:
+            if value is None:
+                value = "none"
+            elif isinstance(value, (dict, list)):
+                value = json.dumps(value, sort_keys=True)
+            words.append(f"{flag} {shlex.quote(str(value))}")
+    return " ".join(words)
+
+
+def shard_numbers(config: dict[str, Any]) -> list[str]:
+    """The shards of a run, fixed by the config: 000 .. n_shards-1."""
+    return [shard_number(index) for index in range(config["n_shards"])]
+
+
+def local_source(source: dict[str, Any]) -> list[str]:
+    """The source file as an input when it is a local copy (so edits rerun the rule)."""
+    dataset = source["dataset"]
+    return [dataset] if os.path.exists(dataset) else []
+
+
+def tiny_model_input(config: dict[str, Any], model_settings: dict[str, Any]) -> list[str | None]:
+    """The demo builds its own checkpoints; a real run reads them from disk or the hub."""
+    if not config["demo"]["build_tiny_models"]:
+        return []
+    return [demo_model_path(config, model_settings["model"])]
+
+
+# ------------------------------------------------------------------ local-model generation
+
+
+def vllm_server_log(model_settings: dict[str, Any] | None, log_path: str) -> dict[str, str]:
+    """The vLLM server's log as a `log:` entry: declared only for a job of engine vllm.
+
+    Other engines start no server and write no such file; declaring it anyway makes
+    Snakemake warn that the log was not found.
+    """
+    return {"server": log_path} if serves_vllm(model_settings) else {}
+
+
+def server_log_option(model_settings: dict[str, Any] | None) -> str:
+    """The `--server-log` words of a job's command (engine vllm only), to go with vllm_server_log."""
+    return " --server-log {log.server:q}" if serves_vllm(model_settings) else ""
+
+
+def generation_logs(config: dict[str, Any], side: str, model_settings: dict[str, Any]) -> dict[str, str]:
+    """The logs of a local-model generation job: its own, and the vLLM server's for engine vllm."""
+    paths = run_paths(config)
+    return dict(
+        job=paths.shard_log(side),
+        **vllm_server_log(model_settings, paths.shard_log(side, "vllm.log")),
+    )
+
+
+def generation_shell(model_settings: dict[str, Any]) -> str:
+    """The command of a local-model generation job (rejected, chosen_local)."""
+    return (
+        "python -m meddpo generate --shard {input.shard:q} {params.options} --out {output:q}"
+        + server_log_option(model_settings)
+        + " 2> {log.job:q}"
+    )
+
+
+def generation_options(config: dict[str, Any], model_settings: dict[str, Any], system_prompt: str) -> str:
+    """`meddpo generate` options: a local-model block of the config and the system prompt.
+
+    The vllm block goes only to jobs of engine vllm, so a change to it reruns no
+    transformers job.
+    """
+    vllm = {"vllm": config["vllm"]} if serves_vllm(model_settings) else {}
+    store = run_paths(config).answer_store
+    return cli_options(**model_settings, **vllm, system_prompt=system_prompt, store=store)
+
+
+def chosen_extras(config: dict[str, Any], kind: str) -> list[str]:
+    """Per-shard side files of the Gemini teacher (failures, usage), none for a local teacher."""
+    if not asks_gemini(config["teacher"]):
+        return []
+    return [run_paths(config).per_shard("chosen", kind)]
+
+
+# ------------------------------------------------------------------ judges
+
+
+def judge_local_model(config: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    """The local model block of one judge kind, or None for the Gemini rubric judge."""
+    block = judge_block(config["judge"], kind)
+    return None if block is None else config["judge"][block]
+
+
+def judge_options(config: dict[str, Any], kind: str) -> str:
+    """`meddpo judge` options of one judge kind: its config block (never the key), the store.
+
+    The vllm block goes only to a judge of engine vllm; max_usd only to the API judge.
+    """
+    judge = config["judge"]
+    model = judge_local_model(config, kind)
+    options = {"kind": kind}
+    if kind == "classifier":
+        options.update(classifier=model, classifier_format=judge["classifier_format"])
+    elif model is not None:
+        options.update(backend="local", local=model)
+    else:
+        options.update(backend="gemini", gemini=judge["gemini"], max_usd=judge["max_usd"])
+    if serves_vllm(model):
+        options["vllm"] = config["vllm"]
+    # the job reads no config file: every setting it uses is in these options
+    return cli_options(**options, store=run_paths(config).judge_store, base_config=None)
+
+
+def judge_shell(config: dict[str, Any], kind: str) -> str:
+    """The command the judge rules share (workflow/rules/judge.smk)."""
+    return (
+        "python -m meddpo judge --pairs {input.pairs:q} {params.options}"
+        " --out {output.verdicts:q} --usage {output.usage:q}"
+        + server_log_option(judge_local_model(config, kind))
+        + " 2> {log.job:q}"
+    )
+
+
+def judge_rule_outputs(config: dict[str, Any], kind: str) -> dict[str, str]:
+    paths = run_paths(config)
+    return dict(verdicts=paths.judge(kind), usage=paths.judge(kind, "usage.json"))
+
+
+def judge_rule_logs(config: dict[str, Any], kind: str) -> dict[str, str]:
+    paths = run_paths(config)
+    model = judge_local_model(config, kind)
+    server = paths.shard_log(f"judge/{kind}", "vllm.log")
+    return dict(job=paths.shard_log(f"judge/{kind}"), **vllm_server_log(model, server))
+
+
+def judged_kinds(config: dict[str, Any]) -> list[str]:
+    """The judge kinds whose rules run (meddpo.planning.plan.judge_rules), in the config's order."""
+    rules = judge_rules(config)
+    return [kind for kind in config["judge"]["kinds"] if judge_rule(config, kind) in rules]
+
+
+def judge_files(config: dict[str, Any], suffix: str) -> list[str]:
+    """Every shard's file of every judge that runs (`jsonl` verdicts, `usage.json`); none without a judge."""
+    paths = run_paths(config)
+    return [
+        paths.judge(kind, suffix, shard) for kind in judged_kinds(config) for shard in shard_numbers(config)
+    ]
+
+
+# ------------------------------------------------------------------ the dataset
+
+
+def dataset_outputs(config: dict[str, Any]) -> dict[str, str]:
+    """What the finalize rule writes, by the output options (each name written only here).
+
+    ``plots`` is a folder (the rule declares it as one).
+    """
+    paths = run_paths(config)
+    output = config["output"]
+    names = ["pairs", "dropped", "stats", "report", "card", "plots"]
+    names += [fmt for fmt in ("conversational", "parquet") if output[fmt]]
+    outputs = {name: paths.dataset_file(name) for name in names}
+    if output["test_fraction"] > 0:
+        # one train/test assignment, in every format that is written
+        outputs["train"] = paths.dataset_split("pairs", "train")
+        outputs["test"] = paths.dataset_split("pairs", "test")
+        for fmt in ("conversational", "parquet"):
+            if output[fmt]:
+                for split in ("train", "test"):
+                    outputs[f"{fmt}_{split}"] = paths.dataset_split(fmt, split)
+    return outputs
+
+
+SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens", "max_output_tokens", "thinking_budget", "seed")
+
+
+def card_settings(config: dict[str, Any]) -> str:
+    """What the dataset card says about how the data was made (all from the config)."""
+    teacher = config["teacher"][config["teacher"]["backend"]]
+    return json.dumps(
+        {
+            "prompts": config["prompts"],
+            "source_name": config["source"]["name"],
+            "source_dataset": config["source"]["dataset"],
+            "demo": config["demo"]["build_tiny_models"],
+            "selection": config["questions"]["selection"],
+            "seed": config["questions"]["seed"],
+            "chosen_sampling": {k: teacher[k] for k in SAMPLING_KEYS if k in teacher},
+            "rejected_sampling": {k: config["rejected"][k] for k in SAMPLING_KEYS if k in config["rejected"]},
+        },
+        sort_keys=True,
+    )
+
+
+def finalize_options(config: dict[str, Any]) -> str:
+    """`meddpo finalize` settings: the quality filter, the judge margin, the split, the card."""
+    return cli_options(
+        **config["quality"],
+        min_margin=config["judge"]["min_margin"],
+        test_fraction=config["output"]["test_fraction"],
+        settings=card_settings(config),
+    )
+
+
+def finalize_output_options(outputs: dict[str, Any]) -> str:
+    """`meddpo finalize` --out-<name> options of the dataset's files."""
+    return cli_options(**{f"out_{k}": v for k, v in outputs.items()})
+
+
+# ------------------------------------------------------------------ provenance
+
+
+def workflow_commit(folder: str) -> str:
+    """The git commit of the workflow (with +dirty when the tree has changes), or 'unknown'."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", folder, "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", folder, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return f"{commit}+dirty" if dirty else commit
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A hash of the effective config (after layering and defaults), for provenance."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def shell_prefix(python_dir: str, package_dir: str, commit: str, config_sha: str) -> str:
+    """What every job's command starts with: strict bash, the interpreter, the package, provenance.
+
+    Provenance goes into the outputs, never into `params` or a rule's command: a commit,
+    a README edit or another config file layout must not rerun the dataset. Every job
+    gets it through the environment (the shell prefix, which Snakemake does not compare
+    between runs); `meddpo finalize` reads MEDDPO_WORKFLOW_COMMIT and MEDDPO_CONFIG_SHA256.
+    ``python_dir`` is the folder of the interpreter that runs Snakemake ("" when a conda
+    environment is in use), put first on PATH. shell.prefix is formatted like a shell
+    command, hence the doubled braces.
+    """
+    python_path = shlex.quote(python_dir) + ":" if python_dir else ""
+    path, package, commit, sha = (
+        word.replace("{", "{{").replace("}", "}}")
+        for word in (python_path, shlex.quote(package_dir), shlex.quote(commit), config_sha)
+    )
+    return (
+        f"set -euo pipefail; export PATH={path}$PATH PYTHONPATH={package}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+        f"export MEDDPO_WORKFLOW_COMMIT={commit} MEDDPO_CONFIG_SHA256={sha}; "
+    )
