@@ -231,7 +231,7 @@ LONG_GROUPS = (
     "test_vllm_engine.py",
     "demo-run",
     "test_preflight.py",
-    "test_gemini_teacher.py",
+    "test_gemini_job.py",
     "test_resume.py",
     "test_judge.py",
 )

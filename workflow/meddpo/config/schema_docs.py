@@ -3,7 +3,7 @@
 Every key's meaning, allowed values and default are written once, in
 ``config.schema.yaml``; this module turns them into Markdown tables and puts them
 between two marker comments of the docs page, so the page cannot drift from the
-schema (tests/test_docs.py renders it and compares)::
+schema (tests/unit/test_docs.py renders it and compares)::
 
     python -m meddpo.config.schema_docs                                    # print the reference
     python -m meddpo.config.schema_docs --write docs/configuration.md      # put it into the page

@@ -2,7 +2,7 @@
 
 Plain functions of the config dict (after defaults) that return strings, lists and
 dicts, so the rules in workflow/rules/*.smk stay thin and this logic is unit-tested
-(tests/test_targets.py). Paths come from meddpo.planning.paths, which judge rules run from
+(tests/unit/test_rule_options.py). Paths come from meddpo.planning.paths, which judge rules run from
 meddpo.planning.plan. It may import backends, paths, plan and settings (standard library and PyYAML
 only at import time: the Snakefile imports it); never Snakemake.
 """

@@ -11,7 +11,7 @@ from meddpo.generation import engines
 from meddpo.generation.engines import ShardResult, answer_gemini_shard, answer_shard
 from meddpo.testing.gemini_server import GeminiTestServer
 
-PACKAGE = Path(__file__).resolve().parents[1] / "workflow" / "meddpo"
+PACKAGE = Path(__file__).resolve().parents[2] / "workflow" / "meddpo"
 KEY = "test-key-not-a-secret-7f3a"
 QUESTIONS = [{"id": f"e{i}", "question": f"Is remedy {i} safe for children ?"} for i in range(3)]
 FIELDS = ["answers", "left_out", "usage", "problem"]
