@@ -23,8 +23,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
 
+from meddpo.backends import JobContext  # noqa: E402
 from meddpo.demo.tiny_models import build_tiny_mistral  # noqa: E402
-from meddpo.generation.engines import answer_questions  # noqa: E402
+from meddpo.generation.local_shard import answer_questions  # noqa: E402
 from meddpo.generation.transformers_engine import LocalGenerator  # noqa: E402
 from meddpo.generation.types import ModelSpec, Sampling  # noqa: E402
 from meddpo.jsonl import read_jsonl  # noqa: E402
@@ -52,14 +53,16 @@ def measure(generator: LocalGenerator, questions, sampling: Sampling, batch_size
     """(new tokens, seconds) of the seed loop, the padded engine and continuous batching, each warmed up."""
     # warm-up of both paths
     seed_loop(generator, questions[:2], sampling)
-    answer_questions(generator, questions[:4], SYSTEM, sampling, 4, progress_every_s=1e9)
+    answer_questions(generator, questions[:4], SYSTEM, sampling, 4, context=JobContext(progress_every_s=1e9))
 
     started = time.perf_counter()
     loop_tokens = seed_loop(generator, questions, sampling)
     loop_s = time.perf_counter() - started
 
     started = time.perf_counter()
-    rows = answer_questions(generator, questions, SYSTEM, sampling, batch_size, progress_every_s=1e9)
+    rows = answer_questions(
+        generator, questions, SYSTEM, sampling, batch_size, context=JobContext(progress_every_s=1e9)
+    )
     engine_s = time.perf_counter() - started
     engine_tokens = sum(row["new_tokens"] for row in rows)
 
@@ -67,7 +70,13 @@ def measure(generator: LocalGenerator, questions, sampling: Sampling, batch_size
     # preference almost every answer still runs to the cap; tokens/s stays comparable.
     continuous = Sampling(max_new_tokens=new_tokens, temperature=0.8, top_p=0.95, seed=0)
     answer_questions(
-        generator, questions[:4], SYSTEM, continuous, 4, engine="continuous", progress_every_s=1e9
+        generator,
+        questions[:4],
+        SYSTEM,
+        continuous,
+        4,
+        engine="continuous",
+        context=JobContext(progress_every_s=1e9),
     )
     started = time.perf_counter()
     rows = answer_questions(
@@ -77,7 +86,7 @@ def measure(generator: LocalGenerator, questions, sampling: Sampling, batch_size
         continuous,
         batch_size,
         engine="continuous",
-        progress_every_s=1e9,
+        context=JobContext(progress_every_s=1e9),
     )
     continuous_s = time.perf_counter() - started
     continuous_tokens = sum(row["new_tokens"] for row in rows)

@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO / "workflow"))
 import yaml  # noqa: E402
 
 from meddpo.demo.tiny_models import build_tiny_mistral  # noqa: E402
-from meddpo.generation.engines import answer_questions  # noqa: E402
+from meddpo.generation.local_shard import answer_questions  # noqa: E402
 from meddpo.generation.transformers_engine import LocalGenerator  # noqa: E402
 from meddpo.generation.types import ModelSpec, Sampling  # noqa: E402
 from meddpo.generation.vllm.engine import VllmGenerator, server_dtype, vllm_settings  # noqa: E402

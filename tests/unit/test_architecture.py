@@ -221,6 +221,38 @@ def test_the_package_never_imports_snakemake():
                 assert node.module.split(".")[0] != "snakemake", name
 
 
+def _top_level_imports(tree: ast.Module) -> set[str]:
+    """What a module imports when it is loaded: its import statements outside functions."""
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.update([node.module, *(f"{node.module}.{alias.name}" for alias in node.names)])
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_what_the_rule_files_import_loads_with_the_standard_library_and_pyyaml():
+    # Snakemake parses the rule files in every run, dry runs and a cluster job's own start included:
+    # what they import must load in a second, without torch, transformers, datasets or the SDK
+    modules = _modules()
+    rule_text = "\n".join(path.read_text() for path in [*RULES.glob("*.smk"), REPO / "Snakefile"])
+    todo = sorted(set(re.findall(r"^\s*from (meddpo[\w.]*) import", rule_text, re.MULTILINE)))
+    seen, outside = set(), set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for imported in _top_level_imports(modules[name]):
+            if imported in modules:
+                todo.append(imported)
+            elif not imported.startswith("meddpo"):
+                outside.add(imported.split(".")[0])
+    assert "meddpo.planning.checks" in seen and "meddpo.config.settings" in seen
+    assert outside - set(sys.stdlib_module_names) == {"yaml"}
+
+
 def test_make_test_keeps_each_test_file_on_one_process():
     # make test's side-by-side run relies on pytest-xdist's groups: a file's module fixtures (the
     # Slurm cluster) must not start on two processes at once. (pytest 9.2.0 broke this silently.)

@@ -1,17 +1,17 @@
-"""engines.py: every backend returns the same ShardResult; the engines import only the shared types."""
+"""backends.py: one interface for every backend, one registry of them by config name.
 
-import ast
+Every backend returns the same ShardResult; a new backend is one module and one registry entry."""
+
 import dataclasses
-from pathlib import Path
 
 import pytest
 
 from conftest import fast_gemini_settings
-from meddpo.generation import engines
-from meddpo.generation.engines import ShardResult, answer_gemini_shard, answer_shard
+from meddpo import backends
+from meddpo.backends import REGISTRY, Backend, JobContext, Request, ShardBackend, ShardResult, answer_shard
+from meddpo.generation.local_shard import answer_questions
 from meddpo.testing.gemini_server import GeminiTestServer
 
-PACKAGE = Path(__file__).resolve().parents[2] / "workflow" / "meddpo"
 KEY = "test-key-not-a-secret-7f3a"
 QUESTIONS = [{"id": f"e{i}", "question": f"Is remedy {i} safe for children ?"} for i in range(3)]
 FIELDS = ["answers", "left_out", "usage", "problem"]
@@ -22,9 +22,20 @@ def check_shape(result) -> None:
     assert [f.name for f in dataclasses.fields(result)] == FIELDS
 
 
+def gemini_block(server, **overrides) -> dict:
+    return {"backend": "gemini", "gemini": fast_gemini_settings(server, **overrides)}
+
+
 def test_a_local_engine_returns_a_shard_result(tmp_path, tiny_mistral):
-    model = {"model": str(tiny_mistral), "max_new_tokens": 4, "temperature": 0.7, "batch_size": 2}
-    result = answer_shard(QUESTIONS, model, system_prompt="Be brief.", store_root=tmp_path, store_part="t")
+    model = {
+        "model": str(tiny_mistral),
+        "engine": "padded",
+        "max_new_tokens": 4,
+        "temperature": 0.7,
+        "batch_size": 2,
+    }
+    job = JobContext(store_root=tmp_path, store_part="t")
+    result = answer_shard(model, QUESTIONS, Request("Be brief."), job)
     check_shape(result)
     assert [row["id"] for row in result.answers] == ["e0", "e1", "e2"]
     assert {row["engine"] for row in result.answers} == {"padded"}
@@ -33,16 +44,12 @@ def test_a_local_engine_returns_a_shard_result(tmp_path, tiny_mistral):
     assert result.usage["answers"] == 3
     assert result.usage["new_tokens"] == sum(row["new_tokens"] for row in result.answers) == 12  # no EOS
     # a second job finds every answer in the store: the same result
-    assert (
-        answer_shard(QUESTIONS, model, system_prompt="Be brief.", store_root=tmp_path, store_part="t")
-        == result
-    )
+    assert answer_shard(model, QUESTIONS, Request("Be brief."), job) == result
 
 
 def test_an_empty_shard_is_an_empty_result():
-    result = answer_shard(
-        [], {"model": "not-loaded", "max_new_tokens": 4, "temperature": 0.0}, system_prompt=""
-    )
+    model = {"model": "not-loaded", "engine": "padded", "max_new_tokens": 4, "temperature": 0.0}
+    result = answer_shard(model, [], Request(""))
     check_shape(result)
     assert result == ShardResult(answers=[], usage={"answers": 0, "new_tokens": 0, "prompt_tokens": 0})
 
@@ -50,13 +57,8 @@ def test_an_empty_shard_is_an_empty_result():
 def test_the_gemini_backend_returns_a_shard_result(tmp_path, monkeypatch):
     monkeypatch.setenv("GEMINI_API_KEY", KEY)
     with GeminiTestServer() as server:
-        result = answer_gemini_shard(
-            QUESTIONS,
-            "Be careful.",
-            fast_gemini_settings(server, concurrency=4, max_attempts=3),
-            store_root=tmp_path,
-            store_part="t",
-        )
+        block = gemini_block(server, concurrency=4, max_attempts=3)
+        result = answer_shard(block, QUESTIONS, Request("Be careful."), JobContext(tmp_path, "t"))
     check_shape(result)
     assert [row["id"] for row in result.answers] == ["e0", "e1", "e2"]
     assert (len(result.answers), len(result.refusals), len(result.failures)) == (3, 0, 0)
@@ -69,13 +71,8 @@ def test_gemini_refusals_and_failures_are_apart_and_in_order(tmp_path, monkeypat
     questions = [{"id": f"g{i}", "question": f"What helps with condition {i} ?"} for i in range(4)]
     with GeminiTestServer() as server:
         server.script = {questions[1]["question"]: ["blocked"], questions[2]["question"]: ["503"] * 3}
-        result = answer_gemini_shard(
-            questions,
-            "x",
-            fast_gemini_settings(server, concurrency=4, max_attempts=3),
-            store_root=tmp_path,
-            store_part="t",
-        )
+        block = gemini_block(server, concurrency=4, max_attempts=3)
+        result = answer_shard(block, questions, Request("x"), JobContext(tmp_path, "t"))
     check_shape(result)
     assert [row["id"] for row in result.answers] == ["g0", "g3"]
     assert [(row["id"], row["kind"]) for row in result.left_out] == [("g1", "refused"), ("g2", "failed")]
@@ -85,22 +82,80 @@ def test_gemini_refusals_and_failures_are_apart_and_in_order(tmp_path, monkeypat
 
 
 def test_an_unknown_engine_is_refused_before_anything_runs():
-    with pytest.raises(ValueError, match="unknown engine 'fast'; use one of padded, continuous, vllm"):
-        engines.answer_questions(None, [], "", None, 1, engine="fast")
+    with pytest.raises(
+        ValueError, match="unknown engine or backend 'fast'; use one of padded, continuous, vllm"
+    ):
+        answer_questions(None, [], "", None, 1, engine="fast")
+    with pytest.raises(ValueError, match="'gemini' is not a local engine"):
+        answer_questions(None, [], "", None, 1, engine="gemini")
 
 
-def package_imports(name: str) -> set[str]:
-    """The package modules that ``name`` imports, at the top or inside a function."""
-    found = set()
-    for node in ast.walk(ast.parse((PACKAGE / f"{name}.py").read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            found.update([node.module] if node.module else [alias.name for alias in node.names])
-    return found
+def test_every_registered_backend_implements_the_interface():
+    assert sorted(REGISTRY) == ["continuous", "gemini", "padded", "vllm"]
+    for name in REGISTRY:
+        assert isinstance(backends.backend(name), ShardBackend), name
+    assert [name for name, entry in REGISTRY.items() if not entry.local] == ["gemini"]
+    assert [name for name, entry in REGISTRY.items() if entry.server] == ["vllm"]
 
 
-def test_the_engines_import_only_the_shared_types_and_leaf_modules():
-    assert package_imports("engine_types") <= {"errors", "settings", "chat_format"}
-    for engine in ("local_generation", "vllm_engine"):
-        assert "engine_types" in package_imports(engine)
-        assert not package_imports(engine) & {"local_generation", "vllm_engine", "engines", "judge"}, engine
-    assert not package_imports("engines") & {"judge", "pairs", "quality", "validate", "report"}
+def test_a_config_block_names_its_backend():
+    local = {"model": "m", "engine": "continuous"}
+    assert backends.backend_of(local) == ("continuous", local)
+    teacher = {"backend": "local", "local": {"model": "m", "engine": "vllm"}, "gemini": {"model": "g"}}
+    assert backends.backend_of(teacher) == ("vllm", {"model": "m", "engine": "vllm"})
+    assert backends.backend_of({**teacher, "backend": "gemini"}) == ("gemini", {"model": "g"})
+    assert backends.teacher_rule({"teacher": teacher}) == "chosen_local"
+
+
+# A backend a user adds: this module is all of it (written to a file, as a new module would be).
+ECHO_BACKEND = """
+from meddpo.backends import ShardResult
+from meddpo.generation.resume import ResumableJob
+
+
+class EchoBackend:
+    # answers each question with a fixed opening and the question itself; keeps them in the store
+
+    def store_key(self, settings, request):
+        return {"backend": "echo", "opening": settings["opening"], "system_prompt": request.system_prompt}
+
+    def answer_shard(self, questions, settings, request, job):
+        resumable = ResumableJob(
+            questions, self.store_key(settings, request), store_root=job.store_root, store_part=job.store_part
+        )
+        try:
+            resumable.record(
+                [{"id": q["id"], "text": settings["opening"] + q["question"], "finish_reason": "stop",
+                  "model": "echo"} for q in resumable.todo]
+            )
+        finally:
+            resumable.close()
+        return ShardResult(answers=resumable.rows(), usage={"answers": len(questions)})
+
+
+ECHO = EchoBackend()
+"""
+
+
+def test_a_new_teacher_backend_is_one_module_and_one_registry_entry(tmp_path, monkeypatch):
+    (tmp_path / "echo_backend.py").write_text(ECHO_BACKEND)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(REGISTRY, "echo", Backend("echo_backend:ECHO", local=False))
+    teacher = {"backend": "echo", "echo": {"opening": "You asked: "}}
+    job = JobContext(store_root=tmp_path / "store", store_part="shard-000")
+    result = answer_shard(teacher, QUESTIONS[:2], Request("Be careful."), job)
+    assert [row["text"] for row in result.answers] == [
+        "You asked: Is remedy 0 safe for children ?",
+        "You asked: Is remedy 1 safe for children ?",
+    ]
+    assert result.left_out == [] and result.problem is None
+    # the answers are kept: a second job of the same shard finds them in the store
+    again = answer_shard(teacher, QUESTIONS, Request("Be careful."), job)
+    assert [row["created"] for row in again.answers[:2]] == [row["created"] for row in result.answers]
+    assert backends.store_key(teacher, Request("Be careful.")) == {
+        "backend": "echo",
+        "opening": "You asked: ",
+        "system_prompt": "Be careful.",
+    }
+    assert backends.teacher_rule({"teacher": teacher}) == "chosen_echo"
+    assert not backends.runs_locally(teacher)

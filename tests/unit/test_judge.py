@@ -12,6 +12,7 @@ import time
 import pytest
 
 from conftest import REPO, SHARED_DATA
+from meddpo.backends import JobContext
 from meddpo.dataset.build import DatasetPaths, build_dataset
 from meddpo.dataset.pairs import merge_pair_shards
 from meddpo.dataset.verdicts import (
@@ -219,7 +220,10 @@ def test_scripted_judge_drops_exactly_the_inverted_pairs_and_the_stats_add_up(tm
     pairs = _pairs(30)
     with GeminiTestServer(reply=_scripted_reply(pairs)) as server:
         verdicts, usage, problem = run_judge(
-            pairs, "rubric", _gemini_judge(server), store_root=tmp_path / "store", store_part="shard-000"
+            pairs,
+            "rubric",
+            _gemini_judge(server),
+            JobContext(store_root=tmp_path / "store", store_part="shard-000"),
         )
         body = server.bodies[0]
     assert problem is None
@@ -302,15 +306,18 @@ def test_the_gemini_judge_in_batch_mode_gives_the_online_verdicts_from_one_batch
         server.batch_plans = [BatchPlan(reverse=True, pending_polls=1)]
         batch_judge = _gemini_judge(server, gemini={"mode": "batch", "batch_poll_s": 0.01})
         verdicts, usage, problem = run_judge(
-            pairs, "rubric", batch_judge, store_root=tmp_path / "batch", store_part="shard-000"
+            pairs, "rubric", batch_judge, JobContext(store_root=tmp_path / "batch", store_part="shard-000")
         )
         online, online_usage, _ = run_judge(
-            pairs, "rubric", _gemini_judge(server), store_root=tmp_path / "online", store_part="shard-000"
+            pairs,
+            "rubric",
+            _gemini_judge(server),
+            JobContext(store_root=tmp_path / "online", store_part="shard-000"),
         )
         assert server.batch_stats()["created"] == 1 and len(server.batches[0].keys) == 60
         requests = server.stats()["requests"]
         again, _, _ = run_judge(
-            pairs, "rubric", batch_judge, store_root=tmp_path / "batch", store_part="shard-000"
+            pairs, "rubric", batch_judge, JobContext(store_root=tmp_path / "batch", store_part="shard-000")
         )
         assert server.batch_stats()["created"] == 1 and server.stats()["requests"] == requests
     assert problem is None and usage["verdicts"] == {"judged": 60}
@@ -331,7 +338,7 @@ def test_unreadable_and_refused_verdicts_are_counted_not_guessed(tmp_path, gemin
         blocked = judge_items(pairs[2:3], "rubric")[1]["question"]  # pair 2's rejected answer
         server.script = {blocked: ["safety"]}
         verdicts, usage, _ = run_judge(
-            pairs, "rubric", _gemini_judge(server), store_root=None, store_part="x"
+            pairs, "rubric", _gemini_judge(server), JobContext(store_root=None, store_part="x")
         )
     rows = attach(pairs, {"v.jsonl": verdicts})
     judge = {row["id"]: row["meta"]["judge"] for row in rows}
@@ -348,7 +355,9 @@ def test_unreadable_and_refused_verdicts_are_counted_not_guessed(tmp_path, gemin
 def test_a_cut_verdict_file_stops_the_merge_naming_the_pair(tmp_path, gemini_key):
     pairs = _pairs(3)
     with GeminiTestServer(reply=_scripted_reply(pairs)) as server:
-        verdicts, _, _ = run_judge(pairs, "rubric", _gemini_judge(server), store_root=None, store_part="x")
+        verdicts, _, _ = run_judge(
+            pairs, "rubric", _gemini_judge(server), JobContext(store_root=None, store_part="x")
+        )
     with pytest.raises(DataError, match="pair id mq-0002: no rubric verdict"):
         attach(pairs, {"v.jsonl": verdicts[:2]})
     assert attach(pairs, {})[0]["meta"]["judge"] == {"status": "off"}
@@ -460,7 +469,9 @@ def test_tiny_local_judge_noise_is_recorded_as_unparseable_and_never_judged_twic
     pairs = _pairs(4)
     block = {"model": str(tiny_mistral), "max_new_tokens": 6, "temperature": 0, "batch_size": 8}
     config = {"backend": "local", "local": block, "classifier": block, "classifier_format": "llama_guard_3"}
-    verdicts, usage, problem = run_judge(pairs, kind, config, store_root=tmp_path, store_part="shard-000")
+    verdicts, usage, problem = run_judge(
+        pairs, kind, config, JobContext(store_root=tmp_path, store_part="shard-000")
+    )
     assert problem is None and usage["answers"] == 8 and usage["new_tokens"] == 8 * 6
     for row in verdicts:
         for role in ("chosen", "rejected"):
@@ -475,7 +486,7 @@ def test_tiny_local_judge_noise_is_recorded_as_unparseable_and_never_judged_twic
     # a regenerated answer is judged again; the unchanged ones never are
     changed = [dict(pair) for pair in pairs]
     changed[0]["chosen"] = "A new careful answer about gout, written again."
-    run_judge(changed, kind, config, store_root=tmp_path, store_part="shard-000")
+    run_judge(changed, kind, config, JobContext(store_root=tmp_path, store_part="shard-000"))
     assert len(stored()) == 9
     assert item_key(changed[0]["question"], changed[0]["chosen"]) in {row["id"] for row in stored()}
 
@@ -483,7 +494,12 @@ def test_tiny_local_judge_noise_is_recorded_as_unparseable_and_never_judged_twic
 def test_a_judge_at_a_temperature_above_0_is_refused(tiny_mistral):
     block = {"model": str(tiny_mistral), "max_new_tokens": 6, "temperature": 0.7}
     with pytest.raises(UserError, match="judge.local.temperature is 0.7: judges decode at temperature 0"):
-        run_judge(_pairs(1), "rubric", {"backend": "local", "local": block}, store_root=None, store_part="x")
+        run_judge(
+            _pairs(1),
+            "rubric",
+            {"backend": "local", "local": block},
+            JobContext(store_root=None, store_part="x"),
+        )
 
 
 # --------------------------------------------------------------------------- the old pairs file
@@ -649,7 +665,7 @@ def test_identical_answers_share_one_request_and_tie(tmp_path, gemini_key):
             }
         )
         verdicts, usage, _ = run_judge(
-            pairs, "rubric", _gemini_judge(server), store_root=None, store_part="x"
+            pairs, "rubric", _gemini_judge(server), JobContext(store_root=None, store_part="x")
         )
     assert usage["requests"] == 3  # pair 0: two answers; pair 1: one text, asked once
     assert attach(pairs, {"v": verdicts})[1]["meta"]["judge"]["margin"] == 0.0
@@ -658,19 +674,19 @@ def test_identical_answers_share_one_request_and_tie(tmp_path, gemini_key):
 def test_zero_pairs_and_duplicate_ids(tmp_path, tiny_mistral):
     block = {"model": str(tiny_mistral), "max_new_tokens": 4, "temperature": 0}
     config = {"backend": "local", "local": block}
-    assert run_judge([], "rubric", config, store_root=tmp_path, store_part="s")[0] == []
+    assert run_judge([], "rubric", config, JobContext(store_root=tmp_path, store_part="s"))[0] == []
     twice = _pairs(2)
     twice[1]["id"] = twice[0]["id"]
     with pytest.raises(
         DataError, match=r"pairs, row 2, field 'id': id mq-0000 appears twice \(first on row 1\)"
     ):
-        run_judge(twice, "rubric", config, store_root=tmp_path, store_part="s")
+        run_judge(twice, "rubric", config, JobContext(store_root=tmp_path, store_part="s"))
     junk = _pairs(2)
     junk[1]["meta"] = "x"
     with pytest.raises(
         DataError, match="pairs, row 2, field 'meta': id mq-0001: a string where a JSON object"
     ):
-        run_judge(junk, "rubric", config, store_root=tmp_path, store_part="s")
+        run_judge(junk, "rubric", config, JobContext(store_root=tmp_path, store_part="s"))
     assert not list(tmp_path.glob("*/*/s.jsonl"))  # nothing was generated before the check
 
 
@@ -806,7 +822,9 @@ def test_a_gemini_judge_at_a_closed_port_stops_within_a_minute_naming_it_and_pay
 def test_a_verdict_for_other_answer_texts_is_refused(tmp_path, gemini_key):
     pairs = _pairs(2)
     with GeminiTestServer(reply=_scripted_reply(pairs)) as server:
-        verdicts, _, _ = run_judge(pairs, "rubric", _gemini_judge(server), store_root=None, store_part="x")
+        verdicts, _, _ = run_judge(
+            pairs, "rubric", _gemini_judge(server), JobContext(store_root=None, store_part="x")
+        )
     regenerated = [dict(pair) for pair in pairs]
     regenerated[1]["chosen"] = "A regenerated careful answer."
     with pytest.raises(DataError, match="v.jsonl: id mq-0001: the rubric verdict graded other answer texts"):
@@ -836,7 +854,7 @@ def test_an_endpoint_other_than_googles_is_in_the_store_key_and_the_verdicts(mon
     pairs = _pairs(1)
     with GeminiTestServer(reply=_scripted_reply(pairs)) as server:
         verdicts, _, _ = run_judge(
-            pairs, "rubric", _gemini_judge(server), store_root=tmp_path, store_part="x"
+            pairs, "rubric", _gemini_judge(server), JobContext(store_root=tmp_path, store_part="x")
         )
         assert verdicts[0]["judge"]["endpoint"] == server.base_url
     (settings,) = [json.loads(p.read_text()) for p in tmp_path.glob("*/*/settings.json")]

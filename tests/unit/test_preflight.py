@@ -625,18 +625,19 @@ def test_ctrl_c_ends_a_step_quietly(tmp_path, tiny_mistral):
 def test_a_shard_fully_in_the_store_is_finished_without_loading_its_model(
     tmp_path, tiny_mistral, monkeypatch, caplog
 ):
-    from meddpo.generation import engines  # the shard job: answer_shard
+    from meddpo.backends import JobContext, Request, answer_shard
+    from meddpo.generation import transformers_engine
 
     questions = [{"id": f"s{i}", "question": f"Is remedy {i} safe ?"} for i in range(5)]
-    settings = {"model": str(tiny_mistral), "max_new_tokens": 4, "temperature": 0.7, "batch_size": 2}
-    first = engines.answer_shard(questions, settings, system_prompt="Be brief.", store_root=tmp_path)
+    settings = {"model": str(tiny_mistral), "engine": "padded", "max_new_tokens": 4, "temperature": 0.7}
+    first = answer_shard(settings, questions, Request("Be brief."), JobContext(store_root=tmp_path))
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(engines, "LocalGenerator", no_loading)
+    monkeypatch.setattr(transformers_engine, "LocalGenerator", no_loading)
     caplog.set_level("INFO", logger="meddpo")
-    again = engines.answer_shard(questions, settings, system_prompt="Be brief.", store_root=tmp_path)
+    again = answer_shard(settings, questions, Request("Be brief."), JobContext(store_root=tmp_path))
     assert again == first
     assert "every answer of the shard is in the answer store: the model is not loaded" in caplog.text
 

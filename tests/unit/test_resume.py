@@ -94,9 +94,10 @@ def test_both_backends_resume_through_the_shared_loop(tmp_path, tiny_mistral, ca
     import asyncio
     import logging
 
+    from meddpo.backends import JobContext
     from meddpo.gemini.client import GeminiSettings
     from meddpo.gemini.job import answer_with_gemini
-    from meddpo.generation.engines import answer_questions
+    from meddpo.generation.local_shard import answer_questions
     from meddpo.generation.transformers_engine import LocalGenerator
     from meddpo.generation.types import ModelSpec, Sampling
     from meddpo.testing.gemini_server import GeminiTestServer
@@ -116,9 +117,11 @@ def test_both_backends_resume_through_the_shared_loop(tmp_path, tiny_mistral, ca
     generator = LocalGenerator(ModelSpec(name=str(tiny_mistral)))
     sampling = Sampling(max_new_tokens=3, temperature=0.7)
     store = tmp_path / "local"
-    answer_questions(generator, questions[:3], "Be brief.", sampling, 2, store_root=store)
+    answer_questions(generator, questions[:3], "Be brief.", sampling, 2, context=JobContext(store_root=store))
     resume_lines()
-    rows = answer_questions(generator, questions, "Be brief.", sampling, 2, store_root=store)
+    rows = answer_questions(
+        generator, questions, "Be brief.", sampling, 2, context=JobContext(store_root=store)
+    )
     assert [r["id"] for r in rows] == [q["id"] for q in questions]
     assert resume_lines() == ["3 of 6 answers already there, 3 to generate"]
     assert sum(1 for _ in _store_rows(store)) == 6

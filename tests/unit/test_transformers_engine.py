@@ -2,8 +2,9 @@ from collections import Counter
 
 import pytest
 
+from meddpo.backends import JobContext
 from meddpo.demo.tiny_models import build_tiny_mistral
-from meddpo.generation.engines import answer_questions
+from meddpo.generation.local_shard import answer_questions
 from meddpo.generation.transformers_engine import LocalGenerator
 from meddpo.generation.types import ModelSpec, Sampling
 
@@ -160,7 +161,9 @@ def test_continuous_engine_gives_the_same_kind_of_rows(never_stops, eager_to_sto
 
 def test_store_answers_are_reused_not_regenerated(never_stops, tmp_path, monkeypatch):
     sampling = Sampling(max_new_tokens=4, temperature=0.7, seed=2)
-    first = answer_questions(never_stops, QUESTIONS[:3], "Be careful.", sampling, 2, store_root=tmp_path)
+    first = answer_questions(
+        never_stops, QUESTIONS[:3], "Be careful.", sampling, 2, context=JobContext(store_root=tmp_path)
+    )
     calls = []
     real_generate = never_stops.model.generate
     monkeypatch.setattr(
@@ -169,12 +172,19 @@ def test_store_answers_are_reused_not_regenerated(never_stops, tmp_path, monkeyp
         lambda *a, **k: calls.append(k["input_ids"].shape[0]) or real_generate(*a, **k),
     )
     rows = answer_questions(
-        never_stops, QUESTIONS, "Be careful.", sampling, 8, store_root=tmp_path, store_part="b"
+        never_stops,
+        QUESTIONS,
+        "Be careful.",
+        sampling,
+        8,
+        context=JobContext(store_root=tmp_path, store_part="b"),
     )
     assert calls == [2]  # only the two new questions
     assert [r["text"] for r in rows[:3]] == [r["text"] for r in first]
     # another system prompt is another fingerprint: nothing reused
-    answer_questions(never_stops, QUESTIONS, "Be brief.", sampling, 8, store_root=tmp_path)
+    answer_questions(
+        never_stops, QUESTIONS, "Be brief.", sampling, 8, context=JobContext(store_root=tmp_path)
+    )
     assert calls == [2, 5]
 
 

@@ -131,13 +131,20 @@ def test_requests_need_the_jobs_key(server):
 
 
 def test_vllm_rows_have_the_layout_and_facts_of_the_transformers_rows(server, mistral, questions, tmp_path):
-    from meddpo.generation.engines import answer_questions
+    from meddpo.backends import JobContext
+    from meddpo.generation.local_shard import answer_questions
     from meddpo.generation.transformers_engine import LocalGenerator
     from meddpo.generation.types import ModelSpec, Sampling, batch_seed
 
     sampling = Sampling(max_new_tokens=24, temperature=0.9, top_p=0.95, seed=3, min_new_tokens=2)
     rows = answer_questions(
-        _generator(server, mistral), questions, SYSTEM, sampling, 8, engine="vllm", store_root=tmp_path / "a"
+        _generator(server, mistral),
+        questions,
+        SYSTEM,
+        sampling,
+        8,
+        engine="vllm",
+        context=JobContext(store_root=tmp_path / "a"),
     )
     reference = answer_questions(
         LocalGenerator(ModelSpec(name=str(mistral))),
@@ -145,7 +152,7 @@ def test_vllm_rows_have_the_layout_and_facts_of_the_transformers_rows(server, mi
         SYSTEM,
         sampling,
         8,
-        store_root=tmp_path / "b",
+        context=JobContext(store_root=tmp_path / "b"),
     )
     assert [row["id"] for row in rows] == [q["id"] for q in questions]
     assert [list(row) for row in rows] == [list(row) for row in reference]
@@ -170,7 +177,7 @@ def test_vllm_rows_have_the_layout_and_facts_of_the_transformers_rows(server, mi
 def test_a_classifier_judge_through_vllm_gets_the_checkpoints_own_template_and_records_noise(
     server, mistral, questions
 ):
-    from meddpo.generation.engines import answer_questions
+    from meddpo.generation.local_shard import answer_questions
     from meddpo.generation.transformers_engine import LocalGenerator
     from meddpo.generation.types import ModelSpec, Sampling, render_item
     from meddpo.judge.grading import verdict

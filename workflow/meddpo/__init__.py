@@ -2,7 +2,8 @@
 
 The package holds all the logic of the workflow; the Snakemake rules under
 ``workflow/rules/`` only call its command-line interface (``meddpo --help``).
-It never imports snakemake.
+The folders are the stages, in the order tests/unit/test_architecture.py lists;
+docs/development.md draws them.
 """
 
 __version__ = "0.1.0"

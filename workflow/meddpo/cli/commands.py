@@ -59,7 +59,7 @@ def _stop_on_errors(findings) -> None:
 
 
 def generate(args: argparse.Namespace) -> None:
-    from meddpo.generation.engines import answer_shard
+    from meddpo.backends import Request, answer_shard
     from meddpo.preflight.run import generate_preflight
     from meddpo.questions.shards import read_shard
 
@@ -72,38 +72,37 @@ def generate(args: argparse.Namespace) -> None:
     questions = read_shard(args.shard)  # the shard's own errors first: they cost nothing to find
     # the checkpoint's weight headers and tokenizer, before the model loads
     _stop_on_errors(generate_preflight(model))
-    rows = answer_shard(
-        questions,
-        model,
-        system_prompt=args.system_prompt,
-        device=args.device,
-        store_root=args.store,
-        store_part=args.out.stem,
-        progress_every_s=args.progress_every,
-        vllm=args.vllm,
-        server_log=args.server_log,
-    ).answers
+    rows = answer_shard(model, questions, Request(args.system_prompt), _job(args)).answers
     write_jsonl(args.out, rows)
     stops = sum(row["finish_reason"] == "stop" for row in rows)
     log.info("wrote %d answers (%d stop, %d length) -> %s", len(rows), stops, len(rows) - stops, args.out)
 
 
-def gemini(args: argparse.Namespace) -> int | None:
-    import dataclasses
+def _job(args: argparse.Namespace):
+    """The job context of a shard job's options: its store and part (the output's name), progress,
+    and for a local model its device and vLLM server."""
+    from meddpo.backends import JobContext
 
-    from meddpo.gemini.client import GeminiSettings
-    from meddpo.generation.engines import answer_gemini_shard
-    from meddpo.questions.shards import read_shard
-
-    settings = GeminiSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(GeminiSettings)})
-    result = answer_gemini_shard(
-        read_shard(args.shard),
-        args.system_prompt,
-        settings,
+    return JobContext(
         store_root=args.store,
         store_part=args.out.stem,
         progress_every_s=args.progress_every,
+        device=getattr(args, "device", "auto"),
+        vllm=getattr(args, "vllm", None) or {},
+        server_log=getattr(args, "server_log", None),
     )
+
+
+def gemini(args: argparse.Namespace) -> int | None:
+    import dataclasses
+
+    from meddpo.backends import Request, answer_shard
+    from meddpo.gemini.client import GeminiSettings
+    from meddpo.questions.shards import read_shard
+
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(GeminiSettings)}
+    block = {"backend": "gemini", "gemini": settings}
+    result = answer_shard(block, read_shard(args.shard), Request(args.system_prompt), _job(args))
     if result.problem:
         print(f"meddpo gemini: error: {result.problem}", file=sys.stderr)
         return 3
@@ -271,17 +270,7 @@ def judge(args: argparse.Namespace) -> int | None:
     # the checks of the preflight, before a pair is read or a request is sent
     _stop_on_errors(judge_preflight(args.kind, config, pairs=args.pairs, store=args.store))
     pairs = read_pairs(args.pairs)  # every row checked before anything is sent
-    verdicts, usage, problem = run_judge(
-        pairs,
-        args.kind,
-        config,
-        store_root=args.store,
-        store_part=args.out.stem,
-        device=args.device,
-        vllm=args.vllm,
-        server_log=args.server_log,
-        progress_every_s=args.progress_every,
-    )
+    verdicts, usage, problem = run_judge(pairs, args.kind, config, _job(args))
     if problem:
         print(f"meddpo judge: error: {problem}", file=sys.stderr)
         return 3

@@ -9,7 +9,6 @@ schema (tests/unit/test_docs.py renders it and compares)::
     python -m meddpo.config.schema_docs --write docs/configuration.md      # put it into the page
     python -m meddpo.config.schema_docs --check docs/configuration.md      # exit 1 when the page differs
 
-It imports only ``meddpo.config.settings`` (the schema and its defaults), and nothing imports it.
 """
 
 from __future__ import annotations

@@ -2,9 +2,7 @@
 
 Holds what talks to Gemini through the google-genai SDK, for every caller that
 asks Gemini something (the teacher's shard job, the judge, preflight, status).
-It may import only the package's leaf modules (errors, settings, gemini_errors):
-never the answer store or the resume loop, which belong to the shard job in
-gemini_teacher.
+The answer store and the resume loop belong to the shard job (meddpo.gemini.job).
 
 A question is one ``client.aio.models.generate_content`` call with the system
 prompt as ``system_instruction``; ``RateLimiter`` spaces request starts (retries
@@ -21,7 +19,7 @@ count too). What one question comes to (an ``Outcome``):
   long); a question whose tries run out, or one whose own request the API turns
   down (a 4xx that is not a hard error), is a failure.
 
-What the errors mean (hard errors, an unreachable endpoint) is in gemini_errors.
+What the errors mean (hard errors, an unreachable endpoint) is in meddpo.gemini.errors.
 A connect time-out is at most ``CONNECT_TIMEOUT_S`` (``timeout_s`` still bounds
 the whole request), so a host that drops every packet is found out in well
 under a minute.
@@ -38,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from meddpo.backends import in_batch_mode
 from meddpo.config.settings import defaults
 from meddpo.errors import UserError
 from meddpo.gemini.errors import (
@@ -99,9 +98,9 @@ class GeminiSettings:
     # The settings that change the answer text (the rest only change speed and cost).
     TEXT_KEYS: ClassVar[tuple[str, ...]] = ("model", "temperature", "max_output_tokens", "thinking_budget")
 
-    def prices(self, mode: str | None = None) -> dict[str, float]:
-        """USD per million tokens in ``mode`` (online or batch; None: this block's mode)."""
-        if (mode or self.mode) == "batch":
+    def prices(self, batch: bool | None = None) -> dict[str, float]:
+        """USD per million tokens online or in batch mode (``batch`` None: this block's mode)."""
+        if in_batch_mode(self) if batch is None else batch:
             return {
                 "input_per_million": self.batch_price_input_per_million,
                 "output_per_million": self.batch_price_output_per_million,

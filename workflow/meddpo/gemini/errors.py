@@ -4,9 +4,8 @@ Holds the error classes of a Gemini job that no retry can fix (HardGeminiError,
 EndpointUnreachable), the classification of an attempt's error (transient, a 4xx
 about one question, never reached the server), the RetryInfo delay a 429 carries,
 and the two watches that stop a job across every request in flight
-(``EndpointWatch``, ``ClientErrorWatch``). It may import only the package's
-``errors`` module (the SDK and its HTTP stacks are imported where needed); the
-Gemini client (gemini_client) builds on it.
+(``EndpointWatch``, ``ClientErrorWatch``). The SDK and its HTTP stacks are
+imported where they are needed; the Gemini client builds on this module.
 
 Errors no request can escape stop the job at once with one line
 (HardGeminiError) and no output: 401 / 403 (key, permission), 404 (unknown

@@ -1,10 +1,9 @@
 """The Gemini shard job: chosen answers from Gemini, concurrent, rate-limited, retrying, resumable.
 
-Holds the job that answers one shard's questions through the Gemini client
-(gemini_client) and keeps what it gets in the answer store: ``answer_shard`` (the
-CLI's and the judge's entry point), ``answer_with_gemini`` and the shard's usage
-and verdict. It may import gemini_client, gemini_errors, answer_store, resume,
-errors and settings; nothing above it (no stage, no judge).
+Holds the job that answers one shard's questions through the Gemini client and
+keeps what it gets in the answer store: ``GEMINI``, the backend of the registry
+(meddpo.backends), ``answer_shard``, ``answer_with_gemini`` and the shard's usage
+and verdict.
 
 One async client per job, kept for the job's length; at most ``concurrency``
 calls are in flight and calls start no faster than ``requests_per_minute``
@@ -19,7 +18,7 @@ allows (retries count too). What the client makes of each question:
   request) is kept in the store's failures log and asked again on every later
   run. The job fails when more than ``max_failed_fraction`` of its questions fail.
 
-A hard error (gemini_errors.HardGeminiError) stops the job at once with no
+A hard error (meddpo.gemini.errors.HardGeminiError) stops the job at once with no
 output; an unreachable endpoint (EndpointUnreachable) stops it once the requests
 already at the server are answered and stored.
 
@@ -36,6 +35,7 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 
+from meddpo.backends import JobContext, Request, ShardResult, in_batch_mode, sent_in_batch
 from meddpo.gemini.client import (
     GeminiSettings,
     Outcome,
@@ -82,7 +82,7 @@ class _ShardRequests:
     def log_request(self, record: dict) -> None:
         """Count one request sent and its tokens, and append it to the store's request log."""
         self.usage["requests"] += 1
-        self.usage["batch_requests"] += record.get("mode") == "batch"
+        self.usage["batch_requests"] += sent_in_batch(record)
         self.usage.update({k: v for k, v in record.items() if k.endswith("_tokens")})
         if self.job.store:
             self.job.store.append_log("requests", [record])
@@ -211,7 +211,7 @@ async def answer_with_gemini(
     config = generation_config(settings, system_prompt, response_schema)
     client = make_client(api_key, settings)
     requests = _ShardRequests(job, settings, client, limiter, config, max_usd)
-    if settings.mode == "batch":
+    if in_batch_mode(settings):
         requests.in_batches()  # blocking, in this thread: Ctrl-C stops it at once
     else:
         await requests.ask_all()
@@ -231,7 +231,7 @@ def _refuse_open_batches(job: ResumableJob, settings: GeminiSettings) -> None:
     from meddpo.gemini.batch import BATCH_LOG, refuse_open_batches
 
     try:
-        own = job.store.part.name if settings.mode == "batch" else None  # a batch job takes up its own
+        own = job.store.part.name if in_batch_mode(settings) else None  # a batch job takes up its own
         refuse_open_batches(job.store.read_log(BATCH_LOG), {q["id"] for q in job.todo}, own)
     except HardGeminiError:
         job.close()
@@ -264,11 +264,11 @@ USAGE_COUNTS = ("requests", "input_tokens", "output_tokens", "thinking_tokens")
 
 def records_cost(records, settings: GeminiSettings) -> float:
     """US dollars of request-log records, each at the prices of the mode it was sent in (online or batch)."""
-    by_mode: dict[str, list[dict]] = {}
+    by_mode: dict[bool, list[dict]] = {}
     for record in records:
-        by_mode.setdefault(record.get("mode", "online"), []).append(record)
+        by_mode.setdefault(sent_in_batch(record), []).append(record)
     return round(
-        sum(estimate_cost(_add_up(rows), settings.prices(mode)) for mode, rows in by_mode.items()), 6
+        sum(estimate_cost(_add_up(rows), settings.prices(batch)) for batch, rows in by_mode.items()), 6
     )
 
 
@@ -342,7 +342,7 @@ def _shard_totals(
         ids = {q["id"] for q in questions}
         records = [record for record in store.read_log("requests") if record["id"] in ids]
         usage = _add_up(records)
-        usage["batch_requests"] = sum(record.get("mode") == "batch" for record in records)
+        usage["batch_requests"] = sum(sent_in_batch(record) for record in records)
         usage["estimated_cost_usd"] = records_cost(records, settings)
     refused = [r for r in left_out if r["kind"] == "refused"]
     failed = [r for r in left_out if r["kind"] == "failed"]
@@ -405,3 +405,34 @@ def shard_problem(usage: dict, settings: GeminiSettings, failures_log: str | Non
 
 def summarise_failures(failures: Sequence[dict]) -> dict[str, int]:
     return dict(sorted(Counter(f["reason"] for f in failures).items()))
+
+
+class GeminiBackend:
+    """The Gemini shard job as a backend (meddpo.backends.ShardBackend); ``settings``: a Gemini block
+    (teacher.gemini, judge.gemini) as a mapping or GeminiSettings."""
+
+    @staticmethod
+    def _settings(settings) -> GeminiSettings:
+        return settings if isinstance(settings, GeminiSettings) else GeminiSettings(**settings)
+
+    def answer_shard(
+        self, questions: Sequence[dict], settings, request: Request, job: JobContext
+    ) -> ShardResult:
+        rows, left_out, usage, problem = answer_shard(
+            questions,
+            request.system_prompt,
+            self._settings(settings),
+            store_root=job.store_root,
+            store_part=job.store_part,
+            progress_every_s=job.progress_every_s,
+            response_schema=request.response_schema,
+            key_extra=request.key_extra,
+            max_usd=request.max_usd,
+        )
+        return ShardResult(answers=rows, left_out=left_out, usage=usage, problem=problem)
+
+    def store_key(self, settings, request: Request) -> dict:
+        return self._settings(settings).text_settings(request.system_prompt, request.key_extra)
+
+
+GEMINI = GeminiBackend()

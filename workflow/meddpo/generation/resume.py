@@ -18,9 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from meddpo.backends import PROGRESS_EVERY_S
 from meddpo.generation.answer_store import AnswerStore
-
-PROGRESS_EVERY_S = 30.0  # seconds between progress lines
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ The engine:
 
 * loads the model and tokenizer once per job (bf16 + SDPA attention on CUDA,
   fp32 on CPU) and renders prompts with the model's own chat template;
-* answers only the questions not yet in the answer store (engines.answer_questions
-  skips the others) and hands each batch's answers on as it finishes, so a
-  killed job loses at most the batch in flight;
+* answers only the questions not yet in the answer store (local_shard skips the
+  others) and hands each batch's answers on as it finishes, so a killed job loses
+  at most the batch in flight;
 * sorts the remaining prompts by token length (longest first) and cuts them into
   batches of at most ``batch_size`` prompts and, if set, ``max_batch_tokens``
   padded tokens (prompt + new tokens), generating each batch in one left-padded
@@ -26,8 +26,7 @@ The engine:
 "length" when the token cap was hit. Only the generated part is scanned: with
 left padding and pad = EOS the prompt holds EOS ids.
 
-It imports engine_types (the shared types) and the leaf modules only, never the
-vLLM engine; engines.py picks this engine or that one by name.
+``PADDED`` and ``CONTINUOUS`` are the two engines as backends (meddpo.backends.REGISTRY).
 """
 
 from __future__ import annotations
@@ -35,9 +34,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from meddpo.generation.local_shard import LocalModelBackend
 from meddpo.generation.types import (
     Answer,
     ModelSpec,
@@ -283,3 +283,23 @@ def answer_continuous(generator: LocalGenerator, prompts: Prompts, sampling: Sam
         return
     batch_seeder(generator, sampling, prompts.seeds)([questions[i]["id"] for i in todo])
     prompts.record(todo, generator.generate_continuous([prompt_ids[i] for i in todo], sampling))
+
+
+class TransformersBackend(LocalModelBackend):
+    """A shard answered by a transformers model in this process, in padded batches or continuously."""
+
+    def __init__(self, name: str, continuous: bool):
+        self.name, self.continuous = name, continuous
+
+    def load(self, spec: ModelSpec) -> LocalGenerator:
+        return LocalGenerator(spec)
+
+    def generate(self, generator, prompts: Prompts, sampling: Sampling, settings: Mapping[str, Any]) -> None:
+        if self.continuous:
+            answer_continuous(generator, prompts, sampling)
+        else:
+            answer_padded(generator, prompts, sampling, settings["batch_size"], settings["max_batch_tokens"])
+
+
+PADDED = TransformersBackend("padded", continuous=False)
+CONTINUOUS = TransformersBackend("continuous", continuous=True)

@@ -1,15 +1,12 @@
 """What every local-model engine shares: model and sampling settings, answers, tokenizer and prompts.
 
-The bottom of the engines: the transformers engine (local_generation), the vLLM
-engine (vllm_engine) and engines (which picks one by name) all build on this
-module, and it imports none of them. It holds the settings a job is keyed by
+The transformers engine, the vLLM engine and the local shard job build on this
+module. It holds the settings a job is keyed by
 (ModelSpec, Sampling, text_settings, model_and_sampling), the Answer an engine
 returns and how one is cut and decoded (eos_token_ids, decode_answer), the
 tokenizer and the rendered prompt of a question (load_tokenizer, render_question,
-render_item) and the seed of a batch (batch_seed).
-
-It may import only the package's leaf modules (settings, errors, chat_format);
-torch and transformers are imported inside the functions that need them.
+render_item) and the seed of a batch (batch_seed). torch and transformers are
+imported inside the functions that need them.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ The rubric (its criteria, the system prompt, the JSON schema a Gemini reply is
 held to, the user turn of one request), the classifiers' reply formats (Llama
 Guard 3, Qwen3Guard-Gen), ``verdict`` that turns a reply into a verdict, and
 ``prompt_fingerprint``, the hash of the texts that goes into a judge's store key.
-Pure text and parsing: it calls no model and imports nothing of this package,
-so the judge stage and the tests can use it without loading an engine.
+Pure text and parsing: it calls no model, so the judge stage and the tests can
+use it without loading an engine.
 """
 
 from __future__ import annotations

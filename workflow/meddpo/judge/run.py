@@ -25,23 +25,22 @@ and an unchanged one never is. A judge output that cannot be parsed is kept as
 This module runs the judges: the requests of a pairs file, the judge's
 settings, and the verdict rows. The texts it sends and the parsers of the
 replies are in ``grading``; the pair/verdict data model (``meta.judge``,
-combining and margins) is in ``verdicts``, which the earlier stages read
-without importing this one. It may import any module below it (grading,
-verdicts, the engines, the Gemini client); no module imports it but the CLI.
+combining and margins) is in meddpo.dataset.verdicts. The judge's answers come
+from the backend its block names (meddpo.backends), like any shard's.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from meddpo.backends import judge_block
+from meddpo.backends import JobContext, Request, answer_shard, asks_gemini, judge_block
+from meddpo.config.settings import defaults
 from meddpo.dataset.verdicts import KINDS, check_pairs, item_key, pair_keys
 from meddpo.errors import UserError
-from meddpo.generation.resume import PROGRESS_EVERY_S
+from meddpo.gemini.client import GeminiSettings
 from meddpo.judge.grading import RUBRIC_PROMPT, RUBRIC_SCHEMA, prompt_fingerprint, rubric_message, verdict
 
 log = logging.getLogger(__name__)
@@ -85,11 +84,37 @@ def judge_settings(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
             "format": config["classifier_format"],
             "version": VERSIONS[kind],
         }
-    from meddpo.generation.engines import judge_model
-
     judge = {"kind": kind, "backend": config["backend"], "version": VERSIONS[kind]}
     judge.update(judge_model(config))  # the model, and a Gemini endpoint not Google's
     return judge
+
+
+def judge_gemini_settings(config: Mapping[str, Any]) -> GeminiSettings:
+    """judge.gemini as Gemini settings (the schema's defaults for what it leaves out), at temperature 0."""
+    return GeminiSettings(**{**(config.get("gemini") or {}), "temperature": 0.0})
+
+
+def judge_model(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The model of the rubric judge of the judge block ``config`` (and a Gemini endpoint not Google's)."""
+    out: dict[str, Any] = {}
+    if asks_gemini(config):
+        gemini = judge_gemini_settings(config)
+        out["model"] = gemini.model
+        endpoint = gemini.endpoint()
+        if endpoint:
+            out["endpoint"] = endpoint  # not Google's: say so in every verdict
+    else:
+        out["model"] = config["local"]["model"]
+    return out
+
+
+def judge_backend_block(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The block that answers the judge of ``kind``: the local model of judge_block (the schema's
+    defaults filled in), else Gemini at temperature 0."""
+    block = judge_block(config, kind)
+    if block is None:
+        return {"backend": "gemini", "gemini": judge_gemini_settings(config)}
+    return {**defaults("local_model"), **config[block]}
 
 
 def _key_extra(judge: Mapping[str, Any]) -> dict[str, Any]:
@@ -100,7 +125,7 @@ def _key_extra(judge: Mapping[str, Any]) -> dict[str, Any]:
 def check_greedy(kind: str, config: Mapping[str, Any]) -> None:
     """Judges decode at temperature 0: a local judge block that says otherwise is an error."""
     block = judge_block(config, kind)
-    if block is None:  # Gemini: judge.gemini's temperature is set to 0 (engines.judge_gemini_settings)
+    if block is None:  # Gemini: judge.gemini's temperature is set to 0 (judge_gemini_settings)
         return
     settings = config.get(block)
     if not settings:
@@ -117,24 +142,17 @@ def run_judge(
     pairs: Sequence[Mapping],
     kind: str,
     config: Mapping[str, Any],
-    *,
-    store_root: str | os.PathLike | None,
-    store_part: str,
-    device: str = "auto",
-    vllm: Mapping[str, Any] | None = None,
-    server_log: str | os.PathLike | None = None,
-    progress_every_s: float = PROGRESS_EVERY_S,
+    job: JobContext,
 ) -> tuple[list[dict], dict, str | None]:
     """Judge every answer of ``pairs`` with the judge of ``kind``; ``(verdict rows, usage, problem)``.
 
     A verdict row is ``{id, kind, judge, keys, chosen, rejected}`` per pair, in pair
     order (``keys``: the hashes of the two answer texts graded); ``problem`` is the
     one-line reason the job must fail (too many failed Gemini requests), else None.
-    ``config`` is the config's judge block. Every pair is checked (check_pairs) before
-    anything is sent; read a file with read_pairs to have its name and lines in the message.
+    ``config`` is the config's judge block; ``job`` where the verdicts are kept. Every pair is
+    checked (check_pairs) before anything is sent; read a file with read_pairs to have its name
+    and lines in the message.
     """
-    from meddpo.generation.engines import answer_judge_items
-
     if kind not in KINDS:
         raise UserError(f"unknown judge kind {kind!r}; use one of {', '.join(KINDS)}")
     check_greedy(kind, config)
@@ -142,20 +160,13 @@ def run_judge(
     judge = judge_settings(kind, config)
     items = judge_items(pairs, kind)
     usage: dict[str, Any] = {"kind": kind, "model": judge["model"], "backend": judge["backend"]}
-    result = answer_judge_items(
-        kind,
-        config,
-        items,
+    request = Request(
         system_prompt="" if kind == "classifier" else RUBRIC_PROMPT,
-        response_schema=RUBRIC_SCHEMA,
         key_extra=_key_extra(judge),
-        store_root=store_root,
-        store_part=store_part,
-        device=device,
-        vllm=vllm,
-        server_log=server_log,
-        progress_every_s=progress_every_s,
+        response_schema=RUBRIC_SCHEMA,  # read by an API judge only
+        max_usd=config.get("max_usd"),  # likewise
     )
+    result = answer_shard(judge_backend_block(kind, config), items, request, job)
     outputs: dict[str, dict] = {row["id"]: {"text": row["text"]} for row in result.answers}
     outputs.update({row["id"]: {"failed": f"{row['kind']}:{row['reason']}"} for row in result.left_out})
     usage.update(result.usage)

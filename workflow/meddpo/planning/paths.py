@@ -3,7 +3,6 @@
 The workflow's rules (through workflow/rules/common.smk) and the package modules that
 find a run's files (status, preflight) read their paths from here. ``{shard}`` is left
 in a pattern as the Snakemake wildcard unless a shard's number is given.
-Standard library only, imports nothing from the package: the Snakefile imports it.
 """
 
 from __future__ import annotations

@@ -5,8 +5,7 @@ The workflow's rules take their portable time limits from ``runtime_minutes``
 preflight prints ``estimate`` before any job is submitted. With ``questions.n``
 null and a local source, the run's size is counted from the source itself (rows,
 and questions that survive cleaning), so limits, GPU-hours and disk follow it.
-The Snakefile imports this module: the standard library only at import time
-(counting a source imports the datasets library when it is first needed).
+Counting a source loads the datasets library when it is first needed.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import os
 from functools import lru_cache
 from typing import Any
 
-from meddpo.backends import asks_gemini, serves_vllm
+from meddpo.backends import asks_gemini, in_batch_mode, runs_locally, serves_vllm, teacher_rule
 
 # Minutes per 100 questions of a shard job (before the start-up allowance), by rule.
 # Guesses until a GPU benchmark and a real cluster run replace them (benchmarks/README.md).
@@ -107,7 +106,7 @@ def rule_runtime_minutes(config: dict[str, Any], rule: str, per_shard: int, atte
         "chosen_gemini": config["teacher"]["gemini"],
         "judge_rubric_gemini": config["judge"]["gemini"],
     }.get(rule)
-    if block is not None and block.get("mode") == "batch":
+    if block is not None and in_batch_mode(block):
         return min(BATCH_MAX_RUNTIME_MINUTES, math.ceil(block["batch_wait_h"] * 60) + START_UP_MINUTES)
     return runtime_minutes(rule, per_shard, attempt)
 
@@ -115,11 +114,7 @@ def rule_runtime_minutes(config: dict[str, Any], rule: str, per_shard: int, atte
 def gemini_jobs(block: dict[str, Any]) -> int:
     """The ``gemini_jobs`` resource of a Gemini rule: 1 online (the key's per-minute quota is shared,
     one such job at a time), 0 in batch mode (no such quota: every shard's batch waits at once)."""
-    return 0 if block.get("mode") == "batch" else 1
-
-
-def teacher_rule(config: dict[str, Any]) -> str:
-    return "chosen_gemini" if asks_gemini(config["teacher"]) else "chosen_local"
+    return 0 if in_batch_mode(block) else 1
 
 
 def judge_rule(config: dict[str, Any], kind: str) -> str:
@@ -140,7 +135,7 @@ def judge_rules(config: dict[str, Any]) -> list[str]:
 def local_models(config: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
     """Every local model of the run by rule: (its config key, its block)."""
     models = {"rejected": ("rejected", config["rejected"])}
-    if not asks_gemini(config["teacher"]):
+    if runs_locally(config["teacher"]):
         models["chosen_local"] = ("teacher.local", config["teacher"]["local"])
     rules = judge_rules(config)
     if "judge_classifier" in rules:

@@ -23,8 +23,8 @@ the jobs will really read:
   a CPU-only machine, so the demo runs).
 
 Each problem is one line that says what to do. It also prints what the run will
-cost (meddpo.planning.plan). The Snakefile imports it: the standard library and PyYAML
-at import time; transformers (for the tokenizer) only when a check needs it.
+cost (meddpo.planning.plan). transformers (for the tokenizer) is loaded only when
+a check needs it.
 
 The checks themselves are in meddpo.preflight.machine (key, disk, folders,
 Slurm, GPU, vLLM) and meddpo.preflight.hub (models and the question source); this

@@ -21,12 +21,12 @@ ROLES = {"rejected": "rejected", "chosen": "chosen"}  # role -> output folder
 
 def store_settings(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The answer store key of each role, exactly as its jobs compute it."""
-    from meddpo.generation.engines import local_store_key, store_key
+    from meddpo.backends import Request, store_key
 
     prompts = config["prompts"]
     return {
-        "rejected": local_store_key(config["rejected"], prompts["rejected"]),
-        "chosen": store_key(config["teacher"], prompts["teacher"]),  # the teacher's backend: local or gemini
+        "rejected": store_key(config["rejected"], Request(prompts["rejected"])),
+        "chosen": store_key(config["teacher"], Request(prompts["teacher"])),  # whatever the teacher's backend
     }
 
 

@@ -9,7 +9,7 @@ Same prompts, same facts, same store as the transformers engines:
   Each reply carries the ids the server actually used (``return_token_ids``),
   and a reply whose ids differ from the ones sent stops the job;
 * the generated ids are cut at the first end-of-answer id and decoded with our
-  tokenizer (engine_types.decode_answer), so finish reasons and token counts
+  tokenizer (types.decode_answer), so finish reasons and token counts
   mean what they mean for the transformers engines;
 * each question is one request with a seed of its own (from the configured seed
   and its id), so its answer does not depend on what else was in flight;
@@ -17,8 +17,7 @@ Same prompts, same facts, same store as the transformers engines:
   continuous batching always has work, and each answer is appended to the answer
   store as it returns: a killed job loses only the requests in flight.
 
-It imports engine_types (the shared types), vllm_server and the leaf modules,
-never the transformers engine; engines.py picks this engine or that one by name.
+``VLLM`` is this engine as a backend (meddpo.backends.REGISTRY).
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from meddpo.config.settings import defaults
+from meddpo.generation.local_shard import LocalModelBackend
 from meddpo.generation.types import (
     Answer,
     ModelSpec,
@@ -239,3 +239,19 @@ def serve_and_answer(
         startup_timeout_s=float(settings["startup_timeout_s"]),
     ) as server:
         return answer(VllmGenerator(spec, server, settings))
+
+
+class VllmBackend(LocalModelBackend):
+    """A shard answered through a vLLM server that the job starts and always stops."""
+
+    name = "vllm"
+
+    def generate(self, generator, prompts: Prompts, sampling: Sampling, settings: Mapping[str, Any]) -> None:
+        answer_streamed(generator, prompts, sampling)
+
+    def with_generator(self, spec: ModelSpec, settings: Mapping[str, Any], job, answer) -> list[dict]:
+        server_log = job.server_log or f"vllm-{job.store_part}.log"
+        return serve_and_answer(spec, settings, job.vllm, server_log, answer)
+
+
+VLLM = VllmBackend()

@@ -1,7 +1,7 @@
 """One vLLM OpenAI-compatible server per shard job, started and always stopped by the job.
 
 vLLM lives in an environment of its own (it pins other torch and transformers
-releases than this project), so the job does not import it: it starts
+releases than this project), so the job never loads it: it starts
 ``vllm.command`` (by default the api_server module of ``.venv-vllm``) as a
 server on 127.0.0.1 and talks HTTP to it. That is the shape datatrove and
 NeMo-Skills use, and it keeps the job's own process light (a tokenizer, no model).
