@@ -155,6 +155,26 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
+def meddpo(*args, cwd=REPO, env=None, timeout=300):
+    """``python -m meddpo *args`` with this repository's package, as a user runs a step by hand."""
+    return subprocess.run(
+        [sys.executable, "-m", "meddpo", *args],
+        cwd=cwd,
+        env=env or {**os.environ, "PYTHONPATH": str(REPO / "workflow")},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def few_lines(result, limit=3) -> list[str]:
+    """The non-empty lines of a command's stderr, checked to be at most ``limit`` and no traceback."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) <= limit, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines
+
+
 def git(workdir: Path, *args):
     subprocess.run(["git", *args], cwd=workdir, check=True, capture_output=True)
 

@@ -33,6 +33,7 @@ def run(coro):
     return asyncio.run(coro)
 
 
+@pytest.mark.slow
 def test_transient_errors_are_retried_until_every_question_is_answered(tmp_path):
     with GeminiTestServer() as server:
         # each affected question fails fewer times than the cap of 4 tries: no flakiness possible
@@ -218,6 +219,7 @@ def test_cli_missing_key_says_where_to_put_it(tmp_path):
     assert "set GEMINI_API_KEY" in result.stderr and "secrets.env" in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_killed_mid_shard_rerun_requests_only_what_was_missing(tmp_path):
     questions = [{"id": f"k{i:03d}", "question": f"Is treatment {i} safe ?"} for i in range(120)]
     shard = tmp_path / "shard.jsonl"
@@ -285,6 +287,7 @@ def test_cli_too_many_failures_fails_the_job_and_the_list_survives_it(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_refusals_are_final_counted_and_only_warn_by_default(tmp_path):
     shard = tmp_path / "shard.jsonl"
     write_jsonl(shard, QUESTIONS)
@@ -372,6 +375,7 @@ def _closed_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_cli_teacher_at_a_closed_port_stops_within_a_minute_naming_it_and_pays_nothing(tmp_path):
     shard = tmp_path / "shard.jsonl"
     write_jsonl(

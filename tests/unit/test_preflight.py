@@ -12,24 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, SNAKEMAKE, copy_workflow, snakemake_env
+from conftest import REPO, few_lines, meddpo
 from meddpo.jsonl import write_jsonl
 from meddpo.planning.checks import load_config
 from meddpo.preflight import run as pf
 from meddpo.preflight.hub import check_model, check_source
 from meddpo.preflight.machine import Finding, check_gemini, check_output, check_slurm
-
-
-def _meddpo(*args, cwd=REPO, env=None, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "meddpo", *args],
-        cwd=cwd,
-        env=env or {**os.environ, "PYTHONPATH": str(REPO / "workflow")},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
 
 # --------------------------------------------------------------------------- the checks
 
@@ -302,7 +290,7 @@ def test_the_answer_store_on_a_read_only_parent_is_one_line(tmp_path, tiny_mistr
     shard = tmp_path / "shard.jsonl"
     write_jsonl(shard, [{"id": "q1", "question": "Is it safe to take two aspirin at once?"}])
     out = tmp_path / "answers.jsonl"
-    run = _meddpo(
+    run = meddpo(
         "generate",
         "--shard",
         str(shard),
@@ -320,7 +308,7 @@ def test_the_answer_store_on_a_read_only_parent_is_one_line(tmp_path, tiny_mistr
         str(parent / "answer_store"),
     )
     assert run.returncode == 2
-    [line] = _few_lines(run, limit=1)
+    [line] = few_lines(run, limit=1)
     assert line.startswith(f"meddpo generate: error: {parent}/answer_store/")
     assert line.endswith(
         f": cannot make this store folder ({reason}); make the store's parent folder "
@@ -342,14 +330,14 @@ def test_meddpo_generate_by_hand_checks_its_checkpoint_before_loading_it(tmp_pat
     }
     for model, says in cases.items():
         out = tmp_path / "answers.jsonl"
-        run = _meddpo(
+        run = meddpo(
             "generate",
             *("--shard", str(shard), "--out", str(out), "--model", model),
             *("--system-prompt", "Be brief.", "--max-new-tokens", "4", "--temperature", "0.7"),
             *("--store", str(tmp_path / "store")),
         )
         assert run.returncode == 2
-        assert _few_lines(run, limit=1) == [f"meddpo generate: error: {says}"]
+        assert few_lines(run, limit=1) == [f"meddpo generate: error: {says}"]
         assert not out.exists()
 
 
@@ -364,7 +352,7 @@ def test_a_local_source_with_no_usable_question_stops_the_preflight(tmp_path):
 
 
 def test_the_demo_plan_counts_its_63_questions():
-    run = _meddpo("preflight", "--configfile", "demo/config.yaml")
+    run = meddpo("preflight", "--configfile", "demo/config.yaml")
     assert run.returncode == 0, run.stdout + run.stderr
     lines = run.stdout.splitlines()
     assert lines[0].startswith(
@@ -386,18 +374,18 @@ def test_the_judge_checks_its_model_and_pairs_before_reading_a_pair(tmp_path, em
     common = ["--kind", "classifier", "--classifier", classifier, "--base-config", "none"]
     env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
     out = tmp_path / "verdicts.jsonl"
-    run = _meddpo("judge", "--pairs", str(pairs), *common, "--out", str(out), env=env)
+    run = meddpo("judge", "--pairs", str(pairs), *common, "--out", str(out), env=env)
     assert run.returncode == 2
-    [line] = _few_lines(run, limit=1)
+    [line] = few_lines(run, limit=1)
     assert line == (
         f"meddpo judge: error: judge.classifier.model meta-llama/Llama-Guard-3-1B: not in the Hugging Face "
         f"cache {empty_hf_cache} and HF_HUB_OFFLINE is set; download it on a login node into HF_HOME first "
         "(hf download meta-llama/Llama-Guard-3-1B) or point judge.classifier.model at a checkpoint folder"
     )
     missing = tmp_path / "missing.jsonl"
-    run = _meddpo("judge", "--pairs", str(missing), *common, "--out", str(out), env=env)
+    run = meddpo("judge", "--pairs", str(missing), *common, "--out", str(out), env=env)
     assert run.returncode == 2
-    [line] = _few_lines(run, limit=1)
+    [line] = few_lines(run, limit=1)
     assert line.startswith(
         f"meddpo judge: error: pairs file {missing}: no such file; judge.classifier.model "
     )
@@ -432,7 +420,7 @@ def test_source_key_output_and_account_checks(tmp_path, monkeypatch):
 
 
 def test_preflight_of_the_real_config_prints_jobs_and_cost(tmp_path):
-    run = _meddpo("preflight")
+    run = meddpo("preflight")
     lines = run.stdout.splitlines()
     assert lines[0] == (
         "meddpo preflight: 10000 questions, 500 per shard; jobs: questions 1, shard 20, rejected 20, "
@@ -446,7 +434,7 @@ def test_preflight_of_the_real_config_prints_jobs_and_cost(tmp_path):
     assert lines[2].startswith("meddpo preflight: GPU-hours at most 5.1 (rejected 1.61, chosen_local 3.51)")
     gemini = tmp_path / "gemini.yaml"
     gemini.write_text("teacher:\n  backend: gemini\n")
-    run = _meddpo("preflight", "--configfile", str(gemini), env={**os.environ, "GEMINI_API_KEY": "k"})
+    run = meddpo("preflight", "--configfile", str(gemini), env={**os.environ, "GEMINI_API_KEY": "k"})
     # 10,000 x (~134 prompt tokens x $0.30 + 4,096 output tokens x $2.50) per million
     assert (
         "meddpo preflight: Gemini at most $102.80 online, $51.40 in batch mode "
@@ -463,10 +451,10 @@ def test_preflight_with_a_bad_profile_account_fails(tmp_path):
     )
     env = {k: v for k, v in os.environ.items() if k != "SBATCH_ACCOUNT"}
     env["PYTHONPATH"] = str(REPO / "workflow")
-    run = _meddpo("preflight", "--configfile", "demo/config.yaml", "--profile", str(profile), env=env)
+    run = meddpo("preflight", "--configfile", "demo/config.yaml", "--profile", str(profile), env=env)
     assert run.returncode == 2
     assert "meddpo preflight: error: no Slurm account: export SBATCH_ACCOUNT=" in run.stdout
-    run = _meddpo(
+    run = meddpo(
         "preflight",
         "--configfile",
         "demo/config.yaml",
@@ -477,46 +465,7 @@ def test_preflight_with_a_bad_profile_account_fails(tmp_path):
     assert run.returncode == 0, run.stdout
 
 
-@pytest.mark.slow
-def test_the_workflow_stops_before_any_job_when_a_model_is_missing(tmp_path):
-    workdir = copy_workflow(tmp_path / "wf")
-    overlay = tmp_path / "missing.yaml"
-    overlay.write_text(
-        "demo:\n  build_tiny_models: false\nrejected:\n  model: /nowhere/tiny-mistral\n"
-        "teacher:\n  local:\n    model: /nowhere/tiny-qwen2\n"
-    )
-    run = subprocess.run(
-        [*SNAKEMAKE, "--cores", "2", "--configfile", "demo/config.yaml", str(overlay)],
-        cwd=workdir,
-        env=snakemake_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 2
-    errors = [line for line in run.stderr.splitlines() if "error:" in line]
-    assert errors == [
-        "meddpo preflight: error: rejected.model /nowhere/tiny-mistral: no such folder; point rejected.model "
-        "at a checkpoint folder or a hub id",
-        "meddpo preflight: error: teacher.local.model /nowhere/tiny-qwen2: no such folder; point "
-        "teacher.local.model at a checkpoint folder or a hub id",
-        # the demo's judges use the tiny models too, which this run does not build
-        "meddpo preflight: error: judge.classifier.model results/demo/models/tiny-mistral: no such folder; "
-        "point judge.classifier.model at a checkpoint folder or a hub id",
-        "meddpo preflight: error: judge.local.model results/demo/models/tiny-mistral: no such folder; "
-        "point judge.local.model at a checkpoint folder or a hub id",
-    ]
-    assert not (workdir / "results").exists(), "a job ran before the preflight stopped the run"
-
-
 # --------------------------------------------------------------------------- one-line errors
-
-
-def _few_lines(result, limit=3):
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) <= limit, result.stderr
-    assert "Traceback" not in result.stderr
-    return lines
 
 
 @pytest.mark.parametrize(
@@ -535,49 +484,22 @@ def _few_lines(result, limit=3):
 def test_errors_a_user_can_fix_end_in_one_line(args, expected, tmp_path):
     questions = tmp_path / "questions.jsonl"
     write_jsonl(questions, [{"id": f"q{i}", "question": f"Question {i} here?"} for i in range(40)])
-    result = _meddpo(*[str(questions) if word == "QUESTIONS" else word for word in args])
+    result = meddpo(*[str(questions) if word == "QUESTIONS" else word for word in args])
     assert result.returncode == 2
-    [line] = _few_lines(result, limit=1)
+    [line] = few_lines(result, limit=1)
     assert line.startswith(f"meddpo {args[0]}: error: ") and expected in line
 
 
 def test_a_broken_config_file_names_the_file_and_line(tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text("questions:\n  n: [1, 2\n  seed: 3\n")
-    result = _meddpo("preflight", "--configfile", str(broken))
+    result = meddpo("preflight", "--configfile", str(broken))
     assert result.returncode == 2
-    [line] = _few_lines(result, limit=1)
+    [line] = few_lines(result, limit=1)
     assert f"{broken}, line 3: not valid YAML" in line
 
 
-@pytest.mark.parametrize(
-    "override, expected",
-    [
-        (["--config", "n_shard=3"], "config key n_shard: unknown key"),
-        (["--configfile", "BAD"], "config key questions.selection: 'newest' is not allowed"),
-    ],
-)
-def test_a_config_mistake_in_snakemake_is_a_few_lines(tmp_path, override, expected):
-    workdir = copy_workflow(tmp_path / "wf")
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("questions:\n  selection: newest\n")
-    override = [str(bad) if word == "BAD" else word for word in override]
-    result = subprocess.run(
-        [*SNAKEMAKE, "-n", *override],
-        cwd=workdir,
-        env=snakemake_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2
-    lines = _few_lines(result)
-    assert any(expected in line for line in lines), lines
-    if "BAD" not in override:
-        return
-    assert any(f"(set in {bad})" in line for line in lines)
-
-
+@pytest.mark.slow
 def test_ctrl_c_ends_a_step_quietly(tmp_path, tiny_mistral):
     shard = tmp_path / "shard.jsonl"
     write_jsonl(shard, [{"id": f"q{i}", "question": f"What causes condition {i} ?"} for i in range(400)])
@@ -640,41 +562,6 @@ def test_a_shard_fully_in_the_store_is_finished_without_loading_its_model(
     again = answer_shard(settings, questions, Request("Be brief."), JobContext(store_root=tmp_path))
     assert again == first
     assert "every answer of the shard is in the answer store: the model is not loaded" in caplog.text
-
-
-def most_generation_jobs_at_once(log: str) -> int:
-    """From Snakemake's own log: the most rejected / chosen_local jobs running together."""
-    running, most, starting = set(), 0, False
-    for line in log.splitlines():
-        line = line.strip()
-        if line in ("rule rejected:", "localrule rejected:", "rule chosen_local:", "localrule chosen_local:"):
-            starting = True
-        elif starting and line.startswith("jobid: "):
-            running.add(line.split()[1])
-            most, starting = max(most, len(running)), False
-        elif line.startswith("Finished jobid: "):
-            running.discard(line.split()[2])
-    return most
-
-
-@pytest.mark.slow
-def test_the_venvs_snakemake_runs_the_demo_one_gpu_job_at_a_time_and_status_reports_it(demo_run):
-    # conftest's session run: the venv's snakemake, no venv activated (no VIRTUAL_ENV or
-    # PYTHONPATH, PATH=/usr/local/bin:/usr/bin:/bin), --cores 2, the demo config; it passed
-    workdir, log = demo_run.workdir, demo_run.log
-    assert "meddpo preflight: " in log  # the preflight ran first
-    # the default profile's gpu=1: with 2 cores, the 6 generation jobs still ran one at a time
-    assert most_generation_jobs_at_once(log) == 1
-
-    status = _meddpo("status", "--configfile", "demo/config.yaml", cwd=workdir)
-    assert status.returncode == 0, status.stderr
-    assert status.stdout.splitlines()[-2:] == [
-        "rejected: 63/63 answered; 3 of 3 shard files written",
-        "chosen: 63/63 answered; 3 of 3 shard files written",
-    ]
-    assert "rejected  shard-001  21/21 answered  done" in status.stdout
-    card = (workdir / "results" / "demo" / "dataset" / "README.md").read_text()
-    assert "Demo data: the answers are noise." in card
 
 
 def test_a_rerun_of_the_dataset_step_alone_needs_no_model_or_key(tmp_path, monkeypatch):

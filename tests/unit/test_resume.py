@@ -9,6 +9,8 @@ import sys
 import time
 from collections import Counter
 
+import pytest
+
 from meddpo.jsonl import read_jsonl, read_jsonl_tolerant, write_jsonl
 
 
@@ -16,6 +18,7 @@ def _store_rows(store):
     return [row for path in sorted(store.glob("*/*/*.jsonl")) for row in read_jsonl_tolerant(path)]
 
 
+@pytest.mark.slow
 def test_kill_9_mid_shard_then_rerun(tmp_path, tiny_mistral):
     shard = tmp_path / "shard-000.jsonl"
     questions = [

@@ -4,6 +4,8 @@ import pytest
 
 from conftest import run_benchmark
 
+pytestmark = pytest.mark.slow  # real Snakemake runs, servers or clusters: seconds to minutes each
+
 
 def test_gpu_benchmark_script_runs_on_a_tiny_model_on_cpu():
     summary = run_benchmark(
@@ -23,9 +25,10 @@ def test_gpu_benchmark_script_runs_on_a_tiny_model_on_cpu():
 def test_engine_vs_loop_generates_the_same_token_count_on_both_sides():
     summary = run_benchmark("engine_vs_loop.py", "--questions", "8", "--new-tokens", "4", "--batch-size", "8")
     assert summary["loop_tokens"] == summary["engine_tokens"] == 8 * 4
-    # the ratio is a timing (~5x on a quiet machine, recorded in benchmarks/README.md); a test never
-    # fails on timing, so only its presence is checked
-    assert isinstance(summary["ratio"], float)
+    # the ratio is a timing (recorded in benchmarks/README.md, never asserted): what is checked is
+    # that it is the engine's speed over the loop's, not the other way round (same tokens on both sides)
+    speeds = summary["engine_tokens_per_s"] / summary["loop_tokens_per_s"]
+    assert summary["ratio"] == pytest.approx(speeds, rel=0.03)
 
 
 def test_gemini_concurrency_benchmark_measures_the_client():
@@ -37,8 +40,10 @@ def test_gemini_concurrency_benchmark_measures_the_client():
     assert summary["max_in_flight"] == 4 and summary["sequential_max_in_flight"] == 1
     assert summary["retries"] == 0
     # the speed-up is a timing (~3.3x on a quiet machine, 0.5x once under a loaded CI run): the
-    # in-flight counts above are what proves the concurrency; the ratio is only reported
-    assert isinstance(summary["ratio"], float)
+    # in-flight counts above are what proves the concurrency; the ratio is checked to be the
+    # concurrent client's requests/s over the sequential one's, as printed
+    speeds = summary["concurrent_requests_per_s"] / summary["sequential_requests_per_s"]
+    assert summary["ratio"] == pytest.approx(speeds, rel=0.05, abs=0.06)
 
 
 def test_gpu_benchmark_compares_the_engines_and_says_when_vllm_did_not_run(tmp_path):

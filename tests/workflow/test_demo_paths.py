@@ -17,6 +17,8 @@ from conftest import DEMO, REPO, SNAKEMAKE, copy_workflow, snakemake_env
 from meddpo.config.settings import ConfigError
 from meddpo.planning.checks import load_config
 
+pytestmark = pytest.mark.slow  # real Snakemake runs, servers or clusters: seconds to minutes each
+
 BUILT = "results/demo/models/tiny-mistral and results/demo/models/tiny-qwen2"
 OLD = 1_500_000_000  # 2017: older than the demo texts, as a downloaded checkpoint would be
 

@@ -18,6 +18,8 @@ import yaml
 from conftest import ONE_REJECTED_SHARD_REDONE, REPO, SNAKEMAKE, copy_workflow, job_counts, snakemake_env
 from meddpo.jsonl import read_jsonl_tolerant
 
+pytestmark = pytest.mark.slow  # real Snakemake runs, servers or clusters: seconds to minutes each
+
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 ACCOUNT = "meddpo-test"
 KEY = "AIza-slurm-test-key-never-written-9876543210"
@@ -83,7 +85,6 @@ def _store_rows(store: Path, part: str):
     return rows
 
 
-@pytest.mark.slow
 def test_bridges2_profile_on_a_real_slurm(slurm_cluster, tmp_path):
     from meddpo.testing.gemini_server import GeminiTestServer
 
@@ -190,7 +191,6 @@ def test_bridges2_profile_on_a_real_slurm(slurm_cluster, tmp_path):
     assert KEY not in submit_lines and "GPU-shared" in submit_lines
 
 
-@pytest.mark.slow
 def test_bridges2_profile_with_a_missing_model_submits_nothing(slurm_cluster, tmp_path):
     workdir = copy_workflow(tmp_path / "wf")
     profile = _test_profile(tmp_path / "profile")
@@ -225,11 +225,20 @@ def test_bridges2_profile_with_a_missing_model_submits_nothing(slurm_cluster, tm
     assert not (workdir / "results" / "demo" / "questions").exists()
 
 
+SLURM_COMMANDS = ("sbatch", "srun", "squeue", "sacct", "scancel", "sinfo", "scontrol")
+
+
 def test_bridges2_dry_run_needs_no_slurm_daemons(tmp_path):
     workdir = copy_workflow(tmp_path / "wf")
     env = snakemake_env()
     env["SBATCH_ACCOUNT"] = ACCOUNT
-    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep))
+    # every Slurm command first on PATH fails as with no daemon, and notes that it was called
+    fake_bin, calls = tmp_path / "fake-slurm", tmp_path / "slurm-calls.log"
+    fake_bin.mkdir()
+    for name in SLURM_COMMANDS:
+        (fake_bin / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\nexit 1\n')
+        (fake_bin / name).chmod(0o755)
+    env["PATH"] = os.pathsep.join([str(fake_bin), env["PATH"]])
     result = subprocess.run(
         [*SNAKEMAKE, "--profile", "profiles/bridges2", "-n"],
         cwd=workdir,
@@ -246,6 +255,9 @@ def test_bridges2_dry_run_needs_no_slurm_daemons(tmp_path):
         and "slurm_extra=--gpus-per-node=h100-80:1" in result.stdout
     )
     assert f"slurm_account={ACCOUNT}" in result.stdout
+    # nothing was submitted or asked of a daemon: at most the plugin's own look at the config
+    called = calls.read_text().splitlines() if calls.exists() else []
+    assert set(called) <= {"scontrol show config"}, called
 
 
 def test_bridges2_gpu_block_is_written_once_and_each_gpu_rule_gets_its_own_copy():
@@ -266,7 +278,6 @@ def test_bridges2_gpu_block_is_written_once_and_each_gpu_rule_gets_its_own_copy(
     assert len({id(block) for block in gpu_rules.values()}) == len(gpu_rules)
 
 
-@pytest.mark.slow
 def test_a_shard_killed_by_its_slurm_time_limit_resumes_on_the_rerun(slurm_cluster, tmp_path):
     workdir = copy_workflow(tmp_path / "wf")
     short = _test_profile(tmp_path / "short-profile")

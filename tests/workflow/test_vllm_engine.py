@@ -23,6 +23,8 @@ import pytest
 from conftest import REPO
 from meddpo.jsonl import read_jsonl
 
+pytestmark = pytest.mark.slow  # real Snakemake runs, servers or clusters: seconds to minutes each
+
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 COMMAND = f"{VLLM_PYTHON} -m vllm.entrypoints.openai.api_server"
 # CPU settings like demo/vllm.yaml's (smaller: the tests send fewer and shorter requests)
