@@ -1,11 +1,12 @@
 """Join questions with their rejected and chosen answers into DPO rows.
 
 A row is ``{id, source, category, question_type, question, prompt, chosen,
-rejected, meta}``: ``prompt`` is the training system prompt, a blank line,
-``User question:``, a newline and the question (see chat_format.training_prompt);
-any DPO trainer that reads prompt/chosen/rejected strings (e.g. TRL's
-DPOTrainer) takes it unchanged. A question without a non-empty answer from both
-models is left out and counted in the stats.
+rejected, meta}`` (rows.py: its fields, meta keys and check): ``prompt`` is the
+training system prompt, a blank line, ``User question:``, a newline and the
+question (see chat_format.training_prompt); any DPO trainer that reads
+prompt/chosen/rejected strings (e.g. TRL's DPOTrainer) takes it unchanged. A
+question without a non-empty answer from both models is left out and counted in
+the stats.
 """
 
 from __future__ import annotations
@@ -13,21 +14,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from meddpo.dataset.rows import PAIR_FIELDS as PAIR_FIELDS  # the merge command reads it here
 from meddpo.dataset.verdicts import attach
 from meddpo.generation.chat_format import training_prompt
 from meddpo.jsonl import DataError
 
-PAIR_FIELDS = (
-    "id",
-    "source",
-    "category",
-    "question_type",
-    "question",
-    "prompt",
-    "chosen",
-    "rejected",
-    "meta",
-)
 QUESTION_FIELDS = ("id", "question", "source", "category", "question_type")
 ANSWER_FIELDS = ("id", "text", "finish_reason", "model")
 STAT_KEYS = (
