@@ -149,7 +149,7 @@ def _pairs(n=30):
             "rejected": RISKY.format(i=i),
             "meta": {
                 "teacher_model": "gemini-2.5-flash",
-                "mmt_ckpt": "mistral",
+                "rejected_model": "mistral",
                 "chosen_finish_reason": "stop",
                 "rejected_finish_reason": "stop",
             },

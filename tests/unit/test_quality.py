@@ -27,7 +27,7 @@ def pair(
         "rejected": rejected,
         "meta": {
             "teacher_model": "t",
-            "mmt_ckpt": "m",
+            "rejected_model": "m",
             "chosen_finish_reason": chosen_reason,
             "rejected_finish_reason": rejected_reason,
             "chosen_new_tokens": 40,

@@ -32,7 +32,7 @@ def pair(
         "rejected": rejected,
         "meta": {
             "teacher_model": "t",
-            "mmt_ckpt": "m",
+            "rejected_model": "m",
             "chosen_finish_reason": chosen_reason,
             "rejected_finish_reason": rejected_reason,
             "chosen_new_tokens": 40,
@@ -113,6 +113,10 @@ def test_report_on_the_old_gemini_run_shows_the_six_fold_length_ratio():
     stats = build_stats(rows, [])
     assert 5.5 <= stats["lengths"]["ratio_of_medians_chars"] <= 6.5
     assert "Chosen answers are **6.04×** as long as rejected ones" in render_report(stats)
+    # made before meta.mmt_ckpt became meta.rejected_model: the model is still named
+    assert stats["models"]["rejected"] == [
+        "/ocean/projects/cis250219p/shared/checkpoint2/mistralai/Mistral-7B-Instruct-v0.2"
+    ]
 
 
 # --------------------------------------------------------------------------- the report tells the truth
@@ -215,4 +219,19 @@ def test_judge_tables_show_shares_of_the_pairs_with_a_margin_and_add_up():
         "| information | 4 | 2 | 1 of 2 (50.0%) | 1 of 2 (50.0%) | 0 of 2 (0.0%) | 2 unparseable, 0 failed |",
         "| symptoms | 1 | 1 | 0 of 1 (0.0%) | 0 of 1 (0.0%) | 1 of 1 (100.0%) | 0 unparseable, 0 failed |",
         "| total | 6 | 4 | 2 of 4 (50.0%) | 1 of 4 (25.0%) | 1 of 4 (25.0%) | 2 unparseable, 0 failed |",
+    ]
+
+
+def test_stats_name_the_rejected_model_of_a_file_made_before_the_rename():
+    old = pair(i=1)
+    old["meta"]["mmt_ckpt"] = old["meta"].pop("rejected_model")
+    judged = _judged(pair(i=2), "judged", 0.5)
+    judged["meta"]["judge"]["judges"] = {"rubric": {"model": "m", "backend": "local", "version": "v1"}}
+    old["meta"]["judge"] = judged["meta"]["judge"]
+    stats = build_stats([old])
+    assert stats["models"] == {"chosen": ["t"], "rejected": ["m"]}
+    # the judge is the rejected model: the report's note finds it under the old name too
+    assert stats["judge"]["notes"] == [
+        "The rejected model (m) is the rubric judge itself: a model grading its own answers tends to favour "
+        "them, so 'chosen judged safer' is a lower bound."
     ]

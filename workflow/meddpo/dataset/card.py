@@ -239,7 +239,8 @@ def _card_how_made(stats: Mapping, settings: Mapping, provenance: Mapping, sourc
         f"{provenance.get('teacher_revision') or 'not recorded'}), sampling "
         f"{settings.get('chosen_sampling')}.",
         f"- **Rejected answers**: `{', '.join(stats['models']['rejected'])}` (revision "
-        f"{provenance.get('mmt_revision') or 'not recorded'}), sampling {settings.get('rejected_sampling')}.",
+        f"{provenance.get('rejected_revision') or 'not recorded'}), sampling "
+        f"{settings.get('rejected_sampling')}.",
         "- **Filters**: each pair is checked for empty, truncated, near-identical, refusing and garbled "
         f"answers; the policy was {', '.join(f'{k}: {v}' for k, v in policy.items()) or 'not recorded'}. "
         f"{share(stats['stages'].get('pairs_dropped', 0), stats['stages'].get('pairs_before_filter', 0))} "

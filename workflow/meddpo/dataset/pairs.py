@@ -41,11 +41,12 @@ def _index_answers(rows: Iterable[dict], role: str) -> dict[str, dict]:
 
 
 def _meta(rejected: dict, chosen: dict) -> dict:
+    """The meta the pairs step writes (rows.META, in its order)."""
     return {
         "teacher_model": chosen["model"],
         "teacher_revision": chosen.get("revision"),
-        "mmt_ckpt": rejected["model"],
-        "mmt_revision": rejected.get("revision"),
+        "rejected_model": rejected["model"],
+        "rejected_revision": rejected.get("revision"),
         "chosen_finish_reason": chosen["finish_reason"],
         "rejected_finish_reason": rejected["finish_reason"],
         "chosen_new_tokens": chosen.get("new_tokens"),
