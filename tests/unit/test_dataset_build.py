@@ -237,6 +237,10 @@ def test_a_file_made_before_the_rename_still_names_its_rejected_model(tmp_path):
     card = paths.card.read_text()
     assert "- **Rejected answers**: `my-org/loose-model` (revision def)" in card
     assert "| rejected_model | `my-org/loose-model` |" in card
+    assert (
+        "| `rejected_model` | the model that wrote the rejected answer (called `mmt_ckpt` in files made "
+        "before 2026-12-06) |" in card
+    )
     # the rows themselves are written as they were read: the pairs step alone writes the new names
     assert read_jsonl(paths.pairs)[0]["meta"]["mmt_ckpt"] == "my-org/loose-model"
 
