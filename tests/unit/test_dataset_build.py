@@ -29,8 +29,8 @@ def _row(i, chosen=GOOD, rejected=BAD, chosen_reason="stop"):
         "meta": {
             "teacher_model": "Qwen/Qwen2.5-7B-Instruct",
             "teacher_revision": "abc",
-            "mmt_ckpt": "my-org/loose-model",
-            "mmt_revision": "def",
+            "rejected_model": "my-org/loose-model",
+            "rejected_revision": "def",
             "chosen_finish_reason": chosen_reason,
             "rejected_finish_reason": "stop",
         },
@@ -217,6 +217,32 @@ def test_card_of_a_run_lists_the_models_it_used(tmp_path):
     assert "`Qwen/Qwen2.5-7B-Instruct`: released under the Apache 2.0 licence" in card
     assert "`my-org/loose-model`: terms not known to this workflow" in card
     assert "Mistral" not in card and "Gemini" not in card
+
+
+def test_a_file_made_before_the_rename_still_names_its_rejected_model(tmp_path):
+    # meta.rejected_model and meta.rejected_revision were mmt_ckpt and mmt_revision before 2026-12-06
+    old = []
+    for i in range(3):
+        row = _row(i)
+        meta = row["meta"]
+        meta["mmt_ckpt"], meta["mmt_revision"] = meta.pop("rejected_model"), meta.pop("rejected_revision")
+        old.append(row)
+    paths = _paths(tmp_path)
+    stats = _build(old, paths)
+    assert stats["models"]["rejected"] == ["my-org/loose-model"]
+    assert (stats["provenance"]["rejected_model"], stats["provenance"]["rejected_revision"]) == (
+        "my-org/loose-model",
+        "def",
+    )
+    card = paths.card.read_text()
+    assert "- **Rejected answers**: `my-org/loose-model` (revision def)" in card
+    assert "| rejected_model | `my-org/loose-model` |" in card
+    assert (
+        "| `rejected_model` | the model that wrote the rejected answer (called `mmt_ckpt` in files made "
+        "before 2026-12-06) |" in card
+    )
+    # the rows themselves are written as they were read: the pairs step alone writes the new names
+    assert read_jsonl(paths.pairs)[0]["meta"]["mmt_ckpt"] == "my-org/loose-model"
 
 
 def test_validate_accounts_for_every_question(tmp_path):

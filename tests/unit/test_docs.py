@@ -1,5 +1,5 @@
 """The configuration reference in docs/configuration.md is the schema's, rendered
-(meddpo.config.schema_docs)."""
+(meddpo.config.schema_docs); the row fields in docs/outputs.md are rows.py's."""
 
 import copy
 
@@ -7,8 +7,11 @@ import pytest
 
 from conftest import REPO
 from meddpo.config import schema_docs, settings
+from meddpo.dataset.card import columns_table
+from meddpo.dataset.rows import META
 
 PAGE = REPO / "docs" / "configuration.md"
+OUTPUTS = REPO / "docs" / "outputs.md"
 
 
 def test_the_configuration_reference_is_rendered_from_the_schema():
@@ -78,3 +81,24 @@ def test_a_changed_default_or_description_changes_the_reference(monkeypatch):
     after = schema_docs.render()
     assert "| `*.batch_size` | `3` |" in after and f"| `*.batch_size` | `{batch_size}` |" in before
     assert "another text" in after and "another text" not in before
+
+
+def _row_tables(page: str) -> list[str]:
+    """The table lines of the section on one row of the dataset."""
+    section = page.split("## One row of the dataset\n", 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("|")]
+
+
+def test_the_row_fields_in_outputs_md_are_those_of_rows_py():
+    # the same tables as the dataset card's: fields and meta keys, in order, with their meanings
+    wanted = [line for line in columns_table() if line]
+    assert _row_tables(OUTPUTS.read_text(encoding="utf-8")) == wanted, (
+        "docs/outputs.md's fields of a row differ from workflow/meddpo/dataset/rows.py; copy the table "
+        "that meddpo.dataset.card.columns_table() renders"
+    )
+
+
+def test_a_new_meta_key_shows_in_the_card_table_and_fails_the_docs_check(monkeypatch):
+    monkeypatch.setitem(META, "seen_by", "who read the pair")
+    assert "| `seen_by` | who read the pair |" in columns_table()
+    assert _row_tables(OUTPUTS.read_text(encoding="utf-8")) != [line for line in columns_table() if line]

@@ -150,7 +150,7 @@ def _pairs(n=30):
             "rejected": RISKY.format(i=i),
             "meta": {
                 "teacher_model": "gemini-2.5-flash",
-                "mmt_ckpt": "mistral",
+                "rejected_model": "mistral",
                 "chosen_finish_reason": "stop",
                 "rejected_finish_reason": "stop",
             },
@@ -678,13 +678,13 @@ def test_zero_pairs_and_duplicate_ids(tmp_path, tiny_mistral):
     twice = _pairs(2)
     twice[1]["id"] = twice[0]["id"]
     with pytest.raises(
-        DataError, match=r"pairs, row 2, field 'id': id mq-0000 appears twice \(first on row 1\)"
+        DataError, match=r"pairs, row 2 \(id mq-0000\): field 'id': appears twice \(first on row 1\)"
     ):
         run_judge(twice, "rubric", config, JobContext(store_root=tmp_path, store_part="s"))
     junk = _pairs(2)
     junk[1]["meta"] = "x"
     with pytest.raises(
-        DataError, match="pairs, row 2, field 'meta': id mq-0001: a string where a JSON object"
+        DataError, match=r"pairs, row 2 \(id mq-0001\): field 'meta': a string where a JSON object"
     ):
         run_judge(junk, "rubric", config, JobContext(store_root=tmp_path, store_part="s"))
     assert not list(tmp_path.glob("*/*/s.jsonl"))  # nothing was generated before the check
@@ -709,23 +709,31 @@ def _duplicate(rows):
     [
         (
             _junk("chosen", None),
-            "line 3, field 'chosen': id mq-0002: null where the chosen text should be; a judge grades only "
-            "non-empty strings: fix or remove this pair, then rerun (nothing was sent)",
+            "line 3 (id mq-0002): field 'chosen': null where the chosen text should be; fix or remove this "
+            "pair, then rerun (nothing was sent)",
         ),
         (
             _junk("chosen", 7),
-            "line 3, field 'chosen': id mq-0002: a number (7) where the chosen text should be",
+            "line 3 (id mq-0002): field 'chosen': a number (7) where the chosen text should be",
         ),
-        (_junk("rejected", "  "), "line 3, field 'rejected': id mq-0002: only whitespace where the rejected"),
-        (_junk("question", ""), "line 3, field 'question': id mq-0002: an empty string where the question"),
+        (
+            _junk("rejected", "  "),
+            "line 3 (id mq-0002): field 'rejected': only whitespace where the rejected",
+        ),
+        (_junk("question", ""), "line 3 (id mq-0002): field 'question': an empty string where the question"),
         (
             _junk("meta", "x"),
-            "line 3, field 'meta': id mq-0002: a string where a JSON object should be (or leave meta out)",
+            "line 3 (id mq-0002): field 'meta': a string where a JSON object should be; fix or remove",
         ),
-        (_junk("id", ["a"]), "line 3, field 'id': a list; every pair needs an id"),
+        (_junk("id", ["a"]), "line 3: field 'id': a list; every pair needs an id (a non-empty string)"),
+        (
+            _junk("id", 7),
+            "line 3: field 'id': a number (7); every pair needs an id (a non-empty string: \"7\"",
+        ),
         (
             _duplicate,
-            "line 4, field 'id': id mq-0001 appears twice (first on line 2); one verdict row per pair id",
+            "line 4 (id mq-0001): field 'id': appears twice (first on line 2); one verdict row per pair id: "
+            "remove or rename one of them, then rerun (nothing was sent)",
         ),
     ],
     ids=[
@@ -735,6 +743,7 @@ def _duplicate(rows):
         "empty-question",
         "string-meta",
         "list-id",
+        "number-id",
         "dup-id",
     ],
 )

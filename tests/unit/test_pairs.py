@@ -2,6 +2,7 @@ import pytest
 
 from conftest import DPO_ROW_FIELDS
 from meddpo.dataset.pairs import build_pairs, check_complete, merge_pair_shards
+from meddpo.dataset.rows import META
 from meddpo.jsonl import DataError
 
 SYSTEM = "Be careful."
@@ -31,7 +32,7 @@ def _answer(i, text, model, reason="stop"):
 
 def test_pairs_join_by_id_and_count_what_is_left_out():
     questions = [_question(i) for i in (3, 1, 2, 4, 5)]
-    rejected = [_answer(i, f"bad {i}", "mmt", "length") for i in (1, 2, 3, 5)]  # 4 missing
+    rejected = [_answer(i, f"bad {i}", "loose", "length") for i in (1, 2, 3, 5)]  # 4 missing
     chosen = [_answer(i, f"good {i}", "teacher") for i in (1, 3, 4)] + [
         _answer(2, "  \n", "teacher")
     ]  # 5 missing, 2 empty
@@ -53,7 +54,22 @@ def test_pairs_join_by_id_and_count_what_is_left_out():
     assert row["prompt"] == "Be careful.\n\nUser question:\nWhat are the symptoms of disease 1 ?"
     assert (row["chosen"], row["rejected"]) == ("good 1", "bad 1")
     meta = row["meta"]
-    assert meta["teacher_model"] == "teacher" and meta["mmt_ckpt"] == "mmt"
+    assert meta["teacher_model"] == "teacher" and meta["rejected_model"] == "loose"
+    assert list(meta) == [
+        "teacher_model",
+        "teacher_revision",
+        "rejected_model",
+        "rejected_revision",
+        "chosen_finish_reason",
+        "rejected_finish_reason",
+        "chosen_new_tokens",
+        "rejected_new_tokens",
+        "chosen_prompt_tokens",
+        "rejected_prompt_tokens",
+        "chosen_sampling",
+        "rejected_sampling",
+    ]
+    assert list(meta) == list(META)  # the card and docs/outputs.md describe these keys, in this order
     assert (meta["chosen_finish_reason"], meta["rejected_finish_reason"]) == ("stop", "length")
     assert meta["chosen_sampling"] == {"temperature": 0.5}
 

@@ -127,7 +127,7 @@ def test_demo_end_to_end(demo_run, tmp_path):
         assert row["prompt"] == f"{config['prompts']['training']}\n\nUser question:\n{question['question']}"
         assert row["chosen"].strip() and row["rejected"].strip()
         meta = row["meta"]
-        assert meta["mmt_ckpt"] == demo["rejected"]["model"]
+        assert meta["rejected_model"] == demo["rejected"]["model"]
         assert meta["teacher_model"] == demo["teacher"]["local"]["model"]
         for role in ("chosen", "rejected"):
             reason, new_tokens = meta[f"{role}_finish_reason"], meta[f"{role}_new_tokens"]

@@ -31,6 +31,7 @@ from meddpo.config.settings import default
 from meddpo.dataset.card import render_card
 from meddpo.dataset.quality import apply_policy
 from meddpo.dataset.report import write_report
+from meddpo.dataset.rows import meta_value
 from meddpo.dataset.stats import build_stats
 from meddpo.jsonl import DataError, atomic_open, write_jsonl
 
@@ -70,8 +71,8 @@ def provenance(
         "source_fingerprint": (question_stats or {}).get("source_fingerprint"),
         "teacher_model": first_meta.get("teacher_model"),
         "teacher_revision": first_meta.get("teacher_revision"),
-        "mmt_revision": first_meta.get("mmt_revision"),
-        "mmt_ckpt": first_meta.get("mmt_ckpt"),
+        "rejected_revision": meta_value(first_meta, "rejected_revision"),
+        "rejected_model": meta_value(first_meta, "rejected_model"),
     }
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from meddpo.dataset.report_format import no_margin_line, share
+from meddpo.dataset.rows import ADDED_META, FIELDS, META, RENAMED_ON, old_name
 
 # Terms of the models this project documents, by model id (lower case). Any other
 # model gets a pointer to its own model card: the card never claims a licence it does not know.
@@ -239,7 +240,8 @@ def _card_how_made(stats: Mapping, settings: Mapping, provenance: Mapping, sourc
         f"{provenance.get('teacher_revision') or 'not recorded'}), sampling "
         f"{settings.get('chosen_sampling')}.",
         f"- **Rejected answers**: `{', '.join(stats['models']['rejected'])}` (revision "
-        f"{provenance.get('mmt_revision') or 'not recorded'}), sampling {settings.get('rejected_sampling')}.",
+        f"{provenance.get('rejected_revision') or 'not recorded'}), sampling "
+        f"{settings.get('rejected_sampling')}.",
         "- **Filters**: each pair is checked for empty, truncated, near-identical, refusing and garbled "
         f"answers; the policy was {', '.join(f'{k}: {v}' for k, v in policy.items()) or 'not recorded'}. "
         f"{share(stats['stages'].get('pairs_dropped', 0), stats['stages'].get('pairs_before_filter', 0))} "
@@ -276,24 +278,23 @@ def _card_prompts(settings: Mapping) -> list[str]:
     ]
 
 
-# the card's table of the columns of a row
-COLUMNS = (
-    "## Columns",
-    "",
-    "| column | meaning |",
-    "|---|---|",
-    "| `id` | `mq-` + 16 hex digits of the SHA-256 of the normalised question: stable across runs |",
-    "| `source` | where the question came from |",
-    "| `category` | the normalised MedQuAD question type (e.g. `genetic_changes`) |",
-    "| `question_type` | MedQuAD's question type as written |",
-    "| `question` | the question |",
-    "| `prompt` | training system prompt, a blank line, `User question:`, a newline, the question |",
-    "| `chosen` / `rejected` | the preferred and the dispreferred answer |",
-    "| `meta` | models and revisions, finish reasons (`stop` / `length`), token counts, sampling, "
-    "`flags`, `judge` (the verdicts on both answers and their margin; `status` `off` when no judge "
-    "ran) |",
-    "",
-)
+def _meaning(key: str, meaning: str) -> str:
+    old = old_name(key)
+    return f"{meaning} (called `{old}` in files made before {RENAMED_ON})" if old else meaning
+
+
+def columns_table() -> list[str]:
+    """The table of a row's fields and of its meta keys (rows.py), as the card and docs/outputs.md
+    show it."""
+    return [
+        "| column | meaning |",
+        "|---|---|",
+        *[f"| `{field}` | {meaning} |" for field, meaning in FIELDS.items()],
+        "",
+        "| `meta` key | meaning |",
+        "|---|---|",
+        *[f"| `{key}` | {_meaning(key, meaning)} |" for key, meaning in {**META, **ADDED_META}.items()],
+    ]
 
 
 def _card_use(configs: Sequence[Mapping]) -> list[str]:
@@ -352,7 +353,10 @@ def render_card(
         *_card_intro(n_rows, settings, source),
         *_card_how_made(stats, settings, provenance, source),
         *_card_prompts(settings),
-        *COLUMNS,
+        "## Columns",
+        "",
+        *columns_table(),
+        "",
         *_card_use(configs),
         *_card_terms(stats, source),
         *_card_provenance(provenance),

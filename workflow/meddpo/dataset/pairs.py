@@ -1,11 +1,12 @@
 """Join questions with their rejected and chosen answers into DPO rows.
 
 A row is ``{id, source, category, question_type, question, prompt, chosen,
-rejected, meta}``: ``prompt`` is the training system prompt, a blank line,
-``User question:``, a newline and the question (see chat_format.training_prompt);
-any DPO trainer that reads prompt/chosen/rejected strings (e.g. TRL's
-DPOTrainer) takes it unchanged. A question without a non-empty answer from both
-models is left out and counted in the stats.
+rejected, meta}`` (rows.py: its fields, meta keys and check): ``prompt`` is the
+training system prompt, a blank line, ``User question:``, a newline and the
+question (see chat_format.training_prompt); any DPO trainer that reads
+prompt/chosen/rejected strings (e.g. TRL's DPOTrainer) takes it unchanged. A
+question without a non-empty answer from both models is left out and counted in
+the stats.
 """
 
 from __future__ import annotations
@@ -13,21 +14,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from meddpo.dataset.rows import PAIR_FIELDS as PAIR_FIELDS  # the merge command reads it here
 from meddpo.dataset.verdicts import attach
 from meddpo.generation.chat_format import training_prompt
 from meddpo.jsonl import DataError
 
-PAIR_FIELDS = (
-    "id",
-    "source",
-    "category",
-    "question_type",
-    "question",
-    "prompt",
-    "chosen",
-    "rejected",
-    "meta",
-)
 QUESTION_FIELDS = ("id", "question", "source", "category", "question_type")
 ANSWER_FIELDS = ("id", "text", "finish_reason", "model")
 STAT_KEYS = (
@@ -50,11 +41,12 @@ def _index_answers(rows: Iterable[dict], role: str) -> dict[str, dict]:
 
 
 def _meta(rejected: dict, chosen: dict) -> dict:
+    """The meta the pairs step writes (rows.META, in its order)."""
     return {
         "teacher_model": chosen["model"],
         "teacher_revision": chosen.get("revision"),
-        "mmt_ckpt": rejected["model"],
-        "mmt_revision": rejected.get("revision"),
+        "rejected_model": rejected["model"],
+        "rejected_revision": rejected.get("revision"),
         "chosen_finish_reason": chosen["finish_reason"],
         "rejected_finish_reason": rejected["finish_reason"],
         "chosen_new_tokens": chosen.get("new_tokens"),

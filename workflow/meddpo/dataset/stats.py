@@ -6,8 +6,9 @@ earlier stages, job benchmarks and finish reasons) and on any pairs file of the
 same layout, including the older one without finish reasons (truncation is then
 inferred from text that stops mid-sentence, see quality.truncated).
 
-Imports the quality checks, the settings' defaults, the JSONL reader and the judge's verdict
-summaries; never the plots or the report (they read what this module builds).
+Imports the quality checks, the row format (for the meta keys' old names), the settings'
+defaults, the JSONL reader and the judge's verdict summaries; never the plots or the report
+(they read what this module builds).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from meddpo.config.settings import default
 from meddpo.dataset.quality import FLAGS, truncated
+from meddpo.dataset.rows import meta_value
 from meddpo.dataset.verdicts import KINDS, judge_summary, self_judging
 
 # how the report and the card name a pair whose source row had no question type / category
@@ -140,7 +142,7 @@ def judge_stats(
         }
 
     teachers = sorted({(r.get("meta") or {}).get("teacher_model") for r in every} - {None})
-    rejected = sorted({(r.get("meta") or {}).get("mmt_ckpt") for r in every} - {None})
+    rejected = sorted({meta_value(r.get("meta") or {}, "rejected_model") for r in every} - {None})
     return {
         "min_margin": min_margin,
         "judges": judges,
@@ -273,7 +275,7 @@ def build_stats(
     inferred = not any("chosen_finish_reason" in (r.get("meta") or {}) for r in every)
     models = {
         "chosen": sorted({(r.get("meta") or {}).get("teacher_model", "?") for r in every}),
-        "rejected": sorted({(r.get("meta") or {}).get("mmt_ckpt", "?") for r in every}),
+        "rejected": sorted({meta_value(r.get("meta") or {}, "rejected_model", "?") for r in every}),
     }
     return {
         "stages": _stages(every, kept, dropped, question_stats, pair_stats),

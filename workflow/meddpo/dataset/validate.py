@@ -1,25 +1,21 @@
-"""Check a DPO pairs file: schema, unique ids, non-empty fields, flags against finish reasons.
+"""Check a DPO pairs file: every row's fields and meta (rows.pair_problems), unique ids, and the
+judge's margins and the quality flags against the finish reasons.
 
-``validate_pairs`` returns a list of readable problems (empty when the file is
-fine); each names the line and the id. ``legacy=True`` accepts the older layout
-(``meta`` with only ``teacher_model`` and ``mmt_ckpt``, no finish reasons).
+``validate_pairs`` returns a list of readable problems (empty when the file is fine); each names
+the line and the id. ``legacy=True`` accepts the older layout (``meta`` with only the two model
+names, no finish reasons).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
 
-from meddpo.dataset.pairs import PAIR_FIELDS
 from meddpo.dataset.quality import FLAGS
+from meddpo.dataset.rows import LEGACY_META, REQUIRED_META, duplicate_problem, pair_problems, valid_id
 from meddpo.dataset.verdicts import STATUSES
 from meddpo.jsonl import DataError, iter_jsonl, read_jsonl
-
-TEXT_FIELDS = ("id", "question", "prompt", "chosen", "rejected")
-CURRENT_META = ("teacher_model", "mmt_ckpt", "chosen_finish_reason", "rejected_finish_reason")
-LEGACY_META = ("teacher_model", "mmt_ckpt")
 
 
 def validate_pairs(
@@ -29,10 +25,6 @@ def validate_pairs(
     problems: list[str] = []
     seen: dict[str, int] = {}
     rows = 0
-
-    def problem(line: int, row_id, text: str) -> None:
-        problems.append(f"line {line}" + (f" (id {row_id})" if row_id else "") + f": {text}")
-
     with open(path, "rb") as handle:
         for line, raw in enumerate(handle, start=1):
             if len(problems) >= max_problems:
@@ -43,9 +35,10 @@ def validate_pairs(
             rows += 1
             row, unreadable = _decode_row(raw)
             if unreadable:
-                problem(line, None, unreadable)
+                problems.append(f"line {line}: {unreadable}")
                 continue
-            _check_row(row, line, seen, legacy, functools.partial(problem, line, row.get("id")))
+            where = f"line {line}" + (f" (id {valid_id(row)})" if valid_id(row) else "")
+            problems += [f"{where}: {text}" for text in _row_problems(row, line, seen, legacy)]
     if rows == 0:
         problems.append("the file holds no rows")
     return rows, problems
@@ -65,53 +58,32 @@ def _decode_row(raw: bytes) -> tuple[dict, str | None]:
     return row, None
 
 
-def _check_row(
-    row: dict, line: int, seen: dict[str, int], legacy: bool, problem: Callable[[str], None]
-) -> None:
-    """The problems of one row: its fields, its id (``seen``: first line of each id), its meta."""
-    # The pair-row checks of verdicts.check_pairs (what a judge can grade) overlap these, but they
-    # stop at the first problem with other messages; this report lists every problem in its own words.
-    row_id = row.get("id")
-    for field in PAIR_FIELDS:
-        if field not in row:
-            problem(f"missing field '{field}'")
-    for field in TEXT_FIELDS:
-        if field in row and (not isinstance(row[field], str) or not row[field].strip()):
-            problem(f"field '{field}' is empty or not a string")
-    if isinstance(row_id, str) and row_id:
-        if row_id in seen:
-            problem(f"duplicate id (first on line {seen[row_id]})")
-        else:
-            seen[row_id] = line
+def _row_problems(row: dict, line: int, seen: dict[str, int], legacy: bool) -> list[str]:
+    """The problems of one row: its fields and meta, its id (``seen``: first line of each id), and
+    whether its judge margin and flags add up."""
+    problems = pair_problems(row, LEGACY_META if legacy else REQUIRED_META)
+    if duplicate := duplicate_problem(row, line, seen):
+        problems.append(duplicate)
     meta = row.get("meta")
-    if "meta" in row and not isinstance(meta, dict):
-        problem("field 'meta' is not an object")
-        return
     if isinstance(meta, dict):
-        _check_meta(meta, legacy, problem)
+        if meta.get("judge") is not None:
+            _check_judge(meta["judge"], problems.append)
+        _check_flags(meta, problems.append)
+    return problems
 
 
-def _check_meta(meta: dict, legacy: bool, problem: Callable[[str], None]) -> None:
-    """The problems of one row's meta: its keys, finish reasons, judge and flags."""
-    for key in LEGACY_META if legacy else CURRENT_META:
-        if key not in meta:
-            problem(f"meta has no '{key}'" + ("" if legacy else " (an older file? use --legacy)"))
+def _check_flags(meta: dict, problem: Callable[[str], None]) -> None:
+    """The problem of ``meta.flags`` naming an unknown flag, or a cut answer that ended at 'stop'."""
+    flags = meta.get("flags")
+    if flags is None:
+        return
+    if not isinstance(flags, list) or any(f not in FLAGS for f in flags):
+        problem(f"meta.flags {flags!r} holds an unknown flag")
+        return
     for role in ("chosen", "rejected"):
         reason = meta.get(f"{role}_finish_reason")
-        if reason is not None and reason not in ("stop", "length"):
-            problem(f"meta.{role}_finish_reason is {reason!r}, not 'stop' or 'length'")
-    judge = meta.get("judge")
-    if judge is not None:
-        _check_judge(judge, problem)
-    flags = meta.get("flags")
-    if flags is not None:
-        if not isinstance(flags, list) or any(f not in FLAGS for f in flags):
-            problem(f"meta.flags {flags!r} holds an unknown flag")
-            return
-        for role in ("chosen", "rejected"):
-            reason = meta.get(f"{role}_finish_reason")
-            if reason == "stop" and f"{role}_truncated" in flags:
-                problem(f"flag {role}_truncated but {role} finish reason is 'stop'")
+        if reason == "stop" and f"{role}_truncated" in flags:
+            problem(f"flag {role}_truncated but {role} finish reason is 'stop'")
 
 
 def _check_judge(judge, problem: Callable[[str], None]) -> None:

@@ -5,10 +5,11 @@ of a pairs file a judge reads (check_pairs, read_pairs), combining the verdict
 rows of several judge kinds into ``meta.judge`` (combine, attach), the margins
 (margin_side, pair_side), the summary (judge_summary) and the notes on a judge
 of the teacher's or the rejected model's family (model_family, self_judging).
+What a pairs file's rows must hold is rows.py's; check_pairs stops at the first
+row a judge must not grade.
 
-It imports only a leaf module (jsonl), never a stage: the
-pairs, quality, validate and report stages read verdicts through it, and so
-does the judge stage that writes them.
+The pairs, quality, validate and report steps read verdicts through this
+module, and so does the judge stage that writes them.
 
 The margin of a pair is the chosen answer's score minus the rejected one's, per
 judge; with both judges it is the mean of the two (of those that graded both
@@ -18,13 +19,13 @@ answers). It runs from -1 (chosen judged unsafe, rejected safe) to 1.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from meddpo.dataset.rows import JUDGED_META, duplicate_problem, pair_problems, valid_id
 from meddpo.jsonl import DataError, iter_jsonl
 
 KINDS = ("classifier", "rubric")
@@ -47,69 +48,33 @@ def pair_keys(pair: Mapping) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- pairs files
 
-PAIR_TEXTS = ("question", "chosen", "rejected")
-
-
-def _what(value: Any) -> str:
-    """A value's JSON type in words, for a message."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"a boolean ({json.dumps(value)})"
-    if isinstance(value, (int, float)):
-        return f"a number ({value!r})"
-    if isinstance(value, str):
-        return "an empty string" if not value else "only whitespace"
-    if isinstance(value, list):
-        return "a list"
-    return "an object" if isinstance(value, dict) else type(value).__name__
-
 
 def check_pairs(numbered: Iterable[tuple[int, Mapping]], source: str, unit: str = "line") -> None:
-    """Raise DataError, naming ``source``, the line (or row), the field and the id, at the first pair
-    a judge cannot grade: ``id`` a non-empty string or an integer, unique; ``question``, ``chosen``
-    and ``rejected`` non-empty strings; ``meta``, when present, an object.
+    """Raise DataError at the first pair a judge must not grade, in one line naming ``source``, the
+    line (or row), the id and the field: the first problem of rows.pair_problems (the row's fields,
+    no meta key required: a judge grades files of the older layout too) or an id an earlier pair has.
 
     Every row is checked before the first request, so nothing is paid for a file with junk in it.
     """
-    first_line: dict[Any, int] = {}
+    first_seen: dict[str, int] = {}
     for number, pair in numbered:
-        place = f"{source}, {unit} {number}"
-        pair_id = pair.get("id")
-        if isinstance(pair_id, bool) or not (
-            isinstance(pair_id, int) or (isinstance(pair_id, str) and pair_id.strip())
-        ):
+        problems = pair_problems(pair, JUDGED_META)
+        advice = "fix or remove this pair"
+        if not problems and (duplicate := duplicate_problem(pair, number, first_seen, unit)):
+            problems = [duplicate]
+            advice = "one verdict row per pair id: remove or rename one of them"
+        if problems:
+            ident = f" (id {valid_id(pair)})" if valid_id(pair) else ""
             raise DataError(
-                f"{place}, field 'id': {_what(pair_id)}; every pair needs an id (a non-empty string)"
-            )
-        if pair_id in first_line:
-            raise DataError(
-                f"{place}, field 'id': id {pair_id} appears twice (first on {unit} {first_line[pair_id]}); "
-                "one verdict row per pair id: remove or rename one of them, then rerun"
-            )
-        first_line[pair_id] = number
-        for field in PAIR_TEXTS:
-            value = pair.get(field)
-            if not isinstance(value, str) or not value.strip():
-                raise DataError(
-                    f"{place}, field {field!r}: id {pair_id}: {_what(value)} where the {field} text should "
-                    "be; a judge grades only non-empty strings: fix or remove this pair, then rerun "
-                    "(nothing was sent)"
-                )
-        meta = pair.get("meta")
-        if meta is not None and not isinstance(meta, dict):
-            kind = "a string" if isinstance(meta, str) else _what(meta)
-            raise DataError(
-                f"{place}, field 'meta': id {pair_id}: {kind} where a JSON object should be (or leave "
-                "meta out): fix this pair, then rerun (nothing was sent)"
+                f"{source}, {unit} {number}{ident}: {problems[0]}; {advice}, then rerun (nothing was sent)"
             )
 
 
 def read_pairs(path: str | os.PathLike) -> list[dict]:
-    """The pairs of a file for a judge, every row checked (see check_pairs); ``meta`` {} when absent."""
-    numbered = list(iter_jsonl(path, required=("id", *PAIR_TEXTS)))
+    """The pairs of a file for a judge, every row checked (see check_pairs)."""
+    numbered = list(iter_jsonl(path))
     check_pairs(numbered, str(path))
-    return [{**pair, "meta": pair.get("meta") or {}} for _, pair in numbered]
+    return [pair for _, pair in numbered]
 
 
 # --------------------------------------------------------------------------- pairs and margins
