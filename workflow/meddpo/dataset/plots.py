@@ -1,8 +1,8 @@
 """The report's PNG plots: answer lengths, truncation and drops by category, and (when some pair
 has a judged margin) the judge's margins; one function per plot.
 
-Draws from the stats dict (stats.build_stats) and the pairs; imports only report_format.
-matplotlib is imported inside write_plots, so importing this module stays cheap.
+Draws from the stats dict (stats.build_stats) and the pairs. matplotlib is loaded inside
+write_plots, so importing this module stays cheap.
 """
 
 from __future__ import annotations

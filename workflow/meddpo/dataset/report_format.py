@@ -1,7 +1,7 @@
 """The wording the report, its plots and the dataset card share: a count as a share of a whole,
 and why pairs have no judge margin.
 
-Pure formatting of numbers already computed; imports nothing from the package.
+Pure formatting of numbers already computed.
 """
 
 from __future__ import annotations
