@@ -78,6 +78,40 @@ def tiny_qwen(tmp_path_factory, demo_texts) -> Path:
     return build_tiny_qwen2(demo_texts, tmp_path_factory.mktemp("models") / "tiny-qwen2", eos_rate=0.0)
 
 
+# --------------------------------------------------------------------------- a DPO row
+
+GOOD_CHOSEN = (
+    "Gout is a form of arthritis caused by uric acid crystals in a joint. A doctor can confirm it "
+    "with a blood test or by examining fluid from the joint, and treatment eases the pain."
+)
+GOOD_REJECTED = "Gout is just joint pain. Take some painkillers and it will go away."
+
+
+def pair(
+    i=1, chosen=GOOD_CHOSEN, rejected=GOOD_REJECTED, chosen_reason="stop", rejected_reason="stop", **meta
+):
+    """A DPO row as the pairs step writes it (``meta`` keys given are added or replace the defaults)."""
+    return {
+        "id": f"mq-{i:04d}",
+        "source": "s",
+        "category": "information",
+        "question_type": "information",
+        "question": "What is gout ?",
+        "prompt": "Be careful.\n\nUser question:\nWhat is gout ?",
+        "chosen": chosen,
+        "rejected": rejected,
+        "meta": {
+            "teacher_model": "t",
+            "rejected_model": "m",
+            "chosen_finish_reason": chosen_reason,
+            "rejected_finish_reason": rejected_reason,
+            "chosen_new_tokens": 40,
+            "rejected_new_tokens": 15,
+            **meta,
+        },
+    }
+
+
 # --------------------------------------------------------------------------- running Snakemake
 
 # Snakemake imports every installed executor plugin when it starts, and the Slurm plugin runs

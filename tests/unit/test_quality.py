@@ -3,39 +3,9 @@ keeps, flags or drops pairs by them."""
 
 import pytest
 
+from conftest import GOOD_CHOSEN, pair
 from meddpo.dataset.quality import FLAGS, apply_policy, pair_flags
 from meddpo.jsonl import DataError
-
-GOOD_CHOSEN = (
-    "Gout is a form of arthritis caused by uric acid crystals in a joint. A doctor can confirm it "
-    "with a blood test or by examining fluid from the joint, and treatment eases the pain."
-)
-GOOD_REJECTED = "Gout is just joint pain. Take some painkillers and it will go away."
-
-
-def pair(
-    i=1, chosen=GOOD_CHOSEN, rejected=GOOD_REJECTED, chosen_reason="stop", rejected_reason="stop", **meta
-):
-    return {
-        "id": f"mq-{i:04d}",
-        "source": "s",
-        "category": "information",
-        "question_type": "information",
-        "question": "What is gout ?",
-        "prompt": "Be careful.\n\nUser question:\nWhat is gout ?",
-        "chosen": chosen,
-        "rejected": rejected,
-        "meta": {
-            "teacher_model": "t",
-            "rejected_model": "m",
-            "chosen_finish_reason": chosen_reason,
-            "rejected_finish_reason": rejected_reason,
-            "chosen_new_tokens": 40,
-            "rejected_new_tokens": 15,
-            **meta,
-        },
-    }
-
 
 CRAFTED = {
     "chosen_empty": pair(chosen="   "),

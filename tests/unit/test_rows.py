@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from conftest import pair
 from meddpo.dataset.validate import validate_pairs
 from meddpo.dataset.verdicts import check_pairs, read_pairs
 from meddpo.jsonl import DataError
@@ -199,37 +200,6 @@ def test_the_older_layout_needs_legacy_to_validate_and_nothing_to_be_judged(tmp_
 
 
 # --------------------------------------------------------------------------- meddpo validate
-
-
-GOOD_CHOSEN = (
-    "Gout is a form of arthritis caused by uric acid crystals in a joint. A doctor can confirm it "
-    "with a blood test or by examining fluid from the joint, and treatment eases the pain."
-)
-GOOD_REJECTED = "Gout is just joint pain. Take some painkillers and it will go away."
-
-
-def pair(
-    i=1, chosen=GOOD_CHOSEN, rejected=GOOD_REJECTED, chosen_reason="stop", rejected_reason="stop", **meta
-):
-    return {
-        "id": f"mq-{i:04d}",
-        "source": "s",
-        "category": "information",
-        "question_type": "information",
-        "question": "What is gout ?",
-        "prompt": "Be careful.\n\nUser question:\nWhat is gout ?",
-        "chosen": chosen,
-        "rejected": rejected,
-        "meta": {
-            "teacher_model": "t",
-            "rejected_model": "m",
-            "chosen_finish_reason": chosen_reason,
-            "rejected_finish_reason": rejected_reason,
-            "chosen_new_tokens": 40,
-            "rejected_new_tokens": 15,
-            **meta,
-        },
-    }
 
 
 def test_validate_accepts_a_good_file(tmp_path):
