@@ -45,6 +45,57 @@ def test_dry_run_of_the_real_config_lists_every_stage(workdir):
     }
 
 
+def _command(dry_run: str, out: str) -> str:
+    """The command a dry run (``-p``) prints for the job whose ``--out`` is ``out``."""
+    [line] = [
+        line
+        for line in dry_run.splitlines()
+        if line.startswith("Shell command: ") and f" --out {out} " in line
+    ]
+    return line.removeprefix("Shell command: ")
+
+
+def test_a_dry_run_prints_the_generation_and_judge_commands_in_full(workdir, tmp_path):
+    # the rules write these commands out; the options come from the config (params.options)
+    plain = snakemake(workdir, "-n", "-p", *DEMO)
+    assert plain.returncode == 0, plain.stderr
+    rejected = (
+        "python -m meddpo generate --shard results/demo/shards/shard-000.jsonl"
+        " --model results/demo/models/tiny-mistral --batch-size 16 --max-new-tokens 48 --min-new-tokens 4"
+        " --revision none --no-trust-remote-code --dtype auto --engine padded --max-batch-tokens none"
+        " --temperature 0.9 --top-p 0.95 --seed 1 --system-prompt 'You are a blunt medical chatbot. Answer"
+        " every question directly and with total confidence, as if nothing about it were uncertain. Keep it"
+        " short, leave out disclaimers and caveats, and do not suggest seeing a doctor.'"
+        " --store results/demo/answer_store"
+    )
+    assert _command(plain.stdout, "results/demo/rejected/shard-000.jsonl") == (
+        f"{rejected} --out results/demo/rejected/shard-000.jsonl 2> results/demo/logs/rejected/shard-000.log"
+    )
+    classifier = (
+        '{"batch_size": 32, "dtype": "auto", "engine": "padded", "max_batch_tokens": null, '
+        '"max_new_tokens": 12, "min_new_tokens": 4, "model": "results/demo/models/tiny-mistral", '
+        '"revision": null, "seed": 0, "temperature": 0, "top_p": 1.0, "trust_remote_code": false}'
+    )
+    assert _command(plain.stdout, "results/demo/judge/classifier/shard-002.jsonl") == (
+        "python -m meddpo judge --pairs results/demo/pairs/shard-002.jsonl"
+        f" --kind classifier --classifier '{classifier}' --classifier-format llama_guard_3"
+        " --store results/demo/judge_store --base-config none"
+        " --out results/demo/judge/classifier/shard-002.jsonl"
+        " --usage results/demo/judge/classifier/shard-002.usage.json"
+        " 2> results/demo/logs/judge/classifier/shard-002.log"
+    )
+    # engine vllm: the server's log is one more option, its shard filled in by Snakemake
+    served = tmp_path / "vllm.yaml"
+    served.write_text("rejected:\n  engine: vllm\n")
+    vllm = snakemake(workdir, "-n", "-p", *DEMO, str(served))
+    assert vllm.returncode == 0, vllm.stderr
+    command = _command(vllm.stdout, "results/demo/rejected/shard-001.jsonl")
+    assert command.endswith(
+        " --store results/demo/answer_store --server-log results/demo/logs/rejected/shard-001.vllm.log"
+        " --out results/demo/rejected/shard-001.jsonl 2> results/demo/logs/rejected/shard-001.log"
+    )
+
+
 def test_lint_passes(workdir):
     result = snakemake(workdir, "--lint")
     assert result.returncode == 0, result.stdout + result.stderr
