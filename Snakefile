@@ -30,22 +30,13 @@ include: "workflow/rules/judge.smk"
 include: "workflow/rules/dataset.smk"
 
 
-# Seconds of work each: never worth a cluster job.
-localrules:
-    all,
-    questions,
-    shard,
-    pairs,
-    merge_pairs,
-    finalize,
-    validate,
-
-
+# Rules of seconds of work say `localrule: True`: never worth a cluster job.
 rule all:
     default_target: True
     input:
         PATHS.dataset_file("pairs"),
         PATHS.validation,
+    localrule: True
 
 
 # Every declared output, log and benchmark lies in the project folder or output.dir

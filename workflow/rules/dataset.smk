@@ -24,6 +24,7 @@ rule finalize:
         **dataset_outputs(),
     log:
         PATHS.log("finalize"),
+    localrule: True
     conda:
         CONDA_ENV
     params:
@@ -47,6 +48,7 @@ rule validate:
         PATHS.validation,
     log:
         PATHS.log("validate"),
+    localrule: True
     conda:
         CONDA_ENV
     shell:
