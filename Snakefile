@@ -17,6 +17,11 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+# The description atop Snakemake's HTML report (snakemake --report report.zip), which also
+# holds the outputs flagged report(...) in the rules: the dataset's statistics and plots.
+report: "workflow/report/workflow.rst"
+
+
 # internals.smk first: it puts the package on sys.path and checks the config files.
 include: "workflow/rules/internals.smk"
 include: "workflow/rules/common.smk"

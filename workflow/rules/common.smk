@@ -78,11 +78,13 @@ def runtime(rule_name):
     )
 
 
-def dataset_outputs():
-    """What the finalize rule writes (meddpo.planning.rule_options.dataset_outputs); the plots are a folder."""
+def dataset_outputs(**declared):
+    """What the finalize rule writes (meddpo.planning.rule_options.dataset_outputs), in its order,
+    with the entries the rule declares itself (report flags) in place of the plain paths.
+    """
     outputs = _dataset_outputs(config)
-    outputs["plots"] = directory(outputs["plots"])
-    return outputs
+    assert all(str(declared[name]) == outputs[name] for name in declared), declared
+    return {**outputs, **declared}
 
 
 # Provenance (commit, config hash) reaches the jobs through the environment, never
