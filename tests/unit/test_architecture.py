@@ -196,9 +196,10 @@ def test_modules_and_functions_are_small():
 
 
 # workflow.basedir (where the project lies) is Snakemake's documented way to find files next to the
-# Snakefile; everything else on `workflow` (config files, rules, executor, DAG) is internal
+# Snakefile; everything else on `workflow` (config files, rules, executor, DAG) is internal. A file
+# name in a path ("workflow/report/workflow.rst") is no attribute.
 SNAKEMAKE_INTERNALS = re.compile(
-    r"\bworkflow\.(?!basedir\b)\w|\bdag\b|exec_mode|\.raw\b|needrun|\bcheckpoints\.\w|\bon(start|success|error):"
+    r"(?<![\w/])workflow\.(?!basedir\b)\w|\bdag\b|exec_mode|\.raw\b|needrun|\bcheckpoints\.\w|\bon(start|success|error):"
 )
 
 

@@ -1,7 +1,8 @@
 """What the rules ask for, computed by the package (meddpo.planning: rule_options, paths, plan).
 
 Literal expectations for the demo config: the judge rules that run, the options a
-rule gets, the files it declares. The rule files only bind these to the config.
+rule gets, the files it declares. The rule files write their commands out; what a dry run
+prints of them is checked in tests/workflow/test_workflow.py.
 """
 
 import json
@@ -20,18 +21,15 @@ from meddpo.planning.rule_options import (
     config_hash,
     dataset_outputs,
     finalize_output_options,
-    generation_logs,
     generation_options,
-    generation_shell,
     judge_files,
     judge_options,
-    judge_rule_logs,
-    judge_rule_outputs,
-    judge_shell,
     judged_kinds,
+    server_log_option,
     shard_numbers,
     shell_prefix,
     tiny_model_input,
+    vllm_server_log,
 )
 
 RULES = REPO / "workflow" / "rules"
@@ -139,39 +137,27 @@ def test_the_gemini_rubric_judge_gets_its_block_and_max_usd_never_a_model(demo):
     config = _with(demo, judge={"kinds": ["rubric"], "backend": "gemini"})
     options = judge_options(config, "rubric")
     assert options.startswith("--kind rubric --backend gemini --gemini '{")
+    assert options.endswith(" --store results/demo/judge_store --base-config none")
     assert "--max-usd " in options and "--local" not in options and "--vllm" not in options
-    assert judge_rule_logs(config, "rubric") == {"job": "results/demo/logs/judge/rubric/shard-{shard}.log"}
-
-
-def test_judge_rule_files_and_command(demo):
-    assert judge_rule_outputs(demo, "classifier") == {
-        "verdicts": "results/demo/judge/classifier/shard-{shard}.jsonl",
-        "usage": "results/demo/judge/classifier/shard-{shard}.usage.json",
-    }
-    assert judge_shell(demo, "classifier") == (
-        "python -m meddpo judge --pairs {input.pairs:q} {params.options}"
-        " --out {output.verdicts:q} --usage {output.usage:q} 2> {log.job:q}"
-    )
 
 
 def test_a_vllm_judge_gets_the_vllm_block_and_a_server_log(demo):
     config = _with(demo, judge={"classifier": {**demo["judge"]["classifier"], "engine": "vllm"}})
-    assert (
-        json.loads(re.search(r"--vllm '([^']*)'", judge_options(config, "classifier")).group(1))
-        == (demo["vllm"])
+    options = judge_options(config, "classifier")
+    assert json.loads(re.search(r"--vllm '([^']*)'", options).group(1)) == demo["vllm"]
+    # the log's shard is a wildcard: Snakemake fills it in, as in any params string
+    assert options.endswith(
+        " --store results/demo/judge_store --base-config none"
+        " --server-log results/demo/logs/judge/classifier/shard-{shard}.vllm.log"
     )
-    assert judge_rule_logs(config, "classifier") == {
-        "job": "results/demo/logs/judge/classifier/shard-{shard}.log",
-        "server": "results/demo/logs/judge/classifier/shard-{shard}.vllm.log",
-    }
-    assert judge_shell(config, "classifier").endswith(" --server-log {log.server:q} 2> {log.job:q}")
+    assert "--server-log" not in judge_options(demo, "classifier") + judge_options(config, "rubric")
 
 
 # --------------------------------------------------------------------------- generation
 
 
-def test_generation_options_and_command_of_the_demos_rejected_rule(demo):
-    assert generation_options(demo, demo["rejected"], demo["prompts"]["rejected"]) == (
+def test_generation_options_of_the_demos_rejected_rule(demo):
+    assert generation_options(demo, "rejected", demo["rejected"], demo["prompts"]["rejected"]) == (
         # The demo's own keys come first, as Snakemake orders a --configfile's keys (unchanged
         # from before config.yaml was trimmed, so no job's params moved).
         "--model results/demo/models/tiny-mistral --batch-size 16 --max-new-tokens 48 --min-new-tokens 4"
@@ -181,25 +167,28 @@ def test_generation_options_and_command_of_the_demos_rejected_rule(demo):
         " short, leave out disclaimers and caveats, and do not suggest seeing a doctor.'"
         " --store results/demo/answer_store"
     )
-    assert generation_logs(demo, "rejected", demo["rejected"]) == {
-        "job": "results/demo/logs/rejected/shard-{shard}.log"
-    }
-    assert generation_shell(demo["rejected"]) == (
-        "python -m meddpo generate --shard {input.shard:q} {params.options} --out {output:q} 2> {log.job:q}"
-    )
     assert tiny_model_input(demo, demo["rejected"]) == ["results/demo/models/tiny-mistral"]
     assert tiny_model_input(_with(demo, demo={"build_tiny_models": False}), demo["rejected"]) == []
 
 
 def test_a_vllm_generation_job_gets_the_vllm_block_and_a_server_log(demo):
     model = {**demo["rejected"], "engine": "vllm"}
-    assert f"--vllm {cli_options(x=demo['vllm']).removeprefix('--x ')} " in (
-        generation_options(demo, model, "p") + " "
+    options = generation_options(demo, "chosen", model, "p")
+    assert f"--vllm {cli_options(x=demo['vllm']).removeprefix('--x ')} " in options
+    assert options.endswith(
+        " --store results/demo/answer_store --server-log results/demo/logs/chosen/shard-{shard}.vllm.log"
     )
-    assert (
-        generation_logs(demo, "chosen", model)["server"] == "results/demo/logs/chosen/shard-{shard}.vllm.log"
+    log = "results/demo/logs/chosen/shard-{shard}.vllm.log"
+    assert vllm_server_log(model, log) == [log] and vllm_server_log(demo["rejected"], log) == []
+
+
+def test_the_server_log_option_quotes_the_path_around_its_wildcards():
+    vllm = {"engine": "vllm"}
+    assert server_log_option(vllm, "my results/logs/shard-{shard}.vllm.log") == (
+        " --server-log 'my results/logs/shard-'{shard}.vllm.log"
     )
-    assert " --server-log {log.server:q} 2> {log.job:q}" in generation_shell(model)
+    assert server_log_option({"engine": "padded"}, "out/shard-{shard}.vllm.log") == ""
+    assert server_log_option(None, "out/shard-{shard}.vllm.log") == ""
 
 
 def test_chosen_extras_only_for_the_gemini_teacher(demo):

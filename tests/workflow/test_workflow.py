@@ -5,6 +5,8 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
+from pathlib import PurePosixPath
 
 import pytest
 import yaml
@@ -43,6 +45,57 @@ def test_dry_run_of_the_real_config_lists_every_stage(workdir):
         "all": 1,
         "total": 4 * n_shards + 5,
     }
+
+
+def _command(dry_run: str, out: str) -> str:
+    """The command a dry run (``-p``) prints for the job whose ``--out`` is ``out``."""
+    [line] = [
+        line
+        for line in dry_run.splitlines()
+        if line.startswith("Shell command: ") and f" --out {out} " in line
+    ]
+    return line.removeprefix("Shell command: ")
+
+
+def test_a_dry_run_prints_the_generation_and_judge_commands_in_full(workdir, tmp_path):
+    # the rules write these commands out; the options come from the config (params.options)
+    plain = snakemake(workdir, "-n", "-p", *DEMO)
+    assert plain.returncode == 0, plain.stderr
+    rejected = (
+        "python -m meddpo generate --shard results/demo/shards/shard-000.jsonl"
+        " --model results/demo/models/tiny-mistral --batch-size 16 --max-new-tokens 48 --min-new-tokens 4"
+        " --revision none --no-trust-remote-code --dtype auto --engine padded --max-batch-tokens none"
+        " --temperature 0.9 --top-p 0.95 --seed 1 --system-prompt 'You are a blunt medical chatbot. Answer"
+        " every question directly and with total confidence, as if nothing about it were uncertain. Keep it"
+        " short, leave out disclaimers and caveats, and do not suggest seeing a doctor.'"
+        " --store results/demo/answer_store"
+    )
+    assert _command(plain.stdout, "results/demo/rejected/shard-000.jsonl") == (
+        f"{rejected} --out results/demo/rejected/shard-000.jsonl 2> results/demo/logs/rejected/shard-000.log"
+    )
+    classifier = (
+        '{"batch_size": 32, "dtype": "auto", "engine": "padded", "max_batch_tokens": null, '
+        '"max_new_tokens": 12, "min_new_tokens": 4, "model": "results/demo/models/tiny-mistral", '
+        '"revision": null, "seed": 0, "temperature": 0, "top_p": 1.0, "trust_remote_code": false}'
+    )
+    assert _command(plain.stdout, "results/demo/judge/classifier/shard-002.jsonl") == (
+        "python -m meddpo judge --pairs results/demo/pairs/shard-002.jsonl"
+        f" --kind classifier --classifier '{classifier}' --classifier-format llama_guard_3"
+        " --store results/demo/judge_store --base-config none"
+        " --out results/demo/judge/classifier/shard-002.jsonl"
+        " --usage results/demo/judge/classifier/shard-002.usage.json"
+        " 2> results/demo/logs/judge/classifier/shard-002.log"
+    )
+    # engine vllm: the server's log is one more option, its shard filled in by Snakemake
+    served = tmp_path / "vllm.yaml"
+    served.write_text("rejected:\n  engine: vllm\n")
+    vllm = snakemake(workdir, "-n", "-p", *DEMO, str(served))
+    assert vllm.returncode == 0, vllm.stderr
+    command = _command(vllm.stdout, "results/demo/rejected/shard-001.jsonl")
+    assert command.endswith(
+        " --store results/demo/answer_store --server-log results/demo/logs/rejected/shard-001.vllm.log"
+        " --out results/demo/rejected/shard-001.jsonl 2> results/demo/logs/rejected/shard-001.log"
+    )
 
 
 def test_lint_passes(workdir):
@@ -197,6 +250,27 @@ def test_demo_end_to_end(demo_run, tmp_path):
         "all": 1,
         "total": 16,
     }
+
+
+@pytest.mark.slow
+def test_snakemake_report_holds_the_plots_and_stats(demo_copy, tmp_path):
+    # --report writes only the zip, but Snakemake may touch .snakemake: a copy of the demo run
+    report = tmp_path / "report.zip"
+    result = snakemake(demo_copy, "--report", str(report), *DEMO)
+    assert result.returncode == 0, result.stderr
+    with zipfile.ZipFile(report) as archive:
+        names = sorted(PurePosixPath(name).name for name in archive.namelist())
+        html = archive.read("report/report.html").decode()
+    # the demo's plots (no judge margin: no judge_margins.png), the stats, the page
+    assert names == [
+        "drops_by_category.png",
+        "lengths.png",
+        "report.html",
+        "stage2_med_pairs.stats.json",
+        "truncation_by_category.png",
+    ]
+    # the workflow's description and one plot's own caption (workflow/report/)
+    assert "The stage 2 medical-safety DPO dataset" in html and "cut at the token cap" in html
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ out: {OUT}/chosen/shard-{shard}.jsonl  same layout as the rejected answers
 if teacher_rule(config) == "chosen_local":
 
     # The local teacher runs the rejected rule's command with another model, prompt and
-    # time limit (its own rule: the vLLM server's log is declared by its own engine).
+    # time limit.
     rule chosen_local:
         input:
             shard=PATHS.shard(),
@@ -18,7 +18,10 @@ if teacher_rule(config) == "chosen_local":
         output:
             PATHS.answers("chosen"),
         log:
-            **generation_logs(config, "chosen", config["teacher"]["local"]),
+            job=PATHS.shard_log("chosen"),
+            server=vllm_server_log(
+                config["teacher"]["local"], PATHS.shard_log("chosen", "vllm.log")
+            ),
         benchmark:
             PATHS.benchmark("chosen")
         conda:
@@ -28,10 +31,13 @@ if teacher_rule(config) == "chosen_local":
             runtime=runtime("chosen_local"),
         params:
             options=generation_options(
-                config, config["teacher"]["local"], config["prompts"]["teacher"]
+                config,
+                "chosen",
+                config["teacher"]["local"],
+                config["prompts"]["teacher"],
             ),
         shell:
-            generation_shell(config["teacher"]["local"])
+            "python -m meddpo generate --shard {input.shard:q} {params.options} --out {output:q} 2> {log.job:q}"
 
 
 if teacher_rule(config) == "chosen_gemini":

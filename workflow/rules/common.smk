@@ -1,7 +1,7 @@
 """Shared set-up: config validation, the run's paths and shards, the helpers the rules call.
 
-The logic lives in the meddpo package, where it is unit-tested (tests/test_targets.py):
-meddpo.planning.paths (every output path pattern), meddpo.planning.rule_options (options, commands, inputs and
+The logic lives in the meddpo package, where it is unit-tested (tests/unit/test_rule_options.py):
+meddpo.planning.paths (every output path pattern), meddpo.planning.rule_options (options, inputs and
 outputs computed from the config), meddpo.planning.plan (which judge rules run, time limits).
 Snakemake internals are read in internals.smk only.
 """
@@ -26,18 +26,15 @@ from meddpo.planning.rule_options import (
     config_hash,
     finalize_options,
     finalize_output_options,
-    generation_logs,
     generation_options,
-    generation_shell,
     judge_files,
+    judge_local_model,
     judge_options,
-    judge_rule_logs,
-    judge_rule_outputs,
-    judge_shell,
     local_source,
     shard_numbers,
     shell_prefix,
     tiny_model_input,
+    vllm_server_log,
     workflow_commit,
 )
 from meddpo.planning.rule_options import dataset_outputs as _dataset_outputs
@@ -81,11 +78,13 @@ def runtime(rule_name):
     )
 
 
-def dataset_outputs():
-    """What the finalize rule writes (meddpo.planning.rule_options.dataset_outputs); the plots are a folder."""
+def dataset_outputs(**declared):
+    """What the finalize rule writes (meddpo.planning.rule_options.dataset_outputs), in its order,
+    with the entries the rule declares itself (report flags) in place of the plain paths.
+    """
     outputs = _dataset_outputs(config)
-    outputs["plots"] = directory(outputs["plots"])
-    return outputs
+    assert all(str(declared[name]) == outputs[name] for name in declared), declared
+    return {**outputs, **declared}
 
 
 # Provenance (commit, config hash) reaches the jobs through the environment, never

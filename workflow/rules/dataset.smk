@@ -8,6 +8,8 @@ out: {OUT}/dataset/stage2_med_pairs.jsonl          the kept pairs (meta.flags sa
      {OUT}/dataset/report.md, plots/*.png          the report a person reads
      {OUT}/dataset/README.md                       the dataset card (Hugging Face format)
      {OUT}/dataset/validation.txt                  written when `meddpo validate` passes
+The stats and the plots are also in Snakemake's HTML report (snakemake --report report.zip,
+captions in workflow/report/).
 """
 
 
@@ -21,9 +23,25 @@ rule finalize:
         rejected_benchmarks=expand(PATHS.benchmark("rejected"), shard=SHARDS),
         chosen_benchmarks=expand(PATHS.benchmark("chosen"), shard=SHARDS),
     output:
-        **dataset_outputs(),
+        # the pairs, the dropped pairs, the stats, the report, the plots, the card, and the
+        # formats and splits the config asks for (meddpo.planning.rule_options.dataset_outputs),
+        # the stats and the plots as declared here: in Snakemake's HTML report (snakemake --report)
+        **dataset_outputs(
+            stats=report(
+                PATHS.dataset_file("stats"),
+                caption="../report/stats.rst",
+                category="Dataset",
+            ),
+            plots=report(
+                directory(PATHS.dataset_file("plots")),
+                patterns=["{name}.png"],
+                caption="../report/plots.rst",
+                category="Dataset",
+            ),
+        ),
     log:
         PATHS.log("finalize"),
+    localrule: True
     conda:
         CONDA_ENV
     params:
@@ -47,6 +65,7 @@ rule validate:
         PATHS.validation,
     log:
         PATHS.log("validate"),
+    localrule: True
     conda:
         CONDA_ENV
     shell:

@@ -8,9 +8,6 @@ out: {OUT}/models/tiny-mistral and {OUT}/models/tiny-qwen2 (meddpo.planning.path
 
 if config["demo"]["build_tiny_models"]:
 
-    localrules:
-        tiny_models,
-
     rule tiny_models:
         input:
             config["demo"]["texts"],
@@ -19,6 +16,7 @@ if config["demo"]["build_tiny_models"]:
             qwen=directory(DEMO_MODELS["qwen"]),
         log:
             PATHS.log("tiny_models"),
+        localrule: True
         conda:
             CONDA_ENV
         params:

@@ -7,6 +7,9 @@ engines), judge_rubric_local or judge_rubric_gemini (the rubric, by judge.backen
 in:  {OUT}/pairs/shard-{shard}.jsonl (+ the demo's tiny checkpoint when it builds one)
 out: {OUT}/judge/{kind}/shard-{shard}.jsonl       one verdict row per pair {id, kind, judge, keys, chosen, rejected}
      {OUT}/judge/{kind}/shard-{shard}.usage.json  answers and tokens, or Gemini requests and cost
+log: the job's, and with engine vllm only, the vLLM server's ({OUT}/logs/judge/{kind}/shard-{shard}.vllm.log;
+     the `server` entry is empty for other engines: they start no server, and a declared log
+     never written makes Snakemake warn); params.options passes it to the job as --server-log
 The verdicts join the pairs as meta.judge in merge_pairs (workflow/rules/pairs.smk).
 """
 
@@ -17,9 +20,14 @@ if "judge_classifier" in JUDGE_RULES:
             pairs=PATHS.per_shard("pairs"),
             model=tiny_model_input(config, config["judge"]["classifier"]),
         output:
-            **judge_rule_outputs(config, "classifier"),
+            verdicts=PATHS.judge("classifier"),
+            usage=PATHS.judge("classifier", "usage.json"),
         log:
-            **judge_rule_logs(config, "classifier"),
+            job=PATHS.shard_log("judge/classifier"),
+            server=vllm_server_log(
+                judge_local_model(config, "classifier"),
+                PATHS.shard_log("judge/classifier", "vllm.log"),
+            ),
         benchmark:
             PATHS.benchmark("judge/classifier")
         conda:
@@ -30,7 +38,8 @@ if "judge_classifier" in JUDGE_RULES:
         params:
             options=judge_options(config, "classifier"),
         shell:
-            judge_shell(config, "classifier")
+            "python -m meddpo judge --pairs {input.pairs:q} {params.options}"
+            " --out {output.verdicts:q} --usage {output.usage:q} 2> {log.job:q}"
 
 
 if "judge_rubric_local" in JUDGE_RULES:
@@ -40,9 +49,14 @@ if "judge_rubric_local" in JUDGE_RULES:
             pairs=PATHS.per_shard("pairs"),
             model=tiny_model_input(config, config["judge"]["local"]),
         output:
-            **judge_rule_outputs(config, "rubric"),
+            verdicts=PATHS.judge("rubric"),
+            usage=PATHS.judge("rubric", "usage.json"),
         log:
-            **judge_rule_logs(config, "rubric"),
+            job=PATHS.shard_log("judge/rubric"),
+            server=vllm_server_log(
+                judge_local_model(config, "rubric"),
+                PATHS.shard_log("judge/rubric", "vllm.log"),
+            ),
         benchmark:
             PATHS.benchmark("judge/rubric")
         conda:
@@ -53,7 +67,8 @@ if "judge_rubric_local" in JUDGE_RULES:
         params:
             options=judge_options(config, "rubric"),
         shell:
-            judge_shell(config, "rubric")
+            "python -m meddpo judge --pairs {input.pairs:q} {params.options}"
+            " --out {output.verdicts:q} --usage {output.usage:q} 2> {log.job:q}"
 
 
 if "judge_rubric_gemini" in JUDGE_RULES:
@@ -62,9 +77,10 @@ if "judge_rubric_gemini" in JUDGE_RULES:
         input:
             pairs=PATHS.per_shard("pairs"),
         output:
-            **judge_rule_outputs(config, "rubric"),
+            verdicts=PATHS.judge("rubric"),
+            usage=PATHS.judge("rubric", "usage.json"),
         log:
-            **judge_rule_logs(config, "rubric"),
+            job=PATHS.shard_log("judge/rubric"),
         benchmark:
             PATHS.benchmark("judge/rubric")
         conda:
@@ -75,4 +91,5 @@ if "judge_rubric_gemini" in JUDGE_RULES:
         params:
             options=judge_options(config, "rubric"),
         shell:
-            judge_shell(config, "rubric")
+            "python -m meddpo judge --pairs {input.pairs:q} {params.options}"
+            " --out {output.verdicts:q} --usage {output.usage:q} 2> {log.job:q}"

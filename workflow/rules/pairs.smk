@@ -20,6 +20,7 @@ rule pairs:
         stats=PATHS.per_shard("pairs", "stats.json"),
     log:
         PATHS.shard_log("pairs"),
+    localrule: True
     conda:
         CONDA_ENV
     params:
@@ -44,6 +45,7 @@ rule merge_pairs:
         stats=PATHS.all_pairs_stats,
     log:
         PATHS.log("merge_pairs"),
+    localrule: True
     conda:
         CONDA_ENV
     shell:

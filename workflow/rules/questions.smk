@@ -14,6 +14,7 @@ rule questions:
         stats=PATHS.question_stats,
     log:
         PATHS.log("questions"),
+    localrule: True
     conda:
         CONDA_ENV
     params:

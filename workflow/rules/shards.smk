@@ -12,6 +12,7 @@ rule shard:
         PATHS.shard(),
     log:
         PATHS.shard_log("shards"),
+    localrule: True
     conda:
         CONDA_ENV
     params:

@@ -1,10 +1,9 @@
-"""What the workflow's rules ask for, computed from the config: options, commands, inputs and outputs.
+"""What the workflow's rules ask for, computed from the config: options, inputs and outputs.
 
 Plain functions of the config dict (after defaults) that return strings, lists and
 dicts, so the rules in workflow/rules/*.smk stay thin and this logic is unit-tested
-(tests/unit/test_rule_options.py). Paths come from meddpo.planning.paths, which judge rules run from
-meddpo.planning.plan. It may import backends, paths, plan and settings (standard library and PyYAML
-only at import time: the Snakefile imports it); never Snakemake.
+(tests/unit/test_rule_options.py). Paths come from meddpo.planning.paths, which judge rules run
+from meddpo.planning.plan.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 import subprocess
 from typing import Any
@@ -20,6 +20,9 @@ from meddpo.backends import asks_gemini, judge_block, serves_vllm
 from meddpo.planning.checks import demo_model_path
 from meddpo.planning.paths import run_paths, shard_number
 from meddpo.planning.plan import judge_rule, judge_rules
+
+# a wildcard of a path pattern, e.g. {shard}
+WILDCARD = re.compile(r"(\{\w+\})")
 
 
 def cli_options(**settings: Any) -> str:
@@ -68,47 +71,41 @@ def tiny_model_input(config: dict[str, Any], model_settings: dict[str, Any]) -> 
 # ------------------------------------------------------------------ local-model generation
 
 
-def vllm_server_log(model_settings: dict[str, Any] | None, log_path: str) -> dict[str, str]:
-    """The vLLM server's log as a `log:` entry: declared only for a job of engine vllm.
+def vllm_server_log(model_settings: dict[str, Any] | None, log_path: str) -> list[str]:
+    """The vLLM server's log, a rule's `log: server=` entry: ``[log_path]`` for a job of engine vllm.
 
-    Other engines start no server and write no such file; declaring it anyway makes
-    Snakemake warn that the log was not found.
+    Other engines start no server and write no such file: for them the entry is empty
+    (declaring the file anyway makes Snakemake warn that the log was not found).
     """
-    return {"server": log_path} if serves_vllm(model_settings) else {}
+    return [log_path] if serves_vllm(model_settings) else []
 
 
-def server_log_option(model_settings: dict[str, Any] | None) -> str:
-    """The `--server-log` words of a job's command (engine vllm only), to go with vllm_server_log."""
-    return " --server-log {log.server:q}" if serves_vllm(model_settings) else ""
+def server_log_option(model_settings: dict[str, Any] | None, log_path: str) -> str:
+    """` --server-log <log_path>` for a job of engine vllm (to go with vllm_server_log), else "".
+
+    Part of the job's `params.options`, never of its command: the command stays one literal
+    line for every engine, and a transformers job's params and command stay as they were.
+    Snakemake fills in the wildcards of a params string ({shard}); the rest of the path is
+    shell-quoted.
+    """
+    if not serves_vllm(model_settings):
+        return ""
+    parts = WILDCARD.split(log_path)
+    return " --server-log " + "".join(p if WILDCARD.fullmatch(p) else shlex.quote(p) for p in parts if p)
 
 
-def generation_logs(config: dict[str, Any], side: str, model_settings: dict[str, Any]) -> dict[str, str]:
-    """The logs of a local-model generation job: its own, and the vLLM server's for engine vllm."""
-    paths = run_paths(config)
-    return dict(
-        job=paths.shard_log(side),
-        **vllm_server_log(model_settings, paths.shard_log(side, "vllm.log")),
-    )
-
-
-def generation_shell(model_settings: dict[str, Any]) -> str:
-    """The command of a local-model generation job (rejected, chosen_local)."""
-    return (
-        "python -m meddpo generate --shard {input.shard:q} {params.options} --out {output:q}"
-        + server_log_option(model_settings)
-        + " 2> {log.job:q}"
-    )
-
-
-def generation_options(config: dict[str, Any], model_settings: dict[str, Any], system_prompt: str) -> str:
+def generation_options(
+    config: dict[str, Any], side: str, model_settings: dict[str, Any], system_prompt: str
+) -> str:
     """`meddpo generate` options: a local-model block of the config and the system prompt.
 
-    The vllm block goes only to jobs of engine vllm, so a change to it reruns no
-    transformers job.
+    The vllm block and the server's log (``side``'s) go only to jobs of engine vllm, so a
+    change to them reruns no transformers job.
     """
     vllm = {"vllm": config["vllm"]} if serves_vllm(model_settings) else {}
-    store = run_paths(config).answer_store
-    return cli_options(**model_settings, **vllm, system_prompt=system_prompt, store=store)
+    paths = run_paths(config)
+    options = cli_options(**model_settings, **vllm, system_prompt=system_prompt, store=paths.answer_store)
+    return options + server_log_option(model_settings, paths.shard_log(side, "vllm.log"))
 
 
 def chosen_extras(config: dict[str, Any], kind: str) -> list[str]:
@@ -130,7 +127,8 @@ def judge_local_model(config: dict[str, Any], kind: str) -> dict[str, Any] | Non
 def judge_options(config: dict[str, Any], kind: str) -> str:
     """`meddpo judge` options of one judge kind: its config block (never the key), the store.
 
-    The vllm block goes only to a judge of engine vllm; max_usd only to the API judge.
+    The vllm block and the server's log go only to a judge of engine vllm; max_usd only to
+    the API judge.
     """
     judge = config["judge"]
     model = judge_local_model(config, kind)
@@ -143,30 +141,10 @@ def judge_options(config: dict[str, Any], kind: str) -> str:
         options.update(backend="gemini", gemini=judge["gemini"], max_usd=judge["max_usd"])
     if serves_vllm(model):
         options["vllm"] = config["vllm"]
+    paths = run_paths(config)
     # the job reads no config file: every setting it uses is in these options
-    return cli_options(**options, store=run_paths(config).judge_store, base_config=None)
-
-
-def judge_shell(config: dict[str, Any], kind: str) -> str:
-    """The command the judge rules share (workflow/rules/judge.smk)."""
-    return (
-        "python -m meddpo judge --pairs {input.pairs:q} {params.options}"
-        " --out {output.verdicts:q} --usage {output.usage:q}"
-        + server_log_option(judge_local_model(config, kind))
-        + " 2> {log.job:q}"
-    )
-
-
-def judge_rule_outputs(config: dict[str, Any], kind: str) -> dict[str, str]:
-    paths = run_paths(config)
-    return dict(verdicts=paths.judge(kind), usage=paths.judge(kind, "usage.json"))
-
-
-def judge_rule_logs(config: dict[str, Any], kind: str) -> dict[str, str]:
-    paths = run_paths(config)
-    model = judge_local_model(config, kind)
-    server = paths.shard_log(f"judge/{kind}", "vllm.log")
-    return dict(job=paths.shard_log(f"judge/{kind}"), **vllm_server_log(model, server))
+    options = cli_options(**options, store=paths.judge_store, base_config=None)
+    return options + server_log_option(model, paths.shard_log(f"judge/{kind}", "vllm.log"))
 
 
 def judged_kinds(config: dict[str, Any]) -> list[str]:
