@@ -23,6 +23,8 @@ from conftest import (
 )
 from meddpo.jsonl import read_jsonl, read_jsonl_tolerant
 
+pytestmark = pytest.mark.slow  # real Snakemake runs: seconds to minutes each
+
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
@@ -149,7 +151,6 @@ def test_dag_picture(workdir):
         assert f">{rule}" in svg
 
 
-@pytest.mark.slow
 def test_demo_end_to_end(demo_run, tmp_path):
     workdir = demo_run.workdir  # the session's demo run (conftest.py): read, never changed here
     out = workdir / "results" / "demo"
@@ -252,7 +253,6 @@ def test_demo_end_to_end(demo_run, tmp_path):
     }
 
 
-@pytest.mark.slow
 def test_snakemake_report_holds_the_plots_and_stats(demo_copy, tmp_path):
     # --report writes only the zip, but Snakemake may touch .snakemake: a copy of the demo run
     report = tmp_path / "report.zip"
@@ -273,7 +273,6 @@ def test_snakemake_report_holds_the_plots_and_stats(demo_copy, tmp_path):
     assert "The stage 2 medical-safety DPO dataset" in html and "cut at the token cap" in html
 
 
-@pytest.mark.slow
 def test_growing_n_and_changing_n_shards_generates_only_new_questions(demo_copy, tmp_path):
     # the session's demo run, copied, with every output but its tiny models removed: a first run
     # with checkpoints in place and an empty answer store
@@ -316,7 +315,6 @@ def test_growing_n_and_changing_n_shards_generates_only_new_questions(demo_copy,
     assert reused == 30
 
 
-@pytest.mark.slow
 def test_demo_with_the_gemini_teacher_keeps_the_key_out_of_every_file(demo_copy, tmp_path):
     from meddpo.testing.gemini_server import GeminiTestServer
 
@@ -360,7 +358,6 @@ def test_demo_with_the_gemini_teacher_keeps_the_key_out_of_every_file(demo_copy,
     assert key not in run.stdout + run.stderr
 
 
-@pytest.mark.slow
 def test_the_demo_with_batch_mode_teacher_and_judge_sends_one_batch_per_shard_and_a_rerun_none(
     demo_copy, tmp_path
 ):
