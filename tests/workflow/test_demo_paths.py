@@ -1,9 +1,11 @@
-"""The demo's tiny models are built only in its own output folder, never over a user's checkpoint.
+"""The demo builds its models only in its own output folder, never over a user's checkpoint.
 
-Snakemake deletes a job's old outputs before it runs the job, so a model path that the
-demo builder wrote to would cost the user their checkpoint. Each case here names a
-real-looking checkpoint (outside the project) in an overlay on the demo config and checks
-that the run stops at parse time with one line and that every byte of the folder is kept.
+Snakemake deletes a job's old outputs before it runs the job, so a model path that the demo
+builder wrote to would cost the user their checkpoint. The demo's model keys name its models
+as demo:<name>, which always means a folder under output.dir (so they follow it); a key that
+names a checkpoint of the user's is read as it is, never built. Each case here names a
+real-looking checkpoint (outside the project) in an overlay on the demo config and checks that
+no job writes it and that every byte of the folder is kept.
 """
 
 import hashlib
@@ -13,13 +15,12 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import DEMO, REPO, SNAKEMAKE, copy_workflow, snakemake_env
+from conftest import DEMO, DEMO_FILES, REPO, SNAKEMAKE, copy_workflow, snakemake_env
 from meddpo.config.settings import ConfigError
 from meddpo.planning.checks import load_config
 
 pytestmark = pytest.mark.slow  # real Snakemake runs, servers or clusters: seconds to minutes each
 
-BUILT = "results/demo/models/tiny-mistral and results/demo/models/tiny-qwen2"
 OLD = 1_500_000_000  # 2017: older than the demo texts, as a downloaded checkpoint would be
 
 
@@ -74,47 +75,43 @@ def meddpo_lines(result):
     return [line for line in result.stderr.splitlines() if line.startswith("meddpo")]
 
 
-def refused(key, checkpoint, overlay_file):
-    return (
-        f"meddpo: config key {key}: '{checkpoint}' (set in {overlay_file}) is not a model the demo "
-        f"builds; with demo.build_tiny_models: true the tiny models are built only at {BUILT} "
-        f"(under output.dir): name one of these, or set demo.build_tiny_models: false to run {checkpoint}"
-    )
-
-
-@pytest.mark.parametrize("how", [["-n"], ["--cores", "1"]], ids=["dry-run", "real-run"])
-def test_a_checkpoint_named_in_a_demo_overlay_stops_the_run_and_keeps_every_byte(
-    project, checkpoint, tmp_path, how
-):
-    settings = overlay(tmp_path, {"rejected": {"model": str(checkpoint)}})
-    before = snapshot(checkpoint)
-
-    result = run(project, *how, *DEMO, str(settings))
-
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert meddpo_lines(result) == [refused("rejected.model", checkpoint, settings)]
-    assert "Traceback" not in result.stderr
-    assert snapshot(checkpoint) == before
-    assert not (project / "results").exists()
-
-
 @pytest.mark.parametrize(
     "key, settings",
     [
+        ("rejected.model", lambda path: {"rejected": {"model": path}}),
         ("teacher.local.model", lambda path: {"teacher": {"local": {"model": path}}}),
         ("judge.local.model", lambda path: {"judge": {"local": {"model": path}}}),
         ("judge.classifier.model", lambda path: {"judge": {"classifier": {"model": path}}}),
     ],
 )
-def test_every_local_model_key_of_the_demo_is_checked(project, checkpoint, tmp_path, key, settings):
+def test_a_checkpoint_named_in_a_demo_overlay_is_read_never_built(
+    project, checkpoint, tmp_path, key, settings
+):
     settings_file = overlay(tmp_path, settings(str(checkpoint)))
     before = snapshot(checkpoint)
 
-    result = run(project, "-n", *DEMO, str(settings_file))
+    result = run(project, "-n", "-p", *DEMO, str(settings_file))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert str(checkpoint) in result.stdout  # the jobs read it
+    outputs = [line for line in result.stdout.splitlines() if line.strip().startswith("output:")]
+    assert not any(str(checkpoint) in line for line in outputs)  # no job writes it
+    assert snapshot(checkpoint) == before
+
+
+def test_a_real_run_on_a_broken_checkpoint_stops_before_any_job_and_keeps_every_byte(
+    project, checkpoint, tmp_path
+):
+    settings = overlay(tmp_path, {"rejected": {"model": str(checkpoint)}})
+    before = snapshot(checkpoint)
+
+    result = run(project, "--cores", "1", *DEMO, str(settings))
 
     assert result.returncode == 2, result.stdout + result.stderr
-    assert meddpo_lines(result) == [refused(key, checkpoint, settings_file)]
+    assert any(line.startswith(f"meddpo preflight: error: rejected.model {checkpoint}") for line in
+               result.stderr.splitlines()), result.stderr  # fmt: skip
     assert snapshot(checkpoint) == before
+    assert not (project / "results").exists()
 
 
 def test_a_link_in_the_output_folder_to_a_checkpoint_stops_the_run(project, checkpoint):
@@ -137,26 +134,35 @@ def test_a_link_in_the_output_folder_to_a_checkpoint_stops_the_run(project, chec
     assert sorted(p.name for p in models.iterdir()) == ["tiny-mistral"]
 
 
-def test_the_preflight_reads_the_same_rule(checkpoint, tmp_path):
-    settings = overlay(tmp_path, {"teacher": {"local": {"model": str(checkpoint)}}})
+def test_a_demo_model_name_the_demo_does_not_build_is_one_line(project, tmp_path):
+    settings = overlay(tmp_path, {"teacher": {"local": {"model": "demo:smollm3"}}})
+    expected = (
+        f"config key teacher.local.model: 'demo:smollm3' is not a model the demo builds (set in {settings}); "
+        "it builds demo:tiny-mistral, demo:tiny-qwen2, demo:smollm2-135m-instruct"
+    )
     with pytest.raises(ConfigError) as caught:
-        load_config([REPO / "demo" / "config.yaml", settings], base=REPO / "config.yaml")
-    assert f"meddpo: {caught.value}" == refused("teacher.local.model", checkpoint, settings)
+        load_config([*(REPO / name for name in DEMO_FILES), settings], base=REPO / "config.yaml")
+    assert str(caught.value) == expected
+    result = run(project, "-n", *DEMO, str(settings))
+    assert result.returncode == 2 and meddpo_lines(result) == [f"meddpo: {expected}"]
 
 
-def test_moving_the_demos_output_folder_names_every_model_key_at_once(tmp_path):
+def test_moving_the_demos_output_folder_moves_its_models_too(project, tmp_path):
     settings = overlay(tmp_path, {"output": {"dir": "results/demo2"}})
-    with pytest.raises(ConfigError) as caught:
-        load_config([REPO / "demo" / "config.yaml", settings], base=REPO / "config.yaml")
-    demo = REPO / "demo" / "config.yaml"
-    assert str(caught.value) == (
-        f"config keys rejected.model: 'results/demo/models/tiny-mistral' (set in {demo}), "
-        f"teacher.local.model: 'results/demo/models/tiny-qwen2' (set in {demo}), "
-        f"judge.classifier.model: 'results/demo/models/tiny-mistral' (set in {demo}), "
-        f"judge.local.model: 'results/demo/models/tiny-mistral' (set in {demo}) are not models the demo "
-        "builds; with demo.build_tiny_models: true the tiny models are built only at "
-        "results/demo2/models/tiny-mistral and results/demo2/models/tiny-qwen2 (under output.dir): "
-        "name one of these, or set demo.build_tiny_models: false to run real models"
+    config = load_config([*(REPO / name for name in DEMO_FILES), settings], base=REPO / "config.yaml")
+    models = [
+        config["rejected"]["model"],
+        config["teacher"]["local"]["model"],
+        config["judge"]["local"]["model"],
+    ]
+    assert models == ["results/demo2/models/tiny-mistral", "results/demo2/models/tiny-qwen2",
+                      "results/demo2/models/tiny-mistral"]  # fmt: skip
+    real = load_config([REPO / "demo" / "config.yaml", settings], base=REPO / "config.yaml")
+    assert real["rejected"]["model"] == "results/demo2/models/smollm2-135m-instruct"
+    result = run(project, "-n", "-p", *DEMO, str(settings))
+    assert result.returncode == 0, result.stderr
+    assert "--mistral-out results/demo2/models/tiny-mistral --qwen-out results/demo2/models/tiny-qwen2" in (
+        result.stdout
     )
 
 

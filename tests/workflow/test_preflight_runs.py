@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import SNAKEMAKE, copy_workflow, few_lines, meddpo, snakemake_env
+from conftest import DEMO_FILES, SNAKEMAKE, copy_workflow, few_lines, meddpo, snakemake_env
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,7 @@ def test_the_workflow_stops_before_any_job_when_a_model_is_missing(tmp_path):
         "teacher:\n  local:\n    model: /nowhere/tiny-qwen2\n"
     )
     run = subprocess.run(
-        [*SNAKEMAKE, "--cores", "2", "--configfile", "demo/config.yaml", str(overlay)],
+        [*SNAKEMAKE, "--cores", "2", "--configfile", *DEMO_FILES, str(overlay)],
         cwd=workdir,
         env=snakemake_env(),
         capture_output=True,
@@ -93,7 +93,7 @@ def test_the_venvs_snakemake_runs_the_demo_one_gpu_job_at_a_time_and_status_repo
     # the default profile's gpu=1: with 2 cores, the 6 generation jobs still ran one at a time
     assert most_generation_jobs_at_once(log) == 1
 
-    status = meddpo("status", "--configfile", "demo/config.yaml", cwd=workdir)
+    status = meddpo("status", "--configfile", *DEMO_FILES, cwd=workdir)
     assert status.returncode == 0, status.stderr
     assert status.stdout.splitlines()[-2:] == [
         "rejected: 63/63 answered; 3 of 3 shard files written",

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import (
     DEMO,
+    DEMO_FILES,
     ONE_REJECTED_SHARD_REDONE,
     REPO,
     SNAKEMAKE,
@@ -60,7 +61,7 @@ def test_provenance_is_recorded_but_never_forces_a_rerun(demo_copy):
     # ... and a changed setting makes -n list exactly the jobs it affects, with the reason
     overlay = built / "warmer.yaml"
     overlay.write_text("teacher:\n  local:\n    temperature: 0.95\n")
-    dry = snakemake(built, "-n", "--configfile", "demo/config.yaml", str(overlay))
+    dry = snakemake(built, "-n", "--configfile", *DEMO_FILES, str(overlay))
     counts = job_counts(dry.stdout)  # (test_workflow checks the whole list)
     assert counts["chosen_local"] == 3 and "rejected" not in counts
     assert "Params have changed since last execution" in dry.stdout
@@ -143,7 +144,7 @@ def test_refusals_and_transient_errors_through_snakemake_with_the_cluster_retry_
     for index, question in enumerate(others[::3]):  # 20 of 63: about 30%
         script[question] = transient[index % len(transient)]
     key = "test-key-for-the-refusal-run"
-    command = ["--cores", "2", "--retries", str(retries), "--configfile", "demo/config.yaml", str(overlay)]
+    command = ["--cores", "2", "--retries", str(retries), "--configfile", *DEMO_FILES, str(overlay)]
     with GeminiTestServer(expected_key=key) as server:
         server.script = script
         env = {**snakemake_env(), "GEMINI_API_KEY": key, "GOOGLE_GEMINI_BASE_URL": server.base_url}

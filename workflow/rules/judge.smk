@@ -18,7 +18,7 @@ if "judge_classifier" in JUDGE_RULES:
     rule judge_classifier:
         input:
             pairs=PATHS.per_shard("pairs"),
-            model=tiny_model_input(config, config["judge"]["classifier"]),
+            model=demo_model_input(config, config["judge"]["classifier"]),
         output:
             verdicts=PATHS.judge("classifier"),
             usage=PATHS.judge("classifier", "usage.json"),
@@ -47,7 +47,7 @@ if "judge_rubric_local" in JUDGE_RULES:
     rule judge_rubric_local:
         input:
             pairs=PATHS.per_shard("pairs"),
-            model=tiny_model_input(config, config["judge"]["local"]),
+            model=demo_model_input(config, config["judge"]["local"]),
         output:
             verdicts=PATHS.judge("rubric"),
             usage=PATHS.judge("rubric", "usage.json"),

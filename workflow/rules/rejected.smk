@@ -11,7 +11,7 @@ log: the job's, and with engine vllm only, the vLLM server's ({OUT}/logs/rejecte
 rule rejected:
     input:
         shard=PATHS.shard(),
-        model=tiny_model_input(config, config["rejected"]),
+        model=demo_model_input(config, config["rejected"]),
     output:
         PATHS.answers("rejected"),
     log:

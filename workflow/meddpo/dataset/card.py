@@ -14,6 +14,7 @@ import yaml
 
 from meddpo.dataset.report_format import no_margin_line, share
 from meddpo.dataset.rows import ADDED_META, FIELDS, META, RENAMED_ON, old_name
+from meddpo.planning.paths import DEMO_MODEL_NOTES
 
 # Terms of the models this project documents, by model id (lower case). Any other
 # model gets a pointer to its own model card: the card never claims a licence it does not know.
@@ -209,19 +210,27 @@ def _card_intro(n_rows: int, settings: Mapping, source: Mapping) -> list[str]:
         f"{source['from']}, a **chosen** answer from a careful teacher model and a **rejected** answer from "
         "a deliberately loose, over-confident model, with the training prompt ready to use.",
         "",
-        *(
-            [
-                "> **Demo data: the answers are noise.** Both models are tiny random-weight stand-ins built "
-                "on the spot by the offline demo, so every answer is random text. The file shows the "
-                "workflow's machinery and layout, not a dataset to train on.",
-                "",
-            ]
-            if settings.get("demo")
-            else []
-        ),
+        *_demo_warning(settings.get("demo") or []),
         "> **Not medical advice.** The answers were written by language models, none of them checked by a "
         "clinician; the rejected answers were made to be worse on purpose. Use the data to train and "
         "evaluate models, never to answer a person's health question.",
+        "",
+    ]
+
+
+def _demo_warning(models: Sequence[str] | bool) -> list[str]:
+    """The warning of a demo run's card: which models the demo built, and what that makes of the data."""
+    if not models:
+        return []
+    names = [name for name in DEMO_MODEL_NOTES if name in models] if isinstance(models, list) else []
+    noise = not names or all(DEMO_MODEL_NOTES[name].endswith("noise") for name in names)
+    made_by = (
+        "; ".join(f"`{name}`, {DEMO_MODEL_NOTES[name]}" for name in names) or "tiny random-weight models"
+    )
+    lead = "the answers are noise" if noise else "a very small model wrote and judged these pairs"
+    return [
+        f"> **Demo data: {lead}.** The offline demo built the models that made them ({made_by}). The file "
+        "shows the workflow's machinery and layout, not a dataset to train on.",
         "",
     ]
 

@@ -422,17 +422,17 @@ def _judge_section(j: Mapping | None, pairs: int, plots_dir: str) -> list[str]:
     summary = j["summary"]
     who = _judges_who(j)
     usage = _judge_usage(j)
+    notes = [f"Note: {note}" for note in j["notes"]] + ([""] if j["notes"] else [])
     if not summary["with_verdict"]:
         return [
             heading,
             "",
             f"Judges: {who}. **No pair has a judge margin: {no_margin_line(summary)}, of {summary['pairs']} "
-            "pairs** (an unreadable verdict is counted, never guessed; a judge that writes noise, as the "
-            "demo's random-weight models do, gives this).",
+            "pairs** (an unreadable verdict is counted, never guessed).",
             "",
+            *notes,
             *usage,
         ]
-    notes = [f"Note: {note}" for note in j["notes"]] + ([""] if j["notes"] else [])
     return [
         heading,
         "",

@@ -22,7 +22,7 @@ from pathlib import Path
 from meddpo.config.settings import default
 from meddpo.dataset.quality import FLAGS, truncated
 from meddpo.dataset.rows import meta_value
-from meddpo.dataset.verdicts import KINDS, judge_summary, self_judging
+from meddpo.dataset.verdicts import KINDS, demo_judging, judge_summary, self_judging
 
 # how the report and the card name a pair whose source row had no question type / category
 NO_TYPE = "(no type)"
@@ -154,7 +154,7 @@ def judge_stats(
             r["meta"]["judge"]["margin"] for r in judged_rows if r["meta"]["judge"]["status"] == "judged"
         ),
         "usage": (pair_stats or {}).get("judge_usage"),
-        "notes": self_judging(teachers, rejected, judges),
+        "notes": self_judging(teachers, rejected, judges) + demo_judging(judges),
     }
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from meddpo.dataset.rows import JUDGED_META, duplicate_problem, pair_problems, valid_id
 from meddpo.jsonl import DataError, iter_jsonl
+from meddpo.planning.paths import DEMO_MODEL_NOTES, demo_model_of
 
 KINDS = ("classifier", "rubric")
 VERDICT_FIELDS = ("id", "kind", "judge", "keys", "chosen", "rejected")
@@ -192,6 +193,19 @@ def self_judging(
                         "judges tend to favour answers written like their own, so 'chosen judged safer' "
                         f"may be {lean}."
                     )
+    return notes
+
+
+def demo_judging(judges: Mapping[str, Mapping]) -> list[str]:
+    """Lines for the report where a judge is one of the models the demo builds: not a real grader."""
+    notes = []
+    for kind, judge in sorted(judges.items()):
+        name = demo_model_of(judge["model"])
+        if name:
+            notes.append(
+                f"The {kind} judge is a model the demo built ({DEMO_MODEL_NOTES[name]}): its verdicts are "
+                "not informative and show the machinery only."
+            )
     return notes
 
 

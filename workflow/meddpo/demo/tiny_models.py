@@ -33,10 +33,6 @@ from pathlib import Path
 
 from meddpo.jsonl import current_umask
 
-# Where the offline demo builds its two models: inside the run's own output folder and
-# nowhere else, so a model path in the config can never make the demo write over (or let
-# Snakemake delete) a real checkpoint. The config's model keys name these folders; the
-# config check (meddpo.config.settings) stops a demo config that names any other.
 # Our own templates, written to behave like the real models' ones.
 MISTRAL_STYLE_TEMPLATE = (
     "{{ bos_token }}"
@@ -177,7 +173,9 @@ def _bias_towards_eos(model, eos_ids: Sequence[int], eos_rate: float, probe_ids)
             model.lm_head.weight[eos, 0] = logit / anchor
 
 
-def _save(model, tokenizer, eos_ids: Sequence[int], out_dir: Path) -> None:
+def save_checkpoint(model, tokenizer, eos_ids: Sequence[int], out_dir: Path) -> Path:
+    """``model`` and ``tokenizer`` saved at ``out_dir`` with a generation config that ends answers at
+    ``eos_ids``: written in a folder beside it, then renamed over it, with the modes the umask asks for."""
     from transformers import GenerationConfig
 
     model.generation_config = GenerationConfig(
@@ -198,6 +196,7 @@ def _save(model, tokenizer, eos_ids: Sequence[int], out_dir: Path) -> None:
 
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
+    return out_dir
 
 
 def _build(config_class, model_class, tokenizer, eos_ids, texts, out_dir, seed, eos_rate, **config_kwargs):
@@ -211,8 +210,7 @@ def _build(config_class, model_class, tokenizer, eos_ids, texts, out_dir, seed, 
     model = model_class(config).eval()
     probe_ids = torch.tensor([tokenizer(texts[0])["input_ids"][:32]])
     _bias_towards_eos(model, eos_ids, eos_rate, probe_ids)
-    _save(model, tokenizer, eos_ids, out_dir)
-    return out_dir
+    return save_checkpoint(model, tokenizer, eos_ids, out_dir)
 
 
 def build_tiny_mistral(

@@ -4,6 +4,7 @@ Snakemake layers them (``load_config``)."""
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -13,29 +14,30 @@ from meddpo.config.settings import (
     check_schema,
     fill_defaults,
     in_schema_order,
+    local_model_keys,
     merge,
     read_config_file,
     token_range_problem,
     where_set,
 )
-from meddpo.planning.paths import demo_model_paths
+from meddpo.planning.paths import DEMO_MODEL_FOLDERS, DEMO_PREFIX, demo_model_name, demo_model_paths
 from meddpo.planning.plan import local_models
 
 
 def check_config(config: dict[str, Any], files: dict[str, dict] | None = None) -> None:
     """Raise ConfigError with the key, the bad value and the file, for the first problem found."""
     check_schema(config, files)
-    filled = fill_defaults(config)
+    filled = fill_defaults(resolve_demo_models(config, files))
     for key, model in local_models(filled).values():
         problem = token_range_problem(model)
         if problem:
             path = [*key.split("."), "min_new_tokens"]
             raise ConfigError(f"config key {key}.{problem}{where_set(files or {}, path)}")
-    check_demo_models(filled, files)
 
 
 def load_config(configfiles: list[str | Path], base: str | Path = "config.yaml") -> dict[str, Any]:
-    """``base`` then each of ``configfiles``, layered, checked and with the defaults filled in."""
+    """``base`` then each of ``configfiles``, layered, checked, with the defaults filled in and the
+    demo's model names resolved (as the workflow sees its config)."""
     files = {str(path): read_config_file(path) for path in [base, *configfiles]}
     config: dict[str, Any] = {}
     for data in files.values():
@@ -44,7 +46,7 @@ def load_config(configfiles: list[str | Path], base: str | Path = "config.yaml")
     command_line: dict[str, Any] = {}
     for path in configfiles:
         command_line = merge(command_line, files[str(path)])
-    return in_schema_order(fill_defaults(config), command_line)
+    return resolve_demo_models(in_schema_order(fill_defaults(config), command_line))
 
 
 def _absolute(path: str) -> str:
@@ -53,39 +55,36 @@ def _absolute(path: str) -> str:
 
 def demo_model_path(config: dict[str, Any], name: str) -> str | None:
     """The demo model folder (under ``output.dir``) that a model setting names, or None."""
-    for path in demo_model_paths(config["output"]["dir"]).values():
-        if _absolute(name) == _absolute(path):
-            return path
-    return None
+    found = demo_model_name(config["output"]["dir"], name)
+    return demo_model_paths(config["output"]["dir"])[found] if found else None
 
 
-def check_demo_models(config: dict[str, Any], files: dict[str, dict] | None = None) -> None:
-    """With the demo builder on, every local model the run reads is one the demo builds.
+def resolve_demo_models(config: dict[str, Any], files: dict[str, dict] | None = None) -> dict[str, Any]:
+    """A copy of ``config`` whose ``demo:<name>`` model keys name the demo's folders under output.dir.
 
-    The builder writes its models only at fixed folders under ``output.dir``. A model key
-    that names anything else (a real checkpoint, a hub id) would be read instead of the
-    demo's model, or, before this check, built over: stop and say so.
+    A name the demo does not build stops with one line; every other model key is kept as it is
+    (a hub id, a checkpoint folder, or a demo folder named by its path).
     """
-    if not config["demo"]["build_tiny_models"]:
-        return
-    built = list(demo_model_paths(config["output"]["dir"]).values())
-    wrong = [
-        (f"{key}.model", model["model"])
-        for key, model in local_models(config).values()
-        if demo_model_path(config, model["model"]) is None
-    ]
-    if not wrong:
-        return
-    named = ", ".join(f"{key}: {name!r}{where_set(files or {}, key.split('.'))}" for key, name in wrong)
-    if len(wrong) == 1:
-        what, run = f"config key {named} is not a model", wrong[0][1]
-    else:  # all at once, e.g. output.dir moved under a demo config that names the old folders
-        what, run = f"config keys {named} are not models", "real models"
-    raise ConfigError(
-        f"{what} the demo builds; with demo.build_tiny_models: true the tiny models are built "
-        f"only at {' and '.join(built)} (under output.dir): name one of these, or set "
-        f"demo.build_tiny_models: false to run {run}"
-    )
+    paths = demo_model_paths(config["output"]["dir"]) if "output" in config else {}
+    out = copy.deepcopy(config)
+    for key in local_model_keys():
+        parent, _, last = key.rpartition(".")
+        holder = out
+        for part in filter(None, parent.split(".")):
+            holder = holder.get(part) if isinstance(holder, dict) else None
+        block = holder.get(last) if isinstance(holder, dict) else None
+        model = block.get("model") if isinstance(block, dict) else None
+        if not isinstance(model, str) or not model.startswith(DEMO_PREFIX):
+            continue
+        name = model.removeprefix(DEMO_PREFIX)
+        if name not in DEMO_MODEL_FOLDERS:
+            known = ", ".join(DEMO_PREFIX + known for known in DEMO_MODEL_FOLDERS)
+            raise ConfigError(
+                f"config key {key}.model: {model!r} is not a model the demo builds"
+                f"{where_set(files or {}, [*key.split('.'), 'model'])}; it builds {known}"
+            )
+        block["model"] = paths[name]
+    return out
 
 
 def outside_output(paths: list[tuple[str, str]], output_dir: str, project_dir: str) -> str | None:

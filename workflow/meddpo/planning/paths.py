@@ -7,6 +7,7 @@ in a pattern as the Snakemake wildcard unless a shard's number is given.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,13 +31,54 @@ DATASET_FILES = {
     "parquet": "stage2_med_pairs.parquet",
 }
 VALIDATION_FILE = "validation.txt"
-# The demo's tiny models (meddpo.demo.tiny_models builds them), only ever under output.dir
-DEMO_MODEL_FOLDERS = {"mistral": "models/tiny-mistral", "qwen": "models/tiny-qwen2"}
+# The models the demo builds, by name, and their folders under output.dir: only there, so a
+# model the demo builds can never be written over a checkpoint named elsewhere. A model key
+# names one as demo:<name> (it then follows output.dir) or by its folder.
+DEMO_PREFIX = "demo:"
+DEMO_MODEL_FOLDERS = {
+    "tiny-mistral": "models/tiny-mistral",  # random weights (meddpo.demo.tiny_models)
+    "tiny-qwen2": "models/tiny-qwen2",
+    "smollm2-135m-instruct": "models/smollm2-135m-instruct",  # a real instruct model (meddpo.demo.smollm2)
+}
+
+
+# What each demo model is, for the report and the card.
+DEMO_MODEL_NOTES = {
+    "tiny-mistral": "tiny, random weights: its text is noise",
+    "tiny-qwen2": "tiny, random weights: its text is noise",
+    "smollm2-135m-instruct": (
+        "SmolLM2-135M-Instruct, 135M parameters: readable English, unreliable medical facts, "
+        "far too small to grade answers"
+    ),
+}
+# The rule that builds each demo model (workflow/rules/demo.smk): the two tiny models are built together.
+DEMO_MODEL_RULES = {
+    "tiny-mistral": "tiny_models",
+    "tiny-qwen2": "tiny_models",
+    "smollm2-135m-instruct": "smollm2",
+}
 
 
 def demo_model_paths(output_dir: str) -> dict[str, str]:
-    """The demo's model folders for ``output.dir`` by model (``mistral``, ``qwen``)."""
+    """The demo's model folders for ``output.dir``, by name."""
     return {name: f"{output_dir.rstrip('/')}/{folder}" for name, folder in DEMO_MODEL_FOLDERS.items()}
+
+
+def demo_model_of(model: str) -> str | None:
+    """The demo model a model path names by its folder (``.../models/tiny-mistral``), whatever output.dir."""
+    for name, folder in DEMO_MODEL_FOLDERS.items():
+        if model.rstrip("/").endswith("/" + folder) or model.rstrip("/") == folder:
+            return name
+    return None
+
+
+def demo_model_name(output_dir: str, model: str) -> str | None:
+    """The name of the demo model whose folder under ``output.dir`` a model key names, or None."""
+    absolute = os.path.abspath(os.path.expanduser(model))
+    for name, path in demo_model_paths(output_dir).items():
+        if absolute == os.path.abspath(path):
+            return name
+    return None
 
 
 def shard_number(index: int) -> str:

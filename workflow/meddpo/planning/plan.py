@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from meddpo.backends import asks_gemini, in_batch_mode, runs_locally, serves_vllm, teacher_rule
+from meddpo.planning.paths import DEMO_MODEL_RULES, demo_model_name
 
 # Minutes per 100 questions of a shard job (before the start-up allowance), by rule.
 # Guesses until a GPU benchmark and a real cluster run replace them (benchmarks/README.md).
@@ -145,6 +146,18 @@ def local_models(config: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]
     return models
 
 
+def demo_models_used(config: dict[str, Any]) -> list[str]:
+    """The names of the demo models the run's local models name (the demo's rules build them)."""
+    out = config["output"]["dir"]
+    used = {demo_model_name(out, block["model"]) for _, block in local_models(config).values()}
+    return [name for name in DEMO_MODEL_RULES if name in used]
+
+
+def demo_rules(config: dict[str, Any]) -> list[str]:
+    """The demo's rules that build the models the run names (none in a real run)."""
+    return list(dict.fromkeys(DEMO_MODEL_RULES[name] for name in demo_models_used(config)))
+
+
 def job_counts(config: dict[str, Any]) -> dict[str, int]:
     """Jobs per rule of a full run from nothing."""
     shards = config["n_shards"]
@@ -152,9 +165,7 @@ def job_counts(config: dict[str, Any]) -> dict[str, int]:
     counts.update(pairs=shards)
     counts.update({rule: shards for rule in judge_rules(config)})
     counts.update(merge_pairs=1, finalize=1, validate=1)
-    if config["demo"]["build_tiny_models"]:
-        counts = {"tiny_models": 1, **counts}
-    return counts
+    return {**{rule: 1 for rule in demo_rules(config)}, **counts}
 
 
 def _approx_tokens(text: str) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 from meddpo.backends import asks_gemini, judge_block, serves_vllm
 from meddpo.planning.checks import demo_model_path
 from meddpo.planning.paths import run_paths, shard_number
-from meddpo.planning.plan import judge_rule, judge_rules
+from meddpo.planning.plan import demo_models_used, judge_rule, judge_rules
 
 # a wildcard of a path pattern, e.g. {shard}
 WILDCARD = re.compile(r"(\{\w+\})")
@@ -61,11 +61,11 @@ def local_source(source: dict[str, Any]) -> list[str]:
     return [dataset] if os.path.exists(dataset) else []
 
 
-def tiny_model_input(config: dict[str, Any], model_settings: dict[str, Any]) -> list[str | None]:
-    """The demo builds its own checkpoints; a real run reads them from disk or the hub."""
-    if not config["demo"]["build_tiny_models"]:
-        return []
-    return [demo_model_path(config, model_settings["model"])]
+def demo_model_input(config: dict[str, Any], model_settings: dict[str, Any]) -> list[str]:
+    """A model the demo builds is an input of the jobs that load it; any other model is read from
+    disk or the hub."""
+    path = demo_model_path(config, model_settings["model"])
+    return [path] if path else []
 
 
 # ------------------------------------------------------------------ local-model generation
@@ -196,7 +196,7 @@ def card_settings(config: dict[str, Any]) -> str:
             "prompts": config["prompts"],
             "source_name": config["source"]["name"],
             "source_dataset": config["source"]["dataset"],
-            "demo": config["demo"]["build_tiny_models"],
+            "demo": demo_models_used(config),
             "selection": config["questions"]["selection"],
             "seed": config["questions"]["seed"],
             "chosen_sampling": {k: teacher[k] for k in SAMPLING_KEYS if k in teacher},

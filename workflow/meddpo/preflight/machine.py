@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from meddpo.backends import asks_gemini, serves_vllm
+from meddpo.planning.checks import demo_model_path
 from meddpo.planning.plan import local_models
 
 # bytes a question needs on disk, all copies included (store, shards, pairs, dataset), at the caps
@@ -138,8 +139,8 @@ def visible_gpus() -> int:
 def check_gpu(config: dict[str, Any]) -> list[Finding]:
     if visible_gpus():
         return []
-    if config["demo"]["build_tiny_models"]:
-        return []  # the demo's tiny models are meant for the CPU
+    if all(demo_model_path(config, block["model"]) for _, block in local_models(config).values()):
+        return []  # the demo's own models are meant for the CPU
     return [
         Finding(
             "warning",

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from meddpo.backends import judge_block
+from meddpo.planning.checks import demo_model_path
 from meddpo.planning.paths import ANSWER_STORE_FOLDER, JUDGE_STORE_FOLDER
 from meddpo.planning.plan import (
     estimate,
@@ -81,12 +82,13 @@ def preflight(
     def needed(*rules: str) -> bool:
         return pending is None or any(rule in pending for rule in rules)
 
-    built = config["demo"]["build_tiny_models"]
     findings: list[Finding] = []
     models = local_models(config)
     for rule, (key, model) in models.items():
-        if needed(rule):
-            findings += check_model(f"{key}.model", model, built)
+        if needed(rule):  # a model the demo builds is checked once it is there
+            findings += check_model(
+                f"{key}.model", model, demo_model_path(config, model["model"]) is not None
+            )
     if needed("questions"):
         findings += check_source(config["source"], config["questions"])
     if needed("chosen_gemini"):
