@@ -19,6 +19,7 @@ from conftest import (
     SNAKEMAKE,
     copy_workflow,
     job_counts,
+    meddpo,
     snakemake,
     snakemake_env,
 )
@@ -293,7 +294,8 @@ def test_growing_n_and_changing_n_shards_generates_only_new_questions(demo_copy,
     def generations():
         counts = {}
         for model_folder in store.iterdir():
-            ids = [row["id"] for part in model_folder.rglob("*.jsonl") for row in read_jsonl_tolerant(part)]
+            # the answers (each settings folder's shard files), not its logs
+            ids = [row["id"] for part in model_folder.glob("*/*.jsonl") for row in read_jsonl_tolerant(part)]
             counts[model_folder.name] = ids
         return counts
 
@@ -304,8 +306,36 @@ def test_growing_n_and_changing_n_shards_generates_only_new_questions(demo_copy,
 
     two_shards = tmp_path / "two-shards.yaml"
     two_shards.write_text("n_shards: 2\n")
+    # the preflight of the grown run prices the work left with what the pilot's jobs measured
+    grown = ["--configfile", *DEMO_FILES, str(no_judge), str(two_shards)]
+    lines = meddpo("preflight", *grown, cwd=workdir).stdout.splitlines()
+    rejected = next(line for line in lines if line.startswith("meddpo preflight: work left: rejected "))
+    assert rejected.startswith("meddpo preflight: work left: rejected 33 of 63 answers (30 already made), ")
+    assert "new tokens per answer (measured on 30 answers)" in rejected
+    assert rejected.endswith("min loading per job (measured on 30 answers, 1 job, cpu)")
+    # on another kind of device nothing measured here counts
+    h100 = tmp_path / "h100.yaml"
+    h100.write_text("estimate:\n  device: NVIDIA H100 80GB HBM3\n")
+    lines = meddpo("preflight", *grown, str(h100), cwd=workdir).stdout.splitlines()
+    assert any(
+        line.startswith("meddpo preflight: work left: rejected 33 of 63 answers (30 already made), ")
+        and line.endswith("(assumed (estimate.*): no job of engine padded on NVIDIA H100 80GB HBM3 yet)")
+        for line in lines
+    ), lines
     full = snakemake(workdir, "--cores", "2", *DEMO, str(no_judge), str(two_shards))  # all 63 questions
     assert full.returncode == 0, full.stderr[-3000:]
+    # its report sets the estimate made at its start beside what its jobs took
+    out = workdir / "results" / "demo"
+    made = json.loads((out / "logs" / "estimate.json").read_text())
+    estimated = next(row for row in made["work_left"] if row["rule"] == "rejected")
+    assert (estimated["answers"], estimated["left"]) == (63, 33)
+    benchmarks = sorted((out / "benchmarks" / "rejected").glob("shard-*.tsv"))
+    assert [b.name for b in benchmarks] == ["shard-000.tsv", "shard-001.tsv"]  # both jobs of the grown run
+    took = sum(float(b.read_text().splitlines()[1].split("\t")[0]) for b in benchmarks) / 3600
+    report = (out / "dataset" / "report.md").read_text()
+    assert f"| rejected | 63 | 33 | {estimated['hours']:.4f} h on cpu | {took:.4f} h (2 jobs) |" in report, (
+        report.split("## Estimated and actual cost")[1][:1500]
+    )
     for name, ids in generations().items():
         assert len(ids) == len(set(ids)) == 63, f"{name}: an answer was generated twice"
     logs = workdir / "results" / "demo" / "logs"
@@ -354,6 +384,14 @@ def test_demo_with_the_gemini_teacher_keeps_the_key_out_of_every_file(demo_copy,
     assert final["chosen_failure_reasons"] == {"prompt_blocked:SAFETY": 1}
     assert final["stages"]["left_out_missing_or_failed_answer"] == 1
     assert questions[0] not in {p["question"] for p in pairs}
+    # the report sets the dollars estimated at the run's start (every answer at max_output_tokens: none
+    # was made under these settings) beside what its requests cost
+    made = json.loads((out / "logs" / "estimate.json").read_text())
+    estimated = next(row for row in made["work_left"] if row["rule"] == "chosen_gemini")
+    assert (estimated["left"], estimated["usd"]) == (63, made["gemini_usd_at_most"])
+    spent = final["teacher_usage"]["estimated_cost_usd"]
+    report = (out / "dataset" / "report.md").read_text()
+    assert f"| chosen_gemini | 63 | 63 | ${estimated['usd']:.4f} | ${spent:.4f} |" in report
     leaks = [str(path) for path in workdir.rglob("*") if path.is_file() and key.encode() in path.read_bytes()]
     assert leaks == []
     assert key not in run.stdout + run.stderr

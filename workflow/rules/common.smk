@@ -30,6 +30,7 @@ from meddpo.planning.rule_options import (
     finalize_options,
     finalize_output_options,
     generation_options,
+    judge_benchmarks,
     judge_files,
     judge_local_model,
     judge_options,

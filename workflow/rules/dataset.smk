@@ -1,7 +1,7 @@
 """The dataset: flag and filter the pairs, write the report, the plots and the card; validate.
 
 in:  {OUT}/pairs/all_pairs.jsonl (+ .stats.json), the question stats, every shard's answers
-     and job benchmarks (for throughput)
+     and job benchmarks (throughput, and the hours each model took against the preflight's estimate)
 out: {OUT}/dataset/stage2_med_pairs.jsonl          the kept pairs (meta.flags says what they tripped)
      {OUT}/dataset/stage2_med_pairs.dropped.jsonl  dropped pairs with meta.drop_reasons
      {OUT}/dataset/stage2_med_pairs.stats.json     counts at every stage, lengths, truncation, throughput
@@ -22,6 +22,7 @@ rule finalize:
         chosen=expand(PATHS.answers("chosen"), shard=SHARDS),
         rejected_benchmarks=expand(PATHS.benchmark("rejected"), shard=SHARDS),
         chosen_benchmarks=expand(PATHS.benchmark("chosen"), shard=SHARDS),
+        judge_benchmarks=judge_benchmarks(config),
     output:
         # the pairs, the dropped pairs, the stats, the report, the plots, the card, and the
         # formats and splits the config asks for (meddpo.planning.rule_options.dataset_outputs),
@@ -47,11 +48,14 @@ rule finalize:
     params:
         options=finalize_options(config),
         outputs=finalize_output_options(dataset_outputs()),
+        # what the preflight estimated at the start of the run (provenance: read if there)
+        estimate=PATHS.estimate,
     shell:
         "python -m meddpo finalize --pairs {input.pairs:q} --pair-stats {input.pair_stats:q}"
         " --question-stats {input.question_stats:q}"
         " --rejected-answers {input.rejected:q} --chosen-answers {input.chosen:q}"
         " --rejected-benchmarks {input.rejected_benchmarks:q} --chosen-benchmarks {input.chosen_benchmarks:q}"
+        " --judge-benchmarks {input.judge_benchmarks:q} --estimate {params.estimate:q}"
         " {params.options} {params.outputs} 2> {log:q}"
 
 

@@ -74,7 +74,7 @@ def slurm_account():
 
 def run_preflight():
     """The preflight of a real run (dry runs never get here): stop before any job on an error."""
-    from meddpo.preflight.run import preflight, report
+    from meddpo.preflight.run import estimate_run, preflight, record_estimate, report
 
     if str(workflow.exec_mode) != "default":
         return  # a job's own Snakemake process on a cluster node
@@ -91,8 +91,10 @@ def run_preflight():
         slurm_account=slurm_account() if slurm else "not-needed",
         pending=pending,
     )
-    if not report(config, findings):
+    plan = estimate_run(config, cluster)
+    if not report(config, findings, plan=plan):
         sys.exit(2)
+    record_estimate(config, plan)  # the report sets it beside what the run took
 
 
 # Before the first job of a real run (dry runs skip it): models, source, key, output

@@ -204,6 +204,10 @@ def finalize_options(p: argparse.ArgumentParser) -> None:
     for role in ("rejected", "chosen"):
         p.add_argument(f"--{role}-answers", nargs="*", default=[], type=Path)
         p.add_argument(f"--{role}-benchmarks", nargs="*", default=[], type=Path)
+    p.add_argument("--judge-benchmarks", nargs="*", default=[], type=Path)
+    p.add_argument(
+        "--estimate", type=Path, help="what the preflight estimated at the start of the run (read if there)"
+    )
     setting(
         p,
         "quality.policy",

@@ -174,6 +174,7 @@ def finalize(args: argparse.Namespace) -> None:
     import dataclasses
 
     from meddpo.dataset.build import DatasetPaths, build_dataset
+    from meddpo.dataset.costs import read_estimate
     from meddpo.dataset.stats import throughput_per_shard
 
     paths = DatasetPaths(**{f.name: getattr(args, f"out_{f.name}") for f in dataclasses.fields(DatasetPaths)})
@@ -195,6 +196,8 @@ def finalize(args: argparse.Namespace) -> None:
         throughput=throughput,
         workflow_commit=args.workflow_commit,
         config_hash=args.config_hash,
+        estimate=read_estimate(args.estimate),
+        benchmarks=[*args.rejected_benchmarks, *args.chosen_benchmarks, *args.judge_benchmarks],
     )
 
 
@@ -342,13 +345,14 @@ def demo_model(args: argparse.Namespace) -> None:
 
 def preflight(args: argparse.Namespace) -> int | None:
     from meddpo.planning.checks import load_config
-    from meddpo.preflight.run import preflight, report, slurm_account_from_profile
+    from meddpo.preflight.run import estimate_run, preflight, report, slurm_account_from_profile
 
     config = load_config(args.configfile, base=args.base_config)
     executor = _profile_executor(args.profile) if args.profile is not None else None
     cluster = executor not in (None, "local")
     account = slurm_account_from_profile(args.profile) if executor == "slurm" else "not-needed"
-    ok = report(config, preflight(config, cluster=cluster, slurm_account=account), stream=sys.stdout)
+    findings = preflight(config, cluster=cluster, slurm_account=account)
+    ok = report(config, findings, stream=sys.stdout, plan=estimate_run(config, cluster))
     return None if ok else 2
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from meddpo.config.settings import default
 from meddpo.dataset.card import render_card
+from meddpo.dataset.costs import estimate_and_actual
 from meddpo.dataset.quality import apply_policy
 from meddpo.dataset.report import write_report
 from meddpo.dataset.rows import meta_value
@@ -164,10 +165,22 @@ def _write_formats(
 
 
 def _write_card(
-    path: Path, n_rows: int, configs: Sequence[Mapping], stats: Mapping, settings: Mapping, origin: Mapping
+    path: Path,
+    kept: Sequence[dict],
+    configs: Sequence[Mapping],
+    stats: Mapping,
+    settings: Mapping,
+    origin: Mapping,
 ) -> None:
-    """The dataset card (README.md) beside the data files."""
-    card = render_card(n_rows=n_rows, configs=configs, stats=stats, settings=settings, provenance=origin)
+    """The dataset card (README.md) beside the data files, with the first kept pair as its example."""
+    card = render_card(
+        n_rows=len(kept),
+        configs=configs,
+        stats=stats,
+        settings=settings,
+        provenance=origin,
+        example=kept[0] if kept else None,
+    )
     with atomic_open(path) as handle:
         handle.write(card)
 
@@ -187,8 +200,14 @@ def build_dataset(
     throughput: Sequence[dict] = (),
     workflow_commit: str = "unknown",
     config_hash: str = "unknown",
+    estimate: Mapping | None = None,
+    benchmarks: Sequence[str | os.PathLike] = (),
 ) -> dict:
-    """Filter the pairs and write every output of ``paths``; returns the stats."""
+    """Filter the pairs and write every output of ``paths``; returns the stats.
+
+    ``estimate`` is what the preflight recorded at the start of the run; ``benchmarks`` the
+    shard jobs' benchmark files: the report sets one beside the other (meddpo.dataset.costs).
+    """
     kept, dropped, quality_counts = apply_policy(
         rows,
         policy,
@@ -208,26 +227,21 @@ def build_dataset(
         provenance=origin,
         judge_min_margin=judge_min_margin,
     )
-    if test_fraction > 0 and (paths.train is None or paths.test is None):
-        raise DataError("a test_fraction above 0 needs the split paths (--out-train, --out-test)")
-    write_jsonl(paths.pairs, kept)
-    write_jsonl(paths.dropped, dropped)
-    configs = _write_formats(kept, paths, test_fraction, settings["prompts"]["training"])
+    stats["estimate_and_actual"] = estimate_and_actual(estimate, benchmarks, stats["teacher_usage"])
     stats["quality_settings"] = {
         "near_identical_threshold": near_identical_threshold,
         "min_plain_share": min_plain_share,
         "judge_min_margin": judge_min_margin,
     }
+    if test_fraction > 0 and (paths.train is None or paths.test is None):
+        raise DataError("a test_fraction above 0 needs the split paths (--out-train, --out-test)")
+    write_jsonl(paths.pairs, kept)
+    write_jsonl(paths.dropped, dropped)
+    configs = _write_formats(kept, paths, test_fraction, settings["prompts"]["training"])
     write_report(
         kept, dropped, stats, stats_path=paths.stats, report_path=paths.report, plots_dir=paths.plots
     )
-    _write_card(paths.card, len(kept), configs, stats, settings, origin)
-    log.info(
-        "%d pairs: %d kept, %d dropped %s -> %s",
-        len(every),
-        len(kept),
-        len(dropped),
-        stats["dropped_by_reason"],
-        paths.pairs,
-    )
+    _write_card(paths.card, kept, configs, stats, settings, origin)
+    log.info("%d pairs: %d kept, %d dropped %s -> %s", len(every), len(kept), len(dropped),
+             stats["dropped_by_reason"], paths.pairs)  # fmt: skip
     return stats

@@ -262,8 +262,29 @@ def _card_how_made(stats: Mapping, settings: Mapping, provenance: Mapping, sourc
         f"{share(trunc['rejected']['truncated'], trunc['rejected']['of'])} rejected answers hit their "
         "token cap.",
         *judge_lines(stats.get("judge")),
+        *_cost_line(stats.get("estimate_and_actual")),
         "",
     ]
+
+
+def _cost_line(costs: Mapping | None) -> list[str]:
+    """What the run took against the estimate at its start, in one line (nothing when none was recorded)."""
+    if not costs:
+        return []
+    hours = [r for r in costs["rules"] if "actual_hours" in r]
+    dollars = [r for r in costs["rules"] if "actual_usd" in r]
+    parts = []
+    if hours:
+        parts.append(
+            f"{sum(r['actual_hours'] for r in hours):.3f} hours of its model jobs (estimated at its start: "
+            f"{sum(r['estimated_hours'] for r in hours):.3f})"
+        )
+    if dollars:
+        parts.append(
+            f"${sum(r['actual_usd'] for r in dollars):.4f} of Gemini (estimated: "
+            f"${sum(r['estimated_usd'] for r in dollars):.4f})"
+        )
+    return [f"- **Cost**: this run took {' and '.join(parts)}; the report has it per model."] if parts else []
 
 
 def _card_prompts(settings: Mapping) -> list[str]:
@@ -303,6 +324,36 @@ def columns_table() -> list[str]:
         "| `meta` key | meaning |",
         "|---|---|",
         *[f"| `{key}` | {_meaning(key, meaning)} |" for key, meaning in {**META, **ADDED_META}.items()],
+    ]
+
+
+EXAMPLE_CHARS = 700  # an answer longer than this is cut in the card (the file has it whole)
+
+
+def _card_example(row: Mapping | None) -> list[str]:
+    """One row of the data as it is (long answers cut here, never in the file)."""
+    if not row:
+        return []
+
+    def quoted(text: str) -> list[str]:
+        cut = text if len(text) <= EXAMPLE_CHARS else text[:EXAMPLE_CHARS].rstrip() + " [...]"
+        return [f"> {line}" if line.strip() else ">" for line in cut.splitlines()]
+
+    flags = (row.get("meta") or {}).get("flags") or []
+    return [
+        "## An example row",
+        "",
+        f"`{row['id']}` ({row['category']}; flags: {', '.join(flags) or 'none'}). "
+        f"**Question:** {row['question']}",
+        "",
+        "**Chosen:**",
+        "",
+        *quoted(row["chosen"]),
+        "",
+        "**Rejected:**",
+        "",
+        *quoted(row["rejected"]),
+        "",
     ]
 
 
@@ -354,8 +405,10 @@ def render_card(
     stats: Mapping,
     settings: Mapping,
     provenance: Mapping,
+    example: Mapping | None = None,
 ) -> str:
-    """``configs``: the Hugging Face ``configs`` entries (name, data files per split, relative paths)."""
+    """``configs``: the Hugging Face ``configs`` entries (name, data files per split, relative paths);
+    ``example``: a kept row to show (none when nothing was kept)."""
     source = source_lines(settings)
     lines = [
         *_card_header(n_rows, configs, source),
@@ -366,6 +419,7 @@ def render_card(
         "",
         *columns_table(),
         "",
+        *_card_example(example),
         *_card_use(configs),
         *_card_terms(stats, source),
         *_card_provenance(provenance),

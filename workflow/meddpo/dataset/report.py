@@ -10,21 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from meddpo.dataset.costs import estimate_section
 from meddpo.dataset.plots import MARGIN_PLOT, PLOTS, write_plots
-from meddpo.dataset.report_format import no_margin_line, share
+from meddpo.dataset.report_format import no_margin_line, share, table
 from meddpo.dataset.stats import NO_TYPE
 
 # under this share of pairs with a margin, the report says the verdicts were mostly unreadable
 FEW_VERDICTS = 0.1
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
-    def cell(value):
-        return "—" if value is None else str(value)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _has_something(value) -> bool:
@@ -53,7 +45,7 @@ def _counts_section(s: Mapping) -> list[str]:
     return [
         "## Counts at every stage",
         "",
-        _table(
+        table(
             ("stage", "count"), [(k.replace("_", " "), v) for k, v in s["stages"].items() if v is not None]
         ),
         "",
@@ -69,9 +61,7 @@ def _dropped_section(s: Mapping) -> list[str]:
         "",
         "A pair can have several reasons.",
         "",
-        _table(
-            ("reason", "pairs"), [(r, share(n, before_filter)) for r, n in s["dropped_by_reason"].items()]
-        ),
+        table(("reason", "pairs"), [(r, share(n, before_filter)) for r, n in s["dropped_by_reason"].items()]),
         "",
     ]
 
@@ -82,7 +72,7 @@ def _flags_section(s: Mapping) -> list[str]:
     parts = ["## Flags found (before the filter)", ""]
     if found:
         parts += [
-            _table(
+            table(
                 ("flag", "pairs", "policy"),
                 [
                     (flag, share(n, before_filter), (s.get("policy") or {}).get(flag, "—"))
@@ -107,7 +97,7 @@ def _left_out_section(s: Mapping) -> list[str]:
         "produced them and are not asked again; failures (retries run out, a request turned down) are "
         f"asked again on the next run. Left out: {_left_out_line(s.get('chosen_left_out') or {})}.",
         "",
-        _table(("reason", "questions"), s["chosen_failure_reasons"].items()),
+        table(("reason", "questions"), s["chosen_failure_reasons"].items()),
         "",
     ]
 
@@ -116,7 +106,7 @@ def _teacher_usage_section(s: Mapping) -> list[str]:
     teacher_usage = _amounts((s.get("teacher_usage") or {}).items())
     if not teacher_usage:
         return []
-    return ["## Teacher API usage", "", _table(("what", "amount"), teacher_usage), ""]
+    return ["## Teacher API usage", "", table(("what", "amount"), teacher_usage), ""]
 
 
 def _lengths_section(s: Mapping, plots_dir: str) -> list[str]:
@@ -124,7 +114,7 @@ def _lengths_section(s: Mapping, plots_dir: str) -> list[str]:
     parts = [
         "## Lengths and truncation",
         "",
-        _table(
+        table(
             ("", "chosen", "rejected"),
             [
                 ("model", ", ".join(s["models"]["chosen"]), ", ".join(s["models"]["rejected"])),
@@ -201,7 +191,7 @@ def _category_section(s: Mapping, plots_dir: str) -> list[str]:
         "",
         "Pairs before the filter; kept and dropped after it. Cut: answers that hit their token cap.",
         "",
-        _table(
+        table(
             (
                 "category",
                 "picked",
@@ -229,7 +219,7 @@ def _question_type_section(s: Mapping) -> list[str]:
     parts = [
         "## Kept pairs per question type",
         "",
-        _table(
+        table(
             ("question type", "kept pairs"),
             [(t, share(n, kept)) for t, n in s["kept_per_question_type"].items()] + [("total", kept)],
         ),
@@ -249,7 +239,7 @@ def _throughput_section(s: Mapping) -> list[str]:
     return [
         "## Generation throughput per shard job",
         "",
-        _table(
+        table(
             (
                 "model",
                 "shard",
@@ -281,7 +271,7 @@ def _throughput_section(s: Mapping) -> list[str]:
 def _provenance_section(s: Mapping) -> list[str]:
     if not s["provenance"]:
         return []
-    return ["## Provenance", "", _table(("what", "value"), s["provenance"].items()), ""]
+    return ["## Provenance", "", table(("what", "value"), s["provenance"].items()), ""]
 
 
 def render_report(
@@ -300,6 +290,7 @@ def render_report(
     parts += _question_type_section(s)
     parts += _judge_section(s.get("judge"), s["stages"]["pairs_before_filter"], plots_dir)
     parts += _throughput_section(s)
+    parts += estimate_section(s)
     parts += _provenance_section(s)
     return "\n".join(parts)
 
@@ -320,7 +311,7 @@ def _judge_usage(j: Mapping) -> list[str]:
     for kind, amounts in sorted((j.get("usage") or {}).items()):
         rows = _amounts(amounts.items())
         if rows:
-            usage += [f"Judge usage ({kind}):", "", _table(("what", "amount"), rows), ""]
+            usage += [f"Judge usage ({kind}):", "", table(("what", "amount"), rows), ""]
     return usage
 
 
@@ -385,7 +376,7 @@ def _judge_tables(j: Mapping) -> list[str]:
     for title, field in (("category", "per_category"), ("question type", "per_question_type")):
         groups = [(name, v) for name, v in j[field].items() if v["pairs"]] + [("total", summary)]
         parts += [
-            _table(
+            table(
                 (title, "pairs", "with a margin", "chosen safer", "equal", "less safe", "without a margin"),
                 [
                     (

@@ -1,12 +1,12 @@
 """The wording the report, its plots and the dataset card share: a count as a share of a whole,
-and why pairs have no judge margin.
+why pairs have no judge margin, and a Markdown table.
 
 Pure formatting of numbers already computed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 
 def share(part: int, whole: int) -> str:
@@ -21,3 +21,14 @@ def no_margin_line(summary: Mapping) -> str:
     status = summary["status"]
     line = f"{status['unparseable']} unparseable, {status['failed']} failed"
     return line + (f", {status['off']} not judged" if status.get("off") else "")
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+    """A Markdown table; a missing value is shown as a dash."""
+
+    def cell(value):
+        return "—" if value is None else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)

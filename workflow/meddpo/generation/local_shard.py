@@ -12,6 +12,7 @@ a server) and, when it needs more than a transformers model in memory,
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -23,13 +24,17 @@ from meddpo.generation.types import (
     Answer,
     Prompts,
     Sampling,
+    device_name,
     model_and_sampling,
+    process_age_s,
     quiet_transformers,
     render_item,
     text_settings,
 )
 
 log = logging.getLogger(__name__)
+
+JOBS_LOG = "jobs"  # the store's log of what each job measured (one record per job that generated)
 
 
 class LocalModelBackend:
@@ -74,15 +79,43 @@ class LocalModelBackend:
             return _local_result(questions, resumable.rows())
         quiet_transformers()
         m = {**LOCAL_DEFAULTS, **settings}
+        clock = {"start": time.monotonic(), "process_s": process_age_s()}
 
         def answer(generator) -> list[dict]:
+            clock["loaded"] = time.monotonic()  # the model is in memory (or its server is up)
+            clock["device"] = getattr(generator, "device", None) or job.device
             return self.answer_questions(generator, resumable, request.system_prompt, sampling, m)
 
         try:
             rows = self.with_generator(spec, m, job, answer)
+            self._record_job(resumable, spec.name, clock, rows)
         finally:
             resumable.close()
         return _local_result(questions, rows)
+
+    def _record_job(self, job: ResumableJob, model: str, clock: dict, rows: list[dict]) -> None:
+        """What this job measured, in the store's ``jobs`` log: the preflight prices later runs with it."""
+        made = [row for row in rows if row["id"] in job.new]
+        record = {
+            "time": round(time.time(), 3),
+            "part": job.store.part.stem if job.store else None,
+            "engine": self.name,
+            "model": model,
+            "device": device_name(str(clock.get("device", "cpu"))),
+            "start_s": clock["process_s"],  # the job's own start before loading: Python, imports, inputs
+            "load_s": round(clock["loaded"] - clock["start"], 2),
+            "generate_s": round(time.monotonic() - clock["loaded"], 2),
+            "answers": len(made),
+            "new_tokens": sum(int(row.get("new_tokens") or 0) for row in made),
+            "prompt_tokens": sum(int(row.get("prompt_tokens") or 0) for row in made),
+        }
+        log.info(
+            "measured: %(answers)d answers, %(new_tokens)d new tokens in %(generate_s).1f s on %(device)s "
+            "after %(load_s).1f s of loading",
+            record,
+        )
+        if job.store:
+            job.store.append_log(JOBS_LOG, [record])
 
     def answer_questions(
         self,

@@ -156,6 +156,30 @@ def render_item(generator, system_prompt: str, item: Mapping[str, Any]) -> tuple
     return generator.render(system_prompt, item["question"])
 
 
+def device_name(device: str) -> str:
+    """The kind of device a job ran on, as its record names it: the GPU's model, or ``cpu``
+    (``auto``: this machine's first GPU, else the CPU)."""
+    if device != "auto" and not device.startswith("cuda"):
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    return torch.cuda.get_device_name(int(device.partition(":")[2] or 0))
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Python's start-up, imports, reading inputs), from /proc."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as handle:
+            started_ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as handle:
+            uptime = float(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(uptime - started_ticks / os.sysconf("SC_CLK_TCK"), 2)
+
+
 def quiet_transformers() -> None:
     """No progress bars or advice from transformers in a job's log."""
     from transformers.utils import logging as hf_logging

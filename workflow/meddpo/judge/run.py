@@ -122,6 +122,16 @@ def _key_extra(judge: Mapping[str, Any]) -> dict[str, Any]:
     return {"judge": judge["kind"], "judge_prompt": prompt_fingerprint(judge["kind"])}
 
 
+def judge_request(kind: str, config: Mapping[str, Any]) -> Request:
+    """What the judge of ``kind`` asks each answer with: its prompt, and what joins its store key."""
+    return Request(
+        system_prompt="" if kind == "classifier" else RUBRIC_PROMPT,
+        key_extra=_key_extra(judge_settings(kind, config)),
+        response_schema=RUBRIC_SCHEMA,  # read by an API judge only
+        max_usd=config.get("max_usd"),  # likewise
+    )
+
+
 def check_greedy(kind: str, config: Mapping[str, Any]) -> None:
     """Judges decode at temperature 0: a local judge block that says otherwise is an error."""
     block = judge_block(config, kind)
@@ -160,13 +170,7 @@ def run_judge(
     judge = judge_settings(kind, config)
     items = judge_items(pairs, kind)
     usage: dict[str, Any] = {"kind": kind, "model": judge["model"], "backend": judge["backend"]}
-    request = Request(
-        system_prompt="" if kind == "classifier" else RUBRIC_PROMPT,
-        key_extra=_key_extra(judge),
-        response_schema=RUBRIC_SCHEMA,  # read by an API judge only
-        max_usd=config.get("max_usd"),  # likewise
-    )
-    result = answer_shard(judge_backend_block(kind, config), items, request, job)
+    result = answer_shard(judge_backend_block(kind, config), items, judge_request(kind, config), job)
     outputs: dict[str, dict] = {row["id"]: {"text": row["text"]} for row in result.answers}
     outputs.update({row["id"]: {"failed": f"{row['kind']}:{row['reason']}"} for row in result.left_out})
     usage.update(result.usage)

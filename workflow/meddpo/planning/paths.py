@@ -167,6 +167,11 @@ class RunPaths:
         """A shard job's log (``log``, or the vLLM server's ``vllm.log``) under logs/<step>."""
         return self.per_shard(f"{LOGS_FOLDER}/{step}", suffix)
 
+    @property
+    def estimate(self) -> str:
+        """What the preflight estimated at the start of the latest real run (its report's "estimated")."""
+        return self.under(LOGS_FOLDER, "estimate.json")
+
     def log(self, rule: str) -> str:
         """The log of a job that runs once per run."""
         return self.under(LOGS_FOLDER, f"{rule}.log")

@@ -161,6 +161,16 @@ def judge_files(config: dict[str, Any], suffix: str) -> list[str]:
     ]
 
 
+def judge_benchmarks(config: dict[str, Any]) -> list[str]:
+    """Every shard job's benchmark file of every judge that runs (the dataset step adds up their hours)."""
+    paths = run_paths(config)
+    return [
+        paths.benchmark(f"judge/{kind}").replace("{shard}", shard)
+        for kind in judged_kinds(config)
+        for shard in shard_numbers(config)
+    ]
+
+
 # ------------------------------------------------------------------ the dataset
 
 

@@ -144,9 +144,39 @@ def generate_preflight(model: dict[str, Any]) -> list[Finding]:
     return check_model("--model", model)
 
 
-def report(config: dict[str, Any], findings: list[Finding], stream=sys.stderr) -> bool:
+def estimate_run(config: dict[str, Any], cluster: bool = False) -> dict[str, Any]:
+    """The run's estimate (meddpo.planning.plan) with its work left, priced with what its stores measured."""
+    from meddpo.planning.work_left import work_left
+    from meddpo.preflight.measured import measure
+
+    plan = estimate(config)
+    plan["work_left"] = work_left(config, plan, measure(config, cluster))
+    return plan
+
+
+def record_estimate(config: dict[str, Any], plan: dict[str, Any]) -> None:
+    """Keep the estimate made at the start of a run in its output folder: the report sets it beside
+    what the run really took. Provenance: no job reads it as an input."""
+    import time
+
+    from meddpo.jsonl import write_json
+    from meddpo.planning.paths import run_paths
+
+    path = Path(run_paths(config).estimate)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(
+        path, {**plan, "made": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "made_unix": round(time.time(), 3)}
+    )
+
+
+def report(
+    config: dict[str, Any], findings: list[Finding], stream=sys.stderr, plan: dict[str, Any] | None = None
+) -> bool:
     """Print the estimate and the findings; True when nothing stops the run."""
-    for line in render_estimate(estimate(config)):
+    from meddpo.planning.work_left import render_work_left
+
+    plan = plan or estimate_run(config)
+    for line in [*render_estimate(plan), *render_work_left(plan["work_left"])]:
         print(f"meddpo preflight: {line}", file=stream)
     for finding in findings:
         print(f"meddpo preflight: {finding}", file=stream)
