@@ -195,6 +195,7 @@ def gemini_options(p: argparse.ArgumentParser) -> None:
     setting(p, g + "ask_refused_again")
     setting(p, g + "max_refused_fraction", type=float)
     setting(p, g + "too_many_refusals")
+    setting(p, g + "accept_served_model", type=nullable(str), help="a model taken on purpose when it serves")
 
 
 def finalize_options(p: argparse.ArgumentParser) -> None:

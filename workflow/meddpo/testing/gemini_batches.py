@@ -47,7 +47,8 @@ the output should not have: the first ``duplicates`` entries listed twice, and
 ``unknown_keys`` entries for keys no request had (each a billed answer); and
 ``forgotten`` makes the batch unknown right after its create reply (a GET or a
 cancel is a 404 and the list leaves it out), as a batch deleted at Google, or
-made under another project's key, is to its job (``forget`` does it later).
+made under another project's key, is to its job (``forget`` does it later); ``hold``
+keeps the batch PENDING for as long as it returns True (a test waits for its own event).
 
 The store also answers with scripted errors: ``faults[call]`` (call ``create``,
 ``get``, ``list`` or ``cancel``) is a list of steps taken one per call of that
@@ -95,6 +96,7 @@ class BatchPlan:
     duplicates: int = 0  # the first this many entries of the output are listed twice
     unknown_keys: int = 0  # this many entries more, for keys no request had (answers all the same)
     forgotten: bool = False  # unknown to the service once its create reply is out (GET, cancel: 404)
+    hold: Callable[[], bool] | None = None  # PENDING while this returns True (then as pending_polls says)
 
     def __post_init__(self) -> None:
         if self.final not in FINAL_STATES:
@@ -370,6 +372,8 @@ def _unknown(n: int, like: dict, keyed: bool) -> dict:
 
 def _advance(batch: ServedBatch) -> None:
     """One more GET of ``batch``: PENDING for ``pending_polls`` GETs, RUNNING once, then final."""
+    if batch.plan.hold is not None and not batch.done and batch.plan.hold():
+        return  # held PENDING: this GET does not count towards pending_polls
     batch.gets += 1
     if batch.done:
         return
