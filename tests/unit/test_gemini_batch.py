@@ -329,22 +329,27 @@ def _cli(shard, tmp_path, *extra):
     ]
 
 
-def test_a_batch_mode_job_gets_its_wait_as_time_limit_and_preflight_prints_both_prices(tmp_path):
+def test_a_batch_mode_teacher_is_one_job_that_waits_where_snakemake_runs_and_preflight_prints_both_prices(
+    tmp_path,
+):
     from conftest import REPO
     from meddpo.planning.checks import load_config
     from meddpo.planning.plan import estimate, render_estimate
 
     overlay = tmp_path / "batch.yaml"
-    overlay.write_text("teacher:\n  backend: gemini\n  gemini:\n    mode: batch\n")
-    plan = estimate(load_config([overlay], base=REPO / "config.yaml"))
-    assert plan["time_limit_minutes"]["chosen_gemini"] == 20 * 60 + 15  # batch_wait_h 20, plus start-up
     overlay.write_text("teacher:\n  backend: gemini\n  gemini:\n    mode: batch\n    batch_wait_h: 47.5\n")
     plan = estimate(load_config([overlay], base=REPO / "config.yaml"))
-    assert plan["time_limit_minutes"]["chosen_gemini"] == 47 * 60 + 30 + 15  # under RM-shared's 48 h
+    assert plan["jobs"]["chosen_gemini"] == 1 and plan["jobs"]["rejected"] == 20
+    assert "chosen_gemini" not in plan["time_limit_minutes"] and plan["batch_wait_hours"] == {
+        "chosen_gemini": 47.5
+    }
+    lines = render_estimate(plan)
+    assert (
+        "chosen_gemini: one job for every shard, run where Snakemake runs (no cluster job, no core): it "
+        "creates every shard's batch at once and waits for them together, up to 47.5 h (batch_wait_h)"
+    ) in lines
     assert plan["gemini_usd_at_most"] == 102.8 and plan["gemini_batch_usd_at_most"] == 51.4
-    assert "Gemini at most $102.80 online, $51.40 in batch mode (every answer at max_output_tokens)" in (
-        render_estimate(plan)
-    )
+    assert "Gemini at most $102.80 online, $51.40 in batch mode (every answer at max_output_tokens)" in lines
 
 
 def test_a_job_never_asks_questions_that_an_open_batch_holds(tmp_path, monkeypatch):

@@ -592,15 +592,21 @@ def test_bridges2_profile_gives_local_judges_an_h100_and_the_gemini_judge_none()
         resources = profile["set-resources"][rule]
         assert resources["slurm_partition"] == "'GPU-shared'"
         assert resources["slurm_extra"] == "'--gpus-per-node=h100-80:1'"
-    # the Gemini judge takes the defaults: RM-shared, one core, and the key's one-job resource
+    # the Gemini judge online takes the defaults: RM-shared, one core, and the key's one-job resource
     assert "judge_rubric_gemini" not in profile["set-resources"]
     assert profile["default-resources"]["slurm_partition"] == "'RM-shared'"
-    from meddpo.planning.plan import gemini_jobs
+    from meddpo.planning.plan import batch_rules
 
     rules = (REPO / "workflow" / "rules" / "judge.smk").read_text()
-    assert rules.count('gemini_jobs=gemini_jobs(config["judge"]["gemini"])') == 1
-    # one online Gemini job at a time (the key's per-minute quota); in batch mode, no such limit
-    assert gemini_jobs({"mode": "online"}) == 1 and gemini_jobs({"mode": "batch"}) == 0
+    # one online Gemini job at a time (the key's per-minute quota); in batch mode one job for every
+    # shard, run where Snakemake runs (no Slurm job), with no such limit
+    online, batch = rules.split('if "judge_rubric_gemini" in BATCH_RULES:')
+    assert online.count("gemini_jobs=1,") == 1 and "gemini_jobs" not in batch
+    judged = {"teacher": {"backend": "local"}, "judge": {"kinds": ["rubric"], "backend": "gemini"}}
+    for mode, expected in (("online", {}), ("batch", {"judge_rubric_gemini": 20})):
+        judged["judge"]["gemini"] = {"mode": mode, "batch_wait_h": 20}
+        judged["teacher"]["gemini"] = {"mode": "online"}
+        assert batch_rules(judged) == expected
 
 
 def test_preflight_estimate_counts_the_judges_jobs_hours_and_dollars(tmp_path):

@@ -13,7 +13,7 @@ from snakemake.utils import validate
 
 from meddpo.planning.paths import run_paths
 from meddpo.planning.plan import (
-    gemini_jobs,
+    batch_rules,
     judge_rules,
     questions_per_shard,
     rule_runtime_minutes,
@@ -31,6 +31,7 @@ from meddpo.planning.rule_options import (
     judge_local_model,
     judge_options,
     local_source,
+    shard_benchmarks,
     shard_numbers,
     shell_prefix,
     tiny_model_input,
@@ -51,6 +52,8 @@ OUT = PATHS.out
 SHARDS = shard_numbers(config)
 # The judge rules this config runs (workflow/rules/judge.smk defines only these).
 JUDGE_RULES = judge_rules(config)
+# The Gemini rules in batch mode: one job for every shard, waiting where Snakemake runs.
+BATCH_RULES = batch_rules(config)
 # Every rule runs `python -m meddpo`, from the environment of envs/meddpo.yaml when
 # conda is in use (it holds only the package's dependencies: the shell prefix below
 # puts the package folder on PYTHONPATH).
@@ -67,8 +70,7 @@ wildcard_constraints:
 
 # Portable time limits (minutes) for the generation jobs, sized from the shard and
 # grown with each retry (Slurm kills a job at its limit; the retry resumes from the
-# answer store); a Gemini rule in batch mode gets its batch wait instead. The formula is
-# meddpo.planning.plan's, which the preflight prints too.
+# answer store). The formula is meddpo.planning.plan's, which the preflight prints too.
 QUESTIONS_PER_SHARD = questions_per_shard(config)
 
 

@@ -30,9 +30,6 @@ MINUTES_PER_100_QUESTIONS = {
 }
 START_UP_MINUTES = 15
 MAX_RUNTIME_MINUTES = 480
-# A Gemini job in batch mode waits up to its block's batch_wait_h for the batch, on one core
-# (RM-shared on Bridges-2, whose longest time limit is 48 h).
-BATCH_MAX_RUNTIME_MINUTES = 48 * 60
 QUESTIONS_WHEN_ALL = 50_000  # questions.n null and a hub source: about MedQuAD's size after cleaning
 
 
@@ -101,20 +98,21 @@ def runtime_minutes(rule: str, per_shard: int, attempt: int = 1) -> int:
 
 
 def rule_runtime_minutes(config: dict[str, Any], rule: str, per_shard: int, attempt: int = 1) -> int:
-    """``runtime_minutes``, or for a Gemini rule in batch mode its batch wait plus the start-up."""
-    block = {
-        "chosen_gemini": config["teacher"]["gemini"],
-        "judge_rubric_gemini": config["judge"]["gemini"],
-    }.get(rule)
-    if block is not None and in_batch_mode(block):
-        return min(BATCH_MAX_RUNTIME_MINUTES, math.ceil(block["batch_wait_h"] * 60) + START_UP_MINUTES)
+    """The time limit of one shard job of ``rule`` (runtime_minutes; a batch rule has none: batch_rules)."""
     return runtime_minutes(rule, per_shard, attempt)
 
 
-def gemini_jobs(block: dict[str, Any]) -> int:
-    """The ``gemini_jobs`` resource of a Gemini rule: 1 online (the key's per-minute quota is shared,
-    one such job at a time), 0 in batch mode (no such quota: every shard's batch waits at once)."""
-    return 0 if in_batch_mode(block) else 1
+def batch_rules(config: dict[str, Any]) -> dict[str, float]:
+    """The Gemini rules in batch mode, each with its block's ``batch_wait_h``.
+
+    Such a rule is one job for every shard (``localrule``: it runs where Snakemake runs, on a
+    cluster's login node, and claims no core): it creates every shard's batch at once and
+    waits for them together, for up to ``batch_wait_h`` hours, while the other jobs go on.
+    """
+    blocks = {"chosen_gemini": config["teacher"]["gemini"], "judge_rubric_gemini": config["judge"]["gemini"]}
+    rules = {teacher_rule(config), *judge_rules(config)}
+    waits = {rule: block["batch_wait_h"] for rule, block in blocks.items() if in_batch_mode(block)}
+    return {rule: hours for rule, hours in waits.items() if rule in rules}
 
 
 def judge_rule(config: dict[str, Any], kind: str) -> str:
@@ -146,11 +144,12 @@ def local_models(config: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]
 
 
 def job_counts(config: dict[str, Any]) -> dict[str, int]:
-    """Jobs per rule of a full run from nothing."""
+    """Jobs per rule of a full run from nothing (a batch rule is one job for every shard)."""
     shards = config["n_shards"]
     counts = {"questions": 1, "shard": shards, "rejected": shards, teacher_rule(config): shards}
     counts.update(pairs=shards)
     counts.update({rule: shards for rule in judge_rules(config)})
+    counts.update({rule: 1 for rule in batch_rules(config)})
     counts.update(merge_pairs=1, finalize=1, validate=1)
     if config["demo"]["build_tiny_models"]:
         counts = {"tiny_models": 1, **counts}
@@ -203,7 +202,9 @@ def estimate(config: dict[str, Any]) -> dict[str, Any]:
         "time_limit_minutes": {
             rule: rule_runtime_minutes(config, rule, per_shard)
             for rule in ("rejected", teacher_rule(config), *judge_rules(config))
+            if rule not in batch_rules(config)
         },
+        "batch_wait_hours": batch_rules(config),
         "gpu_hours_at_most": gpu_hours,
         "start_up": start_up_share,
         "assumed_per_rule": assumed,
@@ -226,6 +227,15 @@ def _usd(gemini: dict[str, Any], input_tokens: int, output_tokens: int, prices: 
         + output_tokens * gemini[prices + "price_output_per_million"]
     )
     return round(dollars / 1e6, 2)
+
+
+def _batch_lines(plan: dict[str, Any]) -> list[str]:
+    """One line per Gemini rule in batch mode: one job for every shard, where it waits and how long."""
+    return [
+        f"{rule}: one job for every shard, run where Snakemake runs (no cluster job, no core): it creates "
+        f"every shard's batch at once and waits for them together, up to {hours:g} h (batch_wait_h)"
+        for rule, hours in plan.get("batch_wait_hours", {}).items()
+    ]
 
 
 # The rubric prompt and the request's framing, in tokens (about 1,750 characters of grading.RUBRIC_PROMPT)
@@ -258,6 +268,7 @@ def render_estimate(plan: dict[str, Any]) -> list[str]:
         "time limit per shard job (first try; each retry asks for more): "
         + ", ".join(f"{rule} {minutes} min" for rule, minutes in plan["time_limit_minutes"].items()),
     ]
+    lines += _batch_lines(plan)
     if plan["gpu_hours_at_most"]:
         total = sum(plan["gpu_hours_at_most"].values())
         lines.append(

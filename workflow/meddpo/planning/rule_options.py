@@ -19,7 +19,7 @@ from typing import Any
 from meddpo.backends import asks_gemini, judge_block, serves_vllm
 from meddpo.planning.checks import demo_model_path
 from meddpo.planning.paths import run_paths, shard_number
-from meddpo.planning.plan import judge_rule, judge_rules
+from meddpo.planning.plan import batch_rules, judge_rule, judge_rules, teacher_rule
 
 # a wildcard of a path pattern, e.g. {shard}
 WILDCARD = re.compile(r"(\{\w+\})")
@@ -106,6 +106,15 @@ def generation_options(
     paths = run_paths(config)
     options = cli_options(**model_settings, **vllm, system_prompt=system_prompt, store=paths.answer_store)
     return options + server_log_option(model_settings, paths.shard_log(side, "vllm.log"))
+
+
+def shard_benchmarks(config: dict[str, Any], side: str) -> list[str]:
+    """Every shard job's benchmark of one side (``rejected``, ``chosen``), for the throughput table;
+    none when the side's rule is one job for every shard (a Gemini teacher in batch mode)."""
+    if side == "chosen" and teacher_rule(config) in batch_rules(config):
+        return []
+    paths = run_paths(config)
+    return [paths.benchmark(side).replace("{shard}", shard) for shard in shard_numbers(config)]
 
 
 def chosen_extras(config: dict[str, Any], kind: str) -> list[str]:
