@@ -239,6 +239,7 @@ def _card_how_made(stats: Mapping, settings: Mapping, provenance: Mapping, sourc
         f"- **Chosen answers**: `{', '.join(stats['models']['chosen'])}` (revision "
         f"{provenance.get('teacher_revision') or 'not recorded'}), sampling "
         f"{settings.get('chosen_sampling')}.",
+        *served_lines(stats.get("served_models") or {}),
         f"- **Rejected answers**: `{', '.join(stats['models']['rejected'])}` (revision "
         f"{provenance.get('rejected_revision') or 'not recorded'}), sampling "
         f"{settings.get('rejected_sampling')}.",
@@ -255,6 +256,17 @@ def _card_how_made(stats: Mapping, settings: Mapping, provenance: Mapping, sourc
         *judge_lines(stats.get("judge")),
         "",
     ]
+
+
+def served_lines(served: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """A line on the models that served the API answers, as each reply named them, with counts."""
+    if not served:
+        return []
+    parts = [
+        f"{who.replace('_', ' ')}: " + ", ".join(f"`{model}` {count}" for model, count in models.items())
+        for who, models in served.items()
+    ]
+    return [f"- **Served by** (the model each Gemini reply names): {'; '.join(parts)}."]
 
 
 def _card_prompts(settings: Mapping) -> list[str]:

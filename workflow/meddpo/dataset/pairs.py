@@ -143,6 +143,9 @@ USAGE_KEYS = (
     "refused",
     "failed",
     "estimated_cost_usd",
+    "usage_missing",  # replies without token counts: their tokens are estimates
+    "duplicate_results",  # batch entries that repeated a key, billed all the same
+    "unknown_results",  # batch entries for keys no request had, billed all the same
 )
 
 
@@ -198,6 +201,11 @@ def merge_pair_shards(
         for usage in teacher_usage:
             totals.update({key: usage.get(key, 0) for key in USAGE_KEYS})
         stats["teacher_usage"] = {key: round(totals[key], 6) for key in USAGE_KEYS}
+        served = Counter()
+        for usage in teacher_usage:
+            served.update(usage.get("served_models") or {})
+        if served:  # the model each answer's reply named, with its count
+            stats["teacher_usage"]["served_models"] = dict(sorted(served.items()))
     if judge_usage:
         kinds = sorted({usage["kind"] for usage in judge_usage})
         stats["judge_usage"] = {
