@@ -61,12 +61,8 @@ if teacher_rule(config) == "chosen_gemini" and "chosen_gemini" not in BATCH_RULE
             gemini_jobs=1,
             runtime=runtime("chosen_gemini"),
         params:
-            # the teacher.gemini block as it is (never the key itself: it stays out of command lines)
-            options=cli_options(
-                **config["teacher"]["gemini"],
-                system_prompt=config["prompts"]["teacher"],
-                store=PATHS.answer_store,
-            ),
+            # the teacher.gemini block as it is (never the key itself), its price entry, the store
+            options=teacher_gemini_options(config),
         shell:
             "python -m meddpo gemini --shard {input:q} {params.options}"
             " --out {output.answers:q} --failures {output.failures:q} --usage {output.usage:q} 2> {log:q}"
@@ -93,11 +89,7 @@ if "chosen_gemini" in BATCH_RULES:
             CONDA_ENV
         threads: 0
         params:
-            options=cli_options(
-                **config["teacher"]["gemini"],
-                system_prompt=config["prompts"]["teacher"],
-                store=PATHS.answer_store,
-            ),
+            options=teacher_gemini_options(config),
         shell:
             "python -m meddpo gemini --shard {input:q} {params.options}"
             " --out {output.answers:q} --failures {output.failures:q} --usage {output.usage:q} 2> {log:q}"

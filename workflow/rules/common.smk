@@ -34,6 +34,7 @@ from meddpo.planning.rule_options import (
     shard_benchmarks,
     shard_numbers,
     shell_prefix,
+    teacher_gemini_options,
     tiny_model_input,
     vllm_server_log,
     workflow_commit,

@@ -338,21 +338,25 @@ def judge_config(args: argparse.Namespace) -> dict:
 
     ``--local`` and ``--classifier`` replace their block; ``--gemini`` is laid over its block.
     """
-    from meddpo.config.settings import fill_defaults
+    from meddpo.config.settings import fill_defaults, gemini_price
     from meddpo.planning.checks import load_config
 
     default_missing = args.base_config == Path("config.yaml") and not args.base_config.exists()
     if args.base_config is None or (default_missing and not args.configfile):
         if args.base_config is not None:
             log.info("no config.yaml here: the judge settings are the schema's defaults and the options")
-        judge = fill_defaults({"judge": {}})["judge"]
+        config = fill_defaults({"judge": {}, "gemini_prices": {}})
     else:
-        judge = load_config(args.configfile, base=args.base_config)["judge"]
+        config = load_config(args.configfile, base=args.base_config)
+    judge = config["judge"]
     for key in ("backend", "classifier_format", "max_usd", "min_margin", "local", "classifier"):
         if hasattr(args, key):
             judge[key] = getattr(args, key)
     if hasattr(args, "gemini"):
         judge["gemini"] = {**(judge.get("gemini") or {}), **args.gemini}
+    # the price the Gemini judge is billed by: --price, else the config's gemini_prices entry
+    price = getattr(args, "price", None) or gemini_price(config, judge.get("gemini") or {})
+    judge["gemini"] = {**(judge.get("gemini") or {}), "price": price}
     return judge
 
 

@@ -36,6 +36,7 @@ from meddpo.cli.arguments import (
     integer,
     local_model_options,
     nullable,
+    price_option,
     setting,
     vllm_block,
     within,
@@ -223,6 +224,7 @@ def _add_judge(sub) -> None:
     setting(p, "judge.classifier_format", default=unset)
     setting(p, "judge.min_margin", type=float, default=unset, help="for the summary: |margin| under it: tie")
     setting(p, "judge.max_usd", type=nullable(float), default=unset, help="an API judge's cap (none: no cap)")
+    price_option(p)
     p.add_argument("--vllm", type=vllm_block, default={}, help="engine vllm: the config's vllm block, JSON")
     p.add_argument("--server-log", type=Path, help="engine vllm: the server's log file")
     p.add_argument("--device", default="auto", help="auto = cuda when available, else cpu")

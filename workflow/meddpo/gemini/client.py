@@ -31,13 +31,13 @@ import asyncio
 import os
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from meddpo.backends import in_batch_mode
-from meddpo.config.settings import defaults
+from meddpo.config.settings import defaults, gemini_price
 from meddpo.errors import UserError
 from meddpo.gemini.errors import (
     HARD_ERROR_CODES,
@@ -80,11 +80,7 @@ class GeminiSettings:
     timeout_s: float = _DEFAULTS["timeout_s"]
     base_url: str | None = _DEFAULTS["base_url"]
     secrets_file: str | None = _DEFAULTS["secrets_file"]
-    price_input_per_million: float = _DEFAULTS["price_input_per_million"]
-    price_output_per_million: float = _DEFAULTS["price_output_per_million"]
     mode: str = _DEFAULTS["mode"]
-    batch_price_input_per_million: float = _DEFAULTS["batch_price_input_per_million"]
-    batch_price_output_per_million: float = _DEFAULTS["batch_price_output_per_million"]
     batch_poll_s: float = _DEFAULTS["batch_poll_s"]
     batch_wait_h: float = _DEFAULTS["batch_wait_h"]
     batch_max_age_h: float = _DEFAULTS["batch_max_age_h"]
@@ -96,20 +92,24 @@ class GeminiSettings:
     max_refused_fraction: float = _DEFAULTS["max_refused_fraction"]
     too_many_refusals: str = _DEFAULTS["too_many_refusals"]
     accept_served_model: str | None = _DEFAULTS["accept_served_model"]
+    # the model's gemini_prices entry (None: the schema's, when it has one for the model)
+    price: Mapping[str, Any] | None = None
 
     # The settings that change the answer text (the rest only change speed and cost).
     TEXT_KEYS: ClassVar[tuple[str, ...]] = ("model", "temperature", "max_output_tokens", "thinking_budget")
 
-    def prices(self, batch: bool | None = None) -> dict[str, float]:
-        """USD per million tokens online or in batch mode (``batch`` None: this block's mode)."""
-        if in_batch_mode(self) if batch is None else batch:
-            return {
-                "input_per_million": self.batch_price_input_per_million,
-                "output_per_million": self.batch_price_output_per_million,
-            }
+    def prices(self, batch: bool | None = None) -> dict[str, float] | None:
+        """USD per million tokens online or in batch mode (``batch`` None: this block's mode), from
+        ``price``, else the schema's gemini_prices entry of the model; None when neither has one."""
+        price = self.price or gemini_price(
+            {}, {"model": self.model, "accept_served_model": self.accept_served_model}
+        )
+        if price is None:
+            return None
+        prefix = "batch_" if (in_batch_mode(self) if batch is None else batch) else ""
         return {
-            "input_per_million": self.price_input_per_million,
-            "output_per_million": self.price_output_per_million,
+            "input_per_million": price[prefix + "input_per_million"],
+            "output_per_million": price[prefix + "output_per_million"],
         }
 
     def endpoint(self) -> str | None:
@@ -434,8 +434,11 @@ def generation_config(settings: GeminiSettings, system_prompt: str, response_sch
     return types.GenerateContentConfig(**kwargs)
 
 
-def estimate_cost(usage: dict, prices: dict) -> float:
-    """US dollars from token counts and per-million-token prices (thinking is billed as output)."""
+def estimate_cost(usage: dict, prices: dict | None) -> float | None:
+    """US dollars from token counts and per-million-token prices (thinking is billed as output);
+    None without prices (a model gemini_prices does not list)."""
+    if prices is None:
+        return None
     return round(
         usage.get("input_tokens", 0) / 1e6 * prices.get("input_per_million", 0.0)
         + (usage.get("output_tokens", 0) + usage.get("thinking_tokens", 0))

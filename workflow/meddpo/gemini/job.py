@@ -81,9 +81,16 @@ class _ShardRequests:
         endpoint = settings.endpoint()
         self.reach = EndpointWatch(host_port(endpoint) if endpoint else "the SDK's default endpoint")
         self.prices = settings.prices()
+        if max_usd is not None and self.prices is None:
+            billed_as = settings.accept_served_model or settings.model
+            raise HardGeminiError(
+                f"a cost cap (max_usd {max_usd:g}) needs the price of {billed_as}: add gemini_prices."
+                f"{billed_as} (input_per_million, output_per_million, batch_input_per_million, "
+                "batch_output_per_million, written), or set the cap to null"
+            )
         self.spent_before = 0.0
         if max_usd is not None and job.store:
-            self.spent_before = records_cost(job.store.read_log("requests"), settings)
+            self.spent_before = records_cost(job.store.read_log("requests"), settings) or 0.0
         self.capped: list[float] = []  # the spend when the cap stopped new requests (those in flight finish)
 
     def log_request(self, record: dict) -> None:
@@ -99,7 +106,7 @@ class _ShardRequests:
         """Ask one question (unless the cost cap or an unreachable endpoint stopped the job) and keep it."""
         async with self.semaphore:
             if self.max_usd is not None:
-                spent = self.spent_before + estimate_cost(self.usage, self.prices)
+                spent = self.spent_before + (estimate_cost(self.usage, self.prices) or 0.0)
                 if self.capped or spent >= self.max_usd:
                     self.capped.append(spent)
                     return
@@ -248,8 +255,9 @@ async def answer_parts(
     limiter = limiter or RateLimiter(settings.requests_per_minute)
     config = generation_config(settings, system_prompt, response_schema)
     client = make_client(api_key, settings)
-    requests = [_ShardRequests(job, settings, client, limiter, config, max_usd, served) for job in jobs]
+    requests: list[_ShardRequests] = []
     try:
+        requests += [_ShardRequests(job, settings, client, limiter, config, max_usd, served) for job in jobs]
         if in_batch_mode(settings):
             _in_batches(
                 requests, settings, client, config, system_prompt

@@ -41,14 +41,16 @@ def add_up(records: Iterable[Mapping]) -> dict:
     return {key: totals.get(key, 0) for key in (*USAGE_COUNTS, *FLAG_COUNTS.values())}
 
 
-def records_cost(records: Iterable[Mapping], settings: GeminiSettings) -> float:
-    """US dollars of request-log records, each at the prices of the mode it was sent in (online or batch)."""
+def records_cost(records: Iterable[Mapping], settings: GeminiSettings) -> float | None:
+    """US dollars of request-log records, each at the prices of the mode it was sent in (online or
+    batch); None when gemini_prices has no price for the model."""
+    if settings.prices() is None:
+        return None
     by_mode: dict[bool, list[Mapping]] = {}
     for record in records:
         by_mode.setdefault(sent_in_batch(record), []).append(record)
-    return round(
-        sum(estimate_cost(add_up(rows), settings.prices(batch)) for batch, rows in by_mode.items()), 6
-    )
+    costs = [estimate_cost(add_up(rows), settings.prices(batch)) or 0.0 for batch, rows in by_mode.items()]
+    return round(sum(costs), 6)
 
 
 def shard_records(store, ids: set[str], own_batches: set[str]) -> list[dict]:
@@ -94,9 +96,11 @@ def shard_totals(
         model=settings.model,
         served_models=served_counts(rows),
     )
+    if usage["estimated_cost_usd"] is None:
+        log.warning("gemini_prices has no price for %s: no cost estimate", settings.model)
     log.info(
         "%d answered, %d refused %s, %d failed %s; %d requests (%d by this job), tokens in/out/thinking "
-        "%d/%d/%d, estimated $%.4f; served by %s",
+        "%d/%d/%d, estimated $%s; served by %s",
         len(rows),
         len(refused),
         usage["refusal_reasons"],
@@ -107,7 +111,7 @@ def shard_totals(
         usage["input_tokens"],
         usage["output_tokens"],
         usage["thinking_tokens"],
-        usage["estimated_cost_usd"],
+        "?" if usage["estimated_cost_usd"] is None else f"{usage['estimated_cost_usd']:.4f}",
         usage["served_models"],
     )
     if usage["usage_missing"]:

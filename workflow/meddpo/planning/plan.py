@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from meddpo.backends import asks_gemini, in_batch_mode, runs_locally, serves_vllm, teacher_rule
+from meddpo.config.settings import gemini_price
 
 # Minutes per 100 questions of a shard job (before the start-up allowance), by rule.
 # Guesses until a GPU benchmark and a real cluster run replace them (benchmarks/README.md).
@@ -212,21 +213,43 @@ def estimate(config: dict[str, Any]) -> dict[str, Any]:
     if asks_gemini(config["teacher"]):
         gemini = config["teacher"]["gemini"]
         prompt = _approx_tokens(config["prompts"]["teacher"]) + 30  # a MedQuAD question: ~30 tokens
-        out["gemini_usd_at_most"] = _usd(gemini, n * prompt, n * gemini["max_output_tokens"], "")
-        out["gemini_batch_usd_at_most"] = _usd(gemini, n * prompt, n * gemini["max_output_tokens"], "batch_")
+        out["gemini_usd_at_most"] = _usd(config, gemini, n * prompt, n * gemini["max_output_tokens"], "")
+        out["gemini_batch_usd_at_most"] = _usd(
+            config, gemini, n * prompt, n * gemini["max_output_tokens"], "batch_"
+        )
     if "judge_rubric_gemini" in judge_rules(config):
         out["judge_usd_at_most"] = judge_gemini_usd(config, n)
         out["judge_batch_usd_at_most"] = judge_gemini_usd(config, n, "batch_")
     return out
 
 
-def _usd(gemini: dict[str, Any], input_tokens: int, output_tokens: int, prices: str) -> float:
-    """Dollars at the block's online (``prices`` "") or batch ("batch_") prices."""
+def _usd(
+    config: dict[str, Any], gemini: dict[str, Any], input_tokens: int, output_tokens: int, prices: str
+) -> float | None:
+    """Dollars at the online (``prices`` "") or batch ("batch_") prices of the gemini_prices entry the
+    block is billed by; None when the table has none (the preflight then stops: missing_prices)."""
+    price = gemini_price(config, gemini)
+    if price is None:
+        return None
     dollars = (
-        input_tokens * gemini[prices + "price_input_per_million"]
-        + output_tokens * gemini[prices + "price_output_per_million"]
+        input_tokens * price[prices + "input_per_million"]
+        + output_tokens * price[prices + "output_per_million"]
     )
     return round(dollars / 1e6, 2)
+
+
+def missing_prices(config: dict[str, Any]) -> dict[str, str]:
+    """The Gemini blocks the run uses whose model gemini_prices does not list: block -> model."""
+    blocks = {}
+    if asks_gemini(config["teacher"]):
+        blocks["teacher.gemini"] = config["teacher"]["gemini"]
+    if "judge_rubric_gemini" in judge_rules(config):
+        blocks["judge.gemini"] = config["judge"]["gemini"]
+    return {
+        name: block.get("accept_served_model") or block["model"]
+        for name, block in blocks.items()
+        if gemini_price(config, block) is None
+    }
 
 
 def _batch_lines(plan: dict[str, Any]) -> list[str]:
@@ -242,7 +265,7 @@ def _batch_lines(plan: dict[str, Any]) -> list[str]:
 RUBRIC_PROMPT_TOKENS = 450
 
 
-def judge_gemini_usd(config: dict[str, Any], n: int, prices: str = "") -> float:
+def judge_gemini_usd(config: dict[str, Any], n: int, prices: str = "") -> float | None:
     """Dollars of a Gemini rubric judge at most: both answers at their caps, verdicts at max_output_tokens."""
     gemini = config["judge"]["gemini"]
     teacher = config["teacher"][config["teacher"]["backend"]]
@@ -250,7 +273,7 @@ def judge_gemini_usd(config: dict[str, Any], n: int, prices: str = "") -> float:
         "max_new_tokens", teacher.get("max_output_tokens", 0)
     )
     input_tokens = n * (2 * (RUBRIC_PROMPT_TOKENS + 30) + answer_caps)
-    return _usd(gemini, input_tokens, 2 * n * gemini["max_output_tokens"], prices)
+    return _usd(config, gemini, input_tokens, 2 * n * gemini["max_output_tokens"], prices)
 
 
 def render_estimate(plan: dict[str, Any]) -> list[str]:
@@ -281,12 +304,16 @@ def render_estimate(plan: dict[str, Any]) -> list[str]:
                 for rule, a in plan["assumed_per_rule"].items()
             )
         )
-    if "gemini_usd_at_most" in plan:
+    if "gemini_usd_at_most" in plan and plan["gemini_usd_at_most"] is None:
+        lines.append("Gemini: no dollar estimate, gemini_prices has no price for the teacher's model")
+    elif "gemini_usd_at_most" in plan:
         lines.append(
             f"Gemini at most ${plan['gemini_usd_at_most']:.2f} online, "
             f"${plan['gemini_batch_usd_at_most']:.2f} in batch mode (every answer at max_output_tokens)"
         )
-    if "judge_usd_at_most" in plan:
+    if "judge_usd_at_most" in plan and plan["judge_usd_at_most"] is None:
+        lines.append("Gemini rubric judge: no dollar estimate, gemini_prices has no price for its model")
+    elif "judge_usd_at_most" in plan:
         lines.append(
             f"Gemini rubric judge at most ${plan['judge_usd_at_most']:.2f} online, "
             f"${plan['judge_batch_usd_at_most']:.2f} in batch mode (both answers at their caps, every "

@@ -17,6 +17,7 @@ import subprocess
 from typing import Any
 
 from meddpo.backends import asks_gemini, judge_block, serves_vllm
+from meddpo.config.settings import gemini_price
 from meddpo.planning.checks import demo_model_path
 from meddpo.planning.paths import run_paths, shard_number
 from meddpo.planning.plan import batch_rules, judge_rule, judge_rules, teacher_rule
@@ -117,6 +118,18 @@ def shard_benchmarks(config: dict[str, Any], side: str) -> list[str]:
     return [paths.benchmark(side).replace("{shard}", shard) for shard in shard_numbers(config)]
 
 
+def teacher_gemini_options(config: dict[str, Any]) -> str:
+    """`meddpo gemini` options: the teacher.gemini block as it is (never the key itself: it stays out of
+    command lines), the teacher's prompt, the store, and the gemini_prices entry it is billed by."""
+    block = config["teacher"]["gemini"]
+    return cli_options(
+        **block,
+        system_prompt=config["prompts"]["teacher"],
+        store=run_paths(config).answer_store,
+        price=gemini_price(config, block),
+    )
+
+
 def chosen_extras(config: dict[str, Any], kind: str) -> list[str]:
     """Per-shard side files of the Gemini teacher (failures, usage), none for a local teacher."""
     if not asks_gemini(config["teacher"]):
@@ -147,7 +160,8 @@ def judge_options(config: dict[str, Any], kind: str) -> str:
     elif model is not None:
         options.update(backend="local", local=model)
     else:
-        options.update(backend="gemini", gemini=judge["gemini"], max_usd=judge["max_usd"])
+        price = gemini_price(config, judge["gemini"])
+        options.update(backend="gemini", gemini=judge["gemini"], max_usd=judge["max_usd"], price=price)
     if serves_vllm(model):
         options["vllm"] = config["vllm"]
     paths = run_paths(config)

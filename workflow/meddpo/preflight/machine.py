@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from meddpo.backends import asks_gemini, serves_vllm
-from meddpo.planning.plan import local_models
+from meddpo.planning.plan import local_models, missing_prices
 
 # bytes a question needs on disk, all copies included (store, shards, pairs, dataset), at the caps
 BYTES_PER_ANSWER_TOKEN = 4 * 4
@@ -48,6 +48,20 @@ def check_gemini(config: dict[str, Any], block: str = "teacher.gemini") -> list[
     except MissingKeyError as err:
         return [Finding("error", f"{block}: {err}")]
     return []
+
+
+def check_prices(config: dict[str, Any]) -> list[Finding]:
+    """Every Gemini model the run is billed by has its gemini_prices entry (else no estimate, no cap)."""
+    from meddpo.config.settings import PRICE_KEYS
+
+    return [
+        Finding(
+            "error",
+            f"{block}.model: gemini_prices has no price for {model}: add gemini_prices.{model} with "
+            f"{', '.join(PRICE_KEYS)} (USD per million tokens, and the day you looked them up)",
+        )
+        for block, model in missing_prices(config).items()
+    ]
 
 
 def needed_bytes(config: dict[str, Any], questions: int) -> int:

@@ -52,6 +52,7 @@ from meddpo.preflight.machine import (
     check_gemini,
     check_gpu,
     check_output,
+    check_prices,
     check_readable,
     check_slurm,
     check_start_up,
@@ -93,6 +94,8 @@ def preflight(
         findings += check_gemini(config)
     if needed("judge_rubric_gemini") and "judge_rubric_gemini" in judge_rules(config):
         findings += check_gemini(config, "judge.gemini")
+    if needed("chosen_gemini", "judge_rubric_gemini"):
+        findings += check_prices(config)
     plan = estimate(config)
     served = [rule for rule in vllm_rules(config) if needed(rule)]
     if served:
