@@ -824,8 +824,11 @@ def test_a_gemini_judge_at_a_closed_port_stops_within_a_minute_naming_it_and_pay
     elapsed = time.monotonic() - started
     assert result.returncode == 2, result.stderr[-2000:]
     assert elapsed < 60 and "Traceback" not in result.stderr  # about 3 s here, imports included
-    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    errors = [line for line in result.stderr.splitlines() if ": error: " in line]
     assert len(errors) == 1 and errors[0] == result.stderr.strip().splitlines()[-1]
+    # the preflight could not ask whether the model exists either: a warning, and the job tried
+    [warning] = [line for line in result.stderr.splitlines() if "WARNING" in line]
+    assert "judge.gemini.model: could not ask Gemini whether gemini-2.5-flash exists" in warning
     assert errors[0].startswith(
         f"meddpo judge: error: cannot reach the Gemini endpoint 127.0.0.1:{port}: 3 attempts in a row "
         "never got there (connection refused); nothing was sent for them and none is counted as paid"
