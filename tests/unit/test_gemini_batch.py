@@ -311,10 +311,54 @@ def test_status_shows_each_batch_with_its_state_and_age():
     ]
     assert batches_by_part(records, now=1000.0 + 7200) == {
         "shard-000.jsonl": [
-            {"name": "batches/1", "state": "EXPIRED", "questions": 2, "results": 1, "age_h": 2.0},
-            {"name": "batches/2", "state": "waiting", "questions": 1, "age_h": 0.89},
+            {
+                "name": "batches/1",
+                "display_name": "a",
+                "state": "EXPIRED",
+                "questions": 2,
+                "results": 1,
+                "age_h": 2.0,
+            },
+            {"name": "batches/2", "display_name": "b", "state": "waiting", "questions": 1, "age_h": 0.89},
         ]
     }
+
+
+def test_status_live_asks_the_api_for_each_open_batch_and_finds_a_lost_one_by_its_name(monkeypatch):
+    from google import genai
+    from google.genai import types
+
+    from meddpo.preflight.status import ask_live, render
+
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    plans = [
+        BatchPlan(pending_polls=100),
+        BatchPlan(),
+        BatchPlan(forgotten=True),
+        BatchPlan(pending_polls=100),
+    ]
+    with GeminiTestServer(batch_plans=plans) as server:
+        gemini = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=server.base_url))
+        for display in ("running", "done", "deleted", "lost-reply"):
+            src = [types.InlinedRequest(contents=f"q{i}", metadata={"key": f"k{i}"}) for i in range(3)]
+            gemini.batches.create(model="gemini-2.5-flash", src=src, config={"display_name": display})
+        gemini.batches.get(name="batches/test-0002")  # it ends at its first look
+        names = {"running": "batches/test-0001", "done": "batches/test-0002", "deleted": "batches/test-0003"}
+        batches = [
+            {"name": names.get(d), "display_name": d, "state": "waiting", "questions": 3, "age_h": 0.5}
+            for d in ("running", "done", "deleted", "lost-reply")
+        ]
+        rows = [{"role": "chosen", "shard": "shard-000", "questions": 12, "answered": 0, "refused": 0}]
+        rows[0].update(done=False, batches=batches)
+        gemini_block = {"base_url": server.base_url, "secrets_file": None, "max_attempts": 2}
+        ask_live({"teacher": {"gemini": gemini_block}, "judge": {"gemini": gemini_block}}, rows, {})
+    old = " " * 21 + "batch batches/test-000{}: waiting, 3 questions, 0.50 h old (at Google: {})"
+    assert render(rows)[1:5] == [
+        old.format(1, "PENDING, 3 requests: 3 pending"),
+        old.format(2, "SUCCEEDED, 3 requests: 3 succeeded, 0 failed"),
+        old.format(3, "NOT FOUND (404)"),
+        old.format(4, "PENDING, 3 requests: 3 pending"),  # its create reply was lost: found by its name
+    ]
 
 
 def _cli(shard, tmp_path, *extra):

@@ -397,8 +397,11 @@ def _profile_executor(profile: Path) -> str | None:
 
 def status(args: argparse.Namespace) -> None:
     from meddpo.planning.checks import load_config
-    from meddpo.preflight.status import judge_batches, render, shard_status
+    from meddpo.preflight.status import ask_live, judge_batches, render, shard_status
 
     config = load_config(args.configfile, base=args.base_config)
-    for line in render(shard_status(config), judge_batches(config)):
+    rows, judge = shard_status(config), judge_batches(config)
+    if args.live:  # every batch still open, as the Batch API tells it now
+        ask_live(config, rows, judge)
+    for line in render(rows, judge):
         print(line)

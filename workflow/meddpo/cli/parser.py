@@ -260,6 +260,11 @@ def _add_preflight(sub) -> None:
 def _add_status(sub) -> None:
     p = sub.add_parser("status", help="answers in the store per model and shard, against the questions")
     _config_files(p)
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="also ask the Batch API (batches.get, free) for the state and counts of each batch still open",
+    )
     p.set_defaults(func=commands.status)
 
 

@@ -20,7 +20,8 @@ A batch resource::
     {"name": "batches/<id>",
      "metadata": {"@type": ".../google.ai.generativelanguage.v1main.GenerateContentBatch",
                   "model": "models/<model>", "displayName": ..., "state": "BATCH_STATE_...",
-                  "createTime": ..., "updateTime": ..., "batchStats": {"requestCount": "<n>"},
+                  "createTime": ..., "updateTime": ..., "batchStats": {"requestCount": "<n>",
+                  "pendingRequestCount" until it ends, then "successfulRequestCount", "failedRequestCount"},
                   once final: "endTime": ...,
                               "output": {"inlinedResponses": {"inlinedResponses": [entry, ...]}}
                                   (file input: "output": {"responsesFile": "files/responses<seq>"})},
@@ -391,6 +392,20 @@ def _finish(batch: ServedBatch, state: str) -> None:
     batch.update_time = batch.end_time = time.time()
 
 
+def _stats(batch: ServedBatch) -> dict:
+    """The batch's counts as the API writes them (numbers as strings): all pending until it ends."""
+    stats = {"requestCount": str(len(batch.entries))}
+    if not batch.done:
+        return {**stats, "pendingRequestCount": str(len(batch.entries))}
+    output = batch.output()[: len(batch.output()) - len(batch.extra)]
+    succeeded = sum("response" in entry for entry in output)
+    return {
+        **stats,
+        "successfulRequestCount": str(succeeded),
+        "failedRequestCount": str(len(output) - succeeded),
+    }
+
+
 def _resource(batch: ServedBatch) -> dict:
     metadata: dict[str, Any] = {
         "@type": BATCH_TYPE,
@@ -399,7 +414,7 @@ def _resource(batch: ServedBatch) -> dict:
         "state": batch.state,
         "createTime": rfc3339(batch.create_time),
         "updateTime": rfc3339(batch.update_time),
-        "batchStats": {"requestCount": str(len(batch.entries))},
+        "batchStats": _stats(batch),
     }
     resource: dict[str, Any] = {"name": batch.name, "metadata": metadata}
     if batch.end_time is not None:
