@@ -222,6 +222,9 @@ def test_the_models_that_served_the_api_answers_are_in_the_stats_report_and_card
     )
     assert merged["teacher_usage"]["served_models"] == {"gemini-2.5-flash-001": 3}
     assert merged["teacher_usage"]["usage_missing"] == 1
+    unpriced = [{"requests": 1, "estimated_cost_usd": None}, {"requests": 1, "estimated_cost_usd": 0.5}]
+    _, without_price = merge_pair_shards([(rows, shard_stats)], unpriced)
+    assert without_price["teacher_usage"]["estimated_cost_usd"] is None  # never a partial sum
     kept, dropped, counts = apply_policy(rows)
     stats = build_stats(kept, dropped, pair_stats=merged, quality_counts=counts)
     assert stats["served_models"] == {

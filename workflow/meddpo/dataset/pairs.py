@@ -199,8 +199,10 @@ def merge_pair_shards(
     if teacher_usage:
         totals = Counter()
         for usage in teacher_usage:
-            totals.update({key: usage.get(key, 0) for key in USAGE_KEYS})
+            totals.update({key: usage.get(key) or 0 for key in USAGE_KEYS})
         stats["teacher_usage"] = {key: round(totals[key], 6) for key in USAGE_KEYS}
+        if any(usage.get("estimated_cost_usd", 0) is None for usage in teacher_usage):
+            stats["teacher_usage"]["estimated_cost_usd"] = None  # a model without a price: no total
         served = Counter()
         for usage in teacher_usage:
             served.update(usage.get("served_models") or {})
