@@ -259,9 +259,8 @@ async def answer_parts(
     try:
         requests += [_ShardRequests(job, settings, client, limiter, config, max_usd, served) for job in jobs]
         if in_batch_mode(settings):
-            _in_batches(
-                requests, settings, client, config, system_prompt
-            )  # blocking: Ctrl-C stops it at once
+            # blocking, in this thread: Ctrl-C stops it at once
+            _in_batches(requests, settings, client, config, system_prompt)
         else:
             for shard in requests:
                 await shard.ask_all()
