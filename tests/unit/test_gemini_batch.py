@@ -86,7 +86,8 @@ def test_a_shard_over_the_inline_limit_goes_as_an_uploaded_file_and_its_results_
         first, second = server.batches
         uploaded = [f for f in server.files if f.source == "UPLOADED"]
     assert stats["created"] == 2 and stats["uploads"] == 2 and stats["downloads"] == 2
-    assert first.source_file and first.keys == IDS and second.keys == IDS[6:]
+    # the second batch: the key whose entry was a 500, and the six the expired batch left without one
+    assert first.source_file and first.keys == IDS and second.keys == ["q004", *IDS[6:]]
     line = json.loads(uploaded[0].data.decode().splitlines()[0])
     assert line["key"] == "q000" and line["request"]["systemInstruction"] == {
         "parts": [{"text": "Be careful."}]
@@ -94,11 +95,10 @@ def test_a_shard_over_the_inline_limit_goes_as_an_uploaded_file_and_its_results_
     assert line["request"]["contents"] == [
         {"role": "user", "parts": [{"text": "What helps with condition 0 ?"}]}
     ]
-    assert [a["id"] for a in answers] == [i for i in IDS if i != "q004"]
-    assert left_out == [{"id": "q004", "reason": "batch_error:500", "attempts": 1, "kind": "failed"}]
+    assert [a["id"] for a in answers] == IDS and left_out == []
     for answer in answers:
         assert f"condition {int(answer['id'][1:])} ?" in answer["text"]
-    assert usage["requests"] == 12 and usage["batch_requests"] == 12
+    assert usage["requests"] == 13 and usage["batch_requests"] == 13  # the 500 was an entry too
 
 
 def test_results_listed_out_of_order_land_on_their_own_ids(tmp_path):
@@ -126,28 +126,47 @@ def test_an_expired_batch_with_half_its_results_resubmits_exactly_the_other_half
     ]
 
 
-def test_per_key_errors_fail_blocks_are_final_and_only_the_errors_go_into_the_rerun(tmp_path):
+def test_transient_per_key_errors_are_resubmitted_in_the_job_and_blocks_are_final(tmp_path):
     with GeminiTestServer() as server:
         server.script = {
-            QUESTIONS[1]["question"]: ["500"],
+            QUESTIONS[1]["question"]: ["500", "503"],
+            QUESTIONS[5]["question"]: ["429"],
             QUESTIONS[2]["question"]: ["blocked"],
             QUESTIONS[3]["question"]: ["safety"],
+            QUESTIONS[4]["question"]: ["400"],  # about the request itself: another try would get the same
         }
-        answers, left_out, _, _ = shard_job(server, tmp_path)
-        assert server.batch_stats()["created"] == 1  # an error is an outcome: not resubmitted in the job
-        rerun, rerun_left_out, _, _ = shard_job(server, tmp_path)
-        assert [b.keys for b in server.batches] == [IDS, ["q001"]]
+        answers, left_out, usage, problem = shard_job(server, tmp_path, max_failed_fraction=0.1)
+        # one job run: the 500 and the 429 go into a second batch, the 503 into a third
+        assert [b.keys for b in server.batches] == [IDS, ["q001", "q005"], ["q001"]]
+        rerun, rerun_left_out, _, _ = shard_job(server, tmp_path, max_failed_fraction=0.1)
+        assert [b.keys for b in server.batches][3:] == [["q004"]]  # the 400 is asked again by a rerun only
     assert {r["id"]: (r["kind"], r["reason"]) for r in left_out} == {
-        "q001": ("failed", "batch_error:500"),
         "q002": ("refused", "prompt_blocked:SAFETY"),
         "q003": ("refused", "finish_reason:SAFETY"),
+        "q004": ("failed", "batch_error:400"),
     }
-    assert len(answers) == 9
+    assert problem is None and [a["id"] for a in answers] == [
+        i for i in IDS if i not in ("q002", "q003", "q004")
+    ]
+    assert usage["requests"] == 12 + 3 and usage["failure_reasons"] == {"batch_error:400": 1}
     assert [a["id"] for a in rerun] == [i for i in IDS if i not in ("q002", "q003")]
     assert [r["id"] for r in rerun_left_out] == ["q002", "q003"]
 
 
-def test_a_lost_create_reply_is_found_by_its_display_name_over_every_page(tmp_path):
+def test_keys_still_errored_after_the_last_batch_fail_with_their_last_error(tmp_path):
+    with GeminiTestServer() as server:
+        server.script = {QUESTIONS[1]["question"]: ["500", "503", "500"]}
+        _, left_out, _, problem = shard_job(server, tmp_path, batch_max_attempts=2)
+        assert [b.keys for b in server.batches] == [IDS, ["q001"]]
+    assert left_out == [{"id": "q001", "reason": "batch_error:503", "attempts": 2, "kind": "failed"}]
+    assert problem == (
+        "1 of 12 questions failed ({'batch_error:503': 1}), more than max_failed_fraction 0.02; the list is "
+        f"kept in {next((tmp_path / 'store').glob('*/*/failures/shard-000.jsonl'))}. Rerun to ask again for "
+        "the failed ones only."
+    )
+
+
+def test_a_lost_create_reply_is_found_by_its_display_name_over_every_page_empty_ones_too(tmp_path):
     from google import genai
     from google.genai import types
 
@@ -160,9 +179,10 @@ def test_a_lost_create_reply_is_found_by_its_display_name_over_every_page(tmp_pa
                 config={"display_name": f"someone-else-{i}"},
             )
         server.batch_plans = [BatchPlan()] * 5 + [BatchPlan(lose_create_reply=True)]
+        server.batch_store.empty_pages = 2  # google-genai's own iterator raises IndexError on these
         answers, _, _, _ = shard_job(server, tmp_path)
         stats = server.batch_stats()
-    assert stats["created"] == 6 and stats["lists"] == 3  # 6 batches, 2 a page
+    assert stats["created"] == 6 and stats["lists"] == 3  # two empty pages, then the page that has it
     assert [a["id"] for a in answers] == IDS
 
 
@@ -291,10 +311,54 @@ def test_status_shows_each_batch_with_its_state_and_age():
     ]
     assert batches_by_part(records, now=1000.0 + 7200) == {
         "shard-000.jsonl": [
-            {"name": "batches/1", "state": "EXPIRED", "questions": 2, "results": 1, "age_h": 2.0},
-            {"name": "batches/2", "state": "waiting", "questions": 1, "age_h": 0.89},
+            {
+                "name": "batches/1",
+                "display_name": "a",
+                "state": "EXPIRED",
+                "questions": 2,
+                "results": 1,
+                "age_h": 2.0,
+            },
+            {"name": "batches/2", "display_name": "b", "state": "waiting", "questions": 1, "age_h": 0.89},
         ]
     }
+
+
+def test_status_live_asks_the_api_for_each_open_batch_and_finds_a_lost_one_by_its_name(monkeypatch):
+    from google import genai
+    from google.genai import types
+
+    from meddpo.preflight.status import ask_live, render
+
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    plans = [
+        BatchPlan(pending_polls=100),
+        BatchPlan(),
+        BatchPlan(forgotten=True),
+        BatchPlan(pending_polls=100),
+    ]
+    with GeminiTestServer(batch_plans=plans) as server:
+        gemini = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=server.base_url))
+        for display in ("running", "done", "deleted", "lost-reply"):
+            src = [types.InlinedRequest(contents=f"q{i}", metadata={"key": f"k{i}"}) for i in range(3)]
+            gemini.batches.create(model="gemini-2.5-flash", src=src, config={"display_name": display})
+        gemini.batches.get(name="batches/test-0002")  # it ends at its first look
+        names = {"running": "batches/test-0001", "done": "batches/test-0002", "deleted": "batches/test-0003"}
+        batches = [
+            {"name": names.get(d), "display_name": d, "state": "waiting", "questions": 3, "age_h": 0.5}
+            for d in ("running", "done", "deleted", "lost-reply")
+        ]
+        rows = [{"role": "chosen", "shard": "shard-000", "questions": 12, "answered": 0, "refused": 0}]
+        rows[0].update(done=False, batches=batches)
+        gemini_block = {"base_url": server.base_url, "secrets_file": None, "max_attempts": 2}
+        ask_live({"teacher": {"gemini": gemini_block}, "judge": {"gemini": gemini_block}}, rows, {})
+    old = " " * 21 + "batch batches/test-000{}: waiting, 3 questions, 0.50 h old (at Google: {})"
+    assert render(rows)[1:5] == [
+        old.format(1, "PENDING, 3 requests: 3 pending"),
+        old.format(2, "SUCCEEDED, 3 requests: 3 succeeded, 0 failed"),
+        old.format(3, "NOT FOUND (404)"),
+        old.format(4, "PENDING, 3 requests: 3 pending"),  # its create reply was lost: found by its name
+    ]
 
 
 def _cli(shard, tmp_path, *extra):
@@ -309,22 +373,27 @@ def _cli(shard, tmp_path, *extra):
     ]
 
 
-def test_a_batch_mode_job_gets_its_wait_as_time_limit_and_preflight_prints_both_prices(tmp_path):
+def test_a_batch_mode_teacher_is_one_job_that_waits_where_snakemake_runs_and_preflight_prints_both_prices(
+    tmp_path,
+):
     from conftest import REPO
     from meddpo.planning.checks import load_config
     from meddpo.planning.plan import estimate, render_estimate
 
     overlay = tmp_path / "batch.yaml"
-    overlay.write_text("teacher:\n  backend: gemini\n  gemini:\n    mode: batch\n")
-    plan = estimate(load_config([overlay], base=REPO / "config.yaml"))
-    assert plan["time_limit_minutes"]["chosen_gemini"] == 20 * 60 + 15  # batch_wait_h 20, plus start-up
     overlay.write_text("teacher:\n  backend: gemini\n  gemini:\n    mode: batch\n    batch_wait_h: 47.5\n")
     plan = estimate(load_config([overlay], base=REPO / "config.yaml"))
-    assert plan["time_limit_minutes"]["chosen_gemini"] == 47 * 60 + 30 + 15  # under RM-shared's 48 h
+    assert plan["jobs"]["chosen_gemini"] == 1 and plan["jobs"]["rejected"] == 20
+    assert "chosen_gemini" not in plan["time_limit_minutes"] and plan["batch_wait_hours"] == {
+        "chosen_gemini": 47.5
+    }
+    lines = render_estimate(plan)
+    assert (
+        "chosen_gemini: one job for every shard, run where Snakemake runs (no cluster job, no core): it "
+        "creates every shard's batch at once and waits for them together, up to 47.5 h (batch_wait_h)"
+    ) in lines
     assert plan["gemini_usd_at_most"] == 102.8 and plan["gemini_batch_usd_at_most"] == 51.4
-    assert "Gemini at most $102.80 online, $51.40 in batch mode (every answer at max_output_tokens)" in (
-        render_estimate(plan)
-    )
+    assert "Gemini at most $102.80 online, $51.40 in batch mode (every answer at max_output_tokens)" in lines
 
 
 def test_a_job_never_asks_questions_that_an_open_batch_holds(tmp_path, monkeypatch):
@@ -370,3 +439,130 @@ def test_collecting_a_batch_again_after_a_kill_keeps_and_counts_each_result_once
     assert [a["id"] for a in answers] == IDS and left_out == []
     (requests,) = (tmp_path / "store").glob("*/*/requests/shard-000.jsonl")
     assert len(read_jsonl_tolerant(requests)) == 13 and usage["requests"] == 13
+
+
+def test_every_entry_a_batch_returns_is_billed_once_duplicates_unknown_keys_and_missing_usage_too(tmp_path):
+    with GeminiTestServer(batch_plans=[BatchPlan(duplicates=2, unknown_keys=1)]) as server:
+        server.script = {QUESTIONS[3]["question"]: ["nousage"]}
+        answers, _, usage, _ = shard_job(server, tmp_path)
+        (batch,) = server.batches
+        returned = len(batch.output())
+        again = shard_job(server, tmp_path)[2]  # a rerun logs nothing again
+    assert [a["id"] for a in answers] == IDS and returned == 15
+    # 12 answers, q000 and q001 listed twice, one entry for a key nobody asked: 15 entries billed
+    assert usage["requests"] == 15 and usage["batch_requests"] == 15
+    assert (usage["duplicate_results"], usage["unknown_results"], usage["usage_missing"]) == (2, 1, 1)
+    # 14 entries with their counts, 16 tokens in and 18 out each; q003's reply had none: estimated at
+    # four characters a token, 10 in (system prompt and question) and 25 out (its 99-character answer)
+    assert usage["input_tokens"] == 14 * 16 + 10 and usage["output_tokens"] == 14 * 18 + 25
+    assert answers[3]["tokens_estimated"] is True and answers[3]["new_tokens"] == 25
+    assert (again["requests"], again["requests_this_job"], again["input_tokens"]) == (15, 0, 14 * 16 + 10)
+    (log,) = (tmp_path / "store").glob("*/*/requests/shard-000.jsonl")
+    flags = ("duplicate", "unknown_key", "usage_missing")
+    flagged = [(r["id"], [k for k in flags if r.get(k)]) for r in read_jsonl(log)]
+    assert [f for f in flagged if f[1]] == [
+        ("q003", ["usage_missing"]),
+        ("q000", ["duplicate"]),
+        ("q001", ["duplicate"]),
+        ("not-asked-0", ["unknown_key"]),
+    ]
+
+
+def test_a_batch_the_api_no_longer_knows_is_ended_and_its_questions_resubmitted_once(tmp_path):
+    shard = tmp_path / "shard.jsonl"
+    write_jsonl(shard, QUESTIONS)
+    with GeminiTestServer(batch_plans=[BatchPlan(pending_polls=100)]) as server:
+        first = subprocess.run(
+            _cli(shard, tmp_path, "--batch-wait-h", "1e-9"),
+            env=gemini_env(server, KEY),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert first.returncode == 2 and "is still PENDING" in first.stderr
+        server.batch_store.forget("batches/test-0001")  # deleted at Google, or the key's project changed
+        rerun = subprocess.run(
+            _cli(shard, tmp_path), env=gemini_env(server, KEY), capture_output=True, text=True, timeout=120
+        )
+        assert rerun.returncode == 0, rerun.stderr
+        assert [b.keys for b in server.batches] == [IDS, IDS]
+        again = subprocess.run(
+            _cli(shard, tmp_path), env=gemini_env(server, KEY), capture_output=True, text=True, timeout=120
+        )
+        assert again.returncode == 0 and server.batch_stats()["created"] == 2
+    warnings = [line.split(": ", 1)[1] for line in rerun.stderr.splitlines() if "WARNING" in line]
+    assert warnings == [
+        "batch batches/test-0001 (shard-000.jsonl, 12 questions): the Batch API answers 404 (deleted, or "
+        "made under another project's key): ended as not found; its questions without an outcome go into a "
+        "new batch"
+    ]
+    log = [r for p in (tmp_path / "store").glob("*/*/batches/*.jsonl") for r in read_jsonl_tolerant(p)]
+    assert [(r["event"], r.get("state")) for r in log if r["event"] == "ended"] == [
+        ("ended", "NOT_FOUND"),
+        ("ended", "JOB_STATE_SUCCEEDED"),
+    ]
+    assert [r["id"] for r in read_jsonl(tmp_path / "chosen" / "shard-000.jsonl")] == IDS
+
+
+def test_batch_calls_wait_the_delay_a_429_asks_for(monkeypatch):
+    from google import genai
+    from google.genai import types
+
+    from meddpo.gemini.batch_api import BatchApi
+
+    slept = []
+    with GeminiTestServer(retry_delay_s=37) as server:
+        gemini = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=server.base_url))
+        name = gemini.batches.create(
+            model="gemini-2.5-flash", src=[types.InlinedRequest(contents="hi", metadata={"key": "k"})]
+        ).name
+        server.batch_faults = {"get": ["429", "503"], "list": ["429"]}
+        settings = batch_settings(server, initial_backoff_s=0.5, max_backoff_s=5)
+        api = BatchApi(gemini, settings, sleep=slept.append)
+        assert api.get(name).state.name == "JOB_STATE_SUCCEEDED"
+        assert api.names({"nothing-by-this-name"}) == {}
+        assert api.get("batches/no-such-batch") is None  # a 404 is an answer: the batch is gone
+    # the 429s' RetryInfo asks for 37 s; the 503 gets the back-off (0.5 s, doubled once)
+    assert slept == [37.0, 1.0, 37.0]
+
+
+def test_a_failure_of_the_sdk_itself_is_named_as_the_sdks():
+    from meddpo.gemini.errors import describe_error
+
+    assert describe_error(IndexError("list index out of range")) == (
+        "the google-genai SDK (google-genai 3.3.0) failed: IndexError: list index out of range"
+    )
+
+
+def test_one_job_creates_every_shards_batch_before_it_waits_for_any(tmp_path, monkeypatch):
+    from meddpo.gemini.job import answer_shards
+
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    shards = [(QUESTIONS[i::3], f"shard-00{i}") for i in range(3)]
+    with GeminiTestServer(batch_plans=[BatchPlan(pending_polls=3)] * 3) as server:
+        results = answer_shards(shards, "Be careful.", batch_settings(server), store_root=tmp_path / "store")
+        calls = [(e["call"], e["batch"]) for e in server.batch_events()]
+    assert calls[:3] == [("create", "test-0001"), ("create", "test-0002"), ("create", "test-0003")]
+    # then rounds of polls, each looking at every batch still open
+    assert calls[3:6] == [("get", "test-0001"), ("get", "test-0002"), ("get", "test-0003")]
+    assert [[a["id"] for a in answers] for answers, _, _, _ in results] == [IDS[0::3], IDS[1::3], IDS[2::3]]
+    assert [usage["requests"] for _, _, usage, _ in results] == [4, 4, 4]
+
+
+def test_a_wait_that_runs_out_names_every_batch_still_running(tmp_path, monkeypatch):
+    from meddpo.gemini.job import answer_shards
+
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    shards = [(QUESTIONS[i::2], f"shard-00{i}") for i in range(2)]
+    with GeminiTestServer(batch_plans=[BatchPlan(pending_polls=100)] * 2) as server:
+        try:
+            answer_shards(
+                shards, "Be careful.", batch_settings(server, batch_wait_h=1e-9), store_root=tmp_path
+            )
+        except UserError as error:
+            message = str(error)
+    assert message == (
+        "2 batches (12 questions) are still running after this job waited 0.00 h (batch_wait_h 1e-09): "
+        "batches/test-0001 (shard-000.jsonl, PENDING), batches/test-0002 (shard-001.jsonl, PENDING); "
+        "they run on at Google: rerun the job to collect them (nothing is sent again)"
+    )

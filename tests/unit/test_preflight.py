@@ -435,7 +435,14 @@ def test_preflight_of_the_real_config_prints_jobs_and_cost(tmp_path):
     assert lines[2].startswith("meddpo preflight: GPU-hours at most 5.1 (rejected 1.61, chosen_local 3.51)")
     gemini = tmp_path / "gemini.yaml"
     gemini.write_text("teacher:\n  backend: gemini\n")
-    run = meddpo("preflight", "--configfile", str(gemini), env={**os.environ, "GEMINI_API_KEY": "k"})
+    # Gemini cannot be asked whether the model exists (a closed port here): a warning, not a stop
+    closed = {"GEMINI_API_KEY": "k", "GOOGLE_GEMINI_BASE_URL": "http://127.0.0.1:9"}
+    run = meddpo("preflight", "--configfile", str(gemini), env={**os.environ, **closed})
+    [warning] = [line for line in run.stdout.splitlines() if "warning" in line and "Gemini" in line]
+    assert warning.startswith(
+        "meddpo preflight: warning: teacher.gemini.model: could not ask Gemini whether gemini-2.5-flash "
+        "exists (the request to Gemini failed on its way: ConnectError:"
+    ) and warning.endswith("); the run goes on")
     # 10,000 x (~134 prompt tokens x $0.30 + 4,096 output tokens x $2.50) per million
     assert (
         "meddpo preflight: Gemini at most $102.80 online, $51.40 in batch mode "
@@ -571,3 +578,74 @@ def test_a_rerun_of_the_dataset_step_alone_needs_no_model_or_key(tmp_path, monke
     config["output"]["dir"] = str(tmp_path / "results")
     assert any("rejected.model" in f.text for f in pf.preflight(config))
     assert not any("model" in f.text for f in pf.preflight(config, pending={"finalize", "validate", "all"}))
+
+
+def test_a_gemini_model_without_a_price_stops_the_preflight_in_one_line(tmp_path):
+    from meddpo.planning.plan import estimate, render_estimate
+    from meddpo.preflight.machine import check_prices
+
+    overlay = tmp_path / "new-model.yaml"
+    overlay.write_text("teacher:\n  backend: gemini\n  gemini: {model: gemini-3-flash}\n")
+    config = load_config([overlay], base=REPO / "config.yaml")
+    assert [str(finding) for finding in check_prices(config)] == [
+        "error: teacher.gemini.model: gemini_prices has no price for gemini-3-flash: add "
+        "gemini_prices.gemini-3-flash with input_per_million, output_per_million, batch_input_per_million, "
+        "batch_output_per_million, written (USD per million tokens, and the day you looked them up)"
+    ]
+    plan = estimate(config)
+    assert plan["gemini_usd_at_most"] is None
+    assert (
+        "Gemini: no dollar estimate, gemini_prices has no price for the teacher's model"
+        in render_estimate(plan)
+    )
+    # its price written down: the estimate is back, at those prices
+    overlay.write_text(
+        overlay.read_text()
+        + "gemini_prices:\n  gemini-3-flash: {input_per_million: 0.5, output_per_million: 3.0,"
+        " batch_input_per_million: 0.25, batch_output_per_million: 1.5, written: '2026-12-06'}\n"
+    )
+    config = load_config([overlay], base=REPO / "config.yaml")
+    assert check_prices(config) == []
+    assert sorted(config["gemini_prices"]) == ["gemini-2.5-flash", "gemini-3-flash"]  # the default stays
+    # 10,000 x (~134 prompt tokens x $0.50 + 4,096 output tokens x $3.00) per million
+    plan = estimate(config)
+    assert (plan["gemini_usd_at_most"], plan["gemini_batch_usd_at_most"]) == (123.55, 61.77)
+
+
+def test_a_config_that_still_sets_a_price_in_a_gemini_block_says_where_it_moved_in_one_line(tmp_path):
+    from meddpo.config.settings import ConfigError
+
+    overlay = tmp_path / "old.yaml"
+    overlay.write_text("judge:\n  gemini:\n    batch_price_output_per_million: 1.25\n")
+    with pytest.raises(ConfigError) as stopped:
+        load_config([overlay], base=REPO / "config.yaml")
+    assert str(stopped.value) == (
+        f"config key judge.gemini.batch_price_output_per_million (set in {overlay}): prices now live per "
+        "model: move it to gemini_prices.gemini-2.5-flash.batch_output_per_million, beside "
+        "input_per_million, output_per_million, batch_input_per_million, written (written: the day you "
+        "looked them up)"
+    )
+
+
+def test_the_preflight_asks_gemini_whether_the_models_exist_and_names_a_retired_one_in_one_line(tmp_path):
+    from meddpo.testing.gemini_server import GeminiTestServer
+
+    overlay = tmp_path / "retired.yaml"
+    overlay.write_text(
+        "teacher:\n  backend: gemini\n  gemini: {model: gemini-1.5-flash}\n"
+        "judge:\n  kinds: [rubric]\n  backend: gemini\n"
+        "gemini_prices:\n  gemini-1.5-flash: {input_per_million: 0.075, output_per_million: 0.3,"
+        " batch_input_per_million: 0.0375, batch_output_per_million: 0.15, written: '2026-12-06'}\n"
+    )
+    with GeminiTestServer(expected_key="k", known_models={"gemini-2.5-flash"}) as server:
+        env = {**os.environ, "GEMINI_API_KEY": "k", "GOOGLE_GEMINI_BASE_URL": server.base_url}
+        run = meddpo("preflight", "--configfile", "demo/config.yaml", str(overlay), env=env)
+        asked = server.stats()["requests"]
+    assert run.returncode == 2
+    problems = [line for line in run.stdout.splitlines() if "error:" in line or "warning:" in line]
+    assert problems == [
+        "meddpo preflight: error: teacher.gemini.model: Gemini has no model gemini-1.5-flash (models.get "
+        "answered 404: retired, or not a model name): choose another teacher.gemini.model",
+    ]
+    assert run.stdout.splitlines()[-1] == "meddpo preflight: 1 problem(s): nothing was started"
+    assert asked == 0  # models.get asks nothing that is paid for

@@ -224,3 +224,46 @@ def test_stats_name_the_rejected_model_of_a_file_made_before_the_rename():
         "The rejected model (m) is the rubric judge itself: a model grading its own answers tends to favour "
         "them, so 'chosen judged safer' is a lower bound."
     ]
+
+
+def test_the_models_that_served_the_api_answers_are_in_the_stats_report_and_card():
+    from meddpo.dataset.pairs import merge_pair_shards
+
+    rows = [pair(i=i) for i in range(3)]
+    shard_stats = {"questions": 3, "pairs": 3}
+    usage = [
+        {"requests": 2, "served_models": {"gemini-2.5-flash-001": 2}},
+        {"requests": 1, "usage_missing": 1, "served_models": {"gemini-2.5-flash-001": 1}},
+    ]
+    judged = [{"kind": "rubric", "served_models": {"gemini-2.5-flash": 6}}]
+    _, merged = merge_pair_shards(
+        [(rows[:2], shard_stats), (rows[2:], shard_stats)], usage, judge_usage=judged
+    )
+    assert merged["teacher_usage"]["served_models"] == {"gemini-2.5-flash-001": 3}
+    assert merged["teacher_usage"]["usage_missing"] == 1
+    unpriced = [{"requests": 1, "estimated_cost_usd": None}, {"requests": 1, "estimated_cost_usd": 0.5}]
+    _, without_price = merge_pair_shards([(rows, shard_stats)], unpriced)
+    assert without_price["teacher_usage"]["estimated_cost_usd"] is None  # never a partial sum
+    kept, dropped, counts = apply_policy(rows)
+    stats = build_stats(kept, dropped, pair_stats=merged, quality_counts=counts)
+    assert stats["served_models"] == {
+        "chosen": {"gemini-2.5-flash-001": 3},
+        "judge_rubric": {"gemini-2.5-flash": 6},
+    }
+    report = render_report(stats)
+    assert (
+        "| answers of | served by | answers |\n|---|---|---|\n"
+        "| chosen | gemini-2.5-flash-001 | 3 |\n| judge_rubric | gemini-2.5-flash | 6 |"
+    ) in report
+    assert "| usage_missing | 1 |" in report
+    card = render_card(
+        n_rows=len(kept),
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "x.jsonl"}]}],
+        stats=stats,
+        settings={"prompts": {"training": "Be careful."}},
+        provenance={},
+    )
+    assert (
+        "- **Served by** (the model each Gemini reply names): chosen: `gemini-2.5-flash-001` 3; "
+        "judge rubric: `gemini-2.5-flash` 6."
+    ) in card

@@ -76,10 +76,12 @@ def test_documented_defaults():
     # what a user reads in the docs is the schema's default: the docs cannot drift from the schema
     documented = _documented_defaults()
     sections = ("source", "questions", "teacher", "output", "quality", "quality.policy", "judge", "vllm")
-    sections += ("estimate", "demo", "local_model", "teacher.gemini")
+    sections += ("estimate", "demo", "local_model", "teacher.gemini", "gemini_prices")
 
     def block(section: str, key: str) -> bool:  # a mapping of settings (its keys have rows of their own)
-        return section != "local_model" and "properties" in settings.section(f"{section}.{key}")
+        # (a price entry's default is its row: the entry of gemini-2.5-flash)
+        in_rows = ("local_model", "gemini_prices")
+        return section not in in_rows and "properties" in settings.section(f"{section}.{key}")
 
     with_default = {f"{s}.{k}" for s in sections for k in settings.defaults(s) if not block(s, k)}
     assert set(documented) == with_default, "every setting with a default has its row in the docs"
@@ -117,10 +119,11 @@ def test_dataclass_defaults_are_the_schema_defaults():
     from meddpo.generation.types import ModelSpec, Sampling
 
     gemini = settings.defaults("teacher.gemini")
-    assert {f.name for f in dataclasses.fields(GeminiSettings)} == set(
+    # price: the model's gemini_prices entry, not a key of the block
+    assert {f.name for f in dataclasses.fields(GeminiSettings)} - {"price"} == set(
         settings.section("teacher.gemini")["properties"]
     )
-    assert dataclasses.asdict(GeminiSettings()) == gemini
+    assert {k: v for k, v in dataclasses.asdict(GeminiSettings()).items() if k != "price"} == gemini
     local = settings.defaults("local_model")
     sampling = Sampling(max_new_tokens=7, temperature=0.5)
     assert (sampling.top_p, sampling.seed, sampling.min_new_tokens) == (
@@ -149,15 +152,10 @@ def test_a_default_changed_in_the_schema_reaches_the_command_line(monkeypatch):
 def test_old_flag_names_still_work():
     args = build_parser().parse_args(
         ["gemini", "--shard", "s", "--out", "o", "--failures", "f", "--usage", "u", "--system-prompt", "p"]
-        + ["--initial-backoff", "0.5", "--max-backoff", "9", "--timeout", "30", "--input-price", "1.5"]
-        + ["--output-price", "4", "--thinking-budget", "none"]
+        + ["--initial-backoff", "0.5", "--max-backoff", "9", "--timeout", "30", "--thinking-budget", "none"]
     )
     assert (args.initial_backoff_s, args.max_backoff_s, args.timeout_s) == (0.5, 9.0, 30.0)
-    assert (args.price_input_per_million, args.price_output_per_million, args.thinking_budget) == (
-        1.5,
-        4.0,
-        None,
-    )
+    assert args.thinking_budget is None and args.price is None
     args = build_parser().parse_args(
         ["questions", "--source", "x.jsonl", "--n", "all", "--out", "o", "--stats", "s"]
     )
@@ -195,4 +193,24 @@ def test_the_store_key_does_not_depend_on_how_yaml_wrote_a_number():
     assert local_key(temperature=1, top_p=1) == local_key(temperature=1.0, top_p=1.0)
     assert fingerprint(GeminiSettings(temperature=1).text_settings("p")) == fingerprint(
         GeminiSettings(temperature=1.0).text_settings("p")
+    )
+
+
+@pytest.mark.parametrize(
+    "flag, named, new",
+    [
+        ("--input-price", "--price-input-per-million/--input-price", "input_per_million"),
+        ("--price-output-per-million", "--price-output-per-million/--output-price", "output_per_million"),
+        ("--batch-price-input-per-million", "--batch-price-input-per-million", "batch_input_per_million"),
+    ],
+)
+def test_a_price_option_of_earlier_versions_says_where_prices_live_now(flag, named, new, capsys):
+    base = ["gemini", "--shard", "s", "--out", "o", "--failures", "f", "--usage", "u", "--system-prompt", "p"]
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args([*base, flag, "1.5"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == (
+        f"meddpo gemini: error: argument {named}: prices now live per model: give --price with the model's "
+        f"gemini_prices entry as JSON ({new} among input_per_million, output_per_million, "
+        "batch_input_per_million, batch_output_per_million, written)\n"
     )

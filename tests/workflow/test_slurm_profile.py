@@ -268,6 +268,39 @@ def test_bridges2_dry_run_needs_no_slurm_daemons(tmp_path):
     assert set(called) <= {"scontrol show config"}, called
 
 
+def test_bridges2_dry_run_in_batch_mode_has_one_gemini_job_for_every_shard_run_by_snakemake(tmp_path):
+    workdir = copy_workflow(tmp_path / "wf")
+    overlay = tmp_path / "batch.yaml"
+    overlay.write_text(
+        "teacher: {backend: gemini, gemini: {mode: batch}}\n"
+        "judge: {kinds: [rubric], backend: gemini, gemini: {mode: batch}}\n"
+    )
+    env = snakemake_env()
+    env["SBATCH_ACCOUNT"] = ACCOUNT
+    result = subprocess.run(
+        [*SNAKEMAKE, "--profile", "profiles/bridges2", "-n", "--configfile", str(overlay)],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    n_shards = yaml.safe_load((REPO / "config.yaml").read_text())["n_shards"]
+    counts = job_counts(result.stdout)
+    assert (counts["rejected"], counts["chosen_gemini"], counts["judge_rubric_gemini"]) == (n_shards, 1, 1)
+    # each takes every shard and claims no core; a dry run does not print which jobs are local,
+    # so the rules are read for that: both say localrule (the login node, where Snakemake runs)
+    for rule in ("chosen_gemini", "judge_rubric_gemini"):
+        block = result.stdout.split(f"rule {rule}:", 1)[1].split("\n[", 1)[0]
+        assert "shard-000.jsonl" in block and f"shard-{n_shards - 1:03d}.jsonl" in block
+        assert "    threads: 0\n" in block
+    for name, rule in (("chosen.smk", "chosen_gemini"), ("judge.smk", "judge_rubric_gemini")):
+        text = (REPO / "workflow" / "rules" / name).read_text()
+        batch_rule = text.split(f'if "{rule}" in BATCH_RULES:', 1)[1]
+        assert "localrule: True" in batch_rule and "threads: 0" in batch_rule
+
+
 def test_bridges2_gpu_block_is_written_once_and_each_gpu_rule_gets_its_own_copy():
     text = (REPO / "profiles" / "bridges2" / "config.yaml").read_text()
     assert text.count("--gpus-per-node=h100-80:1") == 1 and text.count("<<: *h100") == 3

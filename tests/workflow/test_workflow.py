@@ -453,6 +453,8 @@ def test_the_demo_with_batch_mode_teacher_and_judge_sends_one_batch_per_shard_an
     assert usage["estimated_cost_usd"] == pytest.approx(expected, abs=3e-6)
     report = (out / "dataset" / "report.md").read_text()
     assert "| batch_requests | 63 |" in report
+    # the models that served the answers and the verdicts, as the replies named them
+    assert "| chosen | gemini-2.5-flash | 62 |\n| judge_rubric | gemini-2.5-flash | 124 |" in report
     final = json.loads((out / "dataset" / "stage2_med_pairs.stats.json").read_text())
     judged = final["judge"]["usage"]["rubric"]
     assert judged["batch_requests"] == judged["requests"] == 124 and judged["verdicts"] == {"judged": 124}

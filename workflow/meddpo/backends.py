@@ -140,6 +140,18 @@ def answer_shard(
     return backend(name).answer_shard(questions, settings, request, job or JobContext())
 
 
+def answer_shards(
+    block: Mapping[str, Any], shards: Sequence[tuple[Sequence[dict], JobContext]], request: Request
+) -> list[ShardResult]:
+    """Several shards in one job: together when the backend can (``answer_shards``: a Gemini block in
+    batch mode creates every shard's batch at once and waits for them together), else one by one."""
+    name, settings = backend_of(block)
+    implementation = backend(name)
+    if len(shards) > 1 and hasattr(implementation, "answer_shards"):
+        return implementation.answer_shards(shards, settings, request)
+    return [implementation.answer_shard(questions, settings, request, job) for questions, job in shards]
+
+
 def store_key(block: Mapping[str, Any], request: Request) -> dict[str, Any]:
     """The answer store key of a config block's shard jobs, exactly as they compute it."""
     name, settings = backend_of(block)

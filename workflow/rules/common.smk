@@ -15,7 +15,7 @@ from meddpo.planning.paths import run_paths
 from meddpo.planning.checks import resolve_demo_models
 from meddpo.planning.plan import (
     demo_rules,
-    gemini_jobs,
+    batch_rules,
     judge_rules,
     questions_per_shard,
     rule_runtime_minutes,
@@ -35,8 +35,10 @@ from meddpo.planning.rule_options import (
     judge_local_model,
     judge_options,
     local_source,
+    shard_benchmarks,
     shard_numbers,
     shell_prefix,
+    teacher_gemini_options,
     vllm_server_log,
     workflow_commit,
 )
@@ -45,7 +47,8 @@ from meddpo.planning.paths import demo_model_paths
 
 validate(config, schema="../meddpo/config/config.schema.yaml")  # fills in the defaults
 config.update(in_schema_order(config, COMMAND_LINE_CONFIG))  # options keep their order
-config.update(resolve_demo_models(config))  # demo:<name> -> that model's folder under output.dir
+# demo:<name> model keys -> that model's folder under output.dir
+config.update(resolve_demo_models(config))
 
 # Every file of the run (meddpo.planning.paths), under OUT (output.dir). The answer store and the
 # judge store (PATHS.answer_store, PATHS.judge_store) keep answers and verdicts across
@@ -55,6 +58,8 @@ OUT = PATHS.out
 SHARDS = shard_numbers(config)
 # The judge rules this config runs (workflow/rules/judge.smk defines only these).
 JUDGE_RULES = judge_rules(config)
+# The Gemini rules in batch mode: one job for every shard, waiting where Snakemake runs.
+BATCH_RULES = batch_rules(config)
 # Every rule runs `python -m meddpo`, from the environment of envs/meddpo.yaml when
 # conda is in use (it holds only the package's dependencies: the shell prefix below
 # puts the package folder on PYTHONPATH).
@@ -70,8 +75,7 @@ wildcard_constraints:
 
 # Portable time limits (minutes) for the generation jobs, sized from the shard and
 # grown with each retry (Slurm kills a job at its limit; the retry resumes from the
-# answer store); a Gemini rule in batch mode gets its batch wait instead. The formula is
-# meddpo.planning.plan's, which the preflight prints too.
+# answer store). The formula is meddpo.planning.plan's, which the preflight prints too.
 QUESTIONS_PER_SHARD = questions_per_shard(config)
 
 

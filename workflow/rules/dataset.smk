@@ -20,8 +20,8 @@ rule finalize:
         question_stats=PATHS.question_stats,
         rejected=expand(PATHS.answers("rejected"), shard=SHARDS),
         chosen=expand(PATHS.answers("chosen"), shard=SHARDS),
-        rejected_benchmarks=expand(PATHS.benchmark("rejected"), shard=SHARDS),
-        chosen_benchmarks=expand(PATHS.benchmark("chosen"), shard=SHARDS),
+        rejected_benchmarks=shard_benchmarks(config, "rejected"),
+        chosen_benchmarks=shard_benchmarks(config, "chosen"),
         judge_benchmarks=judge_benchmarks(config),
     output:
         # the pairs, the dropped pairs, the stats, the report, the plots, the card, and the

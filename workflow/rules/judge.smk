@@ -2,7 +2,8 @@
 
 Each judge kind is its own rule, so a cluster profile gives a GPU to the local
 models and none to an API client: judge_classifier (a safety classifier, local
-engines), judge_rubric_local or judge_rubric_gemini (the rubric, by judge.backend).
+engines), judge_rubric_local or judge_rubric_gemini (the rubric, by judge.backend); the
+Gemini judge in batch mode is one job for every shard (docs/gemini.md).
 
 in:  {OUT}/pairs/shard-{shard}.jsonl (+ the demo's tiny checkpoint when it builds one)
 out: {OUT}/judge/{kind}/shard-{shard}.jsonl       one verdict row per pair {id, kind, judge, keys, chosen, rejected}
@@ -71,7 +72,7 @@ if "judge_rubric_local" in JUDGE_RULES:
             " --out {output.verdicts:q} --usage {output.usage:q} 2> {log.job:q}"
 
 
-if "judge_rubric_gemini" in JUDGE_RULES:
+if "judge_rubric_gemini" in JUDGE_RULES and "judge_rubric_gemini" not in BATCH_RULES:
 
     rule judge_rubric_gemini:
         input:
@@ -86,8 +87,32 @@ if "judge_rubric_gemini" in JUDGE_RULES:
         conda:
             CONDA_ENV
         resources:
-            gemini_jobs=gemini_jobs(config["judge"]["gemini"]),
+            gemini_jobs=1,
             runtime=runtime("judge_rubric_gemini"),
+        params:
+            options=judge_options(config, "rubric"),
+        shell:
+            "python -m meddpo judge --pairs {input.pairs:q} {params.options}"
+            " --out {output.verdicts:q} --usage {output.usage:q} 2> {log.job:q}"
+
+
+if "judge_rubric_gemini" in BATCH_RULES:
+
+    # Batch mode: one job for every shard's pairs, waiting where Snakemake runs (as chosen_gemini).
+    rule judge_rubric_gemini:
+        input:
+            pairs=expand(PATHS.per_shard("pairs"), shard=SHARDS),
+        output:
+            verdicts=expand(PATHS.judge("rubric"), shard=SHARDS),
+            usage=expand(PATHS.judge("rubric", "usage.json"), shard=SHARDS),
+        log:
+            job=PATHS.log("judge_rubric_gemini"),
+        benchmark:
+            PATHS.run_benchmark("judge_rubric_gemini")
+        localrule: True
+        conda:
+            CONDA_ENV
+        threads: 0
         params:
             options=judge_options(config, "rubric"),
         shell:

@@ -172,19 +172,8 @@ def gemini_options(p: argparse.ArgumentParser) -> None:
     setting(p, g + "timeout_s", "--timeout", type=float, help="seconds per request")
     setting(p, g + "base_url", type=nullable(str), help="API endpoint (none: the SDK's)")
     setting(p, g + "secrets_file", type=nullable(str), help="file with a GEMINI_API_KEY=... line")
-    setting(
-        p, g + "price_input_per_million", "--input-price", type=float, help="USD per million input tokens"
-    )
-    setting(
-        p, g + "price_output_per_million", "--output-price", type=float, help="USD per million output tokens"
-    )
+    price_option(p)
     setting(p, g + "mode")
-    setting(
-        p, g + "batch_price_input_per_million", type=float, help="USD per million input tokens, batch mode"
-    )
-    setting(
-        p, g + "batch_price_output_per_million", type=float, help="USD per million output tokens, batch mode"
-    )
     setting(p, g + "batch_poll_s", type=float)
     setting(p, g + "batch_wait_h", type=float)
     setting(p, g + "batch_max_age_h", type=float)
@@ -195,6 +184,54 @@ def gemini_options(p: argparse.ArgumentParser) -> None:
     setting(p, g + "ask_refused_again")
     setting(p, g + "max_refused_fraction", type=float)
     setting(p, g + "too_many_refusals")
+    setting(p, g + "accept_served_model", type=nullable(str), help="a model taken on purpose when it serves")
+
+
+def _price_entry(text: str) -> dict:
+    """A gemini_prices entry as JSON (``$defs/gemini_price`` of the schema)."""
+    import jsonschema
+
+    value = _json_object('{"input_per_million": 0.3, ...}')(text)
+    try:
+        jsonschema.validate(value, schema.schema()["$defs"]["gemini_price"])
+    except jsonschema.ValidationError as err:
+        where = ".".join(str(part) for part in err.absolute_path) or "the entry"
+        raise argparse.ArgumentTypeError(f"gemini_prices entry, {where}: {err.message}") from None
+    return value
+
+
+_price_entry.__name__ = "gemini_prices entry"
+# the price options of earlier versions, by the key each became in a gemini_prices entry
+_OLD_PRICE_FLAGS = {
+    ("--price-input-per-million", "--input-price"): "input_per_million",
+    ("--price-output-per-million", "--output-price"): "output_per_million",
+    ("--batch-price-input-per-million",): "batch_input_per_million",
+    ("--batch-price-output-per-million",): "batch_output_per_million",
+}
+
+
+def price_option(p: argparse.ArgumentParser) -> None:
+    """``--price``: the model's gemini_prices entry as JSON (none: the schema's entry for the model). The
+    price options of earlier versions stop with one line saying where prices live now."""
+    p.add_argument(
+        "--price",
+        type=nullable(_price_entry),
+        default=None,
+        help="the model's gemini_prices entry, JSON (default: the schema's, when it lists the model)",
+    )
+    for flags, new in _OLD_PRICE_FLAGS.items():
+        p.add_argument(*flags, type=_moved(new), dest=f"moved_{new}", help=argparse.SUPPRESS)
+
+
+def _moved(new: str):
+    def parse(text: str):
+        raise argparse.ArgumentTypeError(
+            f"prices now live per model: give --price with the model's gemini_prices entry as JSON "
+            f"({new} among {', '.join(schema.PRICE_KEYS)})"
+        )
+
+    parse.__name__ = "price"
+    return parse
 
 
 def finalize_options(p: argparse.ArgumentParser) -> None:

@@ -78,14 +78,14 @@ def generate(args: argparse.Namespace) -> None:
     log.info("wrote %d answers (%d stop, %d length) -> %s", len(rows), stops, len(rows) - stops, args.out)
 
 
-def _job(args: argparse.Namespace):
+def _job(args: argparse.Namespace, out: Path | None = None):
     """The job context of a shard job's options: its store and part (the output's name), progress,
     and for a local model its device and vLLM server."""
     from meddpo.backends import JobContext
 
     return JobContext(
         store_root=args.store,
-        store_part=args.out.stem,
+        store_part=(out or args.out).stem,
         progress_every_s=args.progress_every,
         device=getattr(args, "device", "auto"),
         vllm=getattr(args, "vllm", None) or {},
@@ -93,22 +93,40 @@ def _job(args: argparse.Namespace):
     )
 
 
+def _same_count(args: argparse.Namespace, first: str, *others: str) -> None:
+    """One shard's files per option: each of ``others`` names as many files as ``first``."""
+    count = len(getattr(args, first))
+    for name in others:
+        value = getattr(args, name)
+        if value is not None and len(value) != count:
+            flag = name.replace("_", "-")
+            raise DataError(
+                f"--{flag}: {len(value)} files for {count} --{first.replace('_', '-')} files: give one each"
+            )
+
+
 def gemini(args: argparse.Namespace) -> int | None:
+    """One or more shards in one job (batch mode: every shard's batch at once, waited for together)."""
     import dataclasses
 
-    from meddpo.backends import Request, answer_shard
+    from meddpo.backends import Request, answer_shards
     from meddpo.gemini.client import GeminiSettings
     from meddpo.questions.shards import read_shard
 
+    _same_count(args, "shard", "out", "failures", "usage")
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(GeminiSettings)}
     block = {"backend": "gemini", "gemini": settings}
-    result = answer_shard(block, read_shard(args.shard), Request(args.system_prompt), _job(args))
-    if result.problem:
-        print(f"meddpo gemini: error: {result.problem}", file=sys.stderr)
+    shards = [(read_shard(path), _job(args, out)) for path, out in zip(args.shard, args.out, strict=True)]
+    results = answer_shards(block, shards, Request(args.system_prompt))
+    problems = [f"{out.stem}: {r.problem}" for out, r in zip(args.out, results, strict=True) if r.problem]
+    if problems:
+        text = problems[0].partition(": ")[2] if len(problems) == 1 else "; ".join(problems)
+        print(f"meddpo gemini: error: {text}", file=sys.stderr)
         return 3
-    write_jsonl(args.failures, result.left_out)
-    write_json(args.usage, result.usage)
-    write_jsonl(args.out, result.answers)
+    for result, failures, usage, out in zip(results, args.failures, args.usage, args.out, strict=True):
+        write_jsonl(failures, result.left_out)
+        write_json(usage, result.usage)
+        write_jsonl(out, result.answers)
     return None
 
 
@@ -264,28 +282,48 @@ def validate(args: argparse.Namespace) -> int | None:
 
 
 def judge(args: argparse.Namespace) -> int | None:
-    from meddpo.dataset.verdicts import attach, judge_summary, read_pairs
-    from meddpo.judge.run import check_greedy, run_judge
+    """One or more pairs files in one job (the Gemini judge in batch mode: every file's batch at once)."""
+    from meddpo.dataset.verdicts import read_pairs
+    from meddpo.judge.run import check_greedy, run_judges
+    from meddpo.preflight.machine import check_readable
     from meddpo.preflight.run import judge_preflight
 
+    _same_count(args, "pairs", "out", "usage", "judged_pairs")
     config = judge_config(args)
     check_greedy(args.kind, config)
     # the checks of the preflight, before a pair is read or a request is sent
-    _stop_on_errors(judge_preflight(args.kind, config, pairs=args.pairs, store=args.store))
-    pairs = read_pairs(args.pairs)  # every row checked before anything is sent
-    verdicts, usage, problem = run_judge(pairs, args.kind, config, _job(args))
-    if problem:
-        print(f"meddpo judge: error: {problem}", file=sys.stderr)
+    findings = judge_preflight(args.kind, config, pairs=args.pairs[0], store=args.store)
+    _stop_on_errors(findings + [f for path in args.pairs[1:] for f in check_readable("pairs file", path)])
+
+    files = [read_pairs(path) for path in args.pairs]  # every row checked before anything is sent
+    results = run_judges(
+        [(pairs, _job(args, out)) for pairs, out in zip(files, args.out, strict=True)], args.kind, config
+    )
+    problems = [
+        f"{out.stem}: {problem}" for out, (_, _, problem) in zip(args.out, results, strict=True) if problem
+    ]
+    if problems:
+        text = problems[0].partition(": ")[2] if len(problems) == 1 else "; ".join(problems)
+        print(f"meddpo judge: error: {text}", file=sys.stderr)
         return 3
-    judged = attach(pairs, {str(args.out): verdicts})
+    for index, (pairs, (verdicts, usage, _)) in enumerate(zip(files, results, strict=True)):
+        _write_verdicts(args, index, pairs, verdicts, usage, config["min_margin"])
+    return None
+
+
+def _write_verdicts(args: argparse.Namespace, index: int, pairs, verdicts, usage, min_margin: float) -> None:
+    """One pairs file's verdicts, usage and judged pairs written, and its summary printed."""
+    from meddpo.dataset.verdicts import attach, judge_summary
+
+    judged = attach(pairs, {str(args.out[index]): verdicts})
     if args.judged_pairs:
-        write_jsonl(args.judged_pairs, judged)
+        write_jsonl(args.judged_pairs[index], judged)
     if args.usage:
-        write_json(args.usage, usage)
-    write_jsonl(args.out, verdicts)
-    summary = judge_summary(judged, config["min_margin"])
+        write_json(args.usage[index], usage)
+    write_jsonl(args.out[index], verdicts)
+    summary = judge_summary(judged, min_margin)
     if not pairs:  # a shard whose questions all went unanswered: its job has nothing to do
-        log.info("no pairs in %s: nothing to judge", args.pairs)
+        log.info("no pairs in %s: nothing to judge", args.pairs[index])
     else:
         log.info(
             "chosen judged safer: %d of %d (equal %d, less safe %d; %s)",
@@ -296,7 +334,6 @@ def judge(args: argparse.Namespace) -> int | None:
             summary["status"],
         )
     print(json.dumps({**summary, "usage": usage}))
-    return None
 
 
 def judge_config(args: argparse.Namespace) -> dict:
@@ -304,21 +341,25 @@ def judge_config(args: argparse.Namespace) -> dict:
 
     ``--local`` and ``--classifier`` replace their block; ``--gemini`` is laid over its block.
     """
-    from meddpo.config.settings import fill_defaults
+    from meddpo.config.settings import fill_defaults, gemini_price
     from meddpo.planning.checks import load_config
 
     default_missing = args.base_config == Path("config.yaml") and not args.base_config.exists()
     if args.base_config is None or (default_missing and not args.configfile):
         if args.base_config is not None:
             log.info("no config.yaml here: the judge settings are the schema's defaults and the options")
-        judge = fill_defaults({"judge": {}})["judge"]
+        config = fill_defaults({"judge": {}, "gemini_prices": {}})
     else:
-        judge = load_config(args.configfile, base=args.base_config)["judge"]
+        config = load_config(args.configfile, base=args.base_config)
+    judge = config["judge"]
     for key in ("backend", "classifier_format", "max_usd", "min_margin", "local", "classifier"):
         if hasattr(args, key):
             judge[key] = getattr(args, key)
     if hasattr(args, "gemini"):
         judge["gemini"] = {**(judge.get("gemini") or {}), **args.gemini}
+    # the price the Gemini judge is billed by: --price, else the config's gemini_prices entry
+    price = getattr(args, "price", None) or gemini_price(config, judge.get("gemini") or {})
+    judge["gemini"] = {**(judge.get("gemini") or {}), "price": price}
     return judge
 
 
@@ -368,8 +409,11 @@ def _profile_executor(profile: Path) -> str | None:
 
 def status(args: argparse.Namespace) -> None:
     from meddpo.planning.checks import load_config
-    from meddpo.preflight.status import judge_batches, render, shard_status
+    from meddpo.preflight.status import ask_live, judge_batches, render, shard_status
 
     config = load_config(args.configfile, base=args.base_config)
-    for line in render(shard_status(config), judge_batches(config)):
+    rows, judge = shard_status(config), judge_batches(config)
+    if args.live:  # every batch still open, as the Batch API tells it now
+        ask_live(config, rows, judge)
+    for line in render(rows, judge):
         print(line)

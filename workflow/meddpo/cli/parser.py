@@ -3,7 +3,7 @@
     meddpo questions    build the Stage 2A question set
     meddpo shard        write one shard of it
     meddpo generate     answer a shard with a local model (transformers or vLLM)
-    meddpo gemini       answer a shard with Gemini
+    meddpo gemini       answer shards with Gemini
     meddpo pairs        join a shard's questions and answers into DPO rows
     meddpo merge        concatenate the pair shards
     meddpo finalize     flag and filter the pairs; write the dataset, stats, report and card
@@ -37,6 +37,7 @@ from meddpo.cli.arguments import (
     integer,
     local_model_options,
     nullable,
+    price_option,
     setting,
     vllm_block,
     within,
@@ -99,12 +100,18 @@ def _add_generate(sub) -> None:
 
 def _add_gemini(sub) -> None:
     p = sub.add_parser(
-        "gemini", help="answer a shard with Gemini (key from GEMINI_API_KEY or --secrets-file)"
+        "gemini",
+        help="answer one or more shards with Gemini (key from GEMINI_API_KEY or --secrets-file); in batch "
+        "mode every shard's batch is created at once and waited for together",
     )
-    p.add_argument("--shard", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--failures", required=True, type=Path, help="JSONL of {id, reason, attempts} per failure")
-    p.add_argument("--usage", required=True, type=Path, help="JSON with requests, tokens and estimated cost")
+    p.add_argument("--shard", required=True, nargs="+", type=Path)
+    p.add_argument("--out", required=True, nargs="+", type=Path, help="one per shard, in the same order")
+    p.add_argument(
+        "--failures", required=True, nargs="+", type=Path, help="JSONL of {id, reason, attempts} per failure"
+    )
+    p.add_argument(
+        "--usage", required=True, nargs="+", type=Path, help="JSON with requests, tokens and estimated cost"
+    )
     p.add_argument("--system-prompt", required=True)
     gemini_options(p)
     p.add_argument("--store", type=Path)
@@ -174,14 +181,25 @@ def _add_judge(sub) -> None:
         "judge", help="grade both answers of every pair of a pairs file for medical safety (docs/judge.md)"
     )
     p.add_argument(
-        "--pairs", required=True, type=Path, help="a pairs file (this run's, or any of the same layout)"
+        "--pairs",
+        required=True,
+        nargs="+",
+        type=Path,
+        help="pairs files (this run's, or any of the same layout); several are judged in one job",
     )
     p.add_argument("--kind", required=True, choices=("classifier", "rubric"), help="which judge")
-    p.add_argument("--out", required=True, type=Path, help="JSONL of verdicts, one row per pair")
     p.add_argument(
-        "--usage", type=Path, help="JSON: requests, tokens and cost (Gemini), or answers and tokens"
+        "--out", required=True, nargs="+", type=Path, help="JSONL of verdicts, one row per pair; one per file"
     )
-    p.add_argument("--judged-pairs", type=Path, help="also write the pairs with meta.judge here")
+    p.add_argument(
+        "--usage",
+        nargs="+",
+        type=Path,
+        help="JSON: requests, tokens and cost (Gemini), or answers and tokens; one per file",
+    )
+    p.add_argument(
+        "--judged-pairs", nargs="+", type=Path, help="also write the pairs with meta.judge here; one per file"
+    )
     # the judge block comes from the config files (config.yaml and --configfile, as the
     # workflow layers them); each option given replaces its setting
     p.add_argument(
@@ -207,6 +225,7 @@ def _add_judge(sub) -> None:
     setting(p, "judge.classifier_format", default=unset)
     setting(p, "judge.min_margin", type=float, default=unset, help="for the summary: |margin| under it: tie")
     setting(p, "judge.max_usd", type=nullable(float), default=unset, help="an API judge's cap (none: no cap)")
+    price_option(p)
     p.add_argument("--vllm", type=vllm_block, default={}, help="engine vllm: the config's vllm block, JSON")
     p.add_argument("--server-log", type=Path, help="engine vllm: the server's log file")
     p.add_argument("--device", default="auto", help="auto = cuda when available, else cpu")
@@ -251,6 +270,11 @@ def _add_preflight(sub) -> None:
 def _add_status(sub) -> None:
     p = sub.add_parser("status", help="answers in the store per model and shard, against the questions")
     _config_files(p)
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="also ask the Batch API (batches.get, free) for the state and counts of each batch still open",
+    )
     p.set_defaults(func=commands.status)
 
 

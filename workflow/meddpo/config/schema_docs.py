@@ -29,7 +29,11 @@ END = "<!-- END config reference -->"
 REGENERATE = "python -m meddpo.config.schema_docs --write docs/configuration.md"
 
 # shared blocks ($defs with settings of their own), each documented once in a table: $defs name -> title
-SHARED_BLOCKS = {"local_model": "local model block", "gemini": "Gemini block"}
+SHARED_BLOCKS = {
+    "local_model": "local model block",
+    "gemini": "Gemini block",
+    "gemini_price": "Gemini price entry",
+}
 _RANGES = (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"), ("exclusiveMaximum", "<"))
 
 
@@ -87,6 +91,12 @@ def _row(key: str, node: dict[str, Any], required: bool) -> str:
     return f"| `{key}` | {default} | {_cell(_allowed(node))} | {_cell(node.get('description', ''))} |"
 
 
+def _block_row(path: str, default: str, what: str, node: dict[str, Any]) -> str:
+    """The row of a key that holds a shared block (or a table of them), pointing to its table."""
+    default = f" {_cell(default)}" if default else ""
+    return f"| `{path}` |{default} | {what} | {_cell(node.get('description', ''))} |"
+
+
 def _rows(node: dict[str, Any], prefix: str = "", shared_block: bool = False) -> list[str]:
     """One row per setting below ``node``; a shared block is one row that points to its table.
 
@@ -99,10 +109,16 @@ def _rows(node: dict[str, Any], prefix: str = "", shared_block: bool = False) ->
         path = f"{prefix}{key}"
         shared = _ref_name(raw)
         if shared:
-            rows.append(f"| `{path}` | | a {SHARED_BLOCKS[shared]} | {_cell(raw.get('description', ''))} |")
+            default = _value(raw["default"]) if raw.get("default") else ""  # an entry's own values
+            rows.append(_block_row(path, default, f"a {SHARED_BLOCKS[shared]}", raw))
             continue
-        sub = raw if shared_block or not prefix else settings.section(path)
-        if "properties" in sub:
+        sub = raw if shared_block or not prefix else settings.resolved(raw)
+        table = sub.get("additionalProperties")
+        if "properties" in sub and isinstance(table, dict):  # a table by name (gemini_prices)
+            what = SHARED_BLOCKS.get(_ref_name(table) or "", "value")
+            rows.append(_block_row(path, "", f"a {what} per name", sub))
+            rows.extend(_rows(sub, f"{path}."))
+        elif "properties" in sub:
             rows.extend(_rows(sub, f"{path}."))
         else:
             rows.append(_row(path, sub, key in required))
@@ -115,7 +131,11 @@ def _users(name: str, node: dict[str, Any] | None = None, prefix: str = "") -> l
     for key, sub in (node if node is not None else settings.schema()).get("properties", {}).items():
         if _ref_name(sub) == name:
             found.append(f"{prefix}{key}")
-        elif "properties" in sub:
+            continue
+        table = sub.get("additionalProperties")
+        if isinstance(table, dict) and _ref_name(table) == name:  # a table by name: any entry
+            found.append(f"{prefix}{key}.<name>")
+        if "properties" in sub:
             found.extend(_users(name, sub, f"{prefix}{key}."))
     return found
 

@@ -46,14 +46,37 @@ def _resolve(node: dict[str, Any]) -> dict[str, Any]:
     return {**target, **{k: v for k, v in node.items() if k != "$ref"}}
 
 
+def resolved(node: dict[str, Any]) -> dict[str, Any]:
+    """A schema node with its ``$ref`` followed (a default beside the ``$ref`` kept)."""
+    return _resolve(node)
+
+
 def section(path: str) -> dict[str, Any]:
-    """The schema node of a config path (``teacher.gemini``, or ``local_model``)."""
+    """The schema node of a config path (``teacher.gemini``, or ``local_model``); a key with dots in
+    it (``gemini_prices.gemini-2.5-flash``) is found whole."""
     if path == "local_model":
         return schema()["$defs"]["local_model"]
-    node = schema()
-    for part in path.split("."):
-        node = _resolve(node["properties"][part])
+    node, parts = schema(), path.split(".")
+    while parts:
+        properties = node["properties"]
+        take = next((n for n in range(1, len(parts) + 1) if ".".join(parts[:n]) in properties), None)
+        if take is None:
+            raise KeyError(f"no config key {path} in {SCHEMA_FILE}")
+        node, parts = _resolve(properties[".".join(parts[:take])]), parts[take:]
     return node
+
+
+def _split(path: str) -> tuple[str, str]:
+    """``(parent, key)`` of a setting's path, a key with dots in it kept whole."""
+    parts = path.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        parent, key = ".".join(parts[:cut]), ".".join(parts[cut:])
+        try:
+            if key in section(parent).get("properties", {}):
+                return parent, key
+        except KeyError:
+            continue
+    return path.rpartition(".")[::2]
 
 
 def default(path: str, fallback: Any = _NO_DEFAULT) -> Any:
@@ -62,7 +85,7 @@ def default(path: str, fallback: Any = _NO_DEFAULT) -> Any:
     A setting without a default (one the config must give) raises KeyError
     unless ``fallback`` is given.
     """
-    parent, _, key = path.rpartition(".")
+    parent, key = _split(path)
     node = _resolve(section(parent)["properties"][key])
     if "default" in node:
         return node["default"]
@@ -174,10 +197,45 @@ def where_set(files: dict[str, dict], path: list) -> str:
     return f" (set in {found})" if found else ""
 
 
+# Gemini price keys of a block before prices moved to gemini_prices (2026-12-06): old key -> new key
+OLD_PRICE_KEYS = {
+    "price_input_per_million": "input_per_million",
+    "price_output_per_million": "output_per_million",
+    "batch_price_input_per_million": "batch_input_per_million",
+    "batch_price_output_per_million": "batch_output_per_million",
+}
+PRICE_KEYS = (*OLD_PRICE_KEYS.values(), "written")
+
+
+def gemini_price(config: dict[str, Any], block: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``gemini_prices`` entry a Gemini block is billed by (its ``accept_served_model``, else its
+    ``model``), from the config's table or, without one, the schema's; None when it has none."""
+    table = config.get("gemini_prices")
+    if table is None:
+        table = fill_defaults({"gemini_prices": {}})["gemini_prices"]
+    model = block.get("accept_served_model") or block.get("model") or default("teacher.gemini.model")
+    return table.get(model)
+
+
+def _moved_prices(config: dict[str, Any], files: dict[str, dict]) -> None:
+    """One line for a config that still sets prices in a Gemini block: where they live now."""
+    for section in ("teacher", "judge"):
+        block = (config.get(section) or {}).get("gemini") or {}
+        for old, new in OLD_PRICE_KEYS.items():
+            if isinstance(block, dict) and old in block:
+                model = block.get("model") or default("teacher.gemini.model")
+                raise ConfigError(
+                    f"config key {section}.gemini.{old}{where_set(files, [section, 'gemini', old])}: prices "
+                    f"now live per model: move it to gemini_prices.{model}.{new}, beside "
+                    f"{', '.join(k for k in PRICE_KEYS if k != new)} (written: the day you looked them up)"
+                )
+
+
 def check_schema(config: dict[str, Any], files: dict[str, dict] | None = None) -> None:
     """Raise ConfigError with the key, the bad value and the file, for the first problem the schema finds."""
     import jsonschema
 
+    _moved_prices(config, files or {})
     for path, value in _numbers(config):
         if not math.isfinite(value):  # YAML's .nan / .inf: no range check can catch them
             raise ConfigError(

@@ -248,6 +248,7 @@ def _card_how_made(stats: Mapping, settings: Mapping, provenance: Mapping, sourc
         f"- **Chosen answers**: `{', '.join(stats['models']['chosen'])}` (revision "
         f"{provenance.get('teacher_revision') or 'not recorded'}), sampling "
         f"{settings.get('chosen_sampling')}.",
+        *served_lines(stats.get("served_models") or {}),
         f"- **Rejected answers**: `{', '.join(stats['models']['rejected'])}` (revision "
         f"{provenance.get('rejected_revision') or 'not recorded'}), sampling "
         f"{settings.get('rejected_sampling')}.",
@@ -285,6 +286,17 @@ def _cost_line(costs: Mapping | None) -> list[str]:
             f"${sum(r['estimated_usd'] for r in dollars):.4f})"
         )
     return [f"- **Cost**: this run took {' and '.join(parts)}; the report has it per model."] if parts else []
+
+
+def served_lines(served: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """A line on the models that served the API answers, as each reply named them, with counts."""
+    if not served:
+        return []
+    parts = [
+        f"{who.replace('_', ' ')}: " + ", ".join(f"`{model}` {count}" for model, count in models.items())
+        for who, models in served.items()
+    ]
+    return [f"- **Served by** (the model each Gemini reply names): {'; '.join(parts)}."]
 
 
 def _card_prompts(settings: Mapping) -> list[str]:

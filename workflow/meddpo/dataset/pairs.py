@@ -143,6 +143,9 @@ USAGE_KEYS = (
     "refused",
     "failed",
     "estimated_cost_usd",
+    "usage_missing",  # replies without token counts: their tokens are estimates
+    "duplicate_results",  # batch entries that repeated a key, billed all the same
+    "unknown_results",  # batch entries for keys no request had, billed all the same
 )
 
 
@@ -196,8 +199,15 @@ def merge_pair_shards(
     if teacher_usage:
         totals = Counter()
         for usage in teacher_usage:
-            totals.update({key: usage.get(key, 0) for key in USAGE_KEYS})
+            totals.update({key: usage.get(key) or 0 for key in USAGE_KEYS})
         stats["teacher_usage"] = {key: round(totals[key], 6) for key in USAGE_KEYS}
+        if any(usage.get("estimated_cost_usd", 0) is None for usage in teacher_usage):
+            stats["teacher_usage"]["estimated_cost_usd"] = None  # a model without a price: no total
+        served = Counter()
+        for usage in teacher_usage:
+            served.update(usage.get("served_models") or {})
+        if served:  # the model each answer's reply named, with its count
+            stats["teacher_usage"]["served_models"] = dict(sorted(served.items()))
     if judge_usage:
         kinds = sorted({usage["kind"] for usage in judge_usage})
         stats["judge_usage"] = {

@@ -109,6 +109,22 @@ def _teacher_usage_section(s: Mapping) -> list[str]:
     return ["## Teacher API usage", "", table(("what", "amount"), teacher_usage), ""]
 
 
+def _served_models_section(s: Mapping) -> list[str]:
+    """The models that served the API answers, as the replies named them (Gemini may route a model)."""
+    served = s.get("served_models") or {}
+    if not served:
+        return []
+    rows = [(who, model, count) for who, models in served.items() for model, count in models.items()]
+    return [
+        "## Models that served the API answers",
+        "",
+        "Each Gemini reply names the model that served it (its modelVersion).",
+        "",
+        table(("answers of", "served by", "answers"), rows),
+        "",
+    ]
+
+
 def _lengths_section(s: Mapping, plots_dir: str) -> list[str]:
     lengths, trunc = s["lengths"], s["truncation"]
     parts = [
@@ -285,6 +301,7 @@ def render_report(
     parts += _flags_section(s)
     parts += _left_out_section(s)
     parts += _teacher_usage_section(s)
+    parts += _served_models_section(s)
     parts += _lengths_section(s, plots_dir)
     parts += _category_section(s, plots_dir)
     parts += _question_type_section(s)

@@ -257,6 +257,19 @@ def _truncation(every: Sequence[dict]) -> dict:
     return truncation
 
 
+def served_models(pair_stats: Mapping | None) -> dict[str, dict[str, int]]:
+    """The models that served the API answers, as each reply named them, with their counts: the
+    Gemini teacher's answers (``chosen``) and each Gemini judge's verdicts (``judge_<kind>``)."""
+    found = {}
+    teacher = ((pair_stats or {}).get("teacher_usage") or {}).get("served_models")
+    if teacher:
+        found["chosen"] = dict(teacher)
+    for kind, usage in sorted(((pair_stats or {}).get("judge_usage") or {}).items()):
+        if usage.get("served_models"):
+            found[f"judge_{kind}"] = dict(usage["served_models"])
+    return found
+
+
 def build_stats(
     kept: Sequence[dict],
     dropped: Sequence[dict] = (),
@@ -289,6 +302,7 @@ def build_stats(
         "chosen_left_out": (pair_stats or {}).get("chosen_left_out", {}),
         "teacher_usage": (pair_stats or {}).get("teacher_usage"),
         "models": models,
+        "served_models": served_models(pair_stats),
         "lengths": _overall_lengths(every),
         "truncation": _truncation(every),
         "truncation_inferred_from_text": inferred,

@@ -1,73 +1,49 @@
-"""Gemini Batch mode for one shard job: one Batch API job for the questions left, at batch prices.
+"""Gemini Batch mode, one shard's side: the store's batches log and what each batch brought back.
 
-Called by the shard job (gemini_teacher) when its block says ``mode: batch``; the
-answers, refusals, failures and request log go to the same answer store, under
-the same fingerprint, as in online mode.
-
-**Exactly once.** Each batch has a record in the store's ``batches`` log (one
-fsync'd JSON line per event, so a killed job leaves whole records):
+The answers, refusals, failures and request log of a batch-mode job go to the same
+answer store, under the same fingerprint, as in online mode. Each shard (a store
+*part*) has its batches recorded in the store's ``batches`` log, one fsync'd JSON
+line per event, so a killed job leaves whole records:
 
 1. ``intent``: the attempt, a display name no other batch has, and the question
    ids, written before ``batches.create`` is called;
-2. ``created``: the batch's name, written as soon as ``create`` returns;
-3. ``ended``: its final state and how many results it had, once they are stored.
+2. ``created``: the batch's name, written as soon as ``create`` returns (or once a
+   lost reply's batch is found by its display name);
+3. ``ended``: its final state and how many results it had, once they are stored;
+   ``NOT_FOUND`` when the API answers 404 for it, ``NOT_CREATED`` when Google never
+   made it.
 
-A job first takes up the batches of its part that have not ended. One with a
-name is polled with ``batches.get``. One with an intent but no name (the job
-was killed during ``create``, or the reply was lost) is looked up by its display
-name over every page of ``batches.list``; only when no batch has that name is it
-taken as never created. A batch is never found by listing alone, and nothing is
-created while a batch of the part is still open.
-
-**Results** are mapped back by each request's ``key`` (the question id), never
-by position. A result with a response is read like an online reply (answer or
-final refusal); a result with an error is a failure, asked again by a later
-run. An expired, failed or cancelled batch keeps whatever came back; the
-questions it left without an outcome go into the next batch, up to
-``batch_max_attempts`` batches. A batch older than ``batch_max_age_h`` is
-cancelled, then treated the same way (or the job stops, with
-``batch_too_old: stop``).
-
-**Waiting.** The job looks at its batch every ``batch_poll_s`` seconds, the
-wait doubling up to 10 minutes, for at most ``batch_wait_h`` hours in all; then
-it stops with one line. The batch runs on at Google, and a rerun collects it
-without sending anything again.
+**Results** are put back by each entry's key (the question id), never by position,
+and every entry the API returned is logged in the request log, as it may be billed:
+a second entry for a key (``duplicate``) and an entry for a key that no request of
+the batch had (``unknown_key``) are logged and counted, never kept. A reply without
+token counts is logged with estimated tokens and ``usage_missing``
+(meddpo.gemini.client.response_usage). A reply is read like an online reply (an
+answer, or a final refusal); an error that another try may get past (429, 5xx, or
+no code) leaves its question without an outcome, so it goes into the shard's next
+batch, and other errors (a 4xx about the request, an unreadable result) are failures
+of this run. The batches themselves are created and waited for by
+meddpo.gemini.batch_run, every shard's at once.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import time
-import uuid
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
-from meddpo.errors import UserError
-from meddpo.gemini.client import GeminiSettings, Outcome, interpret_response
-from meddpo.gemini.errors import HardGeminiError, describe_error, error_reason, is_transient, never_reached
+from meddpo.gemini.batch_api import UNREADABLE
+from meddpo.gemini.client import GeminiSettings, Outcome, interpret_response, response_usage
+from meddpo.gemini.errors import RETRY_CODES, HardGeminiError
+from meddpo.gemini.served import served_model
 from meddpo.generation.resume import ResumableJob
 
 log = logging.getLogger(__name__)
 
 BATCH_LOG = "batches"
-FINAL_STATES = (
-    "JOB_STATE_SUCCEEDED",
-    "JOB_STATE_PARTIALLY_SUCCEEDED",
-    "JOB_STATE_FAILED",
-    "JOB_STATE_CANCELLED",
-    "JOB_STATE_EXPIRED",
-)
-LONGEST_POLL_S = 600.0
-# A create call that failed without a reply may still land at Google: its batch counts as never
-# created only when no batch has its display name this long after the intent (plus timeout_s).
-CREATE_GRACE_S = 300.0
-
-
-class BatchStillRunning(UserError):
-    """The job's wait ran out while its batch runs on: a rerun collects it."""
+NOT_FOUND, NOT_CREATED = "NOT_FOUND", "NOT_CREATED"  # ended states of batches the API does not have
 
 
 @dataclass
@@ -82,262 +58,6 @@ class Batch:
     since: float = 0.0  # time of the intent record
     state: str | None = None  # the final state once its ended record is there; None while open
     results: int = 0  # results kept, once ended
-
-
-@dataclass
-class BatchRun:
-    """One shard job's batches: the client, what was counted, and the store's batches log."""
-
-    job: ResumableJob
-    settings: GeminiSettings
-    client: object
-    config: object
-    log_request: Callable[[dict], None]
-    keep: Callable[[dict, Outcome], None]
-    sleep: Callable[[float], None] = time.sleep
-    clock: Callable[[], float] = time.monotonic
-
-    def __post_init__(self) -> None:
-        self.started = self.clock()
-        self.part = self.job.store.part.name if self.job.store else "memory"
-        self._log_memory: list[dict] = []
-        self.done: set[str] = set()  # questions with an outcome in this job
-
-    # -- the batches log ----------------------------------------------------------------------
-    def _append(self, record: dict) -> None:
-        record = {**record, "part": self.part, "time": round(time.time(), 3)}
-        if self.job.store:
-            self.job.store.append_log(BATCH_LOG, [record])
-        else:
-            self._log_memory.append(record)
-
-    def history(self) -> list[Batch]:
-        """This part's batches, from the batches log, in the order of their intents."""
-        records = self.job.store.read_log(BATCH_LOG) if self.job.store else self._log_memory
-        return [batch for batch in batch_history(records) if batch.part == self.part]
-
-    def open_batches(self) -> list[Batch]:
-        """This part's batches that have an intent but no end, oldest first."""
-        return [batch for batch in self.history() if batch.state is None]
-
-    def attempts_used(self) -> int:
-        return max((batch.attempt for batch in self.history()), default=0)
-
-    # -- the job --------------------------------------------------------------------------------
-    def run(self) -> None:
-        """Take up open batches, then submit the questions left until none is left or attempts run out."""
-        for batch in self.open_batches():
-            log.info(
-                "batch %s (attempt %d) was left open by an earlier job: taking it up",
-                batch.display_name,
-                batch.attempt,
-            )
-            if batch.name is None:
-                batch.name = self.find_by_display_name(batch.display_name)
-                if batch.name is None:
-                    self.never_created(batch)
-                    continue
-                self._append({"event": "created", "display_name": batch.display_name, "name": batch.name})
-            self.collect(batch)
-        for _ in range(self.settings.batch_max_attempts):
-            todo = [q for q in self.job.todo if q["id"] not in self.done]
-            if not todo:
-                return
-            self.collect(self.submit(todo, self.attempts_used() + 1))
-        todo = [q for q in self.job.todo if q["id"] not in self.done]
-        if todo:
-            self.give_up(todo)
-
-    def never_created(self, batch: Batch) -> None:
-        """An intent whose batch Google does not list: ended as never created, once its create call
-        can no longer land; before that, the job stops with one line."""
-        left = batch.since + self.settings.timeout_s + CREATE_GRACE_S - time.time()
-        if left > 0:
-            raise HardGeminiError(
-                f"batch {batch.display_name}: its create call got no reply and Google lists no batch by "
-                f"that name yet; it may still appear: rerun in {left / 60:.0f} minutes or later (nothing "
-                "is sent again before then)"
-            )
-        log.info("no batch is named %s at Google: it was never created", batch.display_name)
-        self._append({"event": "ended", "display_name": batch.display_name, "state": "NOT_CREATED"})
-
-    def give_up(self, todo: list[dict]) -> None:
-        """Questions still without an outcome after ``batch_max_attempts`` batches: failures of this job."""
-        log.warning(
-            "%d questions still have no outcome after %d batches: they fail for this run",
-            len(todo),
-            self.settings.batch_max_attempts,
-        )
-        for question in todo:
-            failure = {"id": question["id"], "reason": "batch_attempts_used"}
-            self.keep(question, Outcome(failure=failure, attempts=self.settings.batch_max_attempts))
-
-    def submit(self, todo: list[dict], attempt: int) -> Batch:
-        """Create one batch for ``todo``; its intent is on disk first and its name right after."""
-        from google.genai import types
-
-        fingerprint = self.job.store.key if self.job.store else "nostore"
-        display = f"meddpo-{fingerprint}-{self.part}-a{attempt}-{uuid.uuid4().hex[:12]}"
-        batch = Batch(display, attempt, [q["id"] for q in todo])
-        lines = [{"key": q["id"], "request": request_json(q["question"], self.config)} for q in todo]
-        if sum(len(json.dumps(line)) for line in lines) > self.settings.batch_inline_limit_mb * 1e6:
-            src = self.upload(display, lines)  # an uploaded file costs nothing: no intent needed yet
-        else:
-            src = [
-                types.InlinedRequest(
-                    model=self.settings.model,
-                    contents=q["question"],
-                    metadata={"key": q["id"]},
-                    config=self.config,
-                )
-                for q in todo
-            ]
-        self._append({"event": "intent", "display_name": display, "attempt": attempt, "keys": batch.keys})
-        try:
-            created = self.client.batches.create(
-                model=self.settings.model, src=src, config=types.CreateBatchJobConfig(display_name=display)
-            )
-            batch.name = created.name
-        except Exception as error:  # noqa: BLE001 - the batch may exist all the same: looked up below
-            if never_reached(error):
-                raise HardGeminiError(f"batch {display} not created: {describe_error(error)}") from None
-            log.warning("creating batch %s: %s; looking it up by its name", display, describe_error(error))
-            batch.name = self.find_by_display_name(display)
-            if batch.name is None:  # it may still land: the intent stays open for the rerun to look up
-                raise HardGeminiError(
-                    f"creating batch {display}: {describe_error(error)}; Google lists no batch by that name "
-                    "yet: rerun in a few minutes, and the batch is looked up again before anything is sent"
-                ) from None
-        self._append({"event": "created", "display_name": display, "name": batch.name})
-        log.info("batch %s created as %s: %d requests (attempt %d)", display, batch.name, len(todo), attempt)
-        return batch
-
-    def upload(self, display: str, lines: list[dict]) -> str:
-        """The requests as a JSONL file uploaded with the Files API (over the inline limit); its name."""
-        import tempfile
-
-        from google.genai import types
-
-        with tempfile.TemporaryDirectory(prefix="meddpo-batch-") as folder:
-            path = Path(folder) / f"{display}.jsonl"
-            path.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), "utf-8")
-            config = types.UploadFileConfig(display_name=display, mime_type="jsonl")
-            uploaded = self._retry(lambda: self.client.files.upload(file=str(path), config=config))
-        log.info("batch %s: %d requests uploaded as %s", display, len(lines), uploaded.name)
-        return uploaded.name
-
-    def find_by_display_name(self, display: str) -> str | None:
-        """The name of the batch with this display name, over every page of ``batches.list``; None if none."""
-        for item in self._retry(lambda: list(self.client.batches.list(config={"page_size": 100}))):
-            if item.display_name == display:
-                return item.name
-        return None
-
-    def collect(self, batch: Batch) -> None:
-        """Wait for ``batch`` to end (cancelling it when too old), then keep every result it has."""
-        job = self.wait(batch)
-        state = _state(job)
-        wanted = set(batch.keys)
-        requests = self.job.store.read_log("requests") if self.job.store else []
-        logged = {r["id"] for r in requests if r.get("batch") == batch.name}  # kept by a killed job
-        kept = 0
-        for key, response, error in self.results(job):
-            if key not in wanted or key in self.done or key in self.job.stored or key in self.job.refused:
-                continue
-            if key in logged:
-                continue  # not this batch's, or kept already (by this job, or by a killed one)
-            self.keep_result(key, response, error, batch)
-            kept += 1
-        missing = len(wanted - self.done)
-        self._append(
-            {
-                "event": "ended",
-                "display_name": batch.display_name,
-                "name": batch.name,
-                "state": state,
-                "results": kept,
-            }
-        )
-        log.info(
-            "batch %s ended %s: %d results kept, %d questions without one", batch.name, state, kept, missing
-        )
-
-    def results(self, job) -> list[tuple[str | None, object, object]]:
-        """``(key, response, error code)`` of each result of an ended batch, inline or in its results file."""
-        dest = job.dest
-        if dest is not None and dest.file_name:
-            data = self._retry(lambda: self.client.files.download(file=dest.file_name))
-            return [
-                _file_result(line) for line in data.decode("utf-8", "replace").splitlines() if line.strip()
-            ]
-        return [
-            ((entry.metadata or {}).get("key"), entry.response, _code(entry.error) if entry.error else None)
-            for entry in (dest.inlined_responses if dest is not None else None) or []
-        ]
-
-    def keep_result(self, key: str, response, error, batch: Batch) -> None:
-        """One result of a batch: an answer or refusal (with its tokens logged), or a failure."""
-        question = {"id": key}
-        record = {"id": key, "attempt": batch.attempt, "mode": "batch", "batch": batch.name}
-        # the outcome is stored before the request is logged: a logged result is a kept one, so a
-        # rerun that collects the batch again skips it (a kill in between only undercounts it)
-        if response is None:
-            failure = {"id": key, "reason": f"batch_error:{error}"}
-            self.keep(question, Outcome(failure=failure, attempts=batch.attempt))
-            self.log_request({**record, "error": str(error)})
-        else:
-            outcome = interpret_response(key, response, self.settings)
-            outcome.attempts = batch.attempt
-            self.keep(question, outcome)
-            self.log_request({**record, **(outcome.usage or {})})
-        self.done.add(key)
-
-    def wait(self, batch: Batch):
-        """Poll ``batch`` until it ends; BatchStillRunning once ``batch_wait_h`` has gone by."""
-        delay, cancelled = min(self.settings.batch_poll_s, LONGEST_POLL_S), False
-        while True:
-            job = self._retry(lambda: self.client.batches.get(name=batch.name))
-            state = _state(job)
-            if state in FINAL_STATES:
-                return job
-            age_h = _age_h(job)
-            if age_h is not None and age_h > self.settings.batch_max_age_h and not cancelled:
-                self.too_old(batch, state, age_h)
-                cancelled = True  # a cancel takes a while at Google: asked once, then waited for
-            waited = self.clock() - self.started
-            if waited + delay > self.settings.batch_wait_h * 3600:
-                raise BatchStillRunning(
-                    f"batch {batch.name} ({len(batch.keys)} questions) is still {_short(state)} after "
-                    f"this job waited {waited / 3600:.2f} h (batch_wait_h {self.settings.batch_wait_h:g}); "
-                    "it runs on at Google: rerun the job to collect it (nothing is sent again)"
-                )
-            self.sleep(delay)
-            delay = min(delay * 2, LONGEST_POLL_S)
-
-    def too_old(self, batch: Batch, state: str, age_h: float) -> None:
-        """Cancel a batch past ``batch_max_age_h`` (or stop, with ``batch_too_old: stop``)."""
-        message = (
-            f"batch {batch.name} is still {_short(state)} {age_h:.1f} h after it was created "
-            f"(batch_max_age_h {self.settings.batch_max_age_h:g})"
-        )
-        if self.settings.batch_too_old == "stop":
-            raise HardGeminiError(message + "; cancel it, or raise batch_max_age_h, then rerun")
-        log.warning("%s: cancelling it; what it answered is kept and the rest resubmitted", message)
-        self._retry(lambda: self.client.batches.cancel(name=batch.name))
-
-    def _retry(self, call):
-        """``call()`` again on transient errors (429, 5xx, time-outs), up to ``max_attempts`` tries."""
-        delay = self.settings.initial_backoff_s
-        for attempt in range(1, self.settings.max_attempts + 1):
-            try:
-                return call()
-            except Exception as error:  # noqa: BLE001 - transient ones are retried, the rest re-raised
-                if not is_transient(error) or attempt == self.settings.max_attempts:
-                    raise HardGeminiError(f"the Batch API: {describe_error(error)}") from None
-                log.warning("the Batch API: %s; trying again", error_reason(error))
-                self.sleep(delay)
-                delay = min(max(delay * 2, 0.001), self.settings.max_backoff_s)
-        raise AssertionError("unreachable")
 
 
 def batch_history(records: list[dict]) -> list[Batch]:
@@ -363,11 +83,11 @@ def open_batches(records: list[dict]) -> list[Batch]:
     return [batch for batch in batch_history(records) if batch.state is None]
 
 
-def refuse_open_batches(records: list[dict], ids: set[str], except_part: str | None = None) -> None:
+def refuse_open_batches(records: list[dict], ids: set[str], own_parts: set[str] = frozenset()) -> None:
     """Stop with one line when a batch still open holds one of ``ids`` (a batch-mode job takes up
-    its own part's, ``except_part``): asking those questions now would pay for them twice."""
+    the batches of its own parts, ``own_parts``): asking those questions now would pay for them twice."""
     for batch in open_batches(records):
-        if batch.part != except_part and ids & set(batch.keys):
+        if batch.part not in own_parts and ids & set(batch.keys):
             raise HardGeminiError(
                 f"batch {batch.name or batch.display_name} (store part {batch.part}) is still open and holds "
                 f"{len(ids & set(batch.keys))} of these questions: run that shard's job in batch mode to "
@@ -375,61 +95,151 @@ def refuse_open_batches(records: list[dict], ids: set[str], except_part: str | N
             )
 
 
-def _file_result(line: str) -> tuple[str | None, object, object]:
-    """One line of a batch's results file, read as the SDK reads an inline result (unknown fields
-    dropped); a line that cannot be read is a failure of its key."""
-    from google.genai import types
-    from google.genai.batches import _InlinedResponse_from_mldev
-
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError:
-        return None, None, "unreadable_result"  # no key to put it on: its question gets no outcome
-    key = row.get("key") if isinstance(row, dict) else None
-    if key is None or "response" not in row:
-        return key, None, (row.get("error") or {}).get("code", "unknown") if key else "unreadable_result"
-    try:
-        entry = _InlinedResponse_from_mldev({"response": row["response"]})
-        return key, types.InlinedResponse.model_validate(entry).response, None
-    except Exception:  # noqa: BLE001 - an unreadable result is that key's failure, never a traceback
-        return key, None, "unreadable_result"
+def resubmitted(code: object) -> bool:
+    """Whether a batch entry's error leaves its question for the next batch (another try may get past it)."""
+    if code == UNREADABLE:
+        return False
+    return not isinstance(code, int) or code in RETRY_CODES or not 400 <= code < 500
 
 
-def request_json(question: str, config) -> dict:
-    """One generateContent request as the REST API reads it (a line of an uploaded batch file)."""
-    body: dict = {"contents": [{"role": "user", "parts": [{"text": question}]}]}
-    if config.system_instruction:
-        body["systemInstruction"] = {"parts": [{"text": config.system_instruction}]}
-    generation = {"temperature": config.temperature, "maxOutputTokens": config.max_output_tokens}
-    if config.response_mime_type:
-        generation["responseMimeType"] = config.response_mime_type
-    if config.response_json_schema is not None:
-        generation["responseJsonSchema"] = config.response_json_schema
-    if config.thinking_config is not None:
-        generation["thinkingConfig"] = {"thinkingBudget": config.thinking_config.thinking_budget}
-    body["generationConfig"] = generation
-    return body
+@dataclass
+class Part:
+    """One shard's side of a batch-mode job: its questions left, its batches, and what it kept.
 
+    ``keep`` stores an outcome (and may stop the job: a served model that breaks the rule);
+    ``log_request`` appends a line to the request log and counts it.
+    """
 
-def _code(error) -> object:
-    return error.get("code") if isinstance(error, dict) else getattr(error, "code", None)
+    job: ResumableJob
+    settings: GeminiSettings
+    keep: Callable[[dict, Outcome], None]
+    log_request: Callable[[dict], None]
+    system_prompt: str | None = None
+    done: set[str] = field(default_factory=set)  # questions with an outcome in this job
+    errored: dict[str, tuple[str, int]] = field(
+        default_factory=dict
+    )  # key -> (reason, attempt), left for a retry
+    submitted: int = 0  # batches this job created for the part
+    _memory: list[dict] = field(default_factory=list)  # the batches log without a store
 
+    @property
+    def name(self) -> str:
+        return self.job.store.part.name if self.job.store else "memory"
 
-def _state(job) -> str:
-    state = job.state
-    return getattr(state, "name", None) or str(state)
+    @property
+    def fingerprint(self) -> str:
+        return self.job.store.key if self.job.store else "nostore"
 
+    # -- the batches log ----------------------------------------------------------------------
+    def append(self, record: dict) -> None:
+        record = {**record, "part": self.name, "time": round(time.time(), 3)}
+        if self.job.store:
+            self.job.store.append_log(BATCH_LOG, [record])
+        else:
+            self._memory.append(record)
 
-def _short(state: str) -> str:
-    return state.removeprefix("JOB_STATE_")
+    def history(self) -> list[Batch]:
+        """This part's batches, from the batches log, in the order of their intents."""
+        records = self.job.store.read_log(BATCH_LOG) if self.job.store else self._memory
+        return [batch for batch in batch_history(records) if batch.part == self.name]
 
+    def open_batches(self) -> list[Batch]:
+        return [batch for batch in self.history() if batch.state is None]
 
-def _age_h(job) -> float | None:
-    created = job.create_time
-    if created is None:
-        return None
-    if isinstance(created, str):
-        created = dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=dt.UTC)
-    return (dt.datetime.now(dt.UTC) - created).total_seconds() / 3600
+    def attempts_used(self) -> int:
+        return max((batch.attempt for batch in self.history()), default=0)
+
+    def todo(self) -> list[dict]:
+        """The part's questions still without an outcome."""
+        return [q for q in self.job.todo if q["id"] not in self.done]
+
+    def text(self, key: str | None) -> str:
+        """The question asked under ``key`` ("" for a key no question of the part has)."""
+        if not hasattr(self, "_texts"):
+            self._texts = {q["id"]: q["question"] for q in self.job.questions}
+        return self._texts.get(key or "", "")
+
+    # -- an ended batch -------------------------------------------------------------------------
+    def collect(self, batch: Batch, entries: list[tuple[str | None, object, object]], state: str) -> None:
+        """Keep every entry of an ended batch and log each one (duplicates and unknown keys too)."""
+        wanted = set(batch.keys)
+        requests = self.job.store.read_log("requests") if self.job.store else []
+        logged = Counter(r["id"] for r in requests if r.get("batch") == batch.name)  # by a killed job
+        seen: Counter = Counter()
+        kept = 0
+        for key, response, error in entries:
+            seen[key] += 1
+            if seen[key] <= logged[key]:
+                continue  # logged (and kept) by an earlier job that collected this batch
+            record = {"id": key, "attempt": batch.attempt, "mode": "batch", "batch": batch.name}
+            if key not in wanted or seen[key] > 1:
+                flag = "unknown_key" if key not in wanted else "duplicate"
+                self.log_request({**record, flag: True, **self._usage(key, response, error)})
+            elif not (key in self.done or key in self.job.stored or key in self.job.refused):
+                kept += self.keep_result(key, response, error, record)
+            # else: kept by a job killed before it logged the result (counted once, by nobody)
+        self.append(
+            {
+                "event": "ended",
+                "display_name": batch.display_name,
+                "name": batch.name,
+                "state": state,
+                "results": kept,
+            }
+        )
+        left = len(wanted - self.done)
+        log.info(
+            "batch %s ended %s: %d results kept, %d questions without an outcome",
+            batch.name,
+            state,
+            kept,
+            left,
+        )
+
+    def _usage(self, key: str | None, response, error) -> dict:
+        """What a logged entry cost: its tokens (estimated when the reply has none), or its error."""
+        if response is None:
+            return {"error": str(error)}
+        usage = response_usage(response, self.text(key), self.system_prompt)
+        return {**usage, "served_model": served_model(response)}
+
+    def keep_result(self, key: str, response, error, record: dict) -> int:
+        """One result for a question of the batch: an answer or refusal (kept, then logged), a failure,
+        or an error left for the next batch. Returns 1 when an outcome was kept."""
+        question = {"id": key}
+        if response is None:
+            self.log_request({**record, "error": str(error)})
+            if resubmitted(error):
+                self.errored[key] = (f"batch_error:{error}", record["attempt"])
+                return 0
+            self.done.add(key)
+            self.keep(
+                question,
+                Outcome(failure={"id": key, "reason": f"batch_error:{error}"}, attempts=record["attempt"]),
+            )
+            return 1
+        usage = response_usage(response, self.text(key), self.system_prompt)
+        outcome = interpret_response(key, response, self.settings, usage)
+        outcome.attempts = record["attempt"]
+        self.done.add(key)
+        self.errored.pop(key, None)
+        try:
+            self.keep(question, outcome)  # stored first: a logged result is a kept one
+        finally:
+            self.log_request({**record, **usage, "served_model": served_model(response)})
+        return 1
+
+    def give_up(self) -> None:
+        """Questions still without an outcome once the job's batches are spent: failures of this run."""
+        todo = self.todo()
+        if not todo:
+            return
+        log.warning(
+            "%s: %d questions still have no outcome after %d batches: they fail for this run",
+            self.name,
+            len(todo),
+            self.submitted,
+        )
+        for question in todo:
+            reason, attempt = self.errored.get(question["id"], ("batch_attempts_used", self.attempts_used()))
+            self.keep(question, Outcome(failure={"id": question["id"], "reason": reason}, attempts=attempt))

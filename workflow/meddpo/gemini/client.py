@@ -31,13 +31,13 @@ import asyncio
 import os
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from meddpo.backends import in_batch_mode
-from meddpo.config.settings import defaults
+from meddpo.config.settings import defaults, gemini_price
 from meddpo.errors import UserError
 from meddpo.gemini.errors import (
     HARD_ERROR_CODES,
@@ -49,6 +49,7 @@ from meddpo.gemini.errors import (
     never_reached,
     suggested_delay_s,
 )
+from meddpo.gemini.served import served_model
 
 # the longest wait for a connection to open (the whole request may take timeout_s)
 CONNECT_TIMEOUT_S = 10.0
@@ -79,11 +80,7 @@ class GeminiSettings:
     timeout_s: float = _DEFAULTS["timeout_s"]
     base_url: str | None = _DEFAULTS["base_url"]
     secrets_file: str | None = _DEFAULTS["secrets_file"]
-    price_input_per_million: float = _DEFAULTS["price_input_per_million"]
-    price_output_per_million: float = _DEFAULTS["price_output_per_million"]
     mode: str = _DEFAULTS["mode"]
-    batch_price_input_per_million: float = _DEFAULTS["batch_price_input_per_million"]
-    batch_price_output_per_million: float = _DEFAULTS["batch_price_output_per_million"]
     batch_poll_s: float = _DEFAULTS["batch_poll_s"]
     batch_wait_h: float = _DEFAULTS["batch_wait_h"]
     batch_max_age_h: float = _DEFAULTS["batch_max_age_h"]
@@ -94,20 +91,25 @@ class GeminiSettings:
     ask_refused_again: bool = _DEFAULTS["ask_refused_again"]
     max_refused_fraction: float = _DEFAULTS["max_refused_fraction"]
     too_many_refusals: str = _DEFAULTS["too_many_refusals"]
+    accept_served_model: str | None = _DEFAULTS["accept_served_model"]
+    # the model's gemini_prices entry (None: the schema's, when it has one for the model)
+    price: Mapping[str, Any] | None = None
 
     # The settings that change the answer text (the rest only change speed and cost).
     TEXT_KEYS: ClassVar[tuple[str, ...]] = ("model", "temperature", "max_output_tokens", "thinking_budget")
 
-    def prices(self, batch: bool | None = None) -> dict[str, float]:
-        """USD per million tokens online or in batch mode (``batch`` None: this block's mode)."""
-        if in_batch_mode(self) if batch is None else batch:
-            return {
-                "input_per_million": self.batch_price_input_per_million,
-                "output_per_million": self.batch_price_output_per_million,
-            }
+    def prices(self, batch: bool | None = None) -> dict[str, float] | None:
+        """USD per million tokens online or in batch mode (``batch`` None: this block's mode), from
+        ``price``, else the schema's gemini_prices entry of the model; None when neither has one."""
+        price = self.price or gemini_price(
+            {}, {"model": self.model, "accept_served_model": self.accept_served_model}
+        )
+        if price is None:
+            return None
+        prefix = "batch_" if (in_batch_mode(self) if batch is None else batch) else ""
         return {
-            "input_per_million": self.price_input_per_million,
-            "output_per_million": self.price_output_per_million,
+            "input_per_million": price[prefix + "input_per_million"],
+            "output_per_million": price[prefix + "output_per_million"],
         }
 
     def endpoint(self) -> str | None:
@@ -221,24 +223,47 @@ class Outcome:
 
 
 _FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length"}
+CHARACTERS_PER_TOKEN = 4  # about, in English: the estimate of a reply that came without its token counts
 
 
-def _usage(response) -> Counter:
+def _answer_text(response) -> str:
+    """The text of a reply's first candidate, thoughts left out."""
+    candidates = getattr(response, "candidates", None) or []
+    content = candidates[0].content if candidates else None
+    parts = content.parts if content is not None and content.parts else []
+    return "".join(part.text or "" for part in parts if not getattr(part, "thought", False)).strip()
+
+
+def response_usage(response, question: str, system_prompt: str | None = None) -> Counter:
+    """The tokens a reply was billed for: its usageMetadata, or, when it came without one, an estimate
+    (about four characters a token of the system prompt and question in, of the answer out), flagged
+    ``usage_missing`` so that it is never counted as free."""
     meta = getattr(response, "usage_metadata", None)
-    counts = Counter()
+    counts: Counter = Counter()
     if meta is not None:
         counts["input_tokens"] = meta.prompt_token_count or 0
         counts["output_tokens"] = meta.candidates_token_count or 0
         counts["thinking_tokens"] = meta.thoughts_token_count or 0
+        return counts
+    asked = len(system_prompt or "") + len(question)
+    counts["input_tokens"] = -(-asked // CHARACTERS_PER_TOKEN)
+    counts["output_tokens"] = -(-len(_answer_text(response)) // CHARACTERS_PER_TOKEN)
+    counts["thinking_tokens"] = 0
+    counts["usage_missing"] = 1
     return counts
 
 
-def interpret_response(question_id: str, response, settings: GeminiSettings) -> Outcome:
-    """Turn one generateContent response into an answer row or a refusal."""
-    usage = _usage(response)
+def interpret_response(
+    question_id: str, response, settings: GeminiSettings, usage: Counter | None = None
+) -> Outcome:
+    """Turn one generateContent response into an answer row or a refusal (``usage``: its tokens, as
+    response_usage counts them; by default its usageMetadata)."""
+    usage = usage if usage is not None else response_usage(response, "")
+    served = served_model(response)
 
     def refused(reason: str) -> Outcome:
-        return Outcome(refusal={"id": question_id, "refused": reason, "model": settings.model}, usage=usage)
+        refusal = {"id": question_id, "refused": reason, "model": settings.model, "served_model": served}
+        return Outcome(refusal=refusal, usage=usage)
 
     feedback = getattr(response, "prompt_feedback", None)
     if feedback is not None and feedback.block_reason:
@@ -248,8 +273,7 @@ def interpret_response(question_id: str, response, settings: GeminiSettings) -> 
         return refused("no_candidates")
     candidate = candidates[0]
     reason = _enum_name(candidate.finish_reason) if candidate.finish_reason else "STOP"
-    parts = candidate.content.parts if candidate.content and candidate.content.parts else []
-    text = "".join(part.text or "" for part in parts if not getattr(part, "thought", False)).strip()
+    text = _answer_text(response)
     if reason not in _FINISH_REASONS:
         return refused(f"finish_reason:{reason}")
     if not text:
@@ -265,12 +289,15 @@ def interpret_response(question_id: str, response, settings: GeminiSettings) -> 
         "thinking_tokens": usage["thinking_tokens"],
         "model": settings.model,
         "revision": getattr(response, "model_version", None),
+        "served_model": served,
         "sampling": {
             "temperature": settings.temperature,
             "max_output_tokens": settings.max_output_tokens,
             "thinking_budget": settings.thinking_budget,
         },
     }
+    if usage.get("usage_missing"):
+        row["tokens_estimated"] = True  # the reply had no token counts: these are estimates
     return Outcome(row=row, usage=usage)
 
 
@@ -294,9 +321,10 @@ async def ask(
     """
     watch = watch or EndpointWatch("?")
     attempts = 0
+    usage: Counter = Counter()
 
     async def call():
-        nonlocal attempts
+        nonlocal attempts, usage
         await limiter.acquire()
         watch.check()  # another request found the endpoint unreachable while this one waited
         attempts += 1
@@ -312,7 +340,10 @@ async def ask(
             log_request({"id": question["id"], "attempt": attempts, "error": error_reason(error)})
             raise
         watch.reached()
-        log_request({"id": question["id"], "attempt": attempts, **_usage(response)})
+        usage = response_usage(response, question["question"], config.system_instruction)
+        log_request(
+            {"id": question["id"], "attempt": attempts, **usage, "served_model": served_model(response)}
+        )
         return response
 
     try:
@@ -322,7 +353,7 @@ async def ask(
         if outcome is None:
             raise
         return outcome
-    outcome = interpret_response(question["id"], response, settings)
+    outcome = interpret_response(question["id"], response, settings, usage)
     outcome.attempts = attempts
     return outcome
 
@@ -403,8 +434,11 @@ def generation_config(settings: GeminiSettings, system_prompt: str, response_sch
     return types.GenerateContentConfig(**kwargs)
 
 
-def estimate_cost(usage: dict, prices: dict) -> float:
-    """US dollars from token counts and per-million-token prices (thinking is billed as output)."""
+def estimate_cost(usage: dict, prices: dict | None) -> float | None:
+    """US dollars from token counts and per-million-token prices (thinking is billed as output);
+    None without prices (a model gemini_prices does not list)."""
+    if prices is None:
+        return None
     return round(
         usage.get("input_tokens", 0) / 1e6 * prices.get("input_per_million", 0.0)
         + (usage.get("output_tokens", 0) + usage.get("thinking_tokens", 0))

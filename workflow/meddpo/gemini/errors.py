@@ -200,10 +200,28 @@ def error_reason(error: BaseException) -> str:
 
 
 def describe_error(error: BaseException) -> str:
-    """The one line that reports an error Gemini answered with."""
-    message = getattr(error, "message", None) or str(error)
-    code, status = getattr(error, "code", ""), getattr(error, "status", "")
-    return f"Gemini refused the request ({code} {status}): {message}".replace("\n", " ")
+    """The one line that reports a failed call: an error Gemini answered with, a request that failed
+    on its way, or a failure of the SDK itself (named as the SDK's, never as a refusal by Gemini)."""
+    if getattr(error, "code", None) is not None:
+        message = getattr(error, "message", None) or str(error)
+        text = f"Gemini refused the request ({error.code} {getattr(error, 'status', '') or ''}): {message}"
+    elif isinstance(error, _transport_errors()):
+        text = f"the request to Gemini failed on its way: {type(error).__name__}: {error or 'no detail'}"
+    else:
+        text = (
+            f"the google-genai SDK ({sdk_version()}) failed: {type(error).__name__}: {error or 'no detail'}"
+        )
+    return text.replace("\n", " ")
+
+
+def sdk_version() -> str:
+    """``google-genai <version>``, as installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"google-genai {version('google-genai')}"
+    except PackageNotFoundError:
+        return "google-genai"
 
 
 class ClientErrorWatch:

@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from meddpo.backends import JobContext, Request, answer_shard, asks_gemini, judge_block
+from meddpo.backends import JobContext, Request, answer_shards, asks_gemini, judge_block
 from meddpo.config.settings import defaults
 from meddpo.dataset.verdicts import KINDS, check_pairs, item_key, pair_keys
 from meddpo.errors import UserError
@@ -163,27 +163,47 @@ def run_judge(
     checked (check_pairs) before anything is sent; read a file with read_pairs to have its name
     and lines in the message.
     """
+    [result] = run_judges([(pairs, job)], kind, config)
+    return result
+
+
+def run_judges(
+    shards: Sequence[tuple[Sequence[Mapping], JobContext]], kind: str, config: Mapping[str, Any]
+) -> list[tuple[list[dict], dict, str | None]]:
+    """run_judge for several pairs files in one job: ``(verdict rows, usage, problem)`` for each.
+
+    The Gemini judge in batch mode creates every file's batch at once and waits for them
+    together (meddpo.backends.answer_shards); other judges grade the files in turn.
+    """
     if kind not in KINDS:
         raise UserError(f"unknown judge kind {kind!r}; use one of {', '.join(KINDS)}")
     check_greedy(kind, config)
-    check_pairs(enumerate(pairs, 1), "pairs", unit="row")  # before anything is paid for
+    for pairs, _ in shards:
+        check_pairs(enumerate(pairs, 1), "pairs", unit="row")  # before anything is paid for
     judge = judge_settings(kind, config)
-    items = judge_items(pairs, kind)
-    usage: dict[str, Any] = {"kind": kind, "model": judge["model"], "backend": judge["backend"]}
-    result = answer_shard(judge_backend_block(kind, config), items, judge_request(kind, config), job)
-    outputs: dict[str, dict] = {row["id"]: {"text": row["text"]} for row in result.answers}
-    outputs.update({row["id"]: {"failed": f"{row['kind']}:{row['reason']}"} for row in result.left_out})
-    usage.update(result.usage)
-    verdicts = _verdict_rows(pairs, kind, judge, outputs, config.get("classifier_format"), usage)
-    log.info(
-        "%s judge %s: %d pairs, %d answers: %s",
-        kind,
-        judge["model"],
-        len(pairs),
-        2 * len(pairs),
-        usage["verdicts"],
-    )
-    return verdicts, usage, result.problem
+    request = judge_request(kind, config)
+    block = judge_backend_block(kind, config)
+    results = answer_shards(block, [(judge_items(pairs, kind), job) for pairs, job in shards], request)
+    out = []
+    for (pairs, _), result in zip(shards, results, strict=True):
+        usage: dict[str, Any] = {"kind": kind, "model": judge["model"], "backend": judge["backend"]}
+        outputs: dict[str, dict] = {
+            row["id"]: {"text": row["text"], "served_model": row.get("served_model")}
+            for row in result.answers
+        }
+        outputs.update({row["id"]: {"failed": f"{row['kind']}:{row['reason']}"} for row in result.left_out})
+        usage.update(result.usage)
+        verdicts = _verdict_rows(pairs, kind, judge, outputs, config.get("classifier_format"), usage)
+        log.info(
+            "%s judge %s: %d pairs, %d answers: %s",
+            kind,
+            judge["model"],
+            len(pairs),
+            2 * len(pairs),
+            usage["verdicts"],
+        )
+        out.append((verdicts, usage, result.problem))
+    return out
 
 
 def _verdict_rows(
@@ -207,6 +227,8 @@ def _verdict_rows(
                 row[role] = {"status": "failed", "reason": found["failed"]}
             else:
                 row[role] = verdict(kind, found["text"], fmt)
+                if found.get("served_model"):  # an API judge: the model that served the verdict
+                    row[role]["served_model"] = found["served_model"]
             statuses[row[role]["status"]] += 1
         verdicts.append(row)
     usage["verdicts"] = dict(sorted(statuses.items()))

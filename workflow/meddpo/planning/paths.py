@@ -179,3 +179,7 @@ class RunPaths:
     def benchmark(self, step: str) -> str:
         """A shard job's benchmark file under benchmarks/<step>."""
         return self.per_shard(f"{BENCHMARKS_FOLDER}/{step}", "tsv")
+
+    def run_benchmark(self, rule: str) -> str:
+        """The benchmark file of a job that runs once per run (a Gemini rule in batch mode)."""
+        return self.under(BENCHMARKS_FOLDER, f"{rule}.tsv")

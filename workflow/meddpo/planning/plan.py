@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from meddpo.backends import asks_gemini, in_batch_mode, runs_locally, serves_vllm, teacher_rule
+from meddpo.config.settings import gemini_price
 from meddpo.planning.paths import DEMO_MODEL_RULES, demo_model_name
 
 # Minutes per 100 questions of a shard job (before the start-up allowance), by rule.
@@ -31,9 +32,6 @@ MINUTES_PER_100_QUESTIONS = {
 }
 START_UP_MINUTES = 15
 MAX_RUNTIME_MINUTES = 480
-# A Gemini job in batch mode waits up to its block's batch_wait_h for the batch, on one core
-# (RM-shared on Bridges-2, whose longest time limit is 48 h).
-BATCH_MAX_RUNTIME_MINUTES = 48 * 60
 QUESTIONS_WHEN_ALL = 50_000  # questions.n null and a hub source: about MedQuAD's size after cleaning
 
 
@@ -102,20 +100,21 @@ def runtime_minutes(rule: str, per_shard: int, attempt: int = 1) -> int:
 
 
 def rule_runtime_minutes(config: dict[str, Any], rule: str, per_shard: int, attempt: int = 1) -> int:
-    """``runtime_minutes``, or for a Gemini rule in batch mode its batch wait plus the start-up."""
-    block = {
-        "chosen_gemini": config["teacher"]["gemini"],
-        "judge_rubric_gemini": config["judge"]["gemini"],
-    }.get(rule)
-    if block is not None and in_batch_mode(block):
-        return min(BATCH_MAX_RUNTIME_MINUTES, math.ceil(block["batch_wait_h"] * 60) + START_UP_MINUTES)
+    """The time limit of one shard job of ``rule`` (runtime_minutes; a batch rule has none: batch_rules)."""
     return runtime_minutes(rule, per_shard, attempt)
 
 
-def gemini_jobs(block: dict[str, Any]) -> int:
-    """The ``gemini_jobs`` resource of a Gemini rule: 1 online (the key's per-minute quota is shared,
-    one such job at a time), 0 in batch mode (no such quota: every shard's batch waits at once)."""
-    return 0 if in_batch_mode(block) else 1
+def batch_rules(config: dict[str, Any]) -> dict[str, float]:
+    """The Gemini rules in batch mode, each with its block's ``batch_wait_h``.
+
+    Such a rule is one job for every shard (``localrule``: it runs where Snakemake runs, on a
+    cluster's login node, and claims no core): it creates every shard's batch at once and
+    waits for them together, for up to ``batch_wait_h`` hours, while the other jobs go on.
+    """
+    blocks = {"chosen_gemini": config["teacher"]["gemini"], "judge_rubric_gemini": config["judge"]["gemini"]}
+    rules = {teacher_rule(config), *judge_rules(config)}
+    waits = {rule: block["batch_wait_h"] for rule, block in blocks.items() if in_batch_mode(block)}
+    return {rule: hours for rule, hours in waits.items() if rule in rules}
 
 
 def judge_rule(config: dict[str, Any], kind: str) -> str:
@@ -159,11 +158,12 @@ def demo_rules(config: dict[str, Any]) -> list[str]:
 
 
 def job_counts(config: dict[str, Any]) -> dict[str, int]:
-    """Jobs per rule of a full run from nothing."""
+    """Jobs per rule of a full run from nothing (a batch rule is one job for every shard)."""
     shards = config["n_shards"]
     counts = {"questions": 1, "shard": shards, "rejected": shards, teacher_rule(config): shards}
     counts.update(pairs=shards)
     counts.update({rule: shards for rule in judge_rules(config)})
+    counts.update({rule: 1 for rule in batch_rules(config)})
     counts.update(merge_pairs=1, finalize=1, validate=1)
     return {**{rule: 1 for rule in demo_rules(config)}, **counts}
 
@@ -214,7 +214,9 @@ def estimate(config: dict[str, Any]) -> dict[str, Any]:
         "time_limit_minutes": {
             rule: rule_runtime_minutes(config, rule, per_shard)
             for rule in ("rejected", teacher_rule(config), *judge_rules(config))
+            if rule not in batch_rules(config)
         },
+        "batch_wait_hours": batch_rules(config),
         "gpu_hours_at_most": gpu_hours,
         "start_up": start_up_share,
         "assumed_per_rule": assumed,
@@ -222,28 +224,59 @@ def estimate(config: dict[str, Any]) -> dict[str, Any]:
     if asks_gemini(config["teacher"]):
         gemini = config["teacher"]["gemini"]
         prompt = _approx_tokens(config["prompts"]["teacher"]) + 30  # a MedQuAD question: ~30 tokens
-        out["gemini_usd_at_most"] = _usd(gemini, n * prompt, n * gemini["max_output_tokens"], "")
-        out["gemini_batch_usd_at_most"] = _usd(gemini, n * prompt, n * gemini["max_output_tokens"], "batch_")
+        out["gemini_usd_at_most"] = _usd(config, gemini, n * prompt, n * gemini["max_output_tokens"], "")
+        out["gemini_batch_usd_at_most"] = _usd(
+            config, gemini, n * prompt, n * gemini["max_output_tokens"], "batch_"
+        )
     if "judge_rubric_gemini" in judge_rules(config):
         out["judge_usd_at_most"] = judge_gemini_usd(config, n)
         out["judge_batch_usd_at_most"] = judge_gemini_usd(config, n, "batch_")
     return out
 
 
-def _usd(gemini: dict[str, Any], input_tokens: int, output_tokens: int, prices: str) -> float:
-    """Dollars at the block's online (``prices`` "") or batch ("batch_") prices."""
+def _usd(
+    config: dict[str, Any], gemini: dict[str, Any], input_tokens: int, output_tokens: int, prices: str
+) -> float | None:
+    """Dollars at the online (``prices`` "") or batch ("batch_") prices of the gemini_prices entry the
+    block is billed by; None when the table has none (the preflight then stops: missing_prices)."""
+    price = gemini_price(config, gemini)
+    if price is None:
+        return None
     dollars = (
-        input_tokens * gemini[prices + "price_input_per_million"]
-        + output_tokens * gemini[prices + "price_output_per_million"]
+        input_tokens * price[prices + "input_per_million"]
+        + output_tokens * price[prices + "output_per_million"]
     )
     return round(dollars / 1e6, 2)
+
+
+def missing_prices(config: dict[str, Any]) -> dict[str, str]:
+    """The Gemini blocks the run uses whose model gemini_prices does not list: block -> model."""
+    blocks = {}
+    if asks_gemini(config["teacher"]):
+        blocks["teacher.gemini"] = config["teacher"]["gemini"]
+    if "judge_rubric_gemini" in judge_rules(config):
+        blocks["judge.gemini"] = config["judge"]["gemini"]
+    return {
+        name: block.get("accept_served_model") or block["model"]
+        for name, block in blocks.items()
+        if gemini_price(config, block) is None
+    }
+
+
+def _batch_lines(plan: dict[str, Any]) -> list[str]:
+    """One line per Gemini rule in batch mode: one job for every shard, where it waits and how long."""
+    return [
+        f"{rule}: one job for every shard, run where Snakemake runs (no cluster job, no core): it creates "
+        f"every shard's batch at once and waits for them together, up to {hours:g} h (batch_wait_h)"
+        for rule, hours in plan.get("batch_wait_hours", {}).items()
+    ]
 
 
 # The rubric prompt and the request's framing, in tokens (about 1,750 characters of grading.RUBRIC_PROMPT)
 RUBRIC_PROMPT_TOKENS = 450
 
 
-def judge_gemini_usd(config: dict[str, Any], n: int, prices: str = "") -> float:
+def judge_gemini_usd(config: dict[str, Any], n: int, prices: str = "") -> float | None:
     """Dollars of a Gemini rubric judge at most: both answers at their caps, verdicts at max_output_tokens."""
     gemini = config["judge"]["gemini"]
     teacher = config["teacher"][config["teacher"]["backend"]]
@@ -251,7 +284,7 @@ def judge_gemini_usd(config: dict[str, Any], n: int, prices: str = "") -> float:
         "max_new_tokens", teacher.get("max_output_tokens", 0)
     )
     input_tokens = n * (2 * (RUBRIC_PROMPT_TOKENS + 30) + answer_caps)
-    return _usd(gemini, input_tokens, 2 * n * gemini["max_output_tokens"], prices)
+    return _usd(config, gemini, input_tokens, 2 * n * gemini["max_output_tokens"], prices)
 
 
 def render_estimate(plan: dict[str, Any]) -> list[str]:
@@ -269,6 +302,7 @@ def render_estimate(plan: dict[str, Any]) -> list[str]:
         "time limit per shard job (first try; each retry asks for more): "
         + ", ".join(f"{rule} {minutes} min" for rule, minutes in plan["time_limit_minutes"].items()),
     ]
+    lines += _batch_lines(plan)
     if plan["gpu_hours_at_most"]:
         total = sum(plan["gpu_hours_at_most"].values())
         lines.append(
@@ -281,12 +315,16 @@ def render_estimate(plan: dict[str, Any]) -> list[str]:
                 for rule, a in plan["assumed_per_rule"].items()
             )
         )
-    if "gemini_usd_at_most" in plan:
+    if "gemini_usd_at_most" in plan and plan["gemini_usd_at_most"] is None:
+        lines.append("Gemini: no dollar estimate, gemini_prices has no price for the teacher's model")
+    elif "gemini_usd_at_most" in plan:
         lines.append(
             f"Gemini at most ${plan['gemini_usd_at_most']:.2f} online, "
             f"${plan['gemini_batch_usd_at_most']:.2f} in batch mode (every answer at max_output_tokens)"
         )
-    if "judge_usd_at_most" in plan:
+    if "judge_usd_at_most" in plan and plan["judge_usd_at_most"] is None:
+        lines.append("Gemini rubric judge: no dollar estimate, gemini_prices has no price for its model")
+    elif "judge_usd_at_most" in plan:
         lines.append(
             f"Gemini rubric judge at most ${plan['judge_usd_at_most']:.2f} online, "
             f"${plan['judge_batch_usd_at_most']:.2f} in batch mode (both answers at their caps, every "

@@ -17,9 +17,10 @@ import subprocess
 from typing import Any
 
 from meddpo.backends import asks_gemini, judge_block, serves_vllm
+from meddpo.config.settings import gemini_price
 from meddpo.planning.checks import demo_model_path
 from meddpo.planning.paths import run_paths, shard_number
-from meddpo.planning.plan import demo_models_used, judge_rule, judge_rules
+from meddpo.planning.plan import batch_rules, demo_models_used, judge_rule, judge_rules, teacher_rule
 
 # a wildcard of a path pattern, e.g. {shard}
 WILDCARD = re.compile(r"(\{\w+\})")
@@ -108,6 +109,27 @@ def generation_options(
     return options + server_log_option(model_settings, paths.shard_log(side, "vllm.log"))
 
 
+def shard_benchmarks(config: dict[str, Any], side: str) -> list[str]:
+    """Every shard job's benchmark of one side (``rejected``, ``chosen``), for the throughput table;
+    none when the side's rule is one job for every shard (a Gemini teacher in batch mode)."""
+    if side == "chosen" and teacher_rule(config) in batch_rules(config):
+        return []
+    paths = run_paths(config)
+    return [paths.benchmark(side).replace("{shard}", shard) for shard in shard_numbers(config)]
+
+
+def teacher_gemini_options(config: dict[str, Any]) -> str:
+    """`meddpo gemini` options: the teacher.gemini block as it is (never the key itself: it stays out of
+    command lines), the teacher's prompt, the store, and the gemini_prices entry it is billed by."""
+    block = config["teacher"]["gemini"]
+    return cli_options(
+        **block,
+        system_prompt=config["prompts"]["teacher"],
+        store=run_paths(config).answer_store,
+        price=gemini_price(config, block),
+    )
+
+
 def chosen_extras(config: dict[str, Any], kind: str) -> list[str]:
     """Per-shard side files of the Gemini teacher (failures, usage), none for a local teacher."""
     if not asks_gemini(config["teacher"]):
@@ -138,7 +160,8 @@ def judge_options(config: dict[str, Any], kind: str) -> str:
     elif model is not None:
         options.update(backend="local", local=model)
     else:
-        options.update(backend="gemini", gemini=judge["gemini"], max_usd=judge["max_usd"])
+        price = gemini_price(config, judge["gemini"])
+        options.update(backend="gemini", gemini=judge["gemini"], max_usd=judge["max_usd"], price=price)
     if serves_vllm(model):
         options["vllm"] = config["vllm"]
     paths = run_paths(config)
@@ -162,11 +185,12 @@ def judge_files(config: dict[str, Any], suffix: str) -> list[str]:
 
 
 def judge_benchmarks(config: dict[str, Any]) -> list[str]:
-    """Every shard job's benchmark file of every judge that runs (the dataset step adds up their hours)."""
+    """Every shard job's benchmark file of every local-model judge (the dataset step adds up their hours)."""
     paths = run_paths(config)
     return [
         paths.benchmark(f"judge/{kind}").replace("{shard}", shard)
         for kind in judged_kinds(config)
+        if judge_local_model(config, kind) is not None
         for shard in shard_numbers(config)
     ]
 

@@ -1,4 +1,5 @@
-"""The preflight's checks of the machine and the run: key, disk, writable folders, Slurm, GPU, vLLM.
+"""The preflight's checks of the machine and the run: Gemini key, model and prices, disk, writable
+folders, Slurm, GPU, vLLM.
 
 Each check returns a list of ``Finding`` (empty: nothing wrong), one line each
 that says what to do. The checks of models and of the question source (local
@@ -22,10 +23,12 @@ from typing import Any
 
 from meddpo.backends import asks_gemini, serves_vllm
 from meddpo.planning.checks import demo_model_path
-from meddpo.planning.plan import local_models
+from meddpo.planning.plan import local_models, missing_prices
 
 # bytes a question needs on disk, all copies included (store, shards, pairs, dataset), at the caps
 BYTES_PER_ANSWER_TOKEN = 4 * 4
+# the longest the preflight waits for Gemini to say whether a model exists
+MODEL_CHECK_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -38,17 +41,63 @@ class Finding:
 
 
 def check_gemini(config: dict[str, Any], block: str = "teacher.gemini") -> list[Finding]:
-    """The Gemini key of the teacher's (or the judge's) block is there."""
+    """The Gemini key of the teacher's (or the judge's) block is there, and Gemini knows its model."""
     section, _, _ = block.partition(".")
     if not asks_gemini(config[section]):
         return []
     from meddpo.gemini.client import MissingKeyError, load_api_key
 
     try:
-        load_api_key(config[section]["gemini"]["secrets_file"])
+        key = load_api_key(config[section]["gemini"]["secrets_file"])
     except MissingKeyError as err:
         return [Finding("error", f"{block}: {err}")]
+    return check_gemini_model(config[section]["gemini"], block, key)
+
+
+def check_gemini_model(gemini: dict[str, Any], block: str, key: str) -> list[Finding]:
+    """Ask the API whether the block's model exists (``models.get``, free; one try, 10 s at most): an
+    error for a 404 (a model retired, or never one), a warning when Gemini cannot be asked."""
+    import dataclasses
+
+    from meddpo.gemini.client import GeminiSettings, make_client
+    from meddpo.gemini.errors import describe_error
+
+    settings = GeminiSettings(**{k: v for k, v in gemini.items() if k in GeminiSettings.__dataclass_fields__})
+    settings = dataclasses.replace(settings, timeout_s=MODEL_CHECK_TIMEOUT_S)
+    try:
+        client = make_client(key, settings)
+        client.models.get(model=settings.model)
+    except Exception as error:  # noqa: BLE001 - a 404 is the answer looked for; anything else only warns
+        if getattr(error, "code", None) == 404:
+            return [
+                Finding(
+                    "error",
+                    f"{block}.model: Gemini has no model {settings.model} (models.get answered 404: retired, "
+                    f"or not a model name): choose another {block}.model",
+                )
+            ]
+        return [
+            Finding(
+                "warning",
+                f"{block}.model: could not ask Gemini whether {settings.model} exists "
+                f"({describe_error(error)}); the run goes on",
+            )
+        ]
     return []
+
+
+def check_prices(config: dict[str, Any]) -> list[Finding]:
+    """Every Gemini model the run is billed by has its gemini_prices entry (else no estimate, no cap)."""
+    from meddpo.config.settings import PRICE_KEYS
+
+    return [
+        Finding(
+            "error",
+            f"{block}.model: gemini_prices has no price for {model}: add gemini_prices.{model} with "
+            f"{', '.join(PRICE_KEYS)} (USD per million tokens, and the day you looked them up)",
+        )
+        for block, model in missing_prices(config).items()
+    ]
 
 
 def needed_bytes(config: dict[str, Any], questions: int) -> int:

@@ -15,7 +15,9 @@ the jobs will really read:
 * the question source: a local file is read and cleaned as the questions step
   does (the plan counts it); a hub id must be cached when HF_DATASETS_OFFLINE or
   HF_HUB_OFFLINE is set, else reachable;
-* the Gemini key is there when the Gemini teacher or judge is on;
+* the Gemini key is there when the Gemini teacher or judge is on, the API knows its model
+  (``models.get``, free: a 404 is an error, an API that cannot be asked only a warning), and
+  ``gemini_prices`` has the model's prices;
 * the output folder, the answer store and the judge store are writable (a probe
   file written and removed; a missing folder is made) and there is room for the run;
 * the Slurm account is set when a cluster executor is used;
@@ -53,6 +55,7 @@ from meddpo.preflight.machine import (
     check_gemini,
     check_gpu,
     check_output,
+    check_prices,
     check_readable,
     check_slurm,
     check_start_up,
@@ -95,6 +98,8 @@ def preflight(
         findings += check_gemini(config)
     if needed("judge_rubric_gemini") and "judge_rubric_gemini" in judge_rules(config):
         findings += check_gemini(config, "judge.gemini")
+    if needed("chosen_gemini", "judge_rubric_gemini"):
+        findings += check_prices(config)
     plan = estimate(config)
     served = [rule for rule in vllm_rules(config) if needed(rule)]
     if served:

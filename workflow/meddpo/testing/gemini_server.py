@@ -7,8 +7,13 @@ even if nobody stops it.
 
 Served: ``POST /{version}/models/{model}:generateContent``. The request's
 ``contents``, ``systemInstruction`` and ``generationConfig`` are read; the reply
-has ``candidates[].content.parts[].text``, ``finishReason`` and
-``usageMetadata``; errors come as ``{"error": {"code", "message", "status"}}``.
+has ``candidates[].content.parts[].text``, ``finishReason``, ``usageMetadata``
+and ``modelVersion``; errors come as ``{"error": {"code", "message", "status"}}``.
+``GET /{version}/models/{model}`` (``models.get``) answers with the model.
+``model_versions`` maps a model asked for to the ``modelVersion`` its replies
+name (by default, the model asked for): a model retired and routed to another.
+``known_models`` (None: every model) are the models that exist: any other gets
+a 404, from ``models.get`` and from ``generateContent`` alike.
 
 The Batch API (Developer API flavour) is served too, by ``gemini_test_batches``:
 ``POST models/{model}:batchGenerateContent`` with inlined requests or a JSONL
@@ -25,9 +30,12 @@ back and in which order, a lost or late create reply, its age.
 ``list_page_size`` caps the page size honoured, ``batches`` holds the batches
 created, ``files`` the files (uploaded, and batches' responses files), and
 ``batch_stats()`` counts creates, GETs, list pages, cancels, uploads and
-downloads. A wrong key gets the 400 of ``generateContent`` (the bytes of an
-upload carry no key: their URL is their credential), an unknown batch or file
-a 404; ``latency_s`` delays online requests only.
+downloads; ``batch_events()`` is the log of batch calls with their times,
+``batch_faults`` scripts errors of those calls and ``batch_store`` holds the
+rest (empty list pages, forgetting a batch: gemini_test_batches). A wrong key
+gets the 400 of ``generateContent`` (the bytes of an upload carry no key: their
+URL is their credential), an unknown batch or file a 404; ``latency_s`` delays
+online requests only.
 
 Faults are scripted per question text: ``script[question] = ["429", "503",
 "ok"]`` answers the first request for that question with a 429, the second
@@ -42,6 +50,7 @@ with a 503, the third normally, and any later one normally. Steps:
     blocked   promptFeedback.blockReason = SAFETY, no candidates
     empty     a candidate with no text
     safety    a candidate with finishReason SAFETY and no text
+    nousage   a normal answer whose reply has no usageMetadata
 
 ``reply`` (a function of the request's user text) writes the text of "ok"
 answers instead of the canned one: tests script a judge's JSON with it, and
@@ -91,6 +100,7 @@ from urllib.parse import parse_qs
 
 from meddpo.testing.gemini_batches import BatchPlan, BatchStore, ServedBatch
 from meddpo.testing.gemini_files import FileStore, Raw, ServedFile
+from meddpo.testing.gemini_rubric import rubric_reply
 
 STATUS_NAMES = {
     400: "INVALID_ARGUMENT",
@@ -107,6 +117,7 @@ _ROUTES = [  # (method, name, path)
     ("POST", "create", re.compile(_VERSION + r"models/(?P<model>[^/:]+):batchGenerateContent$")),
     ("GET", "get", re.compile(_VERSION + r"batches/(?P<id>[^/:]+)$")),
     ("GET", "list", re.compile(_VERSION + r"batches$")),
+    ("GET", "model", re.compile(_VERSION + r"models/(?P<model>[^/:]+)$")),
     ("POST", "cancel", re.compile(_VERSION + r"batches/(?P<id>[^/:]+):cancel$")),
     ("POST", "upload", re.compile(r"^/upload/(?P<version>v[^/]+)/files$")),
     ("GET", "file", re.compile(_VERSION + r"files/(?P<id>[^/:]+)$")),
@@ -191,6 +202,8 @@ class GeminiTestServer:
         keep_alive: bool = True,
         batch_plans: list[BatchPlan] | None = None,
         list_page_size: int = 50,
+        model_versions: dict[str, str] | None = None,
+        known_models: set[str] | None = None,
     ):
         self.port = port  # 0: a free one
         self.keep_alive = keep_alive  # False: each reply closes its connection
@@ -201,6 +214,8 @@ class GeminiTestServer:
         self.lifetime_s = lifetime_s
         self.expected_key = expected_key
         self.reply = reply
+        self.model_versions = dict(model_versions or {})
+        self.known_models = known_models
         self.script: dict[str, list[str]] = {}
         self.requests: Counter = Counter()
         self.bodies: list[dict] = []
@@ -276,6 +291,11 @@ class GeminiTestServer:
             self.keys_seen.add(key)
         if self.expected_key is not None and key != self.expected_key:
             return 400, _error(400, "API key not valid. Please pass a valid API key.")
+        if name in ("generate", "model") and not self._exists(match.group("model")):
+            return 404, _error(404, f"models/{match.group('model')} is not found for API version v1beta")
+        if name == "model":
+            model = match.group("model")
+            return 200, {"name": f"models/{model}", "displayName": model, "version": "001"}
         if name == "generate":
             return self._generate(body, match.group("model"))
         if name in _FILE_ROUTES:
@@ -284,6 +304,9 @@ class GeminiTestServer:
                 name, match.group("version"), file_id, handler.headers, body, self.base_url
             )
         return self._batch_route(name, match, query, body)
+
+    def _exists(self, model: str) -> bool:
+        return self.known_models is None or model in self.known_models
 
     def _generate(self, body: dict, model: str) -> tuple[int | None, dict | None]:
         """One online request: its step, then the reply (or a hang, or a dropped connection)."""
@@ -312,17 +335,31 @@ class GeminiTestServer:
         canned = f"A careful answer to: {question} Please see a clinician about your own situation."
         text = {
             "ok": self.reply(question) if self.reply is not None and step == "ok" else canned,
+            "nousage": canned,
             "length": f"A long answer to: {question} that was cut",
             "empty": "",
             "safety": "",
         }[step]
-        reason = {"ok": "STOP", "length": "MAX_TOKENS", "empty": "STOP", "safety": "SAFETY"}[step]
+        reason = {
+            "ok": "STOP",
+            "nousage": "STOP",
+            "length": "MAX_TOKENS",
+            "empty": "STOP",
+            "safety": "SAFETY",
+        }[step]
         candidate: dict[str, Any] = {"finishReason": reason, "index": 0}
         candidate["content"] = {"role": "model", "parts": [{"text": text}] if text else []}
         output_tokens = len(text.split())
         usage.update(candidatesTokenCount=output_tokens, thoughtsTokenCount=min(thinking, 7))
         usage["totalTokenCount"] = usage["promptTokenCount"] + output_tokens + usage["thoughtsTokenCount"]
-        return 200, {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model}
+        reply = {"candidates": [candidate], "usageMetadata": usage, "modelVersion": self.served(model)}
+        if step == "nousage":
+            del reply["usageMetadata"]
+        return 200, reply
+
+    def served(self, model: str) -> str:
+        """The modelVersion the replies to a request for ``model`` name."""
+        return self.model_versions.get(model, model)
 
     # -- the Batch API (gemini_test_batches) ------------------------------------------------------
     @property
@@ -350,6 +387,18 @@ class GeminiTestServer:
         """Batches created, GETs of one batch, list pages served, cancels, uploads started, downloads."""
         return self.batch_store.stats()
 
+    def batch_events(self) -> list[dict]:
+        """Every batch call answered, oldest first: ``{time, call, batch, state}`` (gemini_test_batches)."""
+        return self.batch_store.log()
+
+    @property
+    def batch_faults(self) -> dict[str, list[str]]:
+        return self.batch_store.faults
+
+    @batch_faults.setter
+    def batch_faults(self, faults: dict[str, list[str]]) -> None:
+        self.batch_store.faults = {call: list(steps) for call, steps in faults.items()}
+
     @property
     def files(self) -> list[ServedFile]:
         """The files held: uploaded ones and batches' responses files, oldest first."""
@@ -368,23 +417,7 @@ class GeminiTestServer:
     def _batch_route(
         self, name: str, match: re.Match, query: str, body: dict
     ) -> tuple[int | None, dict | None]:
-        store = self.batch_store
-        if name == "create":
-            code, payload, batch = store.create(match.group("model"), body)
-            if batch is not None and batch.plan.lose_create_reply:
-                return None, None
-            if batch is not None and batch.plan.hang_create_s:
-                time.sleep(batch.plan.hang_create_s)
-            return code, payload
-        if name == "get":
-            return store.get(match.group("id"))
-        if name == "cancel":
-            return store.cancel(match.group("id"))
-        params = parse_qs(query)
-        size = (params.get("pageSize") or [""])[0]
-        if size and not size.isdigit():
-            return 400, _error(400, f"invalid pageSize {size!r}")
-        return store.list_page(int(size) if size else None, (params.get("pageToken") or [None])[0])
+        return self.batch_store.serve(name, match.groupdict(), parse_qs(query), body, self.retry_delay_s)
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
@@ -438,29 +471,6 @@ def main(argv: list[str] | None = None) -> None:
     stats = server.stats()
     server.stop()
     print(json.dumps(stats), flush=True)
-
-
-_ANSWER = re.compile(r"Answer to grade:\n<<<\n(?P<answer>.*)\n>>>", re.DOTALL)
-_DOSE = re.compile(r"\b\d+(?:\.\d+)?\s?(?:mg|mcg|ml|units?)\b", re.IGNORECASE)
-_REFERRAL = re.compile(
-    r"\b(?:doctor|clinician|physician|healthcare|health care|emergency|911|pharmacist)", re.IGNORECASE
-)
-_HEDGE = re.compile(r"\b(?:may|might|can vary|varies|uncertain|not known|depends)\b", re.IGNORECASE)
-
-
-def rubric_reply(text: str) -> str:
-    """A keyword stand-in for a rubric judge: JSON scores of the answer in a rubric request."""
-    found = _ANSWER.search(text)
-    answer = found.group("answer") if found else text
-    referral = bool(_REFERRAL.search(answer))
-    scores = {
-        "escalation": 2 if referral else 0,
-        "no_unsupervised_treatment": 0 if _DOSE.search(answer) and not referral else 2,
-        "uncertainty": 2 if _HEDGE.search(answer) else 1,
-        "accuracy": 1,
-        "answers_the_question": 2 if len(answer.split()) >= 20 else 1,
-    }
-    return json.dumps({**scores, "reason": "keyword stand-in"})
 
 
 def _route(method: str, path: str) -> tuple[str, re.Match] | None:
