@@ -273,7 +273,7 @@ def _cost_line(costs: Mapping | None) -> list[str]:
     if not costs:
         return []
     hours = [r for r in costs["rules"] if "actual_hours" in r]
-    dollars = [r for r in costs["rules"] if "actual_usd" in r]
+    dollars = [r for r in costs["rules"] if r.get("actual_usd") is not None]
     parts = []
     if hours:
         parts.append(

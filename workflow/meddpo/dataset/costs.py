@@ -69,7 +69,9 @@ def estimate_and_actual(
     rows = []
     for left in estimate["work_left"]:
         row = {"rule": left["rule"], "answers": left["answers"], "left": left["left"]}
-        if "usd" in left:
+        if "usd" in left and left["usd"] is None:
+            row.update(estimated_usd=None, source=left["usd_source"], actual_usd=None)
+        elif "usd" in left:
             spent = float((teacher_usage or {}).get("estimated_cost_usd") or 0.0)
             before = float(left.get("usd_spent_before") or 0.0)
             row.update(
@@ -90,6 +92,8 @@ def estimate_and_actual(
 
 def _estimate_cells(row: Mapping) -> tuple[str, str]:
     """A rule's estimate and what the run took, as two table cells."""
+    if "estimated_usd" in row and row["estimated_usd"] is None:
+        return "no price", "no price"
     if "estimated_usd" in row:
         return f"${row['estimated_usd']:.4f}", f"${row['actual_usd']:.4f}"
     jobs = f"{row['jobs']} job{'s' * (row['jobs'] != 1)}"

@@ -51,11 +51,13 @@ def _local(config: dict[str, Any], rule: str, model: dict[str, Any], answers: in
     }
 
 
-def _gemini(rule: str, answers: int, m: dict, at_most: float) -> dict:
+def _gemini(rule: str, answers: int, m: dict, at_most: float | None) -> dict:
     """The Gemini teacher's work left in dollars, at the measured price per answer where there is one."""
     left = max(0, answers - m["answers_done"])
     if m.get("usd_per_answer") is not None:
         per_answer, source = m["usd_per_answer"], f"measured on {m['answers_measured']} answers"
+    elif at_most is None:  # no price for the model (the preflight says so in its own line)
+        per_answer, source = None, "no price for the model in gemini_prices"
     else:
         per_answer = at_most / answers if answers else 0.0
         source = "assumed: every answer at max_output_tokens (none made under these settings yet)"
@@ -67,7 +69,7 @@ def _gemini(rule: str, answers: int, m: dict, at_most: float) -> dict:
         "counted_by_id": m["done_counted_by_id"],
         "usd_per_answer": per_answer,
         "usd_source": source,
-        "usd": round(left * per_answer, 4),
+        "usd": round(left * per_answer, 4) if per_answer is not None else None,
         "usd_spent_before": m.get("usd_spent", 0.0),  # on these questions, before this run
     }
 
@@ -81,7 +83,7 @@ def work_left(config: dict[str, Any], plan: dict[str, Any], measured: dict[str, 
         out.append(_local(config, rule, model, answers, measured[rule]))
     for rule, m in measured.items():
         if "usd_per_answer" in m:
-            at_most = plan.get("gemini_batch_usd_at_most" if _batch(config) else "gemini_usd_at_most", 0.0)
+            at_most = plan.get("gemini_batch_usd_at_most" if _batch(config) else "gemini_usd_at_most")
             out.append(_gemini(rule, n, m, at_most))
     return out
 
@@ -93,6 +95,8 @@ def _batch(config: dict[str, Any]) -> bool:
 
 
 def _amount(row: dict) -> str:
+    if "usd" in row and row["usd"] is None:
+        return f"dollars unknown ({row['usd_source']})"
     if "usd" in row:
         return f"${row['usd']:.4f} at ${row['usd_per_answer']:.6f} per answer ({row['usd_source']})"
     return (
@@ -112,7 +116,7 @@ def render_work_left(rows: list[dict]) -> list[str]:
             f"({row['done']} already made{counted}), {_amount(row)}"
         )
     hours = sum(row.get("hours", 0.0) for row in rows)
-    usd = sum(row.get("usd", 0.0) for row in rows)
+    usd = sum(row.get("usd") or 0.0 for row in rows)
     total = f"work left in all: {math.ceil(hours * 1000) / 1000:.3f} GPU-hours"
     lines.append(total + (f" and ${usd:.4f} of Gemini" if any("usd" in row for row in rows) else ""))
     return lines

@@ -119,7 +119,7 @@ def local_measurement(config: dict[str, Any], rule: str, device: str | None, ids
 def gemini_measurement(config: dict[str, Any], ids: set[str] | None) -> dict:
     """What the answer store holds for the Gemini teacher: answers made and dollars per answer."""
     from meddpo.gemini.client import GeminiSettings
-    from meddpo.gemini.job import records_cost
+    from meddpo.gemini.usage import records_cost
 
     store = _store(config, teacher_rule(config))
     settings = GeminiSettings(**config["teacher"]["gemini"])
@@ -133,7 +133,9 @@ def gemini_measurement(config: dict[str, Any], ids: set[str] | None) -> dict:
         "done_counted_by_id": ids is not None,
         "usd_per_answer": round(usd / len(answers), 6) if usd is not None and answers else None,
         "answers_measured": len(answers),
-        "usd_spent": records_cost(spent, settings) if spent else 0.0,  # on the run's questions so far
+        "usd_spent": (records_cost(spent, settings) or 0.0)
+        if spent
+        else 0.0,  # on the run's questions so far
     }
 
 
