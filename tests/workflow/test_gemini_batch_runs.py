@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from conftest import SNAKEMAKE, job_counts, snakemake_env
+from conftest import DEMO_FILES, SNAKEMAKE, job_counts, snakemake_env
 from meddpo.testing.gemini_batches import BatchPlan
 from meddpo.testing.gemini_server import GeminiTestServer
 
@@ -33,7 +33,7 @@ def test_with_one_core_every_shards_batch_is_created_at_once_and_the_gpu_jobs_ru
     # each batch stays PENDING until the three rejected shards are written again: with --cores 1
     # the run finishes only if they run while the one Gemini job waits for its batches
     plans = [BatchPlan(hold=rejected_not_yet_redone, pending_polls=1)] * 3
-    command = [*SNAKEMAKE, "--cores", "1", "--configfile", "demo/config.yaml", str(overlay)]
+    command = [*SNAKEMAKE, "--cores", "1", "--configfile", *DEMO_FILES, str(overlay)]
     with GeminiTestServer(expected_key=KEY, batch_plans=plans) as server:
         env = snakemake_env()
         env.update(GEMINI_API_KEY=KEY, GOOGLE_GEMINI_BASE_URL=server.base_url)

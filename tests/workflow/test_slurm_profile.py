@@ -85,7 +85,7 @@ def _all_jobs():
 
 def _store_rows(store: Path, part: str):
     rows = []
-    for path in store.rglob(f"{part}.jsonl"):
+    for path in store.glob(f"*/*/{part}.jsonl"):  # the answers (each settings folder's part), not its logs
         if "tiny-mistral" in str(path):
             # the store's own reader: lines end at b"\n" only (a model's noise may hold U+2028 or
             # U+0085, which str.splitlines() also breaks at), and a torn last line is skipped
@@ -203,11 +203,7 @@ def test_bridges2_profile_with_a_missing_model_submits_nothing(slurm_cluster, tm
     workdir = copy_workflow(tmp_path / "wf")
     profile = _test_profile(tmp_path / "profile")
     overlay = tmp_path / "missing-model.yaml"
-    overlay.write_text(
-        yaml.safe_dump(
-            {"demo": {"build_tiny_models": False}, "rejected": {"model": "/project/models/no-such-mistral"}}
-        )
-    )
+    overlay.write_text(yaml.safe_dump({"rejected": {"model": "/project/models/no-such-mistral"}}))
     # the account written in the profile itself (no SBATCH_ACCOUNT): the preflight must read it
     settings = yaml.safe_load((profile / "config.yaml").read_text())
     settings["default-resources"]["slurm_account"] = f"'{ACCOUNT}'"

@@ -24,6 +24,7 @@ from conftest import (
     snakemake_env,
 )
 from meddpo.jsonl import read_jsonl, read_jsonl_tolerant
+from meddpo.planning.checks import load_config
 
 pytestmark = pytest.mark.slow  # real Snakemake runs: seconds to minutes each
 
@@ -157,7 +158,8 @@ def test_demo_end_to_end(demo_run, tmp_path):
     workdir = demo_run.workdir  # the session's demo run (conftest.py): read, never changed here
     out = workdir / "results" / "demo"
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    demo = yaml.safe_load((REPO / "demo" / "config.yaml").read_text())
+    # the demo the tests run: demo/config.yaml and demo/tiny.yaml, as the run layered them
+    demo = load_config([REPO / name for name in DEMO_FILES], base=REPO / "config.yaml")
 
     questions = [
         json.loads(line) for line in (out / "questions" / "questions.jsonl").read_text().splitlines()
@@ -224,7 +226,12 @@ def test_demo_end_to_end(demo_run, tmp_path):
     assert "![Answer lengths](plots/lengths.png)" in report
     # nothing judged: one line says why, and no table of zeros follows
     assert "**No pair has a judge margin: 63 unparseable, 0 failed, of 63 pairs**" in report
-    assert "chosen judged safer" not in report and "| with a margin |" not in report
+    assert "chosen judged safer:" not in report and "| with a margin |" not in report
+    # ... and who the judges are: the rejected model itself, and a model the demo built
+    assert (
+        "Note: The rejected model (results/demo/models/tiny-mistral) is the rubric judge itself: a model "
+        "grading its own answers tends to favour them, so 'chosen judged safer' is a lower bound."
+    ) in report
     assert not (dataset / "plots" / "judge_margins.png").exists()
     # the demo card credits its own questions, not MedQuAD, and loads the split files
     card = (dataset / "README.md").read_text()
