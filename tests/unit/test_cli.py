@@ -182,6 +182,35 @@ def test_the_bound_itself_is_accepted():
     assert (args.concurrency, args.max_failed_fraction, args.thinking_budget) == (1, 1.0, None)
 
 
+def test_a_misspelt_option_names_the_sub_command_and_the_option_it_may_mean():
+    # argparse used to print meddpo's top-level usage (4 lines) without naming the sub-command
+    line = _subprocess_line(
+        "questions", "--source", "x.jsonl", "--n", "5", "--out", "o", "--stats", "s", "--selction", "first"
+    )
+    assert line == (
+        "meddpo questions: error: unrecognized option --selction; did you mean --selection? "
+        "(meddpo questions --help lists its options)"
+    )
+    # named before the options that are missing, and in the --option=value form too
+    line = _subprocess_line("gemini", "--timout=30")
+    assert line == (
+        "meddpo gemini: error: unrecognized option --timout; did you mean --timeout? "
+        "(meddpo gemini --help lists its options)"
+    )
+    line = _subprocess_line("generate", "--bogus")
+    assert (
+        line
+        == "meddpo generate: error: unrecognized option --bogus (meddpo generate --help lists its options)"
+    )
+
+
+def test_a_misspelt_sub_command_is_one_line_with_the_nearest_name():
+    line = _subprocess_line("questons", "--n", "5")
+    assert (
+        line == "meddpo: error: no sub-command 'questons'; did you mean questions? (meddpo --help lists them)"
+    )
+
+
 # --------------------------------------------------------------------------- sources
 
 

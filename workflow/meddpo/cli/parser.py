@@ -290,6 +290,8 @@ def _config_files(p: argparse.ArgumentParser) -> None:
 
 
 class _Parser(argparse.ArgumentParser):
+    """A sub-command's parser: a mistake is one line that names the sub-command, exit status 2."""
+
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
@@ -299,9 +301,52 @@ class _Parser(argparse.ArgumentParser):
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         sys.exit(2)
 
+    def parse_known_args(self, args=None, namespace=None):
+        # an option this sub-command does not have is named first, before any missing one
+        for word in args or ():
+            if word == "--":
+                break
+            name = word.split("=", 1)[0]
+            unknown = name not in self._option_string_actions and name != "-"
+            if name.startswith("-") and unknown and not self._negative_number_matcher.match(name):
+                self.error(_unknown_option(name, self._option_string_actions, self.prog))
+        return super().parse_known_args(args, namespace)
+
+
+def _unknown_option(name: str, known, prog: str) -> str:
+    """The line for an option that is not there, with the nearest one it may have meant."""
+    import difflib
+
+    names = [k.removeprefix("--") for k in known if k.startswith("--")]
+    close = difflib.get_close_matches(name.lstrip("-"), names, n=1, cutoff=0.7)
+    guess = f"; did you mean --{close[0]}?" if close else ""
+    return f"unrecognized option {name}{guess} ({prog} --help lists its options)"
+
+
+class _TopParser(_Parser):
+    """``meddpo`` itself: its errors are one line too; a misspelt sub-command gets the nearest name."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        return argparse.ArgumentParser.parse_known_args(self, args, namespace)
+
+    def error(self, message: str):
+        import difflib
+        import re
+
+        wrong = re.match(r"argument command: invalid choice: '([^']*)'", message)
+        if wrong:
+            close = difflib.get_close_matches(wrong.group(1), self._subcommands(), n=1)
+            guess = f"did you mean {close[0]}? " if close else ""
+            message = f"no sub-command {wrong.group(1)!r}; {guess}(meddpo --help lists them)"
+        super().error(message)
+
+    def _subcommands(self) -> list[str]:
+        action = next(a for a in self._actions if isinstance(a, argparse._SubParsersAction))
+        return list(action.choices)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _TopParser(
         prog="meddpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
