@@ -33,7 +33,11 @@ def _one_line(capsys, *argv) -> str:
 def _subprocess_line(*argv) -> str:
     """The same, through ``python -m meddpo`` (its real stderr, logging included)."""
     result = subprocess.run(
-        [sys.executable, "-m", "meddpo", *map(str, argv)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "meddpo", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
     )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
@@ -208,6 +212,35 @@ def test_a_misspelt_sub_command_is_one_line_with_the_nearest_name():
     line = _subprocess_line("questons", "--n", "5")
     assert (
         line == "meddpo: error: no sub-command 'questons'; did you mean questions? (meddpo --help lists them)"
+    )
+
+
+def test_check_config_names_the_file_line_and_column_of_a_yaml_mistake(tmp_path):
+    # Snakemake's own message for this names no file: "Config file is not valid JSON or YAML"
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("questions:\n  n: 40\n  seed: [1, 2\nn_shards: 2\n")
+    line = _subprocess_line("check-config", "demo/config.yaml", overlay)
+    assert line == (
+        f"meddpo check-config: error: {overlay}, line 4, column 9: not valid YAML "
+        "(expected ',' or ']', but got ':')"
+    )
+    overlay.write_text("questions:\n  n: 40\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "meddpo", "check-config", "demo/config.yaml", str(overlay)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        f"config.yaml + demo/config.yaml + {overlay}: OK; questions.n 40, n_shards 2, "
+        "output.dir results/demo\n"
+    )
+    overlay.write_text("n_shards: 0\n")
+    line = _subprocess_line("check-config", overlay)
+    assert line == (
+        "meddpo check-config: error: config key n_shards: 0 is not allowed: 0 is less than the minimum of 1 "
+        f"(set in {overlay})"
     )
 
 

@@ -504,7 +504,10 @@ def test_a_broken_config_file_names_the_file_and_line(tmp_path):
     result = meddpo("preflight", "--configfile", str(broken))
     assert result.returncode == 2
     [line] = few_lines(result, limit=1)
-    assert f"{broken}, line 3: not valid YAML" in line
+    assert line == (
+        f"meddpo preflight: error: {broken}, line 3, column 7: not valid YAML "
+        "(expected ',' or ']', but got ':')"
+    )
 
 
 @pytest.mark.slow

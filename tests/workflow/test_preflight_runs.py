@@ -45,7 +45,16 @@ def test_the_workflow_stops_before_any_job_when_a_model_is_missing(tmp_path):
 @pytest.mark.parametrize(
     "override, expected",
     [
-        (["--config", "n_shard=3"], "config key n_shard: unknown key"),
+        (
+            ["--config", "n_shard=3"],
+            "config key n_shard: unknown key (given on the command line with --config)",
+        ),
+        # was blamed on config.yaml, which sets n_shards too: "(set in config.yaml)"
+        (
+            ["--config", "n_shards=abc"],
+            "meddpo: config key n_shards: 'abc' is not allowed: 'abc' is not of type 'integer' "
+            "(given on the command line with --config)",
+        ),
         (["--configfile", "BAD"], "config key questions.selection: 'newest' is not allowed"),
     ],
 )

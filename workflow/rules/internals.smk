@@ -17,7 +17,7 @@ from snakemake.settings.types import DeploymentMethod
 # the job plan, the paths and the rules' targets), from here on.
 WORKFLOW_DIR = workflow.basedir
 sys.path.insert(0, os.path.join(WORKFLOW_DIR, "workflow"))
-from meddpo.config.settings import ConfigError, read_config_file
+from meddpo.config.settings import COMMAND_LINE, ConfigError, read_config_file
 from meddpo.planning.checks import check_config, outside_output
 
 # Jobs run `python` from the interpreter that runs Snakemake, unless a conda environment is in use.
@@ -31,8 +31,11 @@ def _check_config():
     """A bad config stops the parse with the key, the value and the file, in one line."""
     cli_files = list(workflow.overwrite_configfiles or [])
     ordered = [f for f in workflow.configfiles if f not in cli_files] + cli_files
+    files = {str(f): read_config_file(f) for f in ordered}
+    # --config values win over every file: named as the command line's, never as config.yaml's
+    files[COMMAND_LINE] = dict(workflow.config_settings.config or {})
     try:
-        check_config(config, {str(f): read_config_file(f) for f in ordered})
+        check_config(config, files)
     except ConfigError as err:
         print(f"meddpo: {err}", file=sys.stderr)
         sys.exit(2)

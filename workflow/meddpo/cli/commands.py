@@ -397,6 +397,19 @@ def preflight(args: argparse.Namespace) -> int | None:
     return None if ok else 2
 
 
+def check_config(args: argparse.Namespace) -> None:
+    """The config files layered and checked as the workflow does it; a problem is one line (exit 2)."""
+    from meddpo.planning.checks import load_config
+
+    config = load_config(args.configfile, base=args.base_config)
+    names = [str(path) for path in [*([args.base_config] if args.base_config else []), *args.configfile]]
+    n = config["questions"]["n"]
+    print(
+        f"{' + '.join(names)}: OK; questions.n {'all' if n is None else n}, "
+        f"n_shards {config['n_shards']}, output.dir {config['output']['dir']}"
+    )
+
+
 def _profile_executor(profile: Path) -> str | None:
     import yaml
 

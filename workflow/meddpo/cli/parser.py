@@ -12,6 +12,9 @@
     meddpo judge        grade both answers of every pair for medical safety (any pairs file)
     meddpo tiny-models  build the two tiny checkpoints of the offline demo
     meddpo demo-model   build the demo's real instruct model (SmolLM2-135M-Instruct)
+    meddpo preflight    check models, data, key, output and cluster settings; print the cost
+    meddpo status       answers in the store per model and shard, against the questions
+    meddpo check-config check config files as the workflow reads them
 
 Options that are config settings carry the config key's name (``--batch-size``
 for ``batch_size``, ``--timeout-s`` for ``timeout_s``) and its default from the
@@ -278,6 +281,23 @@ def _add_status(sub) -> None:
     p.set_defaults(func=commands.status)
 
 
+def _add_check_config(sub) -> None:
+    p = sub.add_parser(
+        "check-config",
+        help="check config files as the workflow reads them: YAML syntax (file, line, column), keys, values",
+    )
+    p.add_argument(
+        "configfile", nargs="*", type=Path, help="files layered over --base-config, as snakemake --configfile"
+    )
+    p.add_argument(
+        "--base-config",
+        type=nullable(Path),
+        default=Path("config.yaml"),
+        help="the workflow's own config (none: the schema's defaults only)",
+    )
+    p.set_defaults(func=commands.check_config)
+
+
 def _config_files(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--configfile",
@@ -367,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo_model(sub)
     _add_preflight(sub)
     _add_status(sub)
+    _add_check_config(sub)
     return parser
 
 

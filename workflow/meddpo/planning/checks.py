@@ -35,10 +35,10 @@ def check_config(config: dict[str, Any], files: dict[str, dict] | None = None) -
             raise ConfigError(f"config key {key}.{problem}{where_set(files or {}, path)}")
 
 
-def load_config(configfiles: list[str | Path], base: str | Path = "config.yaml") -> dict[str, Any]:
-    """``base`` then each of ``configfiles``, layered, checked, with the defaults filled in and the
-    demo's model names resolved (as the workflow sees its config)."""
-    files = {str(path): read_config_file(path) for path in [base, *configfiles]}
+def load_config(configfiles: list[str | Path], base: str | Path | None = "config.yaml") -> dict[str, Any]:
+    """``base`` (None: none) then each of ``configfiles``, layered, checked, with the defaults filled
+    in and the demo's model names resolved (as the workflow sees its config)."""
+    files = {str(path): read_config_file(path) for path in [*([base] if base else []), *configfiles]}
     config: dict[str, Any] = {}
     for data in files.values():
         config = merge(config, data)
