@@ -79,6 +79,28 @@ def test_a_config_mistake_in_snakemake_is_a_few_lines(tmp_path, override, expect
     assert any(f"(set in {bad})" in line for line in lines)
 
 
+def test_a_pilot_smaller_than_the_shard_count_plans_no_job(tmp_path):
+    # 2 questions in the demo's 3 shards: Snakemake used to plan an empty shard and its jobs
+    workdir = copy_workflow(tmp_path / "wf")
+    pilot = tmp_path / "pilot.yaml"
+    pilot.write_text("questions:\n  n: 2\n")
+    result = subprocess.run(
+        [*SNAKEMAKE, "-n", "--configfile", *DEMO_FILES, str(pilot)],
+        cwd=workdir,
+        env=snakemake_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert few_lines(result)[-1] == (
+        "meddpo: config key questions.n: 2 questions in 3 shards (n_shards) would leave 1 shard empty, each "
+        f"still a job of every model: set n_shards to 2 or fewer (questions.n set in {pilot}, n_shards set in "
+        f"{workdir / 'demo' / 'tiny.yaml'})"
+    )
+    assert "Job stats" not in result.stdout + result.stderr
+
+
 def most_generation_jobs_at_once(log: str) -> int:
     """From Snakemake's own log: the most rejected / chosen_local jobs running together."""
     running, most, starting = set(), 0, False

@@ -41,7 +41,13 @@ def questions(args: argparse.Namespace) -> None:
 def shard(args: argparse.Namespace) -> None:
     from meddpo.questions.shards import read_shard, shard_rows
 
-    rows = shard_rows(read_shard(args.questions), args.n_shards, args.index)
+    questions = read_shard(args.questions)
+    rows = shard_rows(questions, args.n_shards, args.index)
+    if not rows:  # every model would start a job for nothing
+        raise DataError(
+            f"{args.questions}: {len(questions)} questions for {args.n_shards} shards: shard {args.index} "
+            f"would be empty; set n_shards to {len(questions)} or fewer"
+        )
     write_jsonl(args.out, rows)
     log.info("shard %d of %d: %d questions -> %s", args.index, args.n_shards, len(rows), args.out)
 

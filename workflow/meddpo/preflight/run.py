@@ -101,6 +101,8 @@ def preflight(
     if needed("chosen_gemini", "judge_rubric_gemini"):
         findings += check_prices(config)
     plan = estimate(config)
+    if needed("shard"):
+        findings += _empty_shards(plan, config["n_shards"])
     served = [rule for rule in vllm_rules(config) if needed(rule)]
     if served:
         findings += check_vllm(config)
@@ -118,6 +120,22 @@ def preflight(
     elif needed(*models):
         findings += check_gpu(config)
     return findings
+
+
+def _empty_shards(plan: dict[str, Any], shards: int) -> list[Finding]:
+    """questions.n null and a source with fewer questions than shards: some shards would be empty."""
+    counted = plan.get("questions_counted")
+    if not counted or plan["questions"] >= shards:
+        return []
+    n = plan["questions"]
+    return [
+        Finding(
+            "error",
+            f"n_shards {shards}: {counted['source']} has only {n} questions that survive cleaning "
+            f"(questions.n is null: all), so {shards - n} shards would be empty, each still a job of every "
+            f"model; set n_shards to {n} or fewer",
+        )
+    ]
 
 
 def judge_preflight(
