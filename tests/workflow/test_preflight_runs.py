@@ -95,8 +95,8 @@ def test_a_pilot_smaller_than_the_shard_count_plans_no_job(tmp_path):
     assert result.returncode == 2
     assert few_lines(result)[-1] == (
         "meddpo: config key questions.n: 2 questions in 3 shards (n_shards) would leave 1 shard empty, each "
-        f"still a job of every model: set n_shards to 2 or fewer (questions.n set in {pilot}, n_shards set in "
-        f"{workdir / 'demo' / 'tiny.yaml'})"
+        f"still a job of every model: set n_shards to 2 or fewer (questions.n set in {pilot}, n_shards set "
+        f"in {workdir / 'demo' / 'tiny.yaml'})"
     )
     assert "Job stats" not in result.stdout + result.stderr
 
