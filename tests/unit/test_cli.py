@@ -3,6 +3,7 @@ traceback or a hang: option values out of the config schema's range, and questio
 that cannot be read (bytes that are not UTF-8, malformed JSON, no rows, no text)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -369,6 +370,28 @@ def test_control_characters_are_removed_and_counted(tmp_path, capsys):
     assert [row["question"] for row in rows] == ["What is gout ?", "What is lupus ?", "What is asthma ?"]
     stats = json.loads((tmp_path / "q.stats.json").read_text(encoding="utf-8"))
     assert (stats["read"], stats["invisible_removed"], stats["dropped_empty"], stats["kept"]) == (4, 3, 1, 3)
+
+
+def test_a_hub_id_without_network_is_one_line_without_retries(tmp_path):
+    # no offline variable set, and a hub that cannot be reached (the tests' closed local port): the
+    # datasets library used to retry for 24 s, 27 lines of warnings, before the error line
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
+    result = subprocess.run(
+        [sys.executable, "-m", "meddpo", *map(str, _questions("lavita/MedQuAD", tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=env,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        "meddpo questions: error: could not load 'lavita/MedQuAD': the Hugging Face Hub (http://127.0.0.1:9) "
+        "cannot be reached (Connection refused) and the dataset is not in the Hugging Face cache. Without "
+        "network access, copy the dataset to this machine and set source.dataset in the config to the local "
+        ".parquet/.jsonl/.csv file."
+    ]
 
 
 # --------------------------------------------------------------------------- other inputs
