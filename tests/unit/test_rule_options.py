@@ -265,7 +265,7 @@ def test_shell_prefix():
     assert shell_prefix("/venv/bin", "/a b/workflow", "abc+dirty", "0123") == (
         "set -euo pipefail; export PATH=/venv/bin:$PATH"
         " PYTHONPATH='/a b/workflow'${{PYTHONPATH:+:$PYTHONPATH}}; "
-        "export MEDDPO_WORKFLOW_COMMIT=abc+dirty MEDDPO_CONFIG_SHA256=0123; "
+        "export MEDDPO_WORKFLOW_JOB=1 MEDDPO_WORKFLOW_COMMIT=abc+dirty MEDDPO_CONFIG_SHA256=0123; "
     )
     # with conda the jobs' python is the environment's: PATH is left alone
     assert shell_prefix("", "/w", "unknown", "0123").startswith(

@@ -347,16 +347,12 @@ def judge_config(args: argparse.Namespace) -> dict:
 
     ``--local`` and ``--classifier`` replace their block; ``--gemini`` is laid over its block.
     """
+    from meddpo.cli.step_config import read_config
     from meddpo.config.settings import fill_defaults, gemini_price
-    from meddpo.planning.checks import load_config
 
-    default_missing = args.base_config == Path("config.yaml") and not args.base_config.exists()
-    if args.base_config is None or (default_missing and not args.configfile):
-        if args.base_config is not None:
-            log.info("no config.yaml here: the judge settings are the schema's defaults and the options")
+    config, args.settings_from = read_config(args)
+    if config is None:
         config = fill_defaults({"judge": {}, "gemini_prices": {}})
-    else:
-        config = load_config(args.configfile, base=args.base_config)
     judge = config["judge"]
     for key in ("backend", "classifier_format", "max_usd", "min_margin", "local", "classifier"):
         if hasattr(args, key):

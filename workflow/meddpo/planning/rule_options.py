@@ -291,6 +291,8 @@ def shell_prefix(python_dir: str, package_dir: str, commit: str, config_sha: str
     a README edit or another config file layout must not rerun the dataset. Every job
     gets it through the environment (the shell prefix, which Snakemake does not compare
     between runs); `meddpo finalize` reads MEDDPO_WORKFLOW_COMMIT and MEDDPO_CONFIG_SHA256.
+    MEDDPO_WORKFLOW_JOB tells a `meddpo` step that its command line gives every setting, so it
+    reads no config file (meddpo.cli.step_config).
     ``python_dir`` is the folder of the interpreter that runs Snakemake ("" when a conda
     environment is in use), put first on PATH. shell.prefix is formatted like a shell
     command, hence the doubled braces.
@@ -302,5 +304,5 @@ def shell_prefix(python_dir: str, package_dir: str, commit: str, config_sha: str
     )
     return (
         f"set -euo pipefail; export PATH={path}$PATH PYTHONPATH={package}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
-        f"export MEDDPO_WORKFLOW_COMMIT={commit} MEDDPO_CONFIG_SHA256={sha}; "
+        f"export MEDDPO_WORKFLOW_JOB=1 MEDDPO_WORKFLOW_COMMIT={commit} MEDDPO_CONFIG_SHA256={sha}; "
     )
