@@ -4,6 +4,7 @@ rerun, one shard can be redone, and a cut shard file stops the run naming it."""
 import json
 import stat
 import subprocess
+import sys
 
 import pytest
 
@@ -77,27 +78,44 @@ def test_redo_one_shard_reuses_the_store(demo_copy):
     assert "21 of 21 answers already there, 0 to generate" in log
 
 
-def test_a_cut_shard_file_fails_the_run_naming_it(demo_copy):
+def test_the_hint_for_a_cut_shard_file_runs_as_printed(demo_copy):
     built = demo_copy
+    # the run's own overlay (the demo's tiny models under another name) and a --config value
+    (built / "my-tiny.yaml").write_text((built / "demo" / "tiny.yaml").read_text())
+    run_options = ["--configfile", "demo/config.yaml", "my-tiny.yaml", "--config", "n_shards=3"]
     cut = built / "results" / "demo" / "chosen" / "shard-001.jsonl"
     lines = cut.read_text().splitlines(keepends=True)
     assert len(lines) == 21
     cut.write_text("".join(lines[:10]))  # cut at a line boundary: every line left is valid
-    run = snakemake(built, "--cores", "2", *DEMO)
+    run = snakemake(built, "--cores", "2", *run_options)
     assert run.returncode != 0
     log = (built / "results" / "demo" / "logs" / "pairs" / "shard-001.log").read_text()
     errors = [line for line in log.splitlines() if "error" in line]
+    # the hint used to be `snakemake --forcerun results/demo/chosen/shard-001.jsonl`: pasted, it ran
+    # without --cores and on config.yaml alone, and stopped at once. The program is the Snakemake
+    # that ran (here `python -m snakemake`; `.venv/bin/snakemake` when run so)
     assert errors == [
         "meddpo pairs: error: results/demo/chosen/shard-001.jsonl: 11 of 21 ids missing (the file was cut "
         "or is stale, or a teacher's failures file was not given); redo this shard with: "
-        "snakemake --forcerun results/demo/chosen/shard-001.jsonl"
+        f"{sys.executable} -m snakemake --forcerun results/demo/chosen/shard-001.jsonl --cores 2 "
+        "--configfile demo/config.yaml my-tiny.yaml --config n_shards=3"
     ]
     assert not (built / "results" / "demo" / "pairs" / "shard-001.jsonl").exists()
+    hint = errors[0].partition("redo this shard with: ")[2]
+    assert hint in run.stderr  # Snakemake shows the failed job's log
+    pasted = subprocess.run(
+        hint, shell=True, cwd=built, env=snakemake_env(), capture_output=True, text=True, timeout=600
+    )
+    assert pasted.returncode == 0, pasted.stderr[-3000:]
+    assert len(cut.read_text().splitlines()) == 21
+    assert (built / "results" / "demo" / "pairs" / "shard-001.jsonl").exists()
+    done = snakemake(built, "-n", *run_options)
+    assert "Nothing to be done" in done.stdout + done.stderr
 
 
 def test_the_readme_gives_the_commands_these_tests_use():
     readme = (REPO / "README.md").read_text()
-    assert "snakemake --forcerun results/rejected/shard-001.jsonl" in readme
+    assert "snakemake --cores all --forcerun results/rejected/shard-001.jsonl" in readme
     assert "`snakemake --summary`" in readme and "--list-changes params" not in readme.replace(
         "(Skip `--list-changes params`", ""
     )

@@ -19,6 +19,7 @@ WORKFLOW_DIR = workflow.basedir
 sys.path.insert(0, os.path.join(WORKFLOW_DIR, "workflow"))
 from meddpo.config.settings import COMMAND_LINE, ConfigError, read_config_file
 from meddpo.planning.checks import check_config, outside_output
+from meddpo.planning.rule_options import rerun_options
 
 # Jobs run `python` from the interpreter that runs Snakemake, unless a conda environment is in use.
 USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
@@ -42,6 +43,16 @@ def _check_config():
 
 
 _check_config()
+
+# The Snakemake program and the options of this run that a `snakemake` command printed by a job
+# repeats (the cut-shard hint of meddpo pairs): cores or jobs, profile, config files, --config values.
+RERUN_OPTIONS = rerun_options(
+    sys.argv,
+    [str(path) for path in workflow.overwrite_configfiles or []],
+    dict(workflow.config_settings.config or {}),
+    os.getcwd(),
+    sys.executable,
+)
 
 
 def check_output_locations():

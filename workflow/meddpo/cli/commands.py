@@ -144,12 +144,31 @@ def pairs(args: argparse.Namespace) -> None:
     rejected = read_jsonl(args.rejected, required=ANSWER_FIELDS)
     chosen = read_jsonl(args.chosen, required=ANSWER_FIELDS)
     failures = [row for path in args.chosen_failures for row in read_jsonl(path, required=("id", "reason"))]
-    check_complete(questions, rejected, args.rejected)
-    check_complete(questions, chosen, args.chosen, accounted=failures)
+    rerun = _rerun(args)
+    check_complete(questions, rejected, args.rejected, rerun=rerun)
+    check_complete(questions, chosen, args.chosen, accounted=failures, rerun=rerun)
     pairs, stats = build_pairs(questions, rejected, chosen, args.system_prompt, chosen_failures=failures)
     write_jsonl(args.out, pairs)
     write_json(args.stats, stats)
     log.info("%d questions -> %d pairs (%s) -> %s", stats["questions"], stats["pairs"], stats, args.out)
+
+
+def _rerun(args: argparse.Namespace) -> tuple[str, str]:
+    """The Snakemake program and options a printed command repeats: those of a workflow job's run
+    (from its environment); by hand, the venv's snakemake, --cores all and the config files this
+    step read (config.yaml is Snakemake's own)."""
+    import os
+    import shlex
+
+    from meddpo.planning.rule_options import RERUN_OPTIONS, SNAKEMAKE, WORKFLOW_JOB
+
+    if os.environ.get(WORKFLOW_JOB):
+        return os.environ.get(SNAKEMAKE) or "snakemake", os.environ.get(RERUN_OPTIONS, "")
+    program = Path(sys.executable).parent / "snakemake"
+    program = os.path.relpath(program) if program.is_relative_to(Path.cwd()) else str(program)
+    base = [args.base_config] if args.base_config not in (None, Path("config.yaml")) else []
+    files = [str(path) for path in [*base, *args.configfile]]
+    return program, shlex.join(["--cores", "all", *(["--configfile", *files] if files else [])])
 
 
 def _load_json(path: Path | None) -> dict | None:

@@ -20,9 +20,8 @@ from typing import Any
 from meddpo.backends import serves_vllm
 from meddpo.cli.arguments import given, nullable
 from meddpo.errors import UserError
+from meddpo.planning.rule_options import WORKFLOW_JOB
 
-# Set by the workflow's shell prefix (meddpo.planning.rule_options.shell_prefix) for its jobs
-WORKFLOW_JOB = "MEDDPO_WORKFLOW_JOB"
 # generate --side: the config block of its model and the prompt it answers under
 SIDES = {"rejected": ("rejected", "prompts.rejected"), "chosen": ("teacher.local", "prompts.teacher")}
 # the config's vllm block (the key's name, not an engine's)
