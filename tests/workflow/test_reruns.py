@@ -2,9 +2,14 @@
 rerun, one shard can be redone, and a cut shard file stops the run naming it."""
 
 import json
+import os
+import re
+import signal
 import stat
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -111,6 +116,65 @@ def test_the_hint_for_a_cut_shard_file_runs_as_printed(demo_copy):
     assert (built / "results" / "demo" / "pairs" / "shard-001.jsonl").exists()
     done = snakemake(built, "-n", *run_options)
     assert "Nothing to be done" in done.stdout + done.stderr
+
+
+def _running(group: int, words: str) -> bool:
+    """Whether a process of process group ``group`` runs a command line holding ``words``."""
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text()
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rpartition(")")[2].split()[2]) == group and words in command:
+            return True
+    return False
+
+
+def test_ctrl_c_under_snakemake_is_one_line(demo_copy):
+    built = demo_copy
+    # another seed: the rejected shards are answered afresh, so a generation job is running when
+    # Ctrl-C comes (the terminal sends it to Snakemake and its jobs: the whole process group)
+    (built / "seed.yaml").write_text("rejected:\n  seed: 5\n")
+    command = [*SNAKEMAKE, "--cores", "2", "--configfile", *DEMO_FILES, "seed.yaml"]
+    run = subprocess.Popen(
+        command,
+        cwd=built,
+        env=snakemake_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        for _ in range(1200):
+            if _running(run.pid, "meddpo generate") or run.poll() is not None:
+                break
+            time.sleep(0.1)
+        os.killpg(run.pid, signal.SIGINT)
+        out, err = run.communicate(timeout=300)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 130, err[-3000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    # was: a 23-line RuleException and "Error in rule" with the whole shell command, prompt included
+    assert re.fullmatch(
+        r"meddpo: interrupted \(Ctrl-C\): the running jobs were stopped, and the answers and verdicts they "
+        r"finished are kept in the stores; run the same command again to go on \(Snakemake's full report: "
+        r"\.snakemake/log/[^ ]+\.snakemake\.log\)",
+        lines[-1],
+    ), lines[-5:]
+    after = err[err.index("meddpo: interrupted") :]
+    assert after.strip() == lines[-1]
+    # (the prompt shows once, in the reason Snakemake gives for rerunning the jobs: their params changed)
+    for noise in ("RuleException", "Error in rule", "python -m meddpo", "Traceback", "Terminating"):
+        assert noise not in err, noise
+    # Snakemake's own report is kept in its log file, and no lock is left behind
+    report = (built / lines[-1].rpartition("report: ")[2].rstrip(")")).read_text()
+    assert "Error in rule rejected" in report
+    dry = snakemake(built, "-n", "--configfile", *DEMO_FILES, "seed.yaml")
+    assert dry.returncode == 0 and "locked" not in dry.stderr.lower()
 
 
 def test_the_readme_gives_the_commands_these_tests_use():

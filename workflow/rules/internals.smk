@@ -8,6 +8,7 @@ common.smk validates the config.
 """
 
 import os
+import signal
 import sys
 
 from snakemake.settings.types import DeploymentMethod
@@ -19,7 +20,7 @@ WORKFLOW_DIR = workflow.basedir
 sys.path.insert(0, os.path.join(WORKFLOW_DIR, "workflow"))
 from meddpo.config.settings import COMMAND_LINE, ConfigError, read_config_file
 from meddpo.planning.checks import check_config, outside_output
-from meddpo.planning.rule_options import rerun_options
+from meddpo.planning.rule_options import interrupted_line, rerun_options
 
 # Jobs run `python` from the interpreter that runs Snakemake, unless a conda environment is in use.
 USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
@@ -115,3 +116,34 @@ def run_preflight():
 # folder, Slurm account and GPU are checked, and the cost is printed (meddpo.preflight.run).
 onstart:
     run_preflight()
+
+
+# Ctrl-C: one line. Snakemake still stops the running jobs and removes their half-made outputs,
+# but each job's error report (its whole command, prompts included, and its log) goes to
+# Snakemake's log file only, and the run ends with exit status 130.
+INTERRUPTED = []
+
+
+def on_ctrl_c(signum, frame):
+    import logging
+
+    if INTERRUPTED:
+        return  # a second Ctrl-C: the jobs are stopping already
+    INTERRUPTED.append(True)
+    log = logging.getLogger("snakemake.logging")
+    logfiles = [
+        h.baseFilename for h in log.handlers if isinstance(h, logging.FileHandler)
+    ]
+    for handler in log.handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.addFilter(lambda record: False)
+    print(interrupted_line(logfiles, os.getcwd()), file=sys.stderr, flush=True)
+    raise KeyboardInterrupt
+
+
+signal.signal(signal.SIGINT, on_ctrl_c)
+
+
+onerror:
+    if INTERRUPTED:
+        raise SystemExit(130)

@@ -367,3 +367,14 @@ def _config_text(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value)
     return str(value)
+
+
+def interrupted_line(logfiles: list[str], workdir: str) -> str:
+    """What Ctrl-C under Snakemake prints, instead of every running job's error report (its whole
+    command with its prompts, and its log): Snakemake's report still goes to its own log file."""
+    where = ", ".join(_inside(path, workdir) for path in logfiles)
+    return (
+        "meddpo: interrupted (Ctrl-C): the running jobs were stopped, and the answers and verdicts they "
+        "finished are kept in the stores; run the same command again to go on"
+        + (f" (Snakemake's full report: {where})" if where else "")
+    )
