@@ -242,9 +242,17 @@ def test_dataset_outputs_of_the_demo(demo):
 
 def test_card_settings_of_the_demo(demo):
     settings = json.loads(card_settings(demo))
-    assert settings["chosen_sampling"] == {"max_new_tokens": 96, "seed": 2, "temperature": 0.7, "top_p": 0.9}
+    # min_new_tokens too: the card used to leave out the floor the tiny models answer with
+    assert settings["chosen_sampling"] == {
+        "max_new_tokens": 96,
+        "min_new_tokens": 4,
+        "seed": 2,
+        "temperature": 0.7,
+        "top_p": 0.9,
+    }
     assert settings["rejected_sampling"] == {
         "max_new_tokens": 48,
+        "min_new_tokens": 4,
         "seed": 1,
         "temperature": 0.9,
         "top_p": 0.95,

@@ -224,7 +224,15 @@ def dataset_outputs(config: dict[str, Any]) -> dict[str, str]:
     return outputs
 
 
-SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens", "max_output_tokens", "thinking_budget", "seed")
+SAMPLING_KEYS = (
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "min_new_tokens",
+    "max_output_tokens",
+    "thinking_budget",
+    "seed",
+)
 
 
 def card_settings(config: dict[str, Any]) -> str:
