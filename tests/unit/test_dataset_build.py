@@ -169,11 +169,11 @@ def test_every_output_goes_where_the_rule_says(tmp_path):
 def test_optional_outputs_are_written_only_when_asked(tmp_path):
     _build([_row(i) for i in range(5)], _paths(tmp_path))
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    # (nothing was dropped: no plot of drops)
     assert written == [
         "README.md",
         "data/dropped.jsonl",
         "data/pairs.jsonl",
-        "figures/drops_by_category.png",
         "figures/lengths.png",
         "figures/truncation_by_category.png",
         "report.md",

@@ -2,6 +2,7 @@
 (meddpo.config.schema_docs); the row fields in docs/outputs.md are rows.py's."""
 
 import copy
+import re
 
 import pytest
 
@@ -102,3 +103,79 @@ def test_a_new_meta_key_shows_in_the_card_table_and_fails_the_docs_check(monkeyp
     monkeypatch.setitem(META, "seen_by", "who read the pair")
     assert "| `seen_by` | who read the pair |" in columns_table()
     assert _row_tables(OUTPUTS.read_text(encoding="utf-8")) != [line for line in columns_table() if line]
+
+
+# --------------------------------------------------------------------------- the pages say what is so
+
+DEVELOPMENT = REPO / "docs" / "development.md"
+README = REPO / "README.md"
+PACKAGE = REPO / "workflow" / "meddpo"
+
+
+def _module_map() -> dict[str, str]:
+    """docs/development.md's map of the package: the text of each folder's entry (``errors.py jsonl.py``
+    and the like for the package's own files, under "")."""
+    block = DEVELOPMENT.read_text(encoding="utf-8").split("```\n", 2)[1]
+    entries, folder = {"": ""}, None
+    for line in block.splitlines():
+        match = re.match(r"^  (\w+)/ ", line)
+        if match and (PACKAGE / match.group(1)).is_dir():
+            folder = match.group(1)
+            entries[folder] = line
+        elif line.startswith("  ") and not line.startswith("   ") and folder is not None:
+            folder = None  # the package's own files, or another top-level entry
+            entries[""] += line
+        elif folder is not None and line.startswith("      "):
+            entries[folder] += line
+        elif line.startswith("  "):
+            entries[""] += line
+    return entries
+
+
+def test_the_module_map_names_every_module_of_the_package():
+    entries = _module_map()
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE)
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        folder = relative.parts[0] if len(relative.parts) > 1 else ""
+        name = path.stem.lstrip("_")
+        if re.search(rf"(?<![\w-]){re.escape(name)}(\.py)?\b", entries.get(folder, "")) is None:
+            missing.append(str(relative))
+    # it missed demo/smollm2.py, planning/work_left.py, preflight/measured.py, dataset/costs.py, ...
+    assert missing == []
+
+
+def test_every_repository_path_the_pages_name_exists():
+    pattern = re.compile(r"(?<![\w/.-])((?:workflow|tests|benchmarks|profiles|envs|docs)/[\w./-]*\w)")
+    missing = set()
+    for page in [README, *sorted((REPO / "docs").glob("*.md"))]:
+        for path in pattern.findall(page.read_text(encoding="utf-8")):
+            if not (REPO / path).exists():
+                missing.add(f"{page.name}: {path}")
+    # the schema is workflow/meddpo/config/config.schema.yaml (four pages named a path without config/)
+    assert missing == set()
+
+
+def test_the_readme_counts_the_jobs_of_the_real_run_as_the_preflight_and_bridges2_md_do():
+    from meddpo.planning.checks import load_config
+    from meddpo.planning.plan import estimate
+
+    jobs = sum(estimate(load_config([], base=REPO / "config.yaml"))["jobs"].values())
+    readme = README.read_text(encoding="utf-8")
+    # it said 84 jobs where docs/bridges2.md shows Snakemake's table of 85 (its `all` target counted)
+    assert (
+        f"- {jobs} jobs in the whole run (`snakemake -n` lists {jobs + 1}: it counts its `all` target"
+        in readme
+    )
+    table = (REPO / "docs" / "bridges2.md").read_text(encoding="utf-8")
+    assert re.search(r"^all\s+1$", table, re.M) and re.search(rf"^total\s+{jobs + 1}$", table, re.M)
+
+
+def test_the_readmes_bridges2_commands_run_without_an_active_venv():
+    # the README says the venv never needs activating: its commands name the venv's programs
+    block = README.read_text(encoding="utf-8").split("## Bridges-2\n", 1)[1].split("```bash\n", 1)[1]
+    commands = [line.split("#")[0].strip() for line in block.split("```", 1)[0].splitlines()]
+    programs = {line.split()[0] for line in commands if line and not line.startswith("export ")}
+    assert programs == {".venv/bin/meddpo", ".venv/bin/snakemake"}

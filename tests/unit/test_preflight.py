@@ -366,6 +366,30 @@ def test_the_demo_plan_counts_its_63_questions():
         "rejected 16 min, chosen_local 18 min, judge_classifier 16 min, judge_rubric_local 16 min"
     )
     assert lines[2].startswith("meddpo preflight: GPU-hours at most 0.4 (")
+    # the verdict comes last (it used to end on the cost lines, without one)
+    assert lines[-1] == "meddpo preflight: all checks passed: 23 jobs in the whole run, at most 0.4 GPU-hours"
+
+
+def test_the_preflight_ends_with_a_verdict(tmp_path):
+    gemini = tmp_path / "gemini.yaml"
+    gemini.write_text(
+        "teacher:\n  backend: gemini\n  gemini:\n    mode: batch\nrejected:\n  model: demo:tiny-mistral\n"
+        "judge:\n  kinds: []\n"
+    )
+    # Gemini cannot be asked whether the model exists (a closed port): a warning, counted in the verdict
+    closed = {"GEMINI_API_KEY": "k", "GOOGLE_GEMINI_BASE_URL": "http://127.0.0.1:9"}
+    run = meddpo("preflight", "--configfile", *DEMO_FILES, str(gemini), env={**os.environ, **closed})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.splitlines()[-1] == (
+        "meddpo preflight: all checks passed (1 warning above): 15 jobs in the whole run, at most 0.1 "
+        "GPU-hours, at most $0.32 of Gemini"
+    )
+    # and with a problem, the count of problems
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("rejected:\n  model: /nowhere/model\n")
+    run = meddpo("preflight", "--configfile", *DEMO_FILES, str(missing))
+    assert run.returncode == 2
+    assert run.stdout.splitlines()[-1] == "meddpo preflight: 1 problem(s): nothing was started"
 
 
 def test_the_judge_checks_its_model_and_pairs_before_reading_a_pair(tmp_path, empty_hf_cache):
@@ -504,7 +528,10 @@ def test_a_broken_config_file_names_the_file_and_line(tmp_path):
     result = meddpo("preflight", "--configfile", str(broken))
     assert result.returncode == 2
     [line] = few_lines(result, limit=1)
-    assert f"{broken}, line 3: not valid YAML" in line
+    assert line == (
+        f"meddpo preflight: error: {broken}, line 3, column 7: not valid YAML "
+        "(expected ',' or ']', but got ':')"
+    )
 
 
 @pytest.mark.slow

@@ -267,3 +267,69 @@ def test_the_models_that_served_the_api_answers_are_in_the_stats_report_and_card
         "- **Served by** (the model each Gemini reply names): chosen: `gemini-2.5-flash-001` 3; "
         "judge rubric: `gemini-2.5-flash` 6."
     ) in card
+
+
+def _card(stats, settings, provenance):
+    configs = [{"config_name": "default", "data_files": [{"split": "train", "path": "pairs.jsonl"}]}]
+    return render_card(n_rows=3, configs=configs, stats=stats, settings=settings, provenance=provenance)
+
+
+def test_nothing_dropped_draws_no_plot_of_drops(tmp_path):
+    # it used to be a plot of "0 of N" labels, one per category
+    rows = [pair(i=i) for i in range(3)]
+    kept, dropped, counts = apply_policy(rows)
+    assert dropped == []
+    stats = build_stats(kept, dropped, quality_counts=counts)
+    folder = tmp_path / "plots"
+    folder.mkdir()
+    (folder / "drops_by_category.png").write_bytes(b"an earlier run's")
+    paths = write_plots(kept, dropped, stats, folder)
+    assert (
+        sorted(p.name for p in folder.iterdir())
+        == sorted(p.name for p in paths)
+        == [
+            "lengths.png",
+            "truncation_by_category.png",
+        ]
+    )
+    report = render_report(stats)
+    assert "drops_by_category" not in report
+    assert "The filter policy dropped no pair, so there is no plot of drops by category." in report
+
+
+def test_the_card_says_how_questions_were_picked_and_sampled_in_words():
+    rows = [pair(i=i) for i in range(3)]
+    kept, dropped, counts = apply_policy(rows)
+    stats = build_stats(kept, dropped, quality_counts=counts, question_stats={"picked": 3})
+    sampling = {"max_new_tokens": 96, "min_new_tokens": 4, "seed": 2, "temperature": 0.7, "top_p": 0.9}
+    settings = {"selection": "first", "seed": 2025, "chosen_sampling": sampling, "rejected_sampling": {}}
+    card = _card(stats, settings, {})
+    # was "3 picked (first, seed 2025)" and "sampling {'max_new_tokens': 96, 'seed': 2, ...}"
+    assert "3 picked (the first in source order)." in card and "seed 2025" not in card
+    assert "sampling temperature 0.7, top-p 0.9, 96 new tokens at most, 4 at least, seed 2." in card
+    assert "sampling not recorded." in card and "{'" not in card
+    card = _card(stats, {**settings, "selection": "stratified"}, {})
+    assert "3 picked (stratified, seed 2025)." in card
+    gemini = {"max_output_tokens": 4096, "temperature": 0.7, "thinking_budget": 0}
+    card = _card(stats, {**settings, "chosen_sampling": gemini}, {})
+    assert "sampling temperature 0.7, 4096 output tokens at most, thinking budget 0." in card
+
+
+def test_provenance_says_what_a_missing_value_means():
+    rows = [pair(i=i) for i in range(3)]
+    kept, dropped, counts = apply_policy(rows)
+    provenance = {"workflow_commit": "unknown", "source_fingerprint": None, "teacher_revision": None}
+    stats = build_stats(kept, dropped, quality_counts=counts, provenance=provenance)
+    report = render_report(stats).split("## Provenance", 1)[1]
+    card = _card(stats, {}, provenance).split("## Provenance", 1)[1]
+    # the card wrote `None` and the report a dash
+    for text in (report, card):
+        assert "None" not in text and "—" not in text
+        assert "| workflow_commit | unknown: the workflow did not run from a git checkout |" in text
+        assert "| source_fingerprint | not recorded |" in text
+        assert (
+            "| teacher_revision | none: a local checkpoint folder or an API model has no hub commit |" in text
+        )
+    assert "(revision none: a local checkpoint folder or an API model has no hub commit)" in _card(
+        stats, {}, provenance
+    )

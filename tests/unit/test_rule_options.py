@@ -26,6 +26,7 @@ from meddpo.planning.rule_options import (
     judge_files,
     judge_options,
     judged_kinds,
+    rerun_options,
     server_log_option,
     shard_numbers,
     shell_prefix,
@@ -241,9 +242,17 @@ def test_dataset_outputs_of_the_demo(demo):
 
 def test_card_settings_of_the_demo(demo):
     settings = json.loads(card_settings(demo))
-    assert settings["chosen_sampling"] == {"max_new_tokens": 96, "seed": 2, "temperature": 0.7, "top_p": 0.9}
+    # min_new_tokens too: the card used to leave out the floor the tiny models answer with
+    assert settings["chosen_sampling"] == {
+        "max_new_tokens": 96,
+        "min_new_tokens": 4,
+        "seed": 2,
+        "temperature": 0.7,
+        "top_p": 0.9,
+    }
     assert settings["rejected_sampling"] == {
         "max_new_tokens": 48,
+        "min_new_tokens": 4,
         "seed": 1,
         "temperature": 0.9,
         "top_p": 0.95,
@@ -262,16 +271,37 @@ def test_card_settings_of_the_demo(demo):
 
 
 def test_shell_prefix():
-    assert shell_prefix("/venv/bin", "/a b/workflow", "abc+dirty", "0123") == (
+    rerun = (".venv/bin/snakemake", "--cores 2")
+    assert shell_prefix("/venv/bin", "/a b/workflow", "abc+dirty", "0123", rerun) == (
         "set -euo pipefail; export PATH=/venv/bin:$PATH"
         " PYTHONPATH='/a b/workflow'${{PYTHONPATH:+:$PYTHONPATH}}; "
-        "export MEDDPO_WORKFLOW_COMMIT=abc+dirty MEDDPO_CONFIG_SHA256=0123; "
+        "export MEDDPO_WORKFLOW_JOB=1 MEDDPO_WORKFLOW_COMMIT=abc+dirty MEDDPO_CONFIG_SHA256=0123 "
+        "MEDDPO_SNAKEMAKE=.venv/bin/snakemake MEDDPO_RERUN_OPTIONS='--cores 2'; "
     )
     # with conda the jobs' python is the environment's: PATH is left alone
     assert shell_prefix("", "/w", "unknown", "0123").startswith(
         "set -euo pipefail; export PATH=$PATH PYTHONPATH=/w$"
     )
     assert len(config_hash({"a": 1})) == 16
+
+
+def test_rerun_options_repeat_the_runs_program_cores_profile_config_files_and_config_values(tmp_path):
+    program = str(tmp_path / ".venv" / "bin" / "snakemake")
+    argv = [program, "--cores", "2", "results/x.jsonl", "--profile=profiles/bridges2", "--configfile", "a"]
+    files = [str(tmp_path / "demo" / "config.yaml"), "/elsewhere/pilot.yaml"]
+    config = {"n_shards": 3, "tag": "a b", "flag": True}
+    assert rerun_options(argv, files, config, str(tmp_path), "/usr/bin/python3") == (
+        ".venv/bin/snakemake",
+        "--cores 2 --profile profiles/bridges2 --configfile demo/config.yaml /elsewhere/pilot.yaml "
+        "--config n_shards=3 'tag=a b' flag=True",
+    )
+    # `python -m snakemake`, -j4; a snakemake outside the project by its path
+    module = ["/lib/snakemake/__main__.py", "-j4", "--jobs", "8"]
+    assert rerun_options(module, [], {}, str(tmp_path), "/usr/bin/python3") == (
+        "/usr/bin/python3 -m snakemake",
+        "-j4 --jobs 8",
+    )
+    assert rerun_options(["/opt/bin/snakemake"], [], {}, str(tmp_path), "p") == ("/opt/bin/snakemake", "")
 
 
 # --------------------------------------------------------------------------- the rule files

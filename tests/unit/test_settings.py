@@ -12,6 +12,7 @@ import yaml
 from conftest import REPO
 from meddpo.cli.parser import build_parser
 from meddpo.config import settings
+from meddpo.errors import UserError
 
 # sub-command -> the config sections whose keys are its options
 SECTIONS = {
@@ -35,6 +36,11 @@ def _options(name: str) -> dict[str, argparse.Action]:
     return {a.dest: a for a in _sub(name)._actions if a.option_strings}
 
 
+def _from_config(name: str) -> dict[str, tuple[str, bool]]:
+    """The options of a sub-command that take a config value when not given: dest -> (path, needed)."""
+    return {dest: (path, needed) for dest, path, needed in _sub(name).get_default("config_settings") or []}
+
+
 @pytest.mark.parametrize("command", sorted(SECTIONS))
 def test_every_config_key_is_an_option_with_the_schema_default(command):
     options = _options(command)
@@ -44,15 +50,18 @@ def test_every_config_key_is_an_option_with_the_schema_default(command):
                 continue
             assert key in options, f"{section}.{key} has no option in `meddpo {command}`"
             assert options[key].option_strings[0] == "--" + key.replace("_", "-")
+            # not given, the option takes the setting from the config files the step reads
+            assert _from_config(command)[key] == (f"{section}.{key}", "default" not in node), key
             if "default" in node:
                 assert options[key].default == node["default"], f"{command} --{key}"
-            else:
-                assert options[key].required, f"{section}.{key} has no default, so the option is required"
 
 
 def test_the_options_that_must_be_set_are_the_ones_the_schema_leaves_without_default():
     required = {dest for dest, action in _options("generate").items() if action.required}
-    assert required == {"shard", "out", "model", "max_new_tokens", "temperature", "system_prompt"}
+    assert required == {"shard", "out"}
+    # these the options or the config files (with --side) must give
+    needed = {dest for dest, (_, needed) in _from_config("generate").items() if needed}
+    assert needed == {"model", "max_new_tokens", "temperature", "system_prompt"}
 
 
 def _documented_defaults() -> dict[str, object]:
@@ -213,4 +222,145 @@ def test_a_price_option_of_earlier_versions_says_where_prices_live_now(flag, nam
         f"meddpo gemini: error: argument {named}: prices now live per model: give --price with the model's "
         f"gemini_prices entry as JSON ({new} among input_per_million, output_per_million, "
         "batch_input_per_million, batch_output_per_million, written)\n"
+    )
+
+
+# --------------------------------------------------------------------------- a step by hand reads the config
+
+
+def _by_hand(argv: list[str], monkeypatch, cwd=REPO) -> dict:
+    """The settings a step run by hand ends up with (parsed, then laid over its config files)."""
+    from meddpo.cli.step_config import WORKFLOW_JOB, apply_config
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv(WORKFLOW_JOB, raising=False)
+    args = build_parser().parse_args(argv)
+    apply_config(args)
+    drop = {"given_settings", "settings_from", "config_settings", "configfile", "base_config", "func", "side"}
+    return {k: v for k, v in vars(args).items() if k not in drop | {"store", "server_log"}}
+
+
+def _demo_config() -> dict:
+    from meddpo.planning.checks import load_config
+
+    return load_config(
+        [REPO / "demo" / "config.yaml", REPO / "demo" / "tiny.yaml"], base=REPO / "config.yaml"
+    )
+
+
+def _rule_commands(config: dict) -> dict[str, tuple[list[str], list[str]]]:
+    """Per step: the paths both commands name, and the settings the workflow's rule passes
+    (workflow/rules/*.smk, through meddpo.planning.rule_options)."""
+    import shlex
+
+    from meddpo.planning import rule_options as ro
+
+    def words(text: str) -> list[str]:
+        return shlex.split(text)
+
+    local = config["teacher"]["local"]
+    shard_paths = ["--shard", "s.jsonl", "--out", "o.jsonl"]
+    finalize_paths = ["--pairs", "p.jsonl"] + [f"--out-{n}" for n in ("pairs", "dropped", "stats", "report")]
+    finalize_paths = [
+        word for name in finalize_paths for word in ([name, "x"] if name.startswith("--out") else [name])
+    ]
+    finalize_paths += ["--out-card", "c", "--out-plots", "d"]
+    return {
+        "questions": (
+            ["--out", "q", "--stats", "s"],
+            words(ro.cli_options(**config["source"], **config["questions"])),
+        ),
+        "shard": (
+            ["--questions", "q", "--index", "1", "--out", "o"],
+            ["--n-shards", str(config["n_shards"])],
+        ),
+        "generate-rejected": (
+            shard_paths,
+            words(
+                ro.generation_options(config, "rejected", config["rejected"], config["prompts"]["rejected"])
+            ),
+        ),
+        "generate-chosen": (
+            shard_paths,
+            words(ro.generation_options(config, "chosen", local, config["prompts"]["teacher"])),
+        ),
+        "gemini": (
+            ["--shard", "s", "--out", "o", "--failures", "f", "--usage", "u"],
+            words(ro.teacher_gemini_options(config)),
+        ),
+        "pairs": (
+            ["--questions", "q", "--rejected", "r", "--chosen", "c", "--out", "o", "--stats", "s"],
+            words(ro.cli_options(system_prompt=config["prompts"]["training"])),
+        ),
+        "finalize": (finalize_paths, words(ro.finalize_options(config))),
+        "tiny-models": (
+            ["--texts", "t", "--mistral-out", "m", "--qwen-out", "q"],
+            words(
+                ro.cli_options(
+                    **{k: config["demo"][k] for k in ("seed", "mistral_eos_rate", "qwen_eos_rate")}
+                )
+            ),
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "questions",
+        "shard",
+        "generate-rejected",
+        "generate-chosen",
+        "gemini",
+        "pairs",
+        "finalize",
+        "tiny-models",
+    ],
+)
+def test_a_step_by_hand_takes_the_settings_the_rule_gives(step, monkeypatch):
+    # the demo's config files given to the step: it gets every setting its rule passes, without an option
+    paths, rule_options = _rule_commands(_demo_config())[step]
+    command = "generate" if step.startswith("generate") else step
+    side = ["--side", step.removeprefix("generate-")] if step.startswith("generate") else []
+    files = ["--configfile", "demo/config.yaml", "demo/tiny.yaml"]
+    by_hand = _by_hand([command, *paths, *side, *files], monkeypatch)
+    by_rule = _by_hand([command, *paths, *rule_options, "--base-config", "none"], monkeypatch)
+    assert by_hand == by_rule
+    assert by_hand  # the step has settings
+
+
+def test_the_real_config_is_read_from_the_project_folder_and_said(tmp_path, monkeypatch):
+    # a 10,000-question set made by hand took seed 0 (the schema's) where config.yaml says 2025
+    argv = ["questions", "--source", "medquad.parquet", "--out", "q", "--stats", "s"]
+    args = _by_hand(argv, monkeypatch)
+    assert (args["n"], args["selection"], args["seed"]) == (10000, "stratified", 2025)
+    # options given win; where the settings came from is said
+    monkeypatch.chdir(REPO)
+    parsed = build_parser().parse_args([*argv, "--seed", "7"])
+    from meddpo.cli.step_config import apply_config, settings_line
+
+    apply_config(parsed)
+    assert parsed.seed == 7 and parsed.n == 10000
+    assert settings_line(parsed) == "settings: config.yaml, under the options given"
+    # elsewhere, without a config file, a setting without a default must be given
+    with pytest.raises(UserError) as missing:
+        _by_hand(argv, monkeypatch, cwd=tmp_path)
+    assert str(missing.value) == (
+        "--n is needed: give it, or a config file that sets questions.n (--configfile; config.yaml is read "
+        "when it is in this folder)"
+    )
+    assert _by_hand([*argv, "--n", "5"], monkeypatch, cwd=tmp_path)["seed"] == 0
+
+
+def test_a_workflow_job_reads_no_config_file(monkeypatch, tmp_path):
+    from meddpo.cli.step_config import WORKFLOW_JOB, apply_config, settings_line
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv(WORKFLOW_JOB, "1")
+    args = build_parser().parse_args(["questions", "--source", "x", "--n", "5", "--out", "q", "--stats", "s"])
+    apply_config(args)
+    assert args.seed == 0  # the rule passes every setting; the job never reads config.yaml
+    assert (
+        settings_line(args)
+        == "settings: the options given (a job of the workflow: its rule gives every setting)"
     )

@@ -40,7 +40,16 @@ def test_the_workflow_stops_before_any_job_when_a_model_is_missing(tmp_path):
 @pytest.mark.parametrize(
     "override, expected",
     [
-        (["--config", "n_shard=3"], "config key n_shard: unknown key"),
+        (
+            ["--config", "n_shard=3"],
+            "config key n_shard: unknown key (given on the command line with --config)",
+        ),
+        # was blamed on config.yaml, which sets n_shards too: "(set in config.yaml)"
+        (
+            ["--config", "n_shards=abc"],
+            "meddpo: config key n_shards: 'abc' is not allowed: 'abc' is not of type 'integer' "
+            "(given on the command line with --config)",
+        ),
         (["--configfile", "BAD"], "config key questions.selection: 'newest' is not allowed"),
     ],
 )
@@ -63,6 +72,28 @@ def test_a_config_mistake_in_snakemake_is_a_few_lines(tmp_path, override, expect
     if "BAD" not in override:
         return
     assert any(f"(set in {bad})" in line for line in lines)
+
+
+def test_a_pilot_smaller_than_the_shard_count_plans_no_job(tmp_path):
+    # 2 questions in the demo's 3 shards: Snakemake used to plan an empty shard and its jobs
+    workdir = copy_workflow(tmp_path / "wf")
+    pilot = tmp_path / "pilot.yaml"
+    pilot.write_text("questions:\n  n: 2\n")
+    result = subprocess.run(
+        [*SNAKEMAKE, "-n", "--configfile", *DEMO_FILES, str(pilot)],
+        cwd=workdir,
+        env=snakemake_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert few_lines(result)[-1] == (
+        "meddpo: config key questions.n: 2 questions in 3 shards (n_shards) would leave 1 shard empty, each "
+        f"still a job of every model: set n_shards to 2 or fewer (questions.n set in {pilot}, n_shards set "
+        f"in {workdir / 'demo' / 'tiny.yaml'})"
+    )
+    assert "Job stats" not in result.stdout + result.stderr
 
 
 def most_generation_jobs_at_once(log: str) -> int:

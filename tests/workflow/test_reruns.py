@@ -2,8 +2,14 @@
 rerun, one shard can be redone, and a cut shard file stops the run naming it."""
 
 import json
+import os
+import re
+import signal
 import stat
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -77,27 +83,103 @@ def test_redo_one_shard_reuses_the_store(demo_copy):
     assert "21 of 21 answers already there, 0 to generate" in log
 
 
-def test_a_cut_shard_file_fails_the_run_naming_it(demo_copy):
+def test_the_hint_for_a_cut_shard_file_runs_as_printed(demo_copy):
     built = demo_copy
+    # the run's own overlay (the demo's tiny models under another name) and a --config value
+    (built / "my-tiny.yaml").write_text((built / "demo" / "tiny.yaml").read_text())
+    run_options = ["--configfile", "demo/config.yaml", "my-tiny.yaml", "--config", "n_shards=3"]
     cut = built / "results" / "demo" / "chosen" / "shard-001.jsonl"
     lines = cut.read_text().splitlines(keepends=True)
     assert len(lines) == 21
     cut.write_text("".join(lines[:10]))  # cut at a line boundary: every line left is valid
-    run = snakemake(built, "--cores", "2", *DEMO)
+    run = snakemake(built, "--cores", "2", *run_options)
     assert run.returncode != 0
     log = (built / "results" / "demo" / "logs" / "pairs" / "shard-001.log").read_text()
     errors = [line for line in log.splitlines() if "error" in line]
+    # the hint used to be `snakemake --forcerun results/demo/chosen/shard-001.jsonl`: pasted, it ran
+    # without --cores and on config.yaml alone, and stopped at once. The program is the Snakemake
+    # that ran (here `python -m snakemake`; `.venv/bin/snakemake` when run so)
     assert errors == [
         "meddpo pairs: error: results/demo/chosen/shard-001.jsonl: 11 of 21 ids missing (the file was cut "
         "or is stale, or a teacher's failures file was not given); redo this shard with: "
-        "snakemake --forcerun results/demo/chosen/shard-001.jsonl"
+        f"{sys.executable} -m snakemake --forcerun results/demo/chosen/shard-001.jsonl --cores 2 "
+        "--configfile demo/config.yaml my-tiny.yaml --config n_shards=3"
     ]
     assert not (built / "results" / "demo" / "pairs" / "shard-001.jsonl").exists()
+    hint = errors[0].partition("redo this shard with: ")[2]
+    assert hint in run.stderr  # Snakemake shows the failed job's log
+    pasted = subprocess.run(
+        hint, shell=True, cwd=built, env=snakemake_env(), capture_output=True, text=True, timeout=600
+    )
+    assert pasted.returncode == 0, pasted.stderr[-3000:]
+    assert len(cut.read_text().splitlines()) == 21
+    assert (built / "results" / "demo" / "pairs" / "shard-001.jsonl").exists()
+    done = snakemake(built, "-n", *run_options)
+    assert "Nothing to be done" in done.stdout + done.stderr
+
+
+def _running(group: int, words: str) -> bool:
+    """Whether a process of process group ``group`` runs a command line holding ``words``."""
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text()
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rpartition(")")[2].split()[2]) == group and words in command:
+            return True
+    return False
+
+
+def test_ctrl_c_under_snakemake_is_one_line(demo_copy):
+    built = demo_copy
+    # another seed: the rejected shards are answered afresh, so a generation job is running when
+    # Ctrl-C comes (the terminal sends it to Snakemake and its jobs: the whole process group)
+    (built / "seed.yaml").write_text("rejected:\n  seed: 5\n")
+    command = [*SNAKEMAKE, "--cores", "2", "--configfile", *DEMO_FILES, "seed.yaml"]
+    run = subprocess.Popen(
+        command,
+        cwd=built,
+        env=snakemake_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        for _ in range(1200):
+            if _running(run.pid, "meddpo generate") or run.poll() is not None:
+                break
+            time.sleep(0.1)
+        os.killpg(run.pid, signal.SIGINT)
+        out, err = run.communicate(timeout=300)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 130, err[-3000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    # was: a 23-line RuleException and "Error in rule" with the whole shell command, prompt included
+    assert re.fullmatch(
+        r"meddpo: interrupted \(Ctrl-C\): the running jobs were stopped, and the answers and verdicts they "
+        r"finished are kept in the stores; run the same command again to go on \(Snakemake's full report: "
+        r"\.snakemake/log/[^ ]+\.snakemake\.log\)",
+        lines[-1],
+    ), lines[-5:]
+    after = err[err.index("meddpo: interrupted") :]
+    assert after.strip() == lines[-1]
+    # (the prompt shows once, in the reason Snakemake gives for rerunning the jobs: their params changed)
+    for noise in ("RuleException", "Error in rule", "python -m meddpo", "Traceback", "Terminating"):
+        assert noise not in err, noise
+    # Snakemake's own report is kept in its log file, and no lock is left behind
+    report = (built / lines[-1].rpartition("report: ")[2].rstrip(")")).read_text()
+    assert "Error in rule rejected" in report
+    dry = snakemake(built, "-n", "--configfile", *DEMO_FILES, "seed.yaml")
+    assert dry.returncode == 0 and "locked" not in dry.stderr.lower()
 
 
 def test_the_readme_gives_the_commands_these_tests_use():
     readme = (REPO / "README.md").read_text()
-    assert "snakemake --forcerun results/rejected/shard-001.jsonl" in readme
+    assert "snakemake --cores all --forcerun results/rejected/shard-001.jsonl" in readme
     assert "`snakemake --summary`" in readme and "--list-changes params" not in readme.replace(
         "(Skip `--list-changes params`", ""
     )

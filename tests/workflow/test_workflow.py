@@ -220,7 +220,11 @@ def test_demo_end_to_end(demo_run, tmp_path):
         stages["picked"]
         == stages["pairs_kept"] + stages["pairs_dropped"] + stages["left_out_missing_or_failed_answer"]
     )
-    for plot in ("lengths.png", "truncation_by_category.png", "drops_by_category.png"):
+    # the plot of drops only when the filter dropped a pair (test_what_outputs_say.py)
+    plots = ["lengths.png", "truncation_by_category.png"] + ["drops_by_category.png"] * bool(
+        stages["pairs_dropped"]
+    )
+    for plot in plots:
         assert (dataset / "plots" / plot).read_bytes().startswith(b"\x89PNG")
     report = (dataset / "report.md").read_text()
     assert "![Answer lengths](plots/lengths.png)" in report
@@ -270,9 +274,9 @@ def test_snakemake_report_holds_the_plots_and_stats(demo_copy, tmp_path):
     with zipfile.ZipFile(report) as archive:
         names = sorted(PurePosixPath(name).name for name in archive.namelist())
         html = archive.read("report/report.html").decode()
-    # the demo's plots (no judge margin: no judge_margins.png), the stats, the page
+    # the demo's plots (no judge margin: no judge_margins.png; no pair dropped: no drops_by_category.png),
+    # the stats, the page
     assert names == [
-        "drops_by_category.png",
         "lengths.png",
         "report.html",
         "stage2_med_pairs.stats.json",

@@ -104,5 +104,6 @@ shell.prefix(
         os.path.join(WORKFLOW_DIR, "workflow"),
         workflow_commit(WORKFLOW_DIR),
         config_hash(config),
+        RERUN_OPTIONS,
     )
 )

@@ -8,6 +8,7 @@ common.smk validates the config.
 """
 
 import os
+import signal
 import sys
 
 from snakemake.settings.types import DeploymentMethod
@@ -17,8 +18,9 @@ from snakemake.settings.types import DeploymentMethod
 # the job plan, the paths and the rules' targets), from here on.
 WORKFLOW_DIR = workflow.basedir
 sys.path.insert(0, os.path.join(WORKFLOW_DIR, "workflow"))
-from meddpo.config.settings import ConfigError, read_config_file
+from meddpo.config.settings import COMMAND_LINE, ConfigError, read_config_file
 from meddpo.planning.checks import check_config, outside_output
+from meddpo.planning.rule_options import interrupted_line, rerun_options
 
 # Jobs run `python` from the interpreter that runs Snakemake, unless a conda environment is in use.
 USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
@@ -31,14 +33,27 @@ def _check_config():
     """A bad config stops the parse with the key, the value and the file, in one line."""
     cli_files = list(workflow.overwrite_configfiles or [])
     ordered = [f for f in workflow.configfiles if f not in cli_files] + cli_files
+    files = {str(f): read_config_file(f) for f in ordered}
+    # --config values win over every file: named as the command line's, never as config.yaml's
+    files[COMMAND_LINE] = dict(workflow.config_settings.config or {})
     try:
-        check_config(config, {str(f): read_config_file(f) for f in ordered})
+        check_config(config, files)
     except ConfigError as err:
         print(f"meddpo: {err}", file=sys.stderr)
         sys.exit(2)
 
 
 _check_config()
+
+# The Snakemake program and the options of this run that a `snakemake` command printed by a job
+# repeats (the cut-shard hint of meddpo pairs): cores or jobs, profile, config files, --config values.
+RERUN_OPTIONS = rerun_options(
+    sys.argv,
+    [str(path) for path in workflow.overwrite_configfiles or []],
+    dict(workflow.config_settings.config or {}),
+    os.getcwd(),
+    sys.executable,
+)
 
 
 def check_output_locations():
@@ -101,3 +116,34 @@ def run_preflight():
 # folder, Slurm account and GPU are checked, and the cost is printed (meddpo.preflight.run).
 onstart:
     run_preflight()
+
+
+# Ctrl-C: one line. Snakemake still stops the running jobs and removes their half-made outputs,
+# but each job's error report (its whole command, prompts included, and its log) goes to
+# Snakemake's log file only, and the run ends with exit status 130.
+INTERRUPTED = []
+
+
+def on_ctrl_c(signum, frame):
+    import logging
+
+    if INTERRUPTED:
+        return  # a second Ctrl-C: the jobs are stopping already
+    INTERRUPTED.append(True)
+    log = logging.getLogger("snakemake.logging")
+    logfiles = [
+        h.baseFilename for h in log.handlers if isinstance(h, logging.FileHandler)
+    ]
+    for handler in log.handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.addFilter(lambda record: False)
+    print(interrupted_line(logfiles, os.getcwd()), file=sys.stderr, flush=True)
+    raise KeyboardInterrupt
+
+
+signal.signal(signal.SIGINT, on_ctrl_c)
+
+
+onerror:
+    if INTERRUPTED:
+        raise SystemExit(130)

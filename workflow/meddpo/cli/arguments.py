@@ -116,23 +116,53 @@ def within(kind, limits: dict):
 SECONDS = within(float, {"minimum": 0})
 
 
+def given(namespace: argparse.Namespace) -> set[str]:
+    """The settings given on the command line (by dest): the config files fill in the others."""
+    return namespace.__dict__.setdefault("given_settings", set())
+
+
+class StoreGiven(argparse._StoreAction):
+    """Store the value and remember that the option was given (``given``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        given(namespace).add(self.dest)
+
+
+class _Switch(argparse.BooleanOptionalAction):
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        given(namespace).add(self.dest)
+
+
+def from_config(parser: argparse.ArgumentParser, dest: str, path: str, needed: bool = False) -> None:
+    """Option ``dest`` takes the value of config ``path`` when it is not given (meddpo.cli.step_config);
+    ``needed``: one of them must give it."""
+    known = parser.get_default("config_settings") or []
+    parser.set_defaults(config_settings=[*known, (dest, path, needed)])
+
+
 def setting(parser: argparse.ArgumentParser, path: str, *aliases: str, **kwargs) -> None:
     """An option for the config setting ``path``, named after its key.
 
     Its default, choices and range (minimum, maximum, ...) come from the schema,
     so a value the config check would refuse is refused here too, in one line.
+    Unless the option is given, the step takes the setting from the config files it reads, as
+    the workflow does (meddpo.cli.step_config); ``required`` means one of the two must give it.
     """
     key = path.rpartition(".")[2]
     node = schema.section(path.rpartition(".")[0])["properties"][key] if "." in path else {}
     if "enum" in node:
         kwargs.setdefault("choices", schema.choices(path))
-    if not kwargs.get("required"):
+    needed = kwargs.pop("required", False)
+    if not needed:
         kwargs.setdefault("default", schema.default(path, None))
+    if kwargs.get("default") is not argparse.SUPPRESS:  # SUPPRESS: the step layers its config itself
+        from_config(parser, key, path, needed)
     limits = schema.bounds(path)
     if limits:
         kwargs["type"] = within(kwargs.get("type", str), limits)
-    if node.get("type") == "boolean":
-        kwargs["action"] = argparse.BooleanOptionalAction
+    kwargs["action"] = _Switch if node.get("type") == "boolean" else StoreGiven
     parser.add_argument(f"--{key.replace('_', '-')}", *aliases, dest=key, **kwargs)
 
 
@@ -185,6 +215,7 @@ def gemini_options(p: argparse.ArgumentParser) -> None:
     setting(p, g + "max_refused_fraction", type=float)
     setting(p, g + "too_many_refusals")
     setting(p, g + "accept_served_model", type=nullable(str), help="a model taken on purpose when it serves")
+    from_config(p, "price", "price")  # after model and accept_served_model, which name the entry
 
 
 def _price_entry(text: str) -> dict:
@@ -217,6 +248,7 @@ def price_option(p: argparse.ArgumentParser) -> None:
         "--price",
         type=nullable(_price_entry),
         default=None,
+        action=StoreGiven,
         help="the model's gemini_prices entry, JSON (default: the schema's, when it lists the model)",
     )
     for flags, new in _OLD_PRICE_FLAGS.items():
@@ -259,8 +291,10 @@ def finalize_options(p: argparse.ArgumentParser) -> None:
         "--settings",
         type=_json_object(),
         default={},
-        help="JSON: prompts, source, selection, sampling (for the card)",
+        action=StoreGiven,
+        help="JSON: prompts, source, selection, sampling (for the card; default: from the config files)",
     )
+    from_config(p, "settings", "card")
     # provenance comes through the environment in the workflow (never a rule's params)
     p.add_argument("--workflow-commit", default=os.environ.get("MEDDPO_WORKFLOW_COMMIT", "unknown"))
     p.add_argument("--config-hash", default=os.environ.get("MEDDPO_CONFIG_SHA256", "unknown"))

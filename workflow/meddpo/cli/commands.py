@@ -41,7 +41,13 @@ def questions(args: argparse.Namespace) -> None:
 def shard(args: argparse.Namespace) -> None:
     from meddpo.questions.shards import read_shard, shard_rows
 
-    rows = shard_rows(read_shard(args.questions), args.n_shards, args.index)
+    questions = read_shard(args.questions)
+    rows = shard_rows(questions, args.n_shards, args.index)
+    if not rows:  # every model would start a job for nothing
+        raise DataError(
+            f"{args.questions}: {len(questions)} questions for {args.n_shards} shards: shard {args.index} "
+            f"would be empty; set n_shards to {len(questions)} or fewer"
+        )
     write_jsonl(args.out, rows)
     log.info("shard %d of %d: %d questions -> %s", args.index, args.n_shards, len(rows), args.out)
 
@@ -138,12 +144,31 @@ def pairs(args: argparse.Namespace) -> None:
     rejected = read_jsonl(args.rejected, required=ANSWER_FIELDS)
     chosen = read_jsonl(args.chosen, required=ANSWER_FIELDS)
     failures = [row for path in args.chosen_failures for row in read_jsonl(path, required=("id", "reason"))]
-    check_complete(questions, rejected, args.rejected)
-    check_complete(questions, chosen, args.chosen, accounted=failures)
+    rerun = _rerun(args)
+    check_complete(questions, rejected, args.rejected, rerun=rerun)
+    check_complete(questions, chosen, args.chosen, accounted=failures, rerun=rerun)
     pairs, stats = build_pairs(questions, rejected, chosen, args.system_prompt, chosen_failures=failures)
     write_jsonl(args.out, pairs)
     write_json(args.stats, stats)
     log.info("%d questions -> %d pairs (%s) -> %s", stats["questions"], stats["pairs"], stats, args.out)
+
+
+def _rerun(args: argparse.Namespace) -> tuple[str, str]:
+    """The Snakemake program and options a printed command repeats: those of a workflow job's run
+    (from its environment); by hand, the venv's snakemake, --cores all and the config files this
+    step read (config.yaml is Snakemake's own)."""
+    import os
+    import shlex
+
+    from meddpo.planning.rule_options import RERUN_OPTIONS, SNAKEMAKE, WORKFLOW_JOB
+
+    if os.environ.get(WORKFLOW_JOB):
+        return os.environ.get(SNAKEMAKE) or "snakemake", os.environ.get(RERUN_OPTIONS, "")
+    program = Path(sys.executable).parent / "snakemake"
+    program = os.path.relpath(program) if program.is_relative_to(Path.cwd()) else str(program)
+    base = [args.base_config] if args.base_config not in (None, Path("config.yaml")) else []
+    files = [str(path) for path in [*base, *args.configfile]]
+    return program, shlex.join(["--cores", "all", *(["--configfile", *files] if files else [])])
 
 
 def _load_json(path: Path | None) -> dict | None:
@@ -341,16 +366,12 @@ def judge_config(args: argparse.Namespace) -> dict:
 
     ``--local`` and ``--classifier`` replace their block; ``--gemini`` is laid over its block.
     """
+    from meddpo.cli.step_config import read_config
     from meddpo.config.settings import fill_defaults, gemini_price
-    from meddpo.planning.checks import load_config
 
-    default_missing = args.base_config == Path("config.yaml") and not args.base_config.exists()
-    if args.base_config is None or (default_missing and not args.configfile):
-        if args.base_config is not None:
-            log.info("no config.yaml here: the judge settings are the schema's defaults and the options")
+    config, args.settings_from = read_config(args)
+    if config is None:
         config = fill_defaults({"judge": {}, "gemini_prices": {}})
-    else:
-        config = load_config(args.configfile, base=args.base_config)
     judge = config["judge"]
     for key in ("backend", "classifier_format", "max_usd", "min_margin", "local", "classifier"):
         if hasattr(args, key):
@@ -395,6 +416,19 @@ def preflight(args: argparse.Namespace) -> int | None:
     findings = preflight(config, cluster=cluster, slurm_account=account)
     ok = report(config, findings, stream=sys.stdout, plan=estimate_run(config, cluster))
     return None if ok else 2
+
+
+def check_config(args: argparse.Namespace) -> None:
+    """The config files layered and checked as the workflow does it; a problem is one line (exit 2)."""
+    from meddpo.planning.checks import load_config
+
+    config = load_config(args.configfile, base=args.base_config)
+    names = [str(path) for path in [*([args.base_config] if args.base_config else []), *args.configfile]]
+    n = config["questions"]["n"]
+    print(
+        f"{' + '.join(names)}: OK; questions.n {'all' if n is None else n}, "
+        f"n_shards {config['n_shards']}, output.dir {config['output']['dir']}"
+    )
 
 
 def _profile_executor(profile: Path) -> str | None:

@@ -12,11 +12,16 @@
     meddpo judge        grade both answers of every pair for medical safety (any pairs file)
     meddpo tiny-models  build the two tiny checkpoints of the offline demo
     meddpo demo-model   build the demo's real instruct model (SmolLM2-135M-Instruct)
+    meddpo preflight    check models, data, key, output and cluster settings; print the cost
+    meddpo status       answers in the store per model and shard, against the questions
+    meddpo check-config check config files as the workflow reads them
 
 Options that are config settings carry the config key's name (``--batch-size``
 for ``batch_size``, ``--timeout-s`` for ``timeout_s``) and its default from the
-config schema, so a step run by hand does what the same step does in the
-workflow; ``none`` stands for a null value. Errors in the user's input end the
+config schema; ``none`` stands for a null value. A step run by hand reads
+config.yaml and any --configfile for the settings it is not given, as the
+workflow does (meddpo.cli.step_config), so it does what the same step does in
+the workflow. Errors in the user's input end the
 command with one line on stderr and exit status 2; outputs are only ever
 written complete (temp file + rename).
 """
@@ -31,8 +36,10 @@ from pathlib import Path
 from meddpo.cli import commands
 from meddpo.cli.arguments import (
     SECONDS,
+    StoreGiven,
     config_block,
     finalize_options,
+    from_config,
     gemini_options,
     integer,
     local_model_options,
@@ -42,6 +49,7 @@ from meddpo.cli.arguments import (
     vllm_block,
     within,
 )
+from meddpo.cli.step_config import SIDES, apply_config, config_file_options, settings_line
 from meddpo.generation.resume import PROGRESS_EVERY_S
 
 
@@ -70,6 +78,7 @@ def _add_questions(sub) -> None:
     )
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--stats", required=True, type=Path)
+    config_file_options(p)
     p.set_defaults(func=commands.questions)
 
 
@@ -79,6 +88,7 @@ def _add_shard(sub) -> None:
     setting(p, "n_shards", required=True, type=integer)
     p.add_argument("--index", required=True, type=within(integer, {"minimum": 0}), help="0 .. N-SHARDS - 1")
     p.add_argument("--out", required=True, type=Path)
+    config_file_options(p)
     p.set_defaults(func=commands.shard)
 
 
@@ -86,12 +96,24 @@ def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="answer a shard with a local model (transformers, or a vLLM server)")
     p.add_argument("--shard", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument(
+        "--side",
+        choices=sorted(SIDES),
+        help="take the model, its settings and the system prompt that the options do not give from the "
+        "config files: rejected (the rejected block, prompts.rejected) or chosen (teacher.local, "
+        "prompts.teacher)",
+    )
     local_model_options(p)
     p.add_argument("--device", default="auto", help="auto = cuda when available, else cpu")
-    p.add_argument("--vllm", type=vllm_block, default={}, help="engine vllm: the config's vllm block, JSON")
+    p.add_argument(
+        "--vllm", type=vllm_block, default={}, action=StoreGiven, help="engine vllm: the vllm block, JSON"
+    )
+    from_config(p, "vllm", "vllm")
     p.add_argument("--server-log", type=Path, help="engine vllm: the server's log file")
-    p.add_argument("--system-prompt", required=True)
+    p.add_argument("--system-prompt", action=StoreGiven, help="default with --side: its prompt in the config")
+    from_config(p, "system_prompt", "prompt", needed=True)
     p.add_argument("--store", type=Path, help="answer store folder: reuse earlier answers, keep new ones")
+    config_file_options(p)
     p.add_argument(
         "--progress-every", type=SECONDS, default=PROGRESS_EVERY_S, help="seconds between progress lines"
     )
@@ -112,9 +134,11 @@ def _add_gemini(sub) -> None:
     p.add_argument(
         "--usage", required=True, nargs="+", type=Path, help="JSON with requests, tokens and estimated cost"
     )
-    p.add_argument("--system-prompt", required=True)
+    p.add_argument("--system-prompt", action=StoreGiven, help="default: the config's prompts.teacher")
+    from_config(p, "system_prompt", "prompts.teacher", needed=True)
     gemini_options(p)
     p.add_argument("--store", type=Path)
+    config_file_options(p)
     p.add_argument("--progress-every", type=SECONDS, default=PROGRESS_EVERY_S)
     p.set_defaults(func=commands.gemini)
 
@@ -125,9 +149,15 @@ def _add_pairs(sub) -> None:
     p.add_argument("--rejected", required=True, type=Path)
     p.add_argument("--chosen", required=True, type=Path)
     p.add_argument("--chosen-failures", nargs="*", default=[], type=Path, help="the teacher's failures files")
-    p.add_argument("--system-prompt", required=True, help="the training system prompt of the 'prompt' column")
+    p.add_argument(
+        "--system-prompt",
+        action=StoreGiven,
+        help="the training system prompt of the 'prompt' column (default: the config's prompts.training)",
+    )
+    from_config(p, "system_prompt", "prompts.training", needed=True)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--stats", required=True, type=Path)
+    config_file_options(p)
     p.set_defaults(func=commands.pairs)
 
 
@@ -150,6 +180,7 @@ def _add_finalize(sub) -> None:
         "finalize", help="flag and filter the pairs; write the dataset, stats, report and card"
     )
     finalize_options(p)
+    config_file_options(p)
     p.set_defaults(func=commands.finalize)
 
 
@@ -158,6 +189,7 @@ def _add_report(sub) -> None:
     p.add_argument("--pairs", required=True, type=Path)
     p.add_argument("--out-dir", required=True, type=Path)
     setting(p, "judge.min_margin", type=float, help="with meta.judge: |margin| under this is a tie")
+    config_file_options(p)
     p.set_defaults(func=commands.report)
 
 
@@ -244,6 +276,7 @@ def _add_tiny_models(sub) -> None:
     setting(p, "demo.seed", type=integer)
     setting(p, "demo.mistral_eos_rate", type=float)
     setting(p, "demo.qwen_eos_rate", type=float)
+    config_file_options(p)
     p.set_defaults(func=commands.tiny_models)
 
 
@@ -260,7 +293,7 @@ def _add_preflight(sub) -> None:
     p = sub.add_parser(
         "preflight", help="check models, data, key, output and cluster settings; print the cost"
     )
-    _config_files(p)
+    config_file_options(p)
     p.add_argument(
         "--profile", type=Path, help="the Snakemake profile the run will use (e.g. profiles/bridges2)"
     )
@@ -269,7 +302,7 @@ def _add_preflight(sub) -> None:
 
 def _add_status(sub) -> None:
     p = sub.add_parser("status", help="answers in the store per model and shard, against the questions")
-    _config_files(p)
+    config_file_options(p)
     p.add_argument(
         "--live",
         action="store_true",
@@ -278,18 +311,26 @@ def _add_status(sub) -> None:
     p.set_defaults(func=commands.status)
 
 
-def _config_files(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--configfile",
-        nargs="*",
-        default=[],
-        type=Path,
-        help="config files layered over config.yaml, in order",
+def _add_check_config(sub) -> None:
+    p = sub.add_parser(
+        "check-config",
+        help="check config files as the workflow reads them: YAML syntax (file, line, column), keys, values",
     )
-    p.add_argument("--base-config", type=Path, default=Path("config.yaml"), help="the workflow's own config")
+    p.add_argument(
+        "configfile", nargs="*", type=Path, help="files layered over --base-config, as snakemake --configfile"
+    )
+    p.add_argument(
+        "--base-config",
+        type=nullable(Path),
+        default=Path("config.yaml"),
+        help="the workflow's own config (none: the schema's defaults only)",
+    )
+    p.set_defaults(func=commands.check_config)
 
 
 class _Parser(argparse.ArgumentParser):
+    """A sub-command's parser: a mistake is one line that names the sub-command, exit status 2."""
+
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
@@ -299,9 +340,52 @@ class _Parser(argparse.ArgumentParser):
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         sys.exit(2)
 
+    def parse_known_args(self, args=None, namespace=None):
+        # an option this sub-command does not have is named first, before any missing one
+        for word in args or ():
+            if word == "--":
+                break
+            name = word.split("=", 1)[0]
+            unknown = name not in self._option_string_actions and name != "-"
+            if name.startswith("-") and unknown and not self._negative_number_matcher.match(name):
+                self.error(_unknown_option(name, self._option_string_actions, self.prog))
+        return super().parse_known_args(args, namespace)
+
+
+def _unknown_option(name: str, known, prog: str) -> str:
+    """The line for an option that is not there, with the nearest one it may have meant."""
+    import difflib
+
+    names = [k.removeprefix("--") for k in known if k.startswith("--")]
+    close = difflib.get_close_matches(name.lstrip("-"), names, n=1, cutoff=0.7)
+    guess = f"; did you mean --{close[0]}?" if close else ""
+    return f"unrecognized option {name}{guess} ({prog} --help lists its options)"
+
+
+class _TopParser(_Parser):
+    """``meddpo`` itself: its errors are one line too; a misspelt sub-command gets the nearest name."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        return argparse.ArgumentParser.parse_known_args(self, args, namespace)
+
+    def error(self, message: str):
+        import difflib
+        import re
+
+        wrong = re.match(r"argument command: invalid choice: '([^']*)'", message)
+        if wrong:
+            close = difflib.get_close_matches(wrong.group(1), self._subcommands(), n=1)
+            guess = f"did you mean {close[0]}? " if close else ""
+            message = f"no sub-command {wrong.group(1)!r}; {guess}(meddpo --help lists them)"
+        super().error(message)
+
+    def _subcommands(self) -> list[str]:
+        action = next(a for a in self._actions if isinstance(a, argparse._SubParsersAction))
+        return list(action.choices)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _TopParser(
         prog="meddpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -322,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo_model(sub)
     _add_preflight(sub)
     _add_status(sub)
+    _add_check_config(sub)
     return parser
 
 
@@ -336,7 +421,12 @@ def main(argv: list[str] | None = None) -> int:
     from meddpo.errors import UserError
 
     try:
-        return args.func(args) or 0
+        if getattr(args, "config_settings", None):
+            apply_config(args)
+        code = args.func(args) or 0
+        if settings_line(args):
+            logging.getLogger("meddpo").info("%s", settings_line(args))
+        return code
     except UserError as err:
         print(f"meddpo {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -159,7 +159,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        where = f", line {mark.line + 1}" if mark is not None else ""
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or "not valid YAML"
         raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
     if data is None:
@@ -183,8 +183,13 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# The name under which the command line's ``--config`` values join the config files (last, as they win)
+COMMAND_LINE = "--config"
+
+
 def where_set(files: dict[str, dict], path: list) -> str:
-    """The last config file that sets ``path`` (the one whose value counts)."""
+    """The last config file that sets ``path`` (the one whose value counts), or the command line's
+    ``--config`` (the entry named COMMAND_LINE)."""
     found = None
     for name, data in files.items():
         node: Any = data
@@ -194,6 +199,8 @@ def where_set(files: dict[str, dict], path: list) -> str:
             node = node[part]
         else:
             found = name
+    if found == COMMAND_LINE:
+        return " (given on the command line with --config)"
     return f" (set in {found})" if found else ""
 
 

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import yaml
 
-from meddpo.dataset.report_format import no_margin_line, share
+from meddpo.dataset.report_format import (
+    no_margin_line,
+    provenance_text,
+    revision_text,
+    sampling_text,
+    share,
+)
 from meddpo.dataset.rows import ADDED_META, FIELDS, META, RENAMED_ON, old_name
 from meddpo.planning.paths import DEMO_MODEL_NOTES
 
@@ -235,6 +241,16 @@ def _demo_warning(models: Sequence[str] | bool) -> list[str]:
     ]
 
 
+def _picked_how(settings: Mapping) -> str:
+    """How the questions were picked; a seed only where the selection draws with one."""
+    selection = settings.get("selection")
+    if selection == "first":
+        return "the first in source order"
+    if selection is None:
+        return "selection not recorded"
+    return f"{selection}, seed {settings.get('seed')}"
+
+
 def _card_how_made(stats: Mapping, settings: Mapping, provenance: Mapping, source: Mapping) -> list[str]:
     """How it was made: questions, both answer models, filters, lengths and the judge."""
     policy = stats.get("policy") or {}
@@ -243,15 +259,14 @@ def _card_how_made(stats: Mapping, settings: Mapping, provenance: Mapping, sourc
         "## How it was made",
         "",
         f"- **Questions**: {source['questions']}. Cleaned, de-duplicated (case and white space folded), "
-        f"{stats['stages'].get('picked') or '?'} "
-        f"picked ({settings.get('selection')}, seed {settings.get('seed')}).",
-        f"- **Chosen answers**: `{', '.join(stats['models']['chosen'])}` (revision "
-        f"{provenance.get('teacher_revision') or 'not recorded'}), sampling "
-        f"{settings.get('chosen_sampling')}.",
+        f"{stats['stages'].get('picked') or '?'} picked ({_picked_how(settings)}).",
+        f"- **Chosen answers**: `{', '.join(stats['models']['chosen'])}` "
+        f"({revision_text(provenance.get('teacher_revision'))}), sampling "
+        f"{sampling_text(settings.get('chosen_sampling'))}.",
         *served_lines(stats.get("served_models") or {}),
-        f"- **Rejected answers**: `{', '.join(stats['models']['rejected'])}` (revision "
-        f"{provenance.get('rejected_revision') or 'not recorded'}), sampling "
-        f"{settings.get('rejected_sampling')}.",
+        f"- **Rejected answers**: `{', '.join(stats['models']['rejected'])}` "
+        f"({revision_text(provenance.get('rejected_revision'))}), sampling "
+        f"{sampling_text(settings.get('rejected_sampling'))}.",
         "- **Filters**: each pair is checked for empty, truncated, near-identical, refusing and garbled "
         f"answers; the policy was {', '.join(f'{k}: {v}' for k, v in policy.items()) or 'not recorded'}. "
         f"{share(stats['stages'].get('pairs_dropped', 0), stats['stages'].get('pairs_before_filter', 0))} "
@@ -405,7 +420,7 @@ def _card_provenance(provenance: Mapping) -> list[str]:
         "",
         "| what | value |",
         "|---|---|",
-        *[f"| {key} | `{value}` |" for key, value in provenance.items()],
+        *[f"| {key} | {provenance_text(key, value) or f'`{value}`'} |" for key, value in provenance.items()],
         "",
     ]
 

@@ -110,25 +110,31 @@ def build_pairs(
 
 
 def check_complete(
-    questions: Sequence[dict], answers: Iterable[dict], path: str, accounted: Iterable[dict] = ()
+    questions: Sequence[dict],
+    answers: Iterable[dict],
+    path: str,
+    accounted: Iterable[dict] = (),
+    rerun: tuple[str, str] = ("snakemake", ""),
 ) -> None:
     """Every question of the shard has a row in the answer file (or a recorded refusal or failure).
 
-    A shortfall means the file was cut or belongs to another run: one line naming
-    the file and saying how to redo that shard.
+    A shortfall means the file was cut or belongs to another run: one line naming the file and
+    the command that redoes that shard: ``rerun``'s Snakemake program and the run's options (its
+    cores, profile, config files and --config values), so that it runs as printed.
     """
     wanted = {q["id"] for q in questions}
     have = {row["id"] for row in answers} | {row["id"] for row in accounted}
     missing, foreign = wanted - have, have - wanted
+    program, options = rerun
+    redo = f"redo this shard with: {program} --forcerun {path}" + (f" {options}" if options else "")
     if missing:
         raise DataError(
             f"{path}: {len(missing)} of {len(wanted)} ids missing (the file was cut or is stale, or a "
-            f"teacher's failures file was not given); redo this shard with: snakemake --forcerun {path}"
+            f"teacher's failures file was not given); {redo}"
         )
     if foreign:
         raise DataError(
-            f"{path}: {len(foreign)} ids that are not in this shard (e.g. {sorted(foreign)[0]}); "
-            f"redo this shard with: snakemake --forcerun {path}"
+            f"{path}: {len(foreign)} ids that are not in this shard (e.g. {sorted(foreign)[0]}); {redo}"
         )
 
 

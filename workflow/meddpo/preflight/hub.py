@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.error
-import urllib.request
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -24,12 +22,14 @@ from typing import Any
 from meddpo.generation.checkpoints import checkpoint_problems, weights_to_load
 from meddpo.planning.plan import count_source
 from meddpo.preflight.machine import Finding
+from meddpo.questions.hub_probe import (
+    DATASET_OFFLINE_VARIABLES,
+    hub_endpoint,
+    hub_status,
+    offline,
+)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
-# The variables that keep each library off the network, in the order they are named
-MODEL_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-DATASET_OFFLINE_VARIABLES = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
-HUB_TIMEOUT_S = 5
 
 
 def hub_cache() -> Path:
@@ -38,58 +38,6 @@ def hub_cache() -> Path:
         return Path(os.environ["HF_HUB_CACHE"])
     home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
     return home / "hub"
-
-
-def offline(variables: tuple[str, ...] = MODEL_OFFLINE_VARIABLES) -> str | None:
-    """The first of ``variables`` that is set to a true value (the library will not go online), or None."""
-    for name in variables:
-        if os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}:
-            return name
-    return None
-
-
-def hub_endpoint() -> str:
-    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-
-
-def _hub_token() -> str | None:
-    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-    if token:
-        return token
-    try:
-        from huggingface_hub import get_token
-
-        return get_token()
-    except Exception:  # noqa: BLE001 - no huggingface_hub, or no token: ask without one
-        return None
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):  # a redirect to the file store is an answer
-        return None
-
-
-def hub_status(repo_id: str, kind: str = "model", revision: str | None = None) -> int | str:
-    """The HTTP status the hub answers for a repo (a HEAD request), or why it could not be asked."""
-    revision = revision or "main"
-    if kind == "model":
-        url = f"{hub_endpoint()}/{repo_id}/resolve/{revision}/config.json"
-    else:
-        url = f"{hub_endpoint()}/api/datasets/{repo_id}/revision/{revision}"
-    request = urllib.request.Request(url, method="HEAD")
-    token = _hub_token()
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.build_opener(_NoRedirect).open(request, timeout=HUB_TIMEOUT_S) as answer:
-            return answer.status
-    except urllib.error.HTTPError as err:
-        return err.code
-    except urllib.error.URLError as err:
-        reason = err.reason
-        return getattr(reason, "strerror", None) or str(reason)
-    except (OSError, ValueError) as err:  # a timeout, a malformed HF_ENDPOINT
-        return getattr(err, "strerror", None) or str(err) or type(err).__name__
 
 
 def check_hub(key: str, repo_id: str, kind: str, revision: str | None, advice: str) -> list[Finding]:

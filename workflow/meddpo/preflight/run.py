@@ -101,6 +101,8 @@ def preflight(
     if needed("chosen_gemini", "judge_rubric_gemini"):
         findings += check_prices(config)
     plan = estimate(config)
+    if needed("shard"):
+        findings += _empty_shards(plan, config["n_shards"])
     served = [rule for rule in vllm_rules(config) if needed(rule)]
     if served:
         findings += check_vllm(config)
@@ -118,6 +120,22 @@ def preflight(
     elif needed(*models):
         findings += check_gpu(config)
     return findings
+
+
+def _empty_shards(plan: dict[str, Any], shards: int) -> list[Finding]:
+    """questions.n null and a source with fewer questions than shards: some shards would be empty."""
+    counted = plan.get("questions_counted")
+    if not counted or plan["questions"] >= shards:
+        return []
+    n = plan["questions"]
+    return [
+        Finding(
+            "error",
+            f"n_shards {shards}: {counted['source']} has only {n} questions that survive cleaning "
+            f"(questions.n is null: all), so {shards - n} shards would be empty, each still a job of every "
+            f"model; set n_shards to {n} or fewer",
+        )
+    ]
 
 
 def judge_preflight(
@@ -188,7 +206,30 @@ def report(
     errors = sum(f.level == "error" for f in findings)
     if errors:
         print(f"meddpo preflight: {errors} problem(s): nothing was started", file=stream)
+    else:  # the verdict comes last
+        warnings = sum(f.level == "warning" for f in findings)
+        print(f"meddpo preflight: {verdict(config, plan, warnings)}", file=stream)
     return not errors
+
+
+def verdict(config: dict[str, Any], plan: dict[str, Any], warnings: int) -> str:
+    """The preflight's last line when nothing stops the run: the run's size and cost at most."""
+    from meddpo.backends import in_batch_mode
+
+    cost = [f"{sum(plan['jobs'].values())} jobs in the whole run"]
+    if plan["gpu_hours_at_most"]:
+        cost.append(f"at most {sum(plan['gpu_hours_at_most'].values()):.1f} GPU-hours")
+    dollars = []
+    for key, block in (("gemini", config["teacher"]["gemini"]), ("judge", config["judge"]["gemini"])):
+        if f"{key}_usd_at_most" in plan:
+            dollars.append(plan[f"{key}_batch_usd_at_most" if in_batch_mode(block) else f"{key}_usd_at_most"])
+    if dollars:
+        known = None not in dollars
+        cost.append(
+            f"at most ${sum(dollars):.2f} of Gemini" if known else "Gemini dollars unknown (no price)"
+        )
+    said = f" ({warnings} warning{'s' if warnings > 1 else ''} above)" if warnings else ""
+    return f"all checks passed{said}: " + ", ".join(cost)
 
 
 def slurm_account_from_profile(profile: str | Path | None) -> str | None:

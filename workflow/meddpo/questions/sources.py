@@ -6,7 +6,7 @@ column (not UTF-8, not valid JSON, a lone surrogate), and a source without rows
 is "no questions in <file>". ``load_source_rows`` returns the rows as dicts with
 the columns the question rows need, and a fingerprint of the source.
 
-Imports: the standard library and meddpo.jsonl at import time; datasets and
+Imports: the standard library, meddpo.jsonl and meddpo.questions.hub_probe at import time; datasets and
 pyarrow only when a source is read. Nothing of the later stages.
 """
 
@@ -15,10 +15,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from meddpo.jsonl import DataError, iter_jsonl
+from meddpo.questions.hub_probe import DATASET_OFFLINE_VARIABLES, hub_endpoint, hub_status, offline
 
 REQUIRED_COLUMNS = ("question", "question_type")
 # MedQuAD columns carried into the question rows (when the source has them).
@@ -30,6 +32,8 @@ KEPT_COLUMNS = (
     "document_url",
     "umls_semantic_group",
 )
+# seconds the questions step waits for the hub's answer before it reads the cache only
+HUB_ASK_S = 2
 LOCAL_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 
 
@@ -204,6 +208,19 @@ def _quiet_datasets():
     return datasets
 
 
+def _cache_only_when_unreachable(dataset: str, revision: str | None) -> str | None:
+    """A hub dataset where the hub cannot be reached: the datasets library is put in offline mode,
+    so it reads its cache or fails at once, instead of retrying for half a minute with a warning
+    each time. Returns why the hub could not be asked, or None (asked, or offline already)."""
+    if offline(DATASET_OFFLINE_VARIABLES) or "datasets" in sys.modules:  # too late to switch it
+        return None
+    status = hub_status(dataset, "dataset", revision, timeout_s=HUB_ASK_S)
+    if not isinstance(status, str):  # the hub answered (even a 404: the library says what it is)
+        return None
+    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return status
+
+
 def load_source_rows(
     dataset: str, split: str = "train", revision: str | None = None
 ) -> tuple[list[dict[str, Any]], str]:
@@ -214,6 +231,7 @@ def load_source_rows(
     naming the file, and where it applies the line or row and the column; a
     source without rows is "no questions in <file>".
     """
+    unreachable = None if is_local_source(dataset) else _cache_only_when_unreachable(dataset, revision)
     datasets = _quiet_datasets()  # heavy import, kept out of module import time
     if is_local_source(dataset):
         path = Path(dataset)
@@ -230,6 +248,13 @@ def load_source_rows(
         try:
             ds = datasets.load_dataset(dataset, split=split, revision=revision)
         except Exception as err:  # noqa: BLE001 - no traceback wall for an offline machine
+            if unreachable:
+                raise DataError(
+                    f"could not load {dataset!r}: the Hugging Face Hub ({hub_endpoint()}) cannot be reached "
+                    f"({unreachable}) and the dataset is not in the Hugging Face cache. Without network "
+                    "access, copy the dataset to this machine and set source.dataset in the config to the "
+                    "local .parquet/.jsonl/.csv file."
+                ) from None
             raise DataError(
                 f"could not load {dataset!r} from the Hugging Face Hub "
                 f"({type(err).__name__}: {_first_line(err)}). Without network access, copy the dataset to "
