@@ -181,6 +181,13 @@ def test_a_judge_that_wrote_the_answers_or_that_the_demo_built_is_named_even_wit
         "English, unreliable medical facts, far too small to grade answers): its verdicts are not "
         "informative and show the machinery only.",
     ]
+    # the card says the same under its judge line
+    from meddpo.dataset.card import judge_lines
+
+    stats = build_stats(kept, dropped, quality_counts=counts)
+    assert [line.strip() for line in judge_lines(stats["judge"])[1:]] == [
+        line.removeprefix("Note: ") for line in judge.split("\n\nJudge usage")[0].splitlines()[4:]
+    ]
 
 
 def test_no_judge_is_said_in_one_line():

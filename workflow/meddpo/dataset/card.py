@@ -162,6 +162,7 @@ def judge_lines(judge: Mapping | None) -> list[str]:
         return [
             f"- **Judge**: {who} ran, but no pair has a margin ({no_margin_line(summary)}, of "
             f"{summary['pairs']} pairs): nothing in this set checks that the chosen answer is the safer one.",
+            *[f"  {note}" for note in judge.get("notes") or []],
         ]
     lines = [
         f"- **Judge**: {who} graded each answer on its own (never beside the other answer of its pair), at "
