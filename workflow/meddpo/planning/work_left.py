@@ -16,6 +16,17 @@ from typing import Any
 from meddpo.planning.plan import engine_speed, local_models
 
 
+def _counts(rule: str, answers: int, left: int, m: dict) -> dict:
+    """What every rule's row starts with: the answers the run needs, made already and left."""
+    return {
+        "rule": rule,
+        "answers": answers,
+        "done": answers - left,
+        "left": left,
+        "counted_by_id": m["done_counted_by_id"],
+    }
+
+
 def _local(config: dict[str, Any], rule: str, model: dict[str, Any], answers: int, m: dict) -> dict:
     """One local model's work left: answers, tokens, speed, load and hours, each with its source."""
     left = max(0, answers - m["answers_done"])
@@ -36,11 +47,7 @@ def _local(config: dict[str, Any], rule: str, model: dict[str, Any], answers: in
     jobs = min(config["n_shards"], left)  # a shard whose answers are all stored loads no model
     hours = (left * tokens / speed + jobs * load * 60) / 3600
     return {
-        "rule": rule,
-        "answers": answers,
-        "done": answers - left,
-        "left": left,
-        "counted_by_id": m["done_counted_by_id"],
+        **_counts(rule, answers, left, m),
         "new_tokens_per_answer": tokens,
         "length_source": length_from,
         "tokens_per_second": speed,
@@ -62,11 +69,7 @@ def _gemini(rule: str, answers: int, m: dict, at_most: float | None) -> dict:
         per_answer = at_most / answers if answers else 0.0
         source = "assumed: every answer at max_output_tokens (none made under these settings yet)"
     return {
-        "rule": rule,
-        "answers": answers,
-        "done": answers - left,
-        "left": left,
-        "counted_by_id": m["done_counted_by_id"],
+        **_counts(rule, answers, left, m),
         "usd_per_answer": per_answer,
         "usd_source": source,
         "usd": round(left * per_answer, 4) if per_answer is not None else None,
