@@ -183,6 +183,7 @@ def save_checkpoint(model, tokenizer, eos_ids: Sequence[int], out_dir: Path) -> 
         eos_token_id=list(eos_ids) if len(eos_ids) > 1 else eos_ids[0],
         pad_token_id=tokenizer.pad_token_id,
     )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
