@@ -19,20 +19,9 @@ log = logging.getLogger("meddpo")
 
 
 def questions(args: argparse.Namespace) -> None:
-    from meddpo.questions.build import build_questions, summary_line
+    from meddpo.questions.build import build_from_settings, summary_line
 
-    rows, stats = build_questions(
-        args.dataset,
-        n=args.n,
-        selection=args.selection,
-        seed=args.seed,
-        min_chars=args.min_chars,
-        max_chars=args.max_chars,
-        stratify=args.stratify,
-        split=args.split,
-        revision=args.revision,
-        source_name=args.name,
-    )
+    rows, stats = build_from_settings(vars(args))
     write_jsonl(args.out, rows)
     write_json(args.stats, stats)
     log.info("%s -> %s", summary_line(stats), args.out)

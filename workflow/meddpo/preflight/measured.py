@@ -147,21 +147,10 @@ def planned_ids(config: dict[str, Any]) -> set[str] | None:
     if not is_local_source(source["dataset"]) or not Path(source["dataset"]).exists():
         return None
     from meddpo.errors import UserError
-    from meddpo.questions.build import build_questions
+    from meddpo.questions.build import build_from_settings
 
     try:
-        rows, _ = build_questions(
-            source["dataset"],
-            n=questions["n"],
-            selection=questions["selection"],
-            seed=questions["seed"],
-            min_chars=questions["min_chars"],
-            max_chars=questions["max_chars"],
-            stratify=questions["stratify"],
-            split=source["split"],
-            revision=source["revision"],
-            source_name=source["name"],
-        )
+        rows, _ = build_from_settings({**source, **questions})
     except (UserError, OSError):
         return None  # the preflight's source check says what is wrong
     return {row["id"] for row in rows}

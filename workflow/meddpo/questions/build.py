@@ -41,6 +41,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Mapping
+from typing import Any
 
 from meddpo.config.settings import default
 from meddpo.jsonl import DataError
@@ -89,6 +91,24 @@ def build_questions(
     }
     stats["seconds"] = round(time.perf_counter() - started, 2)
     return picked, stats
+
+
+def build_from_settings(settings: Mapping[str, Any]) -> tuple[list[dict], dict]:
+    """``build_questions`` with the ``source`` and ``questions`` settings by their config names, in one
+    flat mapping: a run's ``{**config["source"], **config["questions"]}`` (as the questions rule
+    passes them) or the options of ``meddpo questions``."""
+    return build_questions(
+        settings["dataset"],
+        n=settings["n"],
+        selection=settings["selection"],
+        seed=settings["seed"],
+        min_chars=settings["min_chars"],
+        max_chars=settings["max_chars"],
+        stratify=settings["stratify"],
+        split=settings["split"],
+        revision=settings["revision"],
+        source_name=settings["name"],
+    )
 
 
 def _nothing_survives(dataset: str, counts: dict, min_chars: int, max_chars: int | None) -> DataError:
